@@ -1,0 +1,1 @@
+"""Coach service: athlete context and safe workout modifications for Polarize."""

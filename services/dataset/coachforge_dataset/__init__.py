@@ -1,0 +1,1 @@
+"""Dataset service: uploaded files, validation reports, datasets."""

@@ -1,0 +1,1 @@
+"""Inference service: OpenAI-compatible chat completions served by vLLM engines."""

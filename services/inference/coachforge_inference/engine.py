@@ -1,0 +1,103 @@
+"""Client of one vLLM OpenAI-compatible engine, with LoRA adapters loaded on demand."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from coachforge_inference.metrics import ADAPTER_LOADS
+from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
+from coachforge_shared.logging import get_logger
+
+log = get_logger("coachforge.inference.engine")
+
+
+class EngineError(CoachForgeError):
+    """An error answered by the engine, passed on with its status code."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+class Engine:
+    def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0),
+                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self._loaded: set[str] = set()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    def healthy(self) -> bool:
+        try:
+            return self.http.get("/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _lock(self, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(name, threading.Lock())
+
+    def ensure_adapter(self, name: str, path: str) -> None:
+        """Load adapter ``name`` once, even under a burst of first requests (one lock per adapter)."""
+        if name in self._loaded:
+            return
+        with self._lock(name):
+            if name in self._loaded:
+                return
+            try:
+                r = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            except httpx.HTTPError as err:
+                ADAPTER_LOADS.labels("error").inc()
+                raise Unavailable(f"Engine unreachable while loading adapter: {err}") from None
+            if r.status_code != 200 and "already been loaded" not in r.text:
+                ADAPTER_LOADS.labels("error").inc()
+                raise Unavailable(f"Engine refused to load adapter {name}: {r.text[:300]}")
+            ADAPTER_LOADS.labels("loaded").inc()
+            log.info("adapter loaded", adapter=name, path=path)
+            self._loaded.add(name)
+
+    def forget(self, name: str) -> None:
+        self._loaded.discard(name)
+
+    @staticmethod
+    def _raise_for(r: httpx.Response) -> None:
+        if r.status_code < 400:
+            return
+        try:
+            message = r.json().get("error", {}).get("message") or r.text
+        except ValueError:
+            message = r.text
+        if r.status_code == 404:
+            raise NotFound(message, param="model")
+        if r.status_code == 400:
+            raise InvalidArgument(message)
+        raise EngineError(r.status_code if r.status_code < 600 else 502, message)
+
+    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            r = self.http.post(path, json=body)
+        except httpx.HTTPError as err:
+            raise Unavailable(f"Engine unreachable: {err}") from None
+        self._raise_for(r)
+        result: dict[str, Any] = r.json()
+        return result
+
+    def stream(self, path: str, body: dict[str, Any]) -> Iterator[bytes]:
+        """Server-sent event lines from the engine (each ending with a newline)."""
+        try:
+            with self.http.stream("POST", path, json=body) as r:
+                if r.status_code >= 400:
+                    r.read()
+                    self._raise_for(r)
+                for line in r.iter_lines():
+                    yield (line + "\n").encode()
+        except httpx.HTTPError as err:
+            raise Unavailable(f"Engine unreachable: {err}") from None
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,49 @@
+"""gRPC ``InferenceService``: the same semantics as the REST chat endpoint."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
+from coachforge_inference import service
+from coachforge_inference.service import InferenceDeps
+from coachforge_shared.auth import current_principal
+from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.grpc_server import ServiceRegistration
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
+    def __init__(self, deps: InferenceDeps) -> None:
+        self.deps = deps
+
+    def CreateChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
+                             context: grpc.ServicerContext) -> inference_pb2.ChatCompletionResponse:
+        body: dict[str, Any] = {"model": request.model,
+                                "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
+        if request.max_tokens:
+            body["max_tokens"] = request.max_tokens
+        for name in ("temperature", "top_p", "seed"):
+            if request.HasField(name):
+                body[name] = getattr(request, name)
+        if request.response_format_json:
+            try:
+                body["response_format"] = json.loads(request.response_format_json)
+            except json.JSONDecodeError as err:
+                raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
+        result = service.complete(self.deps, current_principal().tenant_id, "/v1/chat/completions", body)
+        choice = result["choices"][0]
+        usage = result.get("usage") or {}
+        return inference_pb2.ChatCompletionResponse(
+            id=result.get("id", ""), model=result["model"], content=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "", created=int(result.get("created", 0)),
+            usage=inference_pb2.Usage(prompt_tokens=usage.get("prompt_tokens", 0),
+                                      completion_tokens=usage.get("completion_tokens", 0),
+                                      total_tokens=usage.get("total_tokens", 0)))
+
+
+def registration(deps: InferenceDeps) -> ServiceRegistration:
+    return ServiceRegistration(inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name,
+                               InferenceServicer(deps), inference_pb2_grpc.add_InferenceServiceServicer_to_server)

@@ -1,0 +1,18 @@
+"""Inference metrics. Labels are bounded: tenant, model (registered ids), kind."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+TOKENS = Counter("coachforge_inference_tokens_total", "Tokens processed, by kind (prompt, completion).",
+                 ["tenant", "model", "kind"])
+COST = Counter("coachforge_inference_cost_usd_total", "Cost of inference in US dollars (price table).",
+               ["tenant", "model"])
+REQUESTS = Counter("coachforge_inference_requests_total", "Chat/completion requests by outcome.",
+                   ["tenant", "model", "outcome"])
+LATENCY = Histogram("coachforge_inference_request_seconds", "Total request latency.", ["model"],
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
+TTFT = Histogram("coachforge_inference_ttft_seconds", "Time to first token (streaming requests).", ["model"],
+                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total", "LoRA adapters loaded into an engine.",
+                        ["outcome"])

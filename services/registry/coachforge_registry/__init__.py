@@ -1,0 +1,1 @@
+"""Registry service: which models exist and what serves them."""

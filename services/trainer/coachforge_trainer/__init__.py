@@ -1,0 +1,1 @@
+"""Trainer service: fine-tuning jobs and the workers that run them."""

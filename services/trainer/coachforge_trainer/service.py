@@ -1,0 +1,196 @@
+"""Fine-tuning job logic: create (validate, queue, emit ``train.requested``), read, cancel."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
+from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
+from coachforge.trainer.v1 import trainer_pb2
+from coachforge_shared.db import Database
+from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from coachforge_shared.events import EventPublisher
+from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
+from coachforge_shared.ids import new_id, to_unix, utcnow
+from coachforge_shared.logging import get_logger
+from coachforge_trainer.metrics import JOBS_CREATED, JOBS_FINISHED
+from coachforge_trainer.models import Job, JobEvent
+from coachforge_trainer.schemas import CreateJobRequest
+from coachforge_trainer.settings import TrainerSettings
+
+log = get_logger("coachforge.trainer")
+
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class TrainerDeps:
+    db: Database
+    settings: TrainerSettings
+    publisher: EventPublisher
+    dataset: InternalChannel
+    registry: InternalChannel
+
+    def dataset_stub(self) -> dataset_pb2_grpc.DatasetServiceStub:
+        return dataset_pb2_grpc.DatasetServiceStub(self.dataset.channel)
+
+    def registry_stub(self) -> registry_pb2_grpc.RegistryServiceStub:
+        return registry_pb2_grpc.RegistryServiceStub(self.registry.channel)
+
+
+def add_event(s: Any, job_id: str, message: str, *, level: str = "info", type: str = "message",
+              data: dict[str, Any] | None = None) -> None:
+    s.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message,
+                   data_json=json.dumps(data) if data is not None else None))
+
+
+def _check_file(deps: TrainerDeps, tenant_id: str, file_id: str, param: str) -> dataset_pb2.File:
+    try:
+        with typed_rpc_errors():
+            f: dataset_pb2.File = deps.dataset_stub().GetFile(
+                dataset_pb2.GetFileRequest(file_id=file_id), metadata=deps.dataset.metadata(tenant_id), timeout=10)
+    except NotFound:
+        raise InvalidArgument(f"File {file_id} not found.", param=param, code="invalid_file") from None
+    if f.purpose != "fine-tune":
+        raise InvalidArgument(f"File {file_id} has purpose {f.purpose!r}, expected 'fine-tune'.", param=param)
+    return f
+
+
+def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
+    """Validate the request against the registry and the dataset service, store the job, queue it."""
+    try:
+        with typed_rpc_errors():
+            model: registry_pb2.Model = deps.registry_stub().GetModel(
+                registry_pb2.GetModelRequest(model_id=req.model), metadata=deps.registry.metadata(tenant_id),
+                timeout=10)
+    except NotFound:
+        raise InvalidArgument(f"Model {req.model} does not exist or you do not have access to it.",
+                              param="model", code="model_not_available") from None
+    if model.adapter_uri:
+        raise InvalidArgument(f"Model {req.model} is a fine-tuned model; fine-tune a base model.", param="model")
+    train = _check_file(deps, tenant_id, req.training_file, "training_file")
+    if req.validation_file:
+        _check_file(deps, tenant_id, req.validation_file, "validation_file")
+    hp = req.resolved_hyperparameters()
+    s = deps.settings
+    n_epochs = s.default_n_epochs if hp.n_epochs == "auto" else hp.n_epochs
+    batch_size = (max(1, min(s.default_batch_size, train.example_count // 4)) if hp.batch_size == "auto"
+                  else hp.batch_size)
+    lr_mult = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    job = Job(id=new_id("ftjob"), tenant_id=tenant_id, model=req.model, status="queued",
+              training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
+              n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=lr_mult,
+              seed=req.seed if req.seed is not None else s.default_seed)
+    with deps.db.session() as sess:
+        sess.add(job)
+        sess.flush()
+        add_event(sess, job.id, f"Created fine-tuning job: {job.id}")
+        add_event(sess, job.id, f"Validated training file: {req.training_file} ({train.example_count} examples)")
+        # Published inside the transaction: if the broker refuses, no job is left behind.
+        deps.publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job.id), tenant_id, key=job.id)
+    JOBS_CREATED.labels(tenant_id).inc()
+    log.info("job created", job_id=job.id, tenant=tenant_id, model=req.model, epochs=n_epochs)
+    return job
+
+
+def get_job(deps: TrainerDeps, tenant_id: str, job_id: str) -> Job:
+    with deps.db.session() as s:
+        job = s.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise NotFound(f"Fine-tuning job {job_id} not found.", param="fine_tuning_job_id", code="job_not_found")
+    return job
+
+
+def list_jobs(deps: TrainerDeps, tenant_id: str, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    with deps.db.session() as s:
+        q = select(Job).where(Job.tenant_id == tenant_id)
+        if after:
+            anchor = s.scalar(select(Job).where(Job.id == after, Job.tenant_id == tenant_id))
+            if anchor is None:
+                raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+            q = q.where((Job.created_at < anchor.created_at)
+                        | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+        rows = list(s.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def list_events(deps: TrainerDeps, tenant_id: str, job_id: str, after: str | None,
+                limit: int) -> tuple[list[JobEvent], bool]:
+    get_job(deps, tenant_id, job_id)
+    with deps.db.session() as s:
+        q = select(JobEvent).where(JobEvent.job_id == job_id)
+        if after:
+            anchor = s.scalar(select(JobEvent.seq).where(JobEvent.id == after, JobEvent.job_id == job_id))
+            if anchor is None:
+                raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+            q = q.where(JobEvent.seq < anchor)
+        rows = list(s.scalars(q.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_job(deps: TrainerDeps, tenant_id: str, job_id: str) -> Job:
+    """A queued job is cancelled at once; a running one when its worker finishes the current step."""
+    get_job(deps, tenant_id, job_id)
+    with deps.db.session() as s:
+        job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        assert job is not None
+        if job.status in FINAL:
+            raise FailedPrecondition(f"Job {job_id} has already {job.status}.", param="fine_tuning_job_id")
+        job.cancel_requested = True
+        if job.status in ("validating_files", "queued"):
+            job.status = "cancelled"
+            job.finished_at = utcnow()
+            add_event(s, job.id, "Job cancelled before it started.")
+            JOBS_FINISHED.labels("cancelled").inc()
+        else:
+            add_event(s, job.id, "Cancellation requested; stopping after the current step.")
+    return job
+
+
+def to_openai(job: Job) -> dict[str, Any]:
+    """The OpenAI ``fine_tuning.job`` object."""
+    error = None
+    if job.status == "failed":
+        error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
+    hp = {"n_epochs": job.n_epochs, "batch_size": job.batch_size,
+          "learning_rate_multiplier": job.learning_rate_multiplier}
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": to_unix(job.created_at), "error": error,
+        "fine_tuned_model": job.fine_tuned_model, "finished_at": to_unix(job.finished_at) or None,
+        "hyperparameters": hp, "model": job.model, "organization_id": job.tenant_id, "result_files": [],
+        "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file, "validation_file": job.validation_file, "suffix": job.suffix,
+        "estimated_finish": to_unix(job.estimated_finish) or None, "integrations": [], "metadata": None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+    }
+
+
+def event_to_openai(ev: JobEvent) -> dict[str, Any]:
+    return {"id": ev.id, "object": "fine_tuning.job.event", "created_at": to_unix(ev.created_at),
+            "level": ev.level, "message": ev.message, "type": ev.type,
+            "data": json.loads(ev.data_json) if ev.data_json else None}
+
+
+_STATUS = {"validating_files": trainer_pb2.JOB_STATUS_VALIDATING_FILES, "queued": trainer_pb2.JOB_STATUS_QUEUED,
+           "running": trainer_pb2.JOB_STATUS_RUNNING, "succeeded": trainer_pb2.JOB_STATUS_SUCCEEDED,
+           "failed": trainer_pb2.JOB_STATUS_FAILED, "cancelled": trainer_pb2.JOB_STATUS_CANCELLED}
+
+
+def status_to_proto(status: str) -> trainer_pb2.JobStatus.ValueType:
+    return _STATUS[status]
+
+
+def to_proto(job: Job) -> trainer_pb2.Job:
+    return trainer_pb2.Job(
+        id=job.id, model=job.model, status=status_to_proto(job.status), training_file=job.training_file,
+        validation_file=job.validation_file or "", suffix=job.suffix or "",
+        hyperparameters=trainer_pb2.Hyperparameters(n_epochs=job.n_epochs, batch_size=job.batch_size,
+                                                    learning_rate_multiplier=job.learning_rate_multiplier),
+        fine_tuned_model=job.fine_tuned_model or "", trained_tokens=job.trained_tokens or 0,
+        created_at=to_unix(job.created_at), finished_at=to_unix(job.finished_at), error_code=job.error_code or "",
+        error_message=job.error_message or "", seed=job.seed, tenant_id=job.tenant_id,
+        estimated_finish=to_unix(job.estimated_finish))

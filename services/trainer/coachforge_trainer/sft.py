@@ -1,0 +1,399 @@
+"""LoRA supervised fine-tuning of a causal language model with transformers, peft and trl.
+
+:func:`run_sft` trains a LoRA adapter on chat conversations and writes only the adapter
+(plus the tokenizer) to ``output_dir / "adapter"``, ready to be served by vLLM next to
+the unchanged base model.
+
+* **CPU** (no CUDA device): full-precision (float32) LoRA, no gradient checkpointing.
+* **CUDA**: QLoRA -- the base model is loaded in 4-bit NF4 with bitsandbytes (compute in
+  bfloat16), training runs in bf16 with gradient checkpointing. bitsandbytes is imported
+  only on this path; if it is not installed, the base model is loaded in bfloat16
+  instead (plain LoRA) and a warning is logged.
+
+Loss masking
+------------
+The loss is computed on the **final assistant message** of each conversation only.
+TRL's ``assistant_only_loss=True`` needs a chat template with ``{% generation %}``
+markers; the SmolLM2 ChatML template has none, and TRL 1.16's
+``get_training_chat_template`` cannot patch it (it raises ``ValueError`` for templates
+it does not know). Each conversation is therefore converted to TRL's conversational
+*prompt-completion* format -- ``prompt`` = every message before the last assistant
+message, ``completion`` = that message -- for which TRL's ``completion_only_loss``
+(enabled by default for this format) masks the prompt tokens. Earlier assistant turns of
+a multi-turn conversation are context, not targets; the completion includes the
+end-of-turn token, so the model learns to stop.
+
+This module imports torch, transformers, peft and trl at import time; callers that must
+stay light should import it lazily.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import (
+    AutoTokenizer,
+    PrinterCallback,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from trl import SFTConfig, SFTTrainer
+
+__all__ = [
+    "Progress",
+    "TrainParams",
+    "TrainResult",
+    "TrainingCancelled",
+    "run_sft",
+]
+
+logger = logging.getLogger("coachforge.trainer.sft")
+
+ADAPTER_DIRNAME = "adapter"
+"""Name of the folder, inside ``output_dir``, that receives the trained adapter."""
+
+
+@dataclass
+class TrainParams:
+    """Hyper-parameters of a LoRA fine-tuning run."""
+
+    n_epochs: int = 3
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+    """Module names to adapt, or ``"all-linear"`` for every linear layer but the output head."""
+    max_length: int = 512
+    """Conversations are truncated to this many tokens (the end is cut off)."""
+    seed: int = 42
+    logging_steps: int = 1
+    """Report :class:`Progress` every this many optimizer steps."""
+    max_steps: int = -1
+    """If positive, stop after this many optimizer steps (overrides ``n_epochs``)."""
+
+
+@dataclass
+class Progress:
+    """Training progress, passed to ``on_progress`` at every logging step."""
+
+    step: int
+    """Optimizer steps completed so far."""
+    total_steps: int
+    epoch: float
+    """Fractional epoch reached, e.g. ``1.5`` halfway through the second epoch."""
+    train_loss: float | None
+    """Mean training loss over the steps since the previous report."""
+    learning_rate: float | None
+    tokens_seen: int
+    """Non-padding input tokens processed so far (prompt and completion)."""
+    tokens_per_second: float
+    eta_seconds: float | None
+    """Estimated seconds until the end of training, ``None`` before the first step."""
+
+
+@dataclass
+class TrainResult:
+    """Outcome of a successful :func:`run_sft` call."""
+
+    adapter_dir: Path
+    steps: int
+    trained_tokens: int
+    """Non-padding input tokens processed over all epochs."""
+    final_loss: float | None
+    """Last reported training loss."""
+    device: str
+    """``"cpu"`` or ``"cuda"``."""
+    lora_r: int
+    target_modules: list[str]
+    """Names of the modules that were actually adapted (``"all-linear"`` resolved)."""
+
+
+class TrainingCancelled(Exception):
+    """Raised by :func:`run_sft` when ``should_cancel`` asked training to stop."""
+
+
+def run_sft(
+    base_model_dir: Path,
+    examples: list[dict[str, Any]],
+    output_dir: Path,
+    params: TrainParams,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> TrainResult:
+    """Fine-tune a LoRA adapter on chat conversations and save it.
+
+    Args:
+        base_model_dir: Hugging Face folder of the base model (weights and tokenizer with
+            a chat template).
+        examples: OpenAI chat-format conversations,
+            ``{"messages": [{"role": ..., "content": ...}, ...]}``; each must contain an
+            assistant message, and the loss is computed on the last one (see the module
+            documentation). Other keys are ignored.
+        output_dir: Directory for this run; created if missing. The adapter is written to
+            ``output_dir / "adapter"`` (replacing a previous one) and a scratch folder
+            inside it is removed before returning.
+        params: Hyper-parameters.
+        on_progress: Called with a :class:`Progress` at every logging step.
+        should_cancel: Polled after every optimizer step (and once before training);
+            when it returns ``True`` training stops and :class:`TrainingCancelled` is
+            raised without writing the adapter.
+
+    Returns:
+        A :class:`TrainResult` describing the saved adapter.
+
+    Raises:
+        ValueError: if ``examples`` is empty or malformed.
+        TrainingCancelled: if ``should_cancel`` returned ``True``.
+    """
+    dataset = Dataset.from_list(_to_prompt_completion(examples))
+    base_model_dir = Path(base_model_dir)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    scratch_dir = Path(tempfile.mkdtemp(prefix=".sft-scratch-", dir=output_dir))
+    staging_dir: Path | None = None
+    trainer: SFTTrainer | None = None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+        quantization_config = _quantization_config() if cuda else None
+        config = SFTConfig(
+            output_dir=str(scratch_dir),
+            num_train_epochs=params.n_epochs,
+            max_steps=params.max_steps,
+            per_device_train_batch_size=params.batch_size,
+            learning_rate=params.learning_rate,
+            seed=params.seed,
+            logging_steps=params.logging_steps,
+            max_length=params.max_length,
+            use_cpu=not cuda,
+            bf16=cuda,
+            gradient_checkpointing=cuda,
+            model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
+            include_num_input_tokens_seen="non_padding",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+        )
+        peft_config = LoraConfig(
+            r=params.lora_r,
+            lora_alpha=params.lora_alpha,
+            lora_dropout=params.lora_dropout,
+            target_modules=params.target_modules,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        callback = _ProgressCallback(on_progress, should_cancel)
+        trainer = SFTTrainer(
+            model=str(base_model_dir),
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+            quantization_config=quantization_config,
+            callbacks=[callback],
+        )
+        # With tqdm disabled, transformers prints every log dict to stdout; progress is
+        # reported through ``on_progress`` and the logger instead.
+        trainer.remove_callback(PrinterCallback)
+        if should_cancel is not None and should_cancel():
+            raise TrainingCancelled("training cancelled before the first step")
+
+        quantized = " (QLoRA, 4-bit NF4)" if quantization_config is not None else ""
+        logger.info("training LoRA r=%d on %d examples on %s%s", params.lora_r, len(dataset), device, quantized)
+        train_output = trainer.train()
+        if callback.cancelled:
+            raise TrainingCancelled(f"training cancelled after step {trainer.state.global_step}")
+
+        state = trainer.state
+        final_loss = callback.last_loss
+        if final_loss is None and math.isfinite(train_output.training_loss):
+            final_loss = float(train_output.training_loss)
+        target_modules = sorted(trainer.model.peft_config["default"].target_modules)
+
+        staging_dir = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=output_dir))
+        trainer.model.save_pretrained(str(staging_dir))
+        tokenizer.save_pretrained(str(staging_dir))
+        _apply_umask_permissions(staging_dir)
+        adapter_dir = output_dir / ADAPTER_DIRNAME
+        _replace_dir(staging_dir, adapter_dir)
+        staging_dir = None
+        logger.info(
+            "adapter saved to %s after %d steps, %d tokens, final loss %s",
+            adapter_dir,
+            state.global_step,
+            state.num_input_tokens_seen,
+            final_loss,
+        )
+        return TrainResult(
+            adapter_dir=adapter_dir,
+            steps=state.global_step,
+            trained_tokens=int(state.num_input_tokens_seen),
+            final_loss=final_loss,
+            device=device,
+            lora_r=params.lora_r,
+            target_modules=target_modules,
+        )
+    finally:
+        shutil.rmtree(scratch_dir, ignore_errors=True)
+        if staging_dir is not None:
+            shutil.rmtree(staging_dir, ignore_errors=True)
+        del trainer
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
+
+
+class _ProgressCallback(TrainerCallback):
+    """Reports :class:`Progress` on every log and polls for cancellation after every step."""
+
+    def __init__(
+        self,
+        on_progress: Callable[[Progress], None] | None,
+        should_cancel: Callable[[], bool] | None,
+    ) -> None:
+        self._on_progress = on_progress
+        self._should_cancel = should_cancel
+        self._started = time.monotonic()
+        self.cancelled = False
+        self.last_loss: float | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._started = time.monotonic()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self._should_cancel is not None and self._should_cancel():
+            logger.info("cancellation requested at step %d", state.global_step)
+            self.cancelled = True
+            control.should_training_stop = True
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Only per-step training logs carry "loss"; the end-of-training summary
+        # ("train_loss", "train_runtime", ...) is not a progress report.
+        if not logs or "loss" not in logs:
+            return
+        loss = float(logs["loss"])
+        self.last_loss = loss if math.isfinite(loss) else None
+        if self._on_progress is None:
+            return
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        step, total = state.global_step, state.max_steps
+        tokens = int(state.num_input_tokens_seen)
+        learning_rate = logs.get("learning_rate")
+        self._on_progress(
+            Progress(
+                step=step,
+                total_steps=total,
+                epoch=float(logs.get("epoch", state.epoch or 0.0)),
+                train_loss=loss,
+                learning_rate=float(learning_rate) if learning_rate is not None else None,
+                tokens_seen=tokens,
+                tokens_per_second=tokens / elapsed,
+                eta_seconds=elapsed / step * max(total - step, 0) if step > 0 else None,
+            )
+        )
+
+
+def _to_prompt_completion(examples: list[dict[str, Any]]) -> list[dict[str, list[dict[str, str]]]]:
+    """Split each chat conversation at its last assistant message.
+
+    Returns TRL conversational prompt-completion records,
+    ``{"prompt": [messages before it], "completion": [that message]}``. Only ``role``
+    and ``content`` are kept; content given as a list of OpenAI text parts is joined.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    records = []
+    for index, example in enumerate(examples):
+        messages = example.get("messages") if isinstance(example, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"example {index}: expected a non-empty 'messages' list")
+        normalized = [_normalize_message(message, index) for message in messages]
+        if normalized[-1]["role"] != "assistant":
+            raise ValueError(f"example {index}: the last message must be an assistant message")
+        records.append({"prompt": normalized[:-1], "completion": normalized[-1:]})
+    return records
+
+
+def _normalize_message(message: Any, index: int) -> dict[str, str]:
+    if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+        raise ValueError(f"example {index}: every message needs a string 'role'")
+    content = message.get("content")
+    if isinstance(content, list):  # OpenAI content parts: keep the text ones
+        content = "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
+    if not isinstance(content, str):
+        raise ValueError(f"example {index}: message content must be a string or a list of text parts")
+    return {"role": message["role"], "content": content}
+
+
+def _quantization_config() -> Any:
+    """4-bit NF4 bitsandbytes config for QLoRA, or ``None`` if bitsandbytes is missing."""
+    try:
+        import bitsandbytes  # noqa: F401  (only checks that it is installed)
+    except ImportError:
+        logger.warning("bitsandbytes is not installed: training plain LoRA on a bfloat16 base model")
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def _apply_umask_permissions(folder: Path) -> None:
+    """Give ``folder`` and its files the permissions of a normally created folder.
+
+    :func:`tempfile.mkdtemp` and the safetensors writer create private ``0o700`` /
+    ``0o600`` entries, but the adapter must be readable by the inference server, which
+    may run as another user; the process umask is applied instead.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.rglob("*"):
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _replace_dir(source: Path, target: Path) -> None:
+    """Atomically move folder ``source`` to ``target``, replacing an existing ``target``."""
+    if target.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}-old-", dir=target.parent))
+        os.replace(target, trash / target.name)
+        os.replace(source, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(source, target)
+

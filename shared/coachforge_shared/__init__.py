@@ -1,0 +1,1 @@
+"""CoachForge common library shared by every service."""

@@ -1,0 +1,66 @@
+"""Polarize coach rules shared by the dataset service (synthetic data) and the coach service.
+
+Pure Python (pydantic 2 + stdlib): the modification schema, training-load maths, the
+deterministic rule-based coach with its safety checks, the prompt renderer and the seeded
+synthetic-example generator.
+"""
+
+from .load import LoadPoint, compute_load, load_on
+from .prompt import SYSTEM_PROMPT, render_context
+from .rules import (
+    DEFAULT_CONFIG,
+    AthleteState,
+    Branch,
+    PlannedWorkout,
+    RuleConfig,
+    RuleViolation,
+    apply_modification,
+    apply_operation,
+    check_modification,
+    check_operation,
+    classify_state,
+    recommend,
+)
+from .schema import (
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    InvalidModification,
+    Modification,
+    Operation,
+    modification_json_schema,
+    parse_modification,
+    response_format,
+)
+from .synthetic import SyntheticExample, generate_examples, matches_expected, to_jsonl
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "SCHEMA_NAME",
+    "SCHEMA_VERSION",
+    "SYSTEM_PROMPT",
+    "AthleteState",
+    "Branch",
+    "InvalidModification",
+    "LoadPoint",
+    "Modification",
+    "Operation",
+    "PlannedWorkout",
+    "RuleConfig",
+    "RuleViolation",
+    "SyntheticExample",
+    "apply_modification",
+    "apply_operation",
+    "check_modification",
+    "check_operation",
+    "classify_state",
+    "compute_load",
+    "generate_examples",
+    "load_on",
+    "matches_expected",
+    "modification_json_schema",
+    "parse_modification",
+    "recommend",
+    "render_context",
+    "response_format",
+    "to_jsonl",
+]

@@ -1,0 +1,98 @@
+"""Typed errors. They are mapped to HTTP and gRPC codes in exactly two places:
+:func:`coachforge_shared.http.install_error_handlers` and
+:class:`coachforge_shared.grpc_server.ErrorAndAuthInterceptor`.
+Handlers raise these and never set status codes by hand."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class CoachForgeError(Exception):
+    """Base class. ``param`` names the offending field or line, ``code`` is a stable machine code."""
+
+    http_status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+    def to_body(self) -> dict[str, object]:
+        """OpenAI-style error body."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidArgument(CoachForgeError):
+    http_status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    type = "invalid_request_error"
+
+
+class Unauthenticated(CoachForgeError):
+    http_status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    type = "authentication_error"
+
+
+class PermissionDenied(CoachForgeError):
+    http_status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    type = "permission_error"
+
+
+class NotFound(CoachForgeError):
+    http_status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    type = "invalid_request_error"
+
+
+class Conflict(CoachForgeError):
+    http_status = 409
+    grpc_code = grpc.StatusCode.ALREADY_EXISTS
+    type = "invalid_request_error"
+
+
+class FailedPrecondition(CoachForgeError):
+    http_status = 409
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    type = "invalid_request_error"
+
+
+class PayloadTooLarge(CoachForgeError):
+    http_status = 413
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    type = "invalid_request_error"
+
+
+class Unavailable(CoachForgeError):
+    http_status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    type = "server_error"
+
+
+class Internal(CoachForgeError):
+    pass
+
+
+_BY_GRPC_CODE: dict[grpc.StatusCode, type[CoachForgeError]] = {
+    cls.grpc_code: cls
+    for cls in (InvalidArgument, Unauthenticated, PermissionDenied, NotFound, Conflict,
+                FailedPrecondition, PayloadTooLarge, Unavailable)
+}
+
+
+def from_rpc_error(err: grpc.RpcError) -> CoachForgeError:
+    """Turn a gRPC error received from another service back into the typed error it came from."""
+    code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
+    param = None
+    if isinstance(err, grpc.Call):
+        for key, value in err.trailing_metadata() or ():
+            if key == "x-error-param":
+                param = str(value)
+    cls = _BY_GRPC_CODE.get(code, Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal)
+    return cls(details, param=param)

@@ -1,0 +1,217 @@
+"""The event bus: kafka-python producer/consumers carrying protobuf payloads in one envelope.
+
+* Topics are named after event types (``train.requested``, ``job.succeeded``, …).
+* Consumers join a consumer group and commit offsets only after handling.
+* Handling is idempotent: the handler runs in the same database transaction as the insert
+  of a ``processed_events`` row for (group, event_id), so a redelivered event is skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from coachforge.common.v1.envelope_pb2 import Envelope
+from coachforge.dataset.v1 import dataset_pb2
+from coachforge.inference.v1 import inference_pb2
+from coachforge.registry.v1 import registry_pb2
+from coachforge.trainer.v1 import trainer_pb2
+from coachforge_shared.db import Database
+from coachforge_shared.ids import new_id, utcnow
+from coachforge_shared.logging import get_logger
+from coachforge_shared.metrics import EVENTS_CONSUMED, EVENTS_PUBLISHED
+from coachforge_shared.models import ProcessedEvent
+
+log = get_logger("coachforge.events")
+
+#: Every event type and the protobuf message of its payload.
+EVENT_TYPES: dict[str, type[Message]] = {
+    "file.uploaded": dataset_pb2.FileUploaded,
+    "train.requested": trainer_pb2.TrainRequested,
+    "job.progress": trainer_pb2.JobProgress,
+    "job.succeeded": trainer_pb2.JobSucceeded,
+    "job.failed": trainer_pb2.JobFinished,
+    "job.cancelled": trainer_pb2.JobFinished,
+    "model.registered": registry_pb2.ModelRegistered,
+    "usage.recorded": inference_pb2.UsageRecorded,
+}
+
+_connect_retry = retry(
+    retry=retry_if_exception_type((KafkaError, OSError)),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    stop=stop_after_delay(60),
+    reraise=True,
+)
+
+
+def encode(event_type: str, payload: Message, tenant_id: str) -> Envelope:
+    if not isinstance(payload, EVENT_TYPES[event_type]):
+        raise TypeError(f"{event_type} carries {EVENT_TYPES[event_type].__name__}, not {type(payload).__name__}")
+    packed = any_pb2.Any()
+    packed.Pack(payload)
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(utcnow())
+    return Envelope(event_id=new_id("evt"), type=event_type, occurred_at=ts, tenant_id=tenant_id, payload=packed)
+
+
+def decode(raw: bytes) -> tuple[Envelope, Message]:
+    env = Envelope.FromString(raw)
+    payload = EVENT_TYPES[env.type]()
+    if not env.payload.Unpack(payload):
+        raise ValueError(f"event {env.event_id}: payload is {env.payload.type_url}, expected {env.type}")
+    return env, payload
+
+
+@_connect_retry
+def ensure_topics(bootstrap: str, topics: Iterable[str] = EVENT_TYPES, partitions: int = 3) -> None:
+    """Create the topics that do not exist yet (idempotent)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="coachforge-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
+        if missing:
+            try:
+                admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+
+
+class EventPublisher:
+    """Publishes events; safe to share between threads."""
+
+    def __init__(self, bootstrap: str, client_id: str) -> None:
+        self._producer = self._connect(bootstrap, client_id)
+
+    @staticmethod
+    @_connect_retry
+    def _connect(bootstrap: str, client_id: str) -> KafkaProducer:
+        return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=0)
+
+    def publish(self, event_type: str, payload: Message, tenant_id: str, key: str | None = None) -> str:
+        """Send one event and wait for the broker's acknowledgement; returns its event id."""
+        env = encode(event_type, payload, tenant_id)
+        self._producer.send(event_type, value=env.SerializeToString(), key=(key or tenant_id).encode()).get(timeout=30)
+        EVENTS_PUBLISHED.labels(event_type).inc()
+        log.debug("event published", type=event_type, event_id=env.event_id, tenant=tenant_id)
+        return env.event_id
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)
+
+
+#: A handler runs inside the idempotency transaction. It may return a follow-up callable,
+#: run after the transaction committed (for long work that must not hold a transaction).
+Handler = Callable[[Session, Envelope, Any], Callable[[], None] | None]
+
+
+class EventConsumer:
+    """A consumer-group member that hands each event to ``handler`` exactly once per group."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: list[str],
+        handler: Handler,
+        db: Database,
+        *,
+        max_poll_interval_ms: int = 300_000,
+        max_poll_records: int = 50,
+    ) -> None:
+        self.group = group
+        self.topics = topics
+        self.handler = handler
+        self.db = db
+        self._stop = threading.Event()
+        self._consumer = self._connect(bootstrap, group, topics, max_poll_interval_ms, max_poll_records)
+
+    @staticmethod
+    @_connect_retry
+    def _connect(bootstrap: str, group: str, topics: list[str], max_poll_interval_ms: int,
+                 max_poll_records: int) -> KafkaConsumer:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id=group,
+            client_id=group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+            max_poll_interval_ms=max_poll_interval_ms,
+            max_poll_records=max_poll_records,
+        )
+        consumer.subscribe(topics)
+        return consumer
+
+    def handle(self, raw: bytes) -> tuple[str, Callable[[], None] | None]:
+        """Handle one raw record in its transaction.
+
+        Returns the outcome (handled, duplicate, failed) and the handler's follow-up, if any."""
+        try:
+            env, payload = decode(raw)
+        except Exception:  # a record we cannot read must not block the partition forever
+            log.exception("undecodable event dropped", consumer=self.group)
+            EVENTS_CONSUMED.labels(self.group, "unknown", "failed").inc()
+            return "failed", None
+        follow_up = None
+        try:
+            with self.db.session() as s:
+                seen = s.scalar(select(ProcessedEvent.id).where(
+                    ProcessedEvent.consumer == self.group, ProcessedEvent.event_id == env.event_id))
+                if seen is not None:
+                    EVENTS_CONSUMED.labels(self.group, env.type, "duplicate").inc()
+                    return "duplicate", None
+                s.add(ProcessedEvent(consumer=self.group, event_id=env.event_id, event_type=env.type))
+                s.flush()
+                follow_up = self.handler(s, env, payload)
+        except IntegrityError:
+            EVENTS_CONSUMED.labels(self.group, env.type, "duplicate").inc()
+            return "duplicate", None
+        except Exception:
+            log.exception("event handler failed", consumer=self.group, type=env.type, event_id=env.event_id)
+            EVENTS_CONSUMED.labels(self.group, env.type, "failed").inc()
+            return "failed", None
+        EVENTS_CONSUMED.labels(self.group, env.type, "handled").inc()
+        return "handled", follow_up
+
+    def run(self) -> None:
+        """Poll until :meth:`stop`. Each record's offset is committed once its transaction
+        committed, before its follow-up runs (the database, not the offset, tracks long work)."""
+        log.info("consumer started", consumer=self.group, topics=self.topics)
+        try:
+            while not self._stop.is_set():
+                batches = self._consumer.poll(timeout_ms=500)
+                for records in batches.values():
+                    for record in records:
+                        _, follow_up = self.handle(record.value)
+                        tp = TopicPartition(record.topic, record.partition)
+                        self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, None, -1)})
+                        if follow_up is not None:
+                            follow_up()
+                        if self._stop.is_set():
+                            break
+        finally:
+            self._consumer.close()
+            log.info("consumer stopped", consumer=self.group)
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.run, name=f"consumer-{self.group}", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stop.set()

@@ -1,0 +1,68 @@
+"""FastAPI plumbing: the ONE exception handler mapping typed errors to HTTP codes with
+OpenAI-style bodies, authentication, and ``/metrics``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from coachforge_shared.auth import INTERNAL_HEADER, TENANT_HEADER, Authenticator, Principal
+from coachforge_shared.errors import CoachForgeError, InvalidArgument
+from coachforge_shared.logging import get_logger
+
+log = get_logger("coachforge.http")
+
+
+def _validation_param(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map errors to status codes and ``{"error": {message, type, param, code}}`` bodies."""
+
+    @app.exception_handler(CoachForgeError)
+    async def _typed(_: Request, err: CoachForgeError) -> JSONResponse:
+        return JSONResponse(err.to_body(), status_code=err.http_status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
+        first = err.errors()[0]
+        param = _validation_param(tuple(first.get("loc", ())))
+        msg = "; ".join(f"{_validation_param(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in err.errors()[:10])
+        body = InvalidArgument(f"Invalid request: {msg}", param=param, code="invalid_value").to_body()
+        return JSONResponse(body, status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if err.status_code < 500 else "server_error"
+        body = {"error": {"message": str(err.detail), "type": kind, "param": None, "code": None}}
+        return JSONResponse(body, status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, err: Exception) -> JSONResponse:
+        log.exception("unhandled error", error=str(err))
+        body = {"error": {"message": "Internal server error.", "type": "server_error", "param": None, "code": None}}
+        return JSONResponse(body, status_code=500)
+
+
+def add_metrics_route(app: FastAPI) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def get_principal(request: Request) -> Principal:
+    """Authenticate the caller with the app's :class:`Authenticator` (``app.state.authenticator``)."""
+    authenticator: Authenticator = request.app.state.authenticator
+    h = request.headers
+    return authenticator.authenticate(h.get("authorization"), h.get(INTERNAL_HEADER), h.get(TENANT_HEADER))
+
+
+#: Declare ``principal: CurrentPrincipal`` on every endpoint: it authenticates the call.
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,98 @@
+"""The coach prompt renderer: deterministic, compact, complete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+from coachforge_shared.coach.prompt import SYSTEM_PROMPT, render_context
+from coachforge_shared.coach.rules import AthleteState, PlannedWorkout
+
+TODAY = dt.date(2025, 3, 10)  # a Monday
+STATE = AthleteState(
+    ctl=62.4, atl=71.2, tsb=-8.6, ramp=3.14, sleep_hours=6.46, soreness=4, hrv_drop_pct=7.4, ill_or_injured=False
+)
+
+
+def _plan() -> list[PlannedWorkout]:
+    specs = [
+        ("w0", -1, "run", "intervals", 4, 60, 88.0, False),
+        ("w1", 0, "run", "intervals", 4, 60, 85.4, True),
+        ("w2", 1, "bike", "endurance", 2, 90, 75.0, False),
+        ("w3", 2, "run", "recovery", 1, 40, 20.0, False),
+        ("w4", 3, "bike", "tempo", 3, 60, 70.0, False),
+        ("w5", 4, "swim", "endurance", 2, 45, 38.0, False),
+        ("w6", 5, "bike", "long", 2, 180, 150.0, True),
+        ("w6b", 5, "run", "recovery", 1, 30, 15.0, False),
+        ("w7", 6, "run", "endurance", 2, 60, 50.0, False),
+        ("w8", 7, "run", "intervals", 4, 60, 90.0, False),
+    ]
+    return [
+        PlannedWorkout(
+            id=wid,
+            date=TODAY + dt.timedelta(days=off),
+            sport=sport,
+            type=wtype,  # type: ignore[arg-type]
+            zone=zone,
+            duration_min=minutes,
+            tss=tss,
+            key_session=key,
+        )
+        for wid, off, sport, wtype, zone, minutes, tss, key in specs
+    ]
+
+
+def test_render_exact() -> None:
+    text = render_context(STATE, _plan(), TODAY, "  Can I   swap\nTuesday? ")
+    assert text == (
+        "Today 2025-03-10 Mon\n"
+        "Load CTL 62 ATL 71 TSB -9 ramp +3.1\n"
+        "Sleep 6.5h soreness 4/10 HRV -7% ill/injured no\n"
+        "Plan:\n"
+        "w1 2025-03-10 Mon run intervals Z4 60min 85TSS key\n"
+        "w2 2025-03-11 Tue bike endurance Z2 90min 75TSS\n"
+        "w3 2025-03-12 Wed run recovery Z1 40min 20TSS\n"
+        "w4 2025-03-13 Thu bike tempo Z3 60min 70TSS\n"
+        "w5 2025-03-14 Fri swim endurance Z2 45min 38TSS\n"
+        "w6 2025-03-15 Sat bike long Z2 180min 150TSS key\n"
+        "w6b 2025-03-15 Sat run recovery Z1 30min 15TSS\n"
+        "w7 2025-03-16 Sun run endurance Z2 60min 50TSS\n"
+        "Athlete: Can I swap Tuesday?"
+    )
+
+
+def test_render_is_deterministic_and_order_independent() -> None:
+    plan = _plan()
+    a = render_context(STATE, plan, TODAY, None)
+    b = render_context(STATE, list(reversed(plan)), TODAY, None)
+    c = render_context(STATE, _plan(), TODAY, None)
+    assert a == b == c
+    assert "Athlete:" not in a
+    assert render_context(STATE, plan, TODAY, "   ") == a
+
+
+def test_render_flags_and_empty_plan() -> None:
+    ill = AthleteState(ctl=40, atl=30, tsb=10.4, sleep_hours=8, soreness=2, ill_or_injured=True)
+    text = render_context(ill, [], TODAY, None)
+    assert text.splitlines() == [
+        "Today 2025-03-10 Mon",
+        "Load CTL 40 ATL 30 TSB +10 ramp +0.0",
+        "Sleep 8.0h soreness 2/10 HRV 0% ill/injured yes",
+        "Plan: none",
+    ]
+
+
+def test_render_is_short() -> None:
+    long_question = "Should I do more? " * 40
+    text = render_context(STATE, _plan(), TODAY, long_question)
+    assert text.endswith("\u2026")
+    assert len(text.splitlines()[-1]) <= len("Athlete: ") + 200
+    # pessimistic token count: every digit, word and punctuation mark is a token
+    tokens = re.findall(r"\d|[A-Za-z]+|[^\w\s]", text)
+    assert len(tokens) < 300, len(tokens)
+    assert len(re.findall(r"\d|[A-Za-z]+|[^\w\s]", SYSTEM_PROMPT)) < 60
+
+
+def test_system_prompt() -> None:
+    assert "JSON" in SYSTEM_PROMPT and "Polarize" in SYSTEM_PROMPT
+    assert SYSTEM_PROMPT.count(".") <= 2

@@ -1,0 +1,116 @@
+"""Real LoRA fine-tuning of the prepared base model on CPU, kept to a few steps.
+
+Uses the session fixture ``base_model_dir`` from ``tests/fixtures_models.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors import safe_open
+
+from coachforge_trainer.sft import Progress, TrainingCancelled, TrainParams, run_sft
+
+
+def _examples(count: int = 16) -> list[dict[str, Any]]:
+    examples: list[dict[str, Any]] = []
+    for i in range(count):
+        messages = [
+            {"role": "user", "content": f"I ran {i + 3} km today. How far is that in meters?"},
+            {"role": "assistant", "content": f"{i + 3} km is {(i + 3) * 1000} meters. Nice run!"},
+        ]
+        if i % 4 == 0:
+            messages.insert(0, {"role": "system", "content": "You are a friendly running coach."})
+        examples.append({"messages": messages})
+    return examples
+
+
+def _small_params(**overrides: Any) -> TrainParams:
+    settings: dict[str, Any] = {"max_steps": 3, "batch_size": 4, "max_length": 128, "n_epochs": 1}
+    settings.update(overrides)
+    return TrainParams(**settings)
+
+
+def test_run_sft_trains_and_saves_adapter(base_model_dir: Path, tmp_path: Path) -> None:
+    reports: list[Progress] = []
+    output_dir = tmp_path / "run"
+
+    result = run_sft(base_model_dir, _examples(), output_dir, _small_params(), on_progress=reports.append)
+
+    adapter_dir = output_dir / "adapter"
+    assert result.adapter_dir == adapter_dir
+    assert (adapter_dir / "adapter_config.json").is_file()
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+    assert (adapter_dir / "tokenizer_config.json").is_file()
+    assert sorted(p.name for p in output_dir.iterdir()) == ["adapter"]  # scratch removed
+
+    adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    assert adapter_config["r"] == 16
+    assert sorted(adapter_config["target_modules"]) == result.target_modules
+    assert {"q_proj", "k_proj", "v_proj", "o_proj"} <= set(result.target_modules)
+    assert "lm_head" not in result.target_modules
+
+    # LoRA B matrices start at zero; after training they must have moved.
+    with safe_open(str(adapter_dir / "adapter_model.safetensors"), framework="pt") as tensors:
+        lora_b = [name for name in tensors.keys() if "lora_B" in name]
+        assert lora_b
+        assert any(tensors.get_tensor(name).abs().sum().item() > 0 for name in lora_b)
+
+    assert result.steps == 3
+    assert result.device == "cpu"
+    assert result.lora_r == 16
+    assert result.trained_tokens > 0
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+
+    assert [p.step for p in reports] == [1, 2, 3]
+    assert all(p.total_steps == 3 for p in reports)
+    assert all(p.train_loss is not None and math.isfinite(p.train_loss) for p in reports)
+    assert all(p.learning_rate is not None and p.learning_rate > 0 for p in reports)
+    tokens = [p.tokens_seen for p in reports]
+    assert tokens == sorted(tokens) and tokens[0] > 0
+    assert tokens[-1] == result.trained_tokens
+    assert reports[-1].eta_seconds == 0.0
+    assert all(p.tokens_per_second > 0 for p in reports)
+    assert 0 < reports[0].epoch <= reports[-1].epoch <= 1.0
+
+
+def test_cancellation_after_first_step_writes_nothing(base_model_dir: Path, tmp_path: Path) -> None:
+    reports: list[Progress] = []
+    output_dir = tmp_path / "run"
+
+    def should_cancel() -> bool:
+        return len(reports) >= 1  # true as soon as the first step was reported
+
+    with pytest.raises(TrainingCancelled):
+        run_sft(
+            base_model_dir,
+            _examples(),
+            output_dir,
+            _small_params(max_steps=6),
+            on_progress=reports.append,
+            should_cancel=should_cancel,
+        )
+
+    assert reports and reports[0].step == 1
+    assert reports[-1].step < 6
+    assert not (output_dir / "adapter").exists()
+    assert list(output_dir.iterdir()) == []  # scratch removed too
+
+
+@pytest.mark.parametrize(
+    "examples",
+    [
+        [],
+        [{"text": "no messages"}],
+        [{"messages": [{"role": "user", "content": "question without an answer"}]}],
+        [{"messages": [{"role": "user", "content": 42}, {"role": "assistant", "content": "ok"}]}],
+    ],
+)
+def test_malformed_examples_are_rejected(examples: list[dict[str, Any]], tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        run_sft(tmp_path / "no-model", examples, tmp_path / "run", _small_params())
+    assert not (tmp_path / "run").exists()
