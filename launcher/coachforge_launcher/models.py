@@ -125,8 +125,7 @@ def locate_gguf() -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"{GGUF_FILENAME} not found in the {SOURCE_PACKAGE} package "
-        f"({', '.join(spec.submodule_search_locations)})"
+        f"{GGUF_FILENAME} not found in the {SOURCE_PACKAGE} package ({', '.join(spec.submodule_search_locations)})"
     )
 
 
@@ -270,16 +269,16 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         return
     was_enabled = hf_logging.is_progress_bar_enabled()
     original_tqdm: Any = getattr(modeling_gguf_pytorch_utils, "tqdm", None)
-    hf_logging.disable_progress_bar()
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     if original_tqdm is not None:
-        modeling_gguf_pytorch_utils.tqdm = functools.partial(original_tqdm, disable=True)
+        setattr(modeling_gguf_pytorch_utils, "tqdm", functools.partial(original_tqdm, disable=True))  # noqa: B010
     try:
         yield
     finally:
         if original_tqdm is not None:
-            modeling_gguf_pytorch_utils.tqdm = original_tqdm
+            setattr(modeling_gguf_pytorch_utils, "tqdm", original_tqdm)  # noqa: B010
         if was_enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def _convert(source: Path, destination: Path, *, progress: bool) -> None:
@@ -297,9 +296,7 @@ def _convert(source: Path, destination: Path, *, progress: bool) -> None:
         logger.info("loading tokenizer from %s", source.name)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         logger.info("de-quantizing weights from %s", source.name)
-        gguf_model = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=gguf_name, dtype=torch.float32
-        )
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
 
         config_dict = gguf_model.config.to_dict()
         for key in _DROPPED_CONFIG_KEYS:
@@ -333,9 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=default_cache_dir(),
         help="directory holding prepared models (default: %(default)s)",
     )
-    parser.add_argument(
-        "--no-progress", action="store_true", help="do not show progress bars while converting"
-    )
+    parser.add_argument("--no-progress", action="store_true", help="do not show progress bars while converting")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

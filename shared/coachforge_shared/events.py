@@ -109,6 +109,13 @@ class EventPublisher:
         log.debug("event published", type=event_type, event_id=env.event_id, tenant=tenant_id)
         return env.event_id
 
+    def healthy(self) -> bool:
+        """Whether the broker answers a metadata request."""
+        try:
+            return self._producer.partitions_for("train.requested") is not None
+        except KafkaError:
+            return False
+
     def close(self) -> None:
         self._producer.close(timeout=5)
 
@@ -137,6 +144,7 @@ class EventConsumer:
         self.handler = handler
         self.db = db
         self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         self._consumer = self._connect(bootstrap, group, topics, max_poll_interval_ms, max_poll_records)
 
     @staticmethod
@@ -209,9 +217,13 @@ class EventConsumer:
             log.info("consumer stopped", consumer=self.group)
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name=f"consumer-{self.group}", daemon=True)
-        thread.start()
-        return thread
+        self._thread = threading.Thread(target=self.run, name=f"consumer-{self.group}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()

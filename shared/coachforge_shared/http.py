@@ -3,6 +3,7 @@ OpenAI-style bodies, authentication, and ``/metrics``."""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -18,9 +19,20 @@ from coachforge_shared.logging import get_logger
 log = get_logger("coachforge.http")
 
 
+_UNION_TAG = re.compile(r"^(literal\[.*\]|constrained-\w+|function-\w+|int|float|str|bool|list\[.*\]|dict\[.*\])$")
+
+
 def _validation_param(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    """``body.hyperparameters.n_epochs.constrained-int`` → ``hyperparameters.n_epochs``."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    parts = [p for p in parts if not _UNION_TAG.match(p)]
     return ".".join(parts) or "body"
+
+
+def _relevant(errors: list[Any]) -> list[Any]:
+    """Drop "should be 'auto'"-style errors of a union's literal branch when another branch explains more."""
+    specific = [e for e in errors if e.get("type") != "literal_error"]
+    return specific or errors
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -32,9 +44,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0]
-        param = _validation_param(tuple(first.get("loc", ())))
-        msg = "; ".join(f"{_validation_param(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in err.errors()[:10])
+        errors = _relevant(list(err.errors()))
+        param = _validation_param(tuple(errors[0].get("loc", ())))
+        msg = "; ".join(f"{_validation_param(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors[:10])
         body = InvalidArgument(f"Invalid request: {msg}", param=param, code="invalid_value").to_body()
         return JSONResponse(body, status_code=400)
 

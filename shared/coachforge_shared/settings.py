@@ -21,7 +21,7 @@ def _default_data_dir() -> Path:
 class PlatformSettings(BaseSettings):
     """Settings every service reads (env prefix ``COACHFORGE_``)."""
 
-    model_config = SettingsConfigDict(env_prefix="COACHFORGE_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="COACHFORGE_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Field(
         default_factory=_default_data_dir,

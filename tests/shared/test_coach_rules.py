@@ -239,7 +239,11 @@ def test_recommend_today_excluded_when_configured() -> None:
             [("duplicate_workout", 1)],
         ),
         (NORMAL, [ReduceIntensity(workout_id="w2", new_zone=4, reason="r", confidence=0.5)], [("not_a_reduction", 0)]),
-        (NORMAL, [ChangeDuration(workout_id="w1", new_duration_min=60, reason="r", confidence=0.5)], [("no_change", 0)]),
+        (
+            NORMAL,
+            [ChangeDuration(workout_id="w1", new_duration_min=60, reason="r", confidence=0.5)],
+            [("no_change", 0)],
+        ),
         (NORMAL, [SwapWorkout(workout_id="w5", new_type="endurance", reason="r", confidence=0.5)], [("no_change", 0)]),
         (NORMAL, [MoveWorkout(workout_id="w5", new_date=_day(4), reason="r", confidence=0.5)], [("no_change", 0)]),
         (NORMAL, [MoveWorkout(workout_id="w1", new_date=_day(-1), reason="r", confidence=0.5)], [("move_to_past", 0)]),

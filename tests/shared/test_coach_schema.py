@@ -127,9 +127,7 @@ def test_parse_error_extra_field_and_missing_message() -> None:
 def test_parse_error_message_too_long_and_confidence_range() -> None:
     err = _error(json.dumps({"operations": [], "message": "x" * 281}))
     assert "message" in str(err) and "280" in str(err)
-    err = _error(
-        '{"operations":[{"op":"add_rest_day","workout_id":"w1","reason":"x","confidence":1.5}],"message":"m"}'
-    )
+    err = _error('{"operations":[{"op":"add_rest_day","workout_id":"w1","reason":"x","confidence":1.5}],"message":"m"}')
     assert "confidence" in str(err)
 
 

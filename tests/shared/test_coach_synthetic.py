@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections import Counter
 
@@ -49,8 +50,7 @@ def test_branches_produce_their_actions(examples: list[SyntheticExample]) -> Non
         by_branch[e.branch].append(e)
     assert all(not e.expected.operations for e in by_branch["normal"])
     assert all(
-        e.expected.operations and all(op.op == "add_rest_day" for op in e.expected.operations)
-        for e in by_branch["ill"]
+        e.expected.operations and all(op.op == "add_rest_day" for op in e.expected.operations) for e in by_branch["ill"]
     )
     fresh_ops = Counter(tuple(op.op for op in e.expected.operations) for e in by_branch["fresh"])
     assert fresh_ops[("change_duration",)] >= 0.8 * len(by_branch["fresh"]), fresh_ops
@@ -91,7 +91,7 @@ def test_plans_are_realistic(examples: list[SyntheticExample]) -> None:
         assert len(set(ids)) == len(ids) and 4 <= len(ids) <= 7
         assert all(e.today <= w.date < e.today.fromordinal(e.today.toordinal() + 7) for w in e.upcoming)
         hard = sorted(w.date.toordinal() for w in e.upcoming if w.zone >= 3)
-        assert all(b - a > 1 for a, b in zip(hard, hard[1:], strict=False))  # no back-to-back hard days
+        assert all(b - a > 1 for a, b in itertools.pairwise(hard))  # no back-to-back hard days
         assert all(w.tss > 0 and 20 <= w.duration_min <= 240 for w in e.upcoming)
 
 

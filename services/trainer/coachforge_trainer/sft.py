@@ -29,7 +29,6 @@ stay light should import it lazily.
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import os
@@ -43,7 +42,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig
+from peft import LoraConfig, PeftModel
 from transformers import (
     AutoTokenizer,
     PrinterCallback,
@@ -52,7 +51,7 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from trl import SFTConfig, SFTTrainer
+from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazily exported
 
 __all__ = [
     "Progress",
@@ -171,7 +170,6 @@ def run_sft(
     device = "cuda" if cuda else "cpu"
     scratch_dir = Path(tempfile.mkdtemp(prefix=".sft-scratch-", dir=output_dir))
     staging_dir: Path | None = None
-    trainer: SFTTrainer | None = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
         quantization_config = _quantization_config() if cuda else None
@@ -227,10 +225,13 @@ def run_sft(
         final_loss = callback.last_loss
         if final_loss is None and math.isfinite(train_output.training_loss):
             final_loss = float(train_output.training_loss)
-        target_modules = sorted(trainer.model.peft_config["default"].target_modules)
+        model = trainer.model
+        if not isinstance(model, PeftModel):
+            raise RuntimeError(f"SFTTrainer returned a {type(model).__name__}, not a PeftModel")
+        target_modules = _adapted_modules(model)
 
         staging_dir = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=output_dir))
-        trainer.model.save_pretrained(str(staging_dir))
+        model.save_pretrained(str(staging_dir))
         tokenizer.save_pretrained(str(staging_dir))
         _apply_umask_permissions(staging_dir)
         adapter_dir = output_dir / ADAPTER_DIRNAME
@@ -256,10 +257,6 @@ def run_sft(
         shutil.rmtree(scratch_dir, ignore_errors=True)
         if staging_dir is not None:
             shutil.rmtree(staging_dir, ignore_errors=True)
-        del trainer
-        gc.collect()
-        if cuda:
-            torch.cuda.empty_cache()
 
 
 class _ProgressCallback(TrainerCallback):
@@ -281,9 +278,7 @@ class _ProgressCallback(TrainerCallback):
     ) -> None:
         self._started = time.monotonic()
 
-    def on_step_end(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._should_cancel is not None and self._should_cancel():
             logger.info("cancellation requested at step %d", state.global_step)
             self.cancelled = True
@@ -357,6 +352,19 @@ def _normalize_message(message: Any, index: int) -> dict[str, str]:
     return {"role": message["role"], "content": content}
 
 
+def _adapted_modules(model: PeftModel) -> list[str]:
+    """Names of the modules the active LoRA adapter was injected into, sorted.
+
+    PEFT replaces ``"all-linear"`` (or a regex) in the adapter config by the set of
+    module names it actually matched.
+    """
+    config = model.peft_config[model.active_adapter]
+    modules = getattr(config, "target_modules", None)
+    if isinstance(modules, str):
+        return [modules]
+    return sorted(modules or [])
+
+
 def _quantization_config() -> Any:
     """4-bit NF4 bitsandbytes config for QLoRA, or ``None`` if bitsandbytes is missing."""
     try:
@@ -366,7 +374,7 @@ def _quantization_config() -> Any:
         return None
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_compute_dtype=torch.bfloat16,
@@ -396,4 +404,3 @@ def _replace_dir(source: Path, target: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(source, target)
-

@@ -29,6 +29,7 @@ from typing import Final, Literal, TypeAlias
 from .load import LoadPoint
 from .schema import (
     MAX_MESSAGE_CHARS,
+    MAX_OPERATIONS,
     MAX_REASON_CHARS,
     AddRestDay,
     ChangeDuration,
@@ -504,7 +505,7 @@ def recommend(
 
     if branch == "ill":
         horizon = today + dt.timedelta(days=config.ill_rest_days)
-        targets = [w for w in future if w.date < horizon] or future[:1]
+        targets = ([w for w in future if w.date < horizon] or future[:1])[:MAX_OPERATIONS]
         if not targets:
             return _keep(
                 "Health comes first: rest and recover fully, and tell me when you feel better so we can rebuild."

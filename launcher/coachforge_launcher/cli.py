@@ -1,0 +1,75 @@
+"""``coachforge``: run the all-in-one stack, run the demo, prepare the base model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from coachforge_launcher.settings import StackSettings
+from coachforge_shared.logging import configure_logging
+from coachforge_shared.settings import PlatformSettings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from coachforge_launcher.stack import prepare, supervisor_config, supervisord_command
+
+    platform, stack = PlatformSettings(), StackSettings()
+    print(f"Preparing the stack in {platform.data_dir} (first run converts the base model, ~30 s)…", flush=True)
+    prepared = prepare(platform, stack)
+    conf = supervisor_config(platform, stack, prepared, console=True)
+    print(f"""
+CoachForge all-in-one
+  OpenAI base URL  http://{stack.host}:{stack.http_port}/v1
+  gRPC             {stack.host}:{stack.grpc_port}
+  readiness        http://{stack.host}:{stack.http_port}/ready
+  API key          {prepared.api_key}{'  (new; stored in ' + str(platform.data_dir / 'api-key') + ')'
+                                      if prepared.key_created else ''}
+  logs             {platform.data_dir / 'logs'}
+Press Ctrl-C to stop everything.
+""", flush=True)
+    cmd = supervisord_command(conf)
+    os.execve(cmd[0], cmd, prepared.env)
+    return 0  # not reached
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from coachforge_launcher.demo import run_demo
+
+    return run_demo(train_examples=args.train_examples, eval_examples=args.eval_examples, epochs=args.epochs,
+                    seed=args.seed)
+
+
+def cmd_prepare_model(args: argparse.Namespace) -> int:
+    from coachforge_launcher.models import prepare_base_model
+
+    print(prepare_base_model(PlatformSettings().models_dir))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="coachforge",
+        description="CoachForge: fine-tune LoRA adapters on your app's conversations and serve them "
+                    "behind an OpenAI-compatible API. Settings come from COACHFORGE_* environment variables.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start the all-in-one stack in the foreground (Ctrl-C stops it)").set_defaults(
+        func=cmd_run)
+    demo = sub.add_parser("demo", help="start the stack, fine-tune on synthetic Polarize coach data, compare "
+                                       "base vs fine-tuned, stop the stack")
+    demo.add_argument("--train-examples", type=int, default=192, help="synthetic training examples (default 192)")
+    demo.add_argument("--eval-examples", type=int, default=24, help="held-out prompts to compare on (default 24)")
+    demo.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data (default 7)")
+    demo.set_defaults(func=cmd_demo)
+    sub.add_parser("prepare-model", help="convert the bundled base model once and print its folder").set_defaults(
+        func=cmd_prepare_model)
+    args = parser.parse_args(argv)
+    platform = PlatformSettings()
+    configure_logging("WARNING" if args.command == "demo" else platform.log_level, json=platform.log_json)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Settings of the all-in-one stack (env prefix ``COACHFORGE_STACK_``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class StackSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COACHFORGE_STACK_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Interface every port binds to.")
+    http_port: int = Field(default=8000, description="REST port: every router, OpenAI base URL /v1.")
+    grpc_port: int = Field(default=50051, description="gRPC port: every service.")
+    engine_port: int = Field(default=8100, description="Port of the embedded vLLM engine.")
+    broker_port: int = Field(default=9092, description="Port of the embedded Kafka-compatible broker.")
+    trainer_workers: int = Field(default=1, description="Trainer worker processes (one job each at a time).")
+    engine_max_model_len: int = Field(default=2048, description="vLLM --max-model-len.")
+    engine_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters active in one batch.")
+    engine_max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")
+    engine_kv_cache_share: float = Field(
+        default=0.3, description="vLLM --gpu-memory-utilization; on CPU the share of RAM for the KV cache.")
+    engine_dtype: str = Field(default="float32", description="vLLM --dtype (float32 is fastest on AVX2 CPUs).")
+    ready_timeout_s: float = Field(default=600, description="How long start-up may take before giving up.")

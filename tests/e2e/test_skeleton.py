@@ -1,0 +1,110 @@
+"""The walking skeleton, driven by the official ``openai`` SDK against the running stack:
+upload → fine-tune (real LoRA SFT) → registry → chat with the adapter on vLLM."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import httpx
+import openai
+import pytest
+from openai import OpenAI
+
+from coachforge_launcher.models import BASE_MODEL_ID
+from coachforge_shared.coach.synthetic import generate_examples, to_jsonl
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def client(stack) -> OpenAI:  # type: ignore[no-untyped-def]
+    return OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=300)
+
+
+def test_malformed_file_is_refused_naming_the_lines(client: OpenAI) -> None:
+    good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
+    content = b"\n".join([good, b"{not json", b'{"messages": [{"role": "bot", "content": "x"}]}', good]) + b"\n"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.create(file=("bad.jsonl", content), purpose="fine-tune")
+    body = err.value.body
+    assert isinstance(body, dict)
+    assert body["param"] == "file"
+    assert "line 2: line: invalid JSON" in body["message"]
+    assert "line 3: messages[0].role: unknown role 'bot'" in body["message"]
+    assert all(f.filename != "bad.jsonl" for f in client.files.list())
+
+
+def test_upload_finetune_register_and_chat(client: OpenAI, stack) -> None:  # type: ignore[no-untyped-def]
+    examples = generate_examples(16, seed=3)
+    uploaded = client.files.create(file=("coach.jsonl", to_jsonl(examples).encode()), purpose="fine-tune")
+    assert uploaded.status == "processed" and uploaded.bytes > 0
+    assert client.files.retrieve(uploaded.id).filename == "coach.jsonl"
+
+    job = client.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE_MODEL_ID,
+                                         hyperparameters={"n_epochs": 1}, suffix="skeleton")
+    assert job.status == "queued"
+    assert job.hyperparameters.n_epochs == 1
+
+    seen = [job.status]
+    deadline = time.monotonic() + 900
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, f"job stuck in {job.status}"
+        time.sleep(0.5)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+        if job.status != seen[-1]:
+            seen.append(job.status)
+    assert job.status == "succeeded", job.error
+    assert seen == ["queued", "running", "succeeded"]
+    assert job.trained_tokens and job.trained_tokens > 0
+    assert job.fine_tuned_model and job.fine_tuned_model.startswith(f"ft:{BASE_MODEL_ID}:default:skeleton:")
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    losses = [e.data["train_loss"] for e in events if e.type == "metrics" and isinstance(e.data, dict)]
+    assert losses and all(math.isfinite(v) for v in losses)
+    assert any("successfully completed" in e.message for e in events)
+
+    ft = job.fine_tuned_model
+    deadline = time.monotonic() + 60
+    while ft not in {m.id for m in client.models.list()}:
+        assert time.monotonic() < deadline, "fine-tuned model never registered"
+        time.sleep(0.5)
+    ids = {m.id: m for m in client.models.list()}
+    assert ids[BASE_MODEL_ID].owned_by == "coachforge"
+    assert ids[ft].owned_by == "default"
+
+    question = examples[0].chat["messages"][:-1]
+    for model in (ft, BASE_MODEL_ID):
+        answer = client.chat.completions.create(model=model, messages=question, max_tokens=48, temperature=0)
+        assert answer.model == model
+        assert answer.choices[0].message.content
+        assert answer.usage is not None
+        assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
+
+    metrics = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
+    assert f'coachforge_inference_tokens_total{{kind="completion",model="{ft}",tenant="default"}}' in metrics
+
+
+def test_unknown_model_and_bad_hyperparameters_are_field_errors(client: OpenAI) -> None:
+    uploaded = client.files.create(file=("one.jsonl", to_jsonl(generate_examples(4, seed=1)).encode()),
+                                   purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(training_file=uploaded.id, model="no-such-model")
+    assert isinstance(err.value.body, dict) and err.value.body["param"] == "model"
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE_MODEL_ID,
+                                       hyperparameters={"n_epochs": 0})
+    assert isinstance(err.value.body, dict) and err.value.body["param"] == "hyperparameters.n_epochs"
+    assert "greater than or equal to 1" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(training_file="file-missing", model=BASE_MODEL_ID)
+    assert isinstance(err.value.body, dict) and err.value.body["param"] == "training_file"
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="ft:nope", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_bad_key_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
+    bad = OpenAI(base_url=stack.base_url, api_key="cf-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        bad.models.list()
+    assert isinstance(err.value.body, dict) and err.value.body["code"] == "invalid_api_key"
