@@ -70,7 +70,7 @@ class Runtime:
             with self.db.session() as s:
                 s.execute(text("SELECT 1"))
             checks["database"] = True
-        except Exception:  # noqa: BLE001 - reported as not ready
+        except Exception:
             checks["database"] = False
         checks["broker"] = self.publisher.healthy()
         checks["engine"] = self.engine.healthy()

@@ -5,6 +5,8 @@ Everything goes through the public API with the official ``openai`` SDK, exactly
 from __future__ import annotations
 
 import json
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -94,10 +96,12 @@ def wait_for_model(client: OpenAI, model: str, timeout: float = 120) -> None:
 def print_table(scores: Sequence[Score]) -> None:
     header = f"{'model':<58} {'valid JSON':>11} {'matches rules':>14} {'passes safety':>14} {'time':>7}"
     print("\n" + header + "\n" + "-" * len(header))
+    def pct(n: int, total: int) -> str:
+        return f"{n}/{total} {100 * n / max(total, 1):3.0f}%"
+
     for s in scores:
-        def pct(n: int) -> str:
-            return f"{n}/{s.total} {100 * n / max(s.total, 1):3.0f}%"
-        print(f"{s.model:<58} {pct(s.valid_json):>11} {pct(s.matches_rules):>14} {pct(s.safe):>14} "
+        print(f"{s.model:<58} {pct(s.valid_json, s.total):>11} {pct(s.matches_rules, s.total):>14} "
+              f"{pct(s.safe, s.total):>14} "
               f"{s.seconds:6.1f}s")
     print()
 
@@ -105,6 +109,8 @@ def print_table(scores: Sequence[Score]) -> None:
 def run_demo(*, train_examples: int, eval_examples: int, epochs: int, seed: int) -> int:
     platform, stack_settings = PlatformSettings(), StackSettings()
     started = time.perf_counter()
+    # SIGTERM unwinds like Ctrl-C does, so the stack below is always stopped.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     with Stack(platform, stack_settings) as stack:
         assert stack.prepared is not None
         client = OpenAI(base_url=stack.base_url, api_key=stack.prepared.api_key, max_retries=2, timeout=600)

@@ -108,7 +108,8 @@ def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared
         f"[supervisord]\nnodaemon=true\nlogfile={logs}/supervisord.log\npidfile={data}/supervisord.pid\n"
         f"childlogdir={logs}\nloglevel=warn\n\n",
         f"[unix_http_server]\nfile={data}/supervisor.sock\n\n"
-        "[rpcinterface:supervisor]\nsupervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
+        "[rpcinterface:supervisor]\n"
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface\n\n"
         f"[supervisorctl]\nserverurl=unix://{data}/supervisor.sock\n\n",
     ]
     if not external_broker(platform):

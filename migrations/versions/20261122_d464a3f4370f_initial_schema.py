@@ -1,7 +1,7 @@
 """initial schema
 
 Revision ID: d464a3f4370f
-Revises: 
+Revises:
 Create Date: 2026-11-22 03:15:29.448478
 """
 

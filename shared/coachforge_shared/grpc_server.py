@@ -32,7 +32,7 @@ log = get_logger("coachforge.grpc")
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class ErrorAndAuthInterceptor(grpc.ServerInterceptor):
+class ErrorAndAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Authenticates each call (API key or internal token) and turns :class:`CoachForgeError`
     into the matching status code; anything else becomes INTERNAL without leaking details."""
 
@@ -41,7 +41,7 @@ class ErrorAndAuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
 
@@ -72,7 +72,7 @@ class ErrorAndAuthInterceptor(grpc.ServerInterceptor):
                     result = inner(request, context)
                     GRPC_REQUESTS.labels(method, "OK").inc()
                     return result
-                except Exception as err:  # noqa: BLE001 - mapped below
+                except Exception as err:
                     fail(context, err)
                 finally:
                     if token is not None:
@@ -90,7 +90,7 @@ class ErrorAndAuthInterceptor(grpc.ServerInterceptor):
                 token = enter(context)
                 yield from inner_stream(request, context)
                 GRPC_REQUESTS.labels(method, "OK").inc()
-            except Exception as err:  # noqa: BLE001 - mapped below
+            except Exception as err:
                 fail(context, err)
             finally:
                 if token is not None:
@@ -171,7 +171,8 @@ def wait_for_health(target: str, timeout: float = 60) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=2).status == health_pb2.HealthCheckResponse.SERVING:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 if time.monotonic() > deadline:

@@ -108,3 +108,61 @@ def test_bad_key_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(openai.AuthenticationError) as err:
         bad.models.list()
     assert isinstance(err.value.body, dict) and err.value.body["code"] == "invalid_api_key"
+
+
+def test_tenants_are_isolated_over_rest_and_grpc(client: OpenAI, stack) -> None:  # type: ignore[no-untyped-def]
+    import secrets
+
+    import grpc
+
+    from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
+    from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
+    from coachforge_shared.auth import add_api_key, create_tenant
+    from coachforge_shared.db import Database
+
+    other_key = "cf-globex-" + secrets.token_hex(8)
+    db = Database(stack.database_url)
+    create_tenant(db, "globex")
+    add_api_key(db, "globex", other_key)
+    db.dispose()
+    mine = client.files.create(file=("mine.jsonl", to_jsonl(generate_examples(4, seed=2)).encode()),
+                               purpose="fine-tune")
+    other = OpenAI(base_url=stack.base_url, api_key=other_key, max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(mine.id)
+    assert mine.id not in {f.id for f in other.files.list()}
+    assert all(not m.id.startswith("ft:") for m in other.models.list())
+    assert list(other.fine_tuning.jobs.list()) == []
+
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        files = dataset_pb2_grpc.DatasetServiceStub(channel)
+        request = dataset_pb2.GetFileRequest(file_id=mine.id)
+        assert files.GetFile(request, metadata=(("authorization", f"Bearer {stack.api_key}"),)).id == mine.id
+        with pytest.raises(grpc.RpcError) as err:
+            files.GetFile(request, metadata=(("authorization", f"Bearer {other_key}"),))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as err:
+            files.GetFile(request)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        chat = inference_pb2_grpc.InferenceServiceStub(channel)
+        answer = chat.CreateChatCompletion(inference_pb2.ChatCompletionRequest(
+            model=BASE_MODEL_ID, messages=[inference_pb2.ChatMessage(role="user", content="Say hi.")],
+            max_tokens=8, temperature=0), metadata=(("authorization", f"Bearer {stack.api_key}"),))
+        assert answer.content and answer.model == BASE_MODEL_ID
+        assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
+
+
+def test_coach_schema_is_published(stack) -> None:  # type: ignore[no-untyped-def]
+    from coachforge_shared.coach.rules import recommend
+    from coachforge_shared.coach.synthetic import generate_examples as gen
+
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    root = stack.base_url.removesuffix("/v1")
+    doc = httpx.get(f"{root}/v1/coach/schema", headers=headers).json()
+    assert doc["version"] == "1" and doc["schema"]["type"] == "object"
+    ex = gen(4, seed=5)[0]
+    good = recommend(ex.state, ex.upcoming, ex.today).to_json()
+    assert httpx.post(f"{root}/v1/coach/validate", headers=headers, json={"modification": good}).json()["valid"]
+    bad = httpx.post(f"{root}/v1/coach/validate", headers=headers, json={"modification": '{"operations": 1}'}).json()
+    assert bad["valid"] is False and bad["error"]

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from coachforge_shared.coach.schema import SCHEMA_VERSION, InvalidModification, modification_json_schema, \
-    parse_modification
+from coachforge_shared.coach.schema import (
+    SCHEMA_VERSION,
+    InvalidModification,
+    modification_json_schema,
+    parse_modification,
+)
 
 
 def schema() -> dict[str, Any]:

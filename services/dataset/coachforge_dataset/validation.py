@@ -44,8 +44,8 @@ def validate_chat_line(line_no: int, raw: bytes) -> list[LineError]:
             continue
         role = msg.get("role")
         if role not in ROLES:
-            errors.append(LineError(line_no, f"{where}.role", f"unknown role {role!r} (expected one of "
-                                    f"{', '.join(sorted(ROLES))})"))
+            expected = ", ".join(sorted(ROLES))
+            errors.append(LineError(line_no, f"{where}.role", f"unknown role {role!r} (expected one of {expected})"))
         content = msg.get("content")
         if not isinstance(content, str) or not content.strip():
             errors.append(LineError(line_no, f"{where}.content", "missing or empty"))
@@ -56,5 +56,6 @@ def validate_chat_line(line_no: int, raw: bytes) -> list[LineError]:
         if not any(m.get("role") == "assistant" for m in messages):
             errors.append(LineError(line_no, "messages", "no assistant turn"))
         elif messages[-1].get("role") != "assistant":
-            errors.append(LineError(line_no, f"messages[{len(messages) - 1}].role", "last turn must be the assistant's"))
+            last = f"messages[{len(messages) - 1}].role"
+            errors.append(LineError(line_no, last, "last turn must be the assistant's"))
     return errors

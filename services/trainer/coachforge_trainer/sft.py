@@ -86,6 +86,9 @@ class TrainParams:
     """Report :class:`Progress` every this many optimizer steps."""
     max_steps: int = -1
     """If positive, stop after this many optimizer steps (overrides ``n_epochs``)."""
+    micro_batch_size: int = 2
+    """Examples per forward pass; ``batch_size`` is reached by gradient accumulation. Peak memory
+    grows with this (the logits alone are micro_batch x length x 49k vocabulary floats)."""
 
 
 @dataclass
@@ -177,7 +180,9 @@ def run_sft(
             output_dir=str(scratch_dir),
             num_train_epochs=params.n_epochs,
             max_steps=params.max_steps,
-            per_device_train_batch_size=params.batch_size,
+            per_device_train_batch_size=min(params.batch_size, params.micro_batch_size),
+            gradient_accumulation_steps=math.ceil(params.batch_size / min(params.batch_size,
+                                                                            params.micro_batch_size)),
             learning_rate=params.learning_rate,
             seed=params.seed,
             logging_steps=params.logging_steps,

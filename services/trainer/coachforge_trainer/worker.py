@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from datetime import timedelta
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -116,7 +115,7 @@ class Worker:
             return
         try:
             examples = self._load_examples(tenant_id, job.training_file)
-        except Exception as err:  # noqa: BLE001 - reported on the job
+        except Exception as err:
             self._finish(job_id, tenant_id, "failed", f"Could not read the training file: {err}", level="error",
                          error_code="invalid_training_file")
             return
@@ -165,7 +164,7 @@ class Worker:
             else:
                 self._finish(job_id, tenant_id, "cancelled", "Job cancelled.")
             return
-        except Exception as err:  # noqa: BLE001 - reported on the job
+        except Exception as err:
             log.exception("training failed", job_id=job_id)
             self._finish(job_id, tenant_id, "failed", f"Training failed: {type(err).__name__}: {err}",
                          level="error", error_code="training_failed")

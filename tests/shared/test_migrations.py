@@ -1,0 +1,46 @@
+"""Every migration goes up and down on SQLite and on the real PostgreSQL server."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import create_engine, inspect
+
+from coachforge_shared import migrate
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+TABLES = {"tenants", "api_keys", "processed_events", "files", "fine_tuning_jobs", "fine_tuning_job_events",
+          "model_versions"}
+
+
+@pytest.fixture
+def scratch_postgres() -> Iterator[str]:
+    name = f"coachforge_mig_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_downgrade_upgrade(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("scratch_postgres")
+    migrate.upgrade(url)
+    assert _tables(url) == TABLES
+    migrate.downgrade(url)
+    assert _tables(url) == set()
+    migrate.upgrade(url)
+    assert _tables(url) == TABLES
