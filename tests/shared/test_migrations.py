@@ -2,29 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect
 
 from coachforge_shared import migrate
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 TABLES = {"tenants", "api_keys", "processed_events", "files", "fine_tuning_jobs", "fine_tuning_job_events",
           "model_versions"}
-
-
-@pytest.fixture
-def scratch_postgres() -> Iterator[str]:
-    name = f"coachforge_mig_{secrets.token_hex(4)}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _tables(url: str) -> set[str]:
