@@ -99,7 +99,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     trainer_settings = TrainerSettings()
     inference_settings = InferenceSettings()
     dataset = DatasetDeps(db=db, settings=DatasetSettings(), files_dir=platform.resolved_artifacts_dir / "files",
-                          publisher=publisher)
+                          publisher=publisher, models_dir=platform.models_dir)
     registry = RegistryDeps(db=db, settings=RegistrySettings(), publisher=publisher)
     trainer = TrainerDeps(db=db, settings=trainer_settings, publisher=publisher,
                           dataset=channel(trainer_settings.dataset_grpc_target),
@@ -144,8 +144,9 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
         dataset, trainer, registry, inference)
     install_error_handlers(app)
     add_metrics_route(app)
-    for router in (coachforge_dataset.api.router, coachforge_trainer.api.router, coachforge_registry.api.router,
-                   coachforge_inference.api.router, coachforge_coach.api.router):
+    routers = (coachforge_dataset.api.router, coachforge_dataset.api.datasets, coachforge_trainer.api.router,
+               coachforge_registry.api.router, coachforge_inference.api.router, coachforge_coach.api.router)
+    for router in routers:
         app.include_router(router)
 
     @app.get("/health", include_in_schema=False)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from coachforge_dataset import service
+from coachforge_dataset.pipeline import parse_line
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
-from coachforge_dataset.validation import validate_chat_line
 from coachforge_shared.auth import create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument, NotFound, PayloadTooLarge
@@ -46,7 +46,7 @@ def line(obj: object) -> bytes:
      "messages[1].weight", "must be 0 or 1"),
 ])
 def test_line_errors_name_field_and_reason(raw: bytes, field: str, reason: str) -> None:
-    errors = validate_chat_line(5, raw)
+    _, errors = parse_line(5, raw)
     assert errors and errors[0].line == 5 and errors[0].field == field and reason in errors[0].reason
 
 

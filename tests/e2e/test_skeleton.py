@@ -166,3 +166,42 @@ def test_coach_schema_is_published(stack) -> None:  # type: ignore[no-untyped-de
     assert httpx.post(f"{root}/v1/coach/validate", headers=headers, json={"modification": good}).json()["valid"]
     bad = httpx.post(f"{root}/v1/coach/validate", headers=headers, json={"modification": '{"operations": 1}'}).json()
     assert bad["valid"] is False and bad["error"]
+
+
+def test_dataset_versions_over_rest_and_grpc(client: OpenAI, stack) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import grpc
+
+    from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
+
+    lines = [json.dumps({"conversations": [{"from": "human", "value": f"Can I swap run {i} for a swim?"},
+                                           {"from": "gpt", "value": f"Yes, swap run {i} for an easy swim."}]})
+             for i in range(12)]
+    uploaded = client.files.create(file=("share.jsonl", ("\n".join(lines) + "\n").encode()), purpose="fine-tune")
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    root = stack.base_url.removesuffix("/v1")
+    r = httpx.post(f"{root}/v1/datasets", headers=headers,
+                   json={"name": "swaps", "files": [uploaded.id], "validation_fraction": 0.25, "seed": 1})
+    assert r.status_code == 200, r.text
+    version = r.json()
+    assert version["train_examples"] + version["validation_examples"] == 12
+    assert version["lineage"]["sources"][0]["id"] == uploaded.id
+    bad = httpx.post(f"{root}/v1/datasets", headers=headers, json={"name": "x", "files": [uploaded.id],
+                                                                   "validation_fraction": 0.9})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "validation_fraction"
+    exported = httpx.get(f"{root}/v1/datasets/{version['id']}/export", headers=headers,
+                         params={"format": "chatml", "split": "train"}).text.splitlines()
+    assert len(exported) == version["train_examples"]
+    assert json.loads(exported[0])["text"].startswith("<|im_start|>user\n")
+    stats = httpx.get(f"{root}/v1/datasets/{version['id']}/stats", headers=headers).json()
+    assert stats["format_mix"] == {"sharegpt": 12}
+
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        stub = dataset_pb2_grpc.DatasetServiceStub(channel)
+        md = (("authorization", f"Bearer {stack.api_key}"),)
+        listed = stub.ListDatasetVersions(dataset_pb2.ListDatasetVersionsRequest(name="swaps"), metadata=md)
+        assert [v.id for v in listed.versions] == [version["id"]]
+        chunks = stub.ExportDatasetVersion(dataset_pb2.ExportDatasetVersionRequest(
+            dataset_version_id=version["id"], format="openai", split="validation"), metadata=md)
+        assert len(b"".join(c.data for c in chunks).splitlines()) == version["validation_examples"]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from typing import Any
 
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
-from coachforge_dataset import service
+from coachforge_dataset import service, versions
+from coachforge_dataset.schemas import CreateDatasetVersion
 from coachforge_dataset.service import DatasetDeps
 from coachforge_shared.errors import PayloadTooLarge
 from coachforge_shared.http import CurrentPrincipal
@@ -59,3 +62,47 @@ def delete_file(request: Request, principal: CurrentPrincipal, file_id: str) -> 
 def file_content(request: Request, principal: CurrentPrincipal, file_id: str) -> StreamingResponse:
     chunks = service.read_content(_deps(request), principal.tenant_id, file_id)
     return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+datasets = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+
+@datasets.post("")
+def create_dataset_version(request: Request, principal: CurrentPrincipal,
+                           body: CreateDatasetVersion) -> dict[str, Any]:
+    """Validate, clean and split uploaded files into an immutable, content-addressed version."""
+    return versions.to_openai(versions.create_version(_deps(request), principal.tenant_id, body))
+
+
+@datasets.get("")
+def list_dataset_versions(request: Request, principal: CurrentPrincipal, name: str | None = None) -> dict[str, Any]:
+    rows = versions.list_versions(_deps(request), principal.tenant_id, name)
+    return {"object": "list", "data": [versions.to_openai(r) for r in rows], "has_more": False}
+
+
+@datasets.get("/{version_id}")
+def retrieve_dataset_version(request: Request, principal: CurrentPrincipal, version_id: str) -> dict[str, Any]:
+    return versions.to_openai(versions.get_version(_deps(request), principal.tenant_id, version_id))
+
+
+@datasets.get("/{version_id}/report")
+def dataset_report(request: Request, principal: CurrentPrincipal, version_id: str) -> dict[str, Any]:
+    """Every line issue and what each cleaning stage removed, with samples."""
+    row = versions.get_version(_deps(request), principal.tenant_id, version_id)
+    report: dict[str, Any] = json.loads(row.report_json)
+    return report
+
+
+@datasets.get("/{version_id}/stats")
+def dataset_stats(request: Request, principal: CurrentPrincipal, version_id: str) -> dict[str, Any]:
+    row = versions.get_version(_deps(request), principal.tenant_id, version_id)
+    stats: dict[str, Any] = json.loads(row.stats_json)
+    return stats
+
+
+@datasets.get("/{version_id}/export")
+def export_dataset_version(request: Request, principal: CurrentPrincipal, version_id: str,
+                           format: str = "openai", split: str = "train") -> StreamingResponse:
+    """One split as JSONL in ``openai``, ``chatml`` or ``alpaca`` format."""
+    lines = versions.export(_deps(request), principal.tenant_id, version_id, format, split)
+    return StreamingResponse((line + "\n" for line in lines), media_type="application/jsonl")

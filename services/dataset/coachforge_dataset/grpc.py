@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import grpc
+from pydantic import ValidationError
 
 from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
-from coachforge_dataset import service
+from coachforge_dataset import service, versions
+from coachforge_dataset.models import DatasetVersion
+from coachforge_dataset.schemas import CreateDatasetVersion
 from coachforge_dataset.service import DatasetDeps
 from coachforge_shared.auth import current_principal
+from coachforge_shared.errors import InvalidArgument
 from coachforge_shared.grpc_server import ServiceRegistration
+from coachforge_shared.ids import to_unix
 
 
 class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
@@ -41,6 +46,41 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                        context: grpc.ServicerContext) -> Iterator[dataset_pb2.FileChunk]:
         for chunk in service.read_content(self.deps, current_principal().tenant_id, request.file_id):
             yield dataset_pb2.FileChunk(data=chunk)
+
+
+    def CreateDatasetVersion(self, request: dataset_pb2.CreateDatasetVersionRequest,
+                             context: grpc.ServicerContext) -> dataset_pb2.DatasetVersion:
+        try:
+            body = CreateDatasetVersion.model_validate_json(request.request_json)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise InvalidArgument(f"Invalid request: {first['msg']}",
+                                  param=".".join(str(p) for p in first["loc"]) or None) from None
+        return version_proto(versions.create_version(self.deps, current_principal().tenant_id, body))
+
+    def GetDatasetVersion(self, request: dataset_pb2.GetDatasetVersionRequest,
+                          context: grpc.ServicerContext) -> dataset_pb2.DatasetVersion:
+        return version_proto(versions.get_version(self.deps, current_principal().tenant_id,
+                                                  request.dataset_version_id))
+
+    def ListDatasetVersions(self, request: dataset_pb2.ListDatasetVersionsRequest,
+                            context: grpc.ServicerContext) -> dataset_pb2.ListDatasetVersionsResponse:
+        rows = versions.list_versions(self.deps, current_principal().tenant_id, request.name or None)
+        return dataset_pb2.ListDatasetVersionsResponse(versions=[version_proto(r) for r in rows])
+
+    def ExportDatasetVersion(self, request: dataset_pb2.ExportDatasetVersionRequest,
+                             context: grpc.ServicerContext) -> Iterator[dataset_pb2.FileChunk]:
+        lines = versions.export(self.deps, current_principal().tenant_id, request.dataset_version_id,
+                                request.format or "openai", request.split or "train")
+        for line in lines:
+            yield dataset_pb2.FileChunk(data=(line + "\n").encode())
+
+
+def version_proto(row: DatasetVersion) -> dataset_pb2.DatasetVersion:
+    return dataset_pb2.DatasetVersion(
+        id=row.id, name=row.name, sha256=row.sha256, train_examples=row.train_examples,
+        validation_examples=row.validation_examples, created_at=to_unix(row.created_at),
+        lineage_json=row.lineage_json, stats_json=row.stats_json, report_json=row.report_json)
 
 
 def registration(deps: DatasetDeps) -> ServiceRegistration:

@@ -6,20 +6,21 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 
 from coachforge.dataset.v1 import dataset_pb2
 from coachforge_dataset.models import StoredFile
+from coachforge_dataset.pipeline import LineIssue, parse_line
 from coachforge_dataset.settings import DatasetSettings
-from coachforge_dataset.validation import LineError, validate_chat_line
 from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument, NotFound, PayloadTooLarge
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
+from coachforge_shared.settings import platform_settings
 
 log = get_logger("coachforge.dataset")
 
@@ -34,9 +35,11 @@ class DatasetDeps:
     settings: DatasetSettings
     files_dir: Path
     publisher: EventPublisher | None = None
+    models_dir: Path = field(default_factory=lambda: platform_settings().models_dir)
+    """Prepared base models; their tokenizers count tokens."""
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     """Yield (1-based line number, line without newline) from a byte stream, keeping one line in memory."""
     buf = b""
     line_no = 0
@@ -52,7 +55,8 @@ def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
 
 def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                  chunks: Iterable[bytes]) -> StoredFile:
-    """Stream ``chunks`` to disk while hashing, size-checking and validating every line.
+    """Stream ``chunks`` to disk while hashing, size-checking and validating every line (any
+    format the pipeline reads: OpenAI chat, ShareGPT, alpaca, chatml, Polarize coach).
 
     Nothing is stored unless every line is valid: the temporary file is removed on any error."""
     if purpose not in PURPOSES:
@@ -63,7 +67,7 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
     target_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
-    errors: list[LineError] = []
+    errors: list[LineIssue] = []
     examples = 0
     fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".upload-")
     tmp = Path(tmp_name)
@@ -80,10 +84,10 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                     out.write(chunk)
                     yield chunk
 
-            for line_no, line in _lines(counted()):
+            for line_no, line in iter_lines(counted()):
                 if not line.strip():
                     continue
-                line_errors = validate_chat_line(line_no, line)
+                _, line_errors = parse_line(line_no, line)
                 if line_errors:
                     errors.extend(line_errors)
                 else:
@@ -93,7 +97,8 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
             bad_lines = len({e.line for e in errors})
             more = f" (and {len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
             raise InvalidArgument(
-                f"Invalid file format: {bad_lines} invalid line(s). " + "; ".join(map(str, shown)) + more,
+                f"Invalid file format: {bad_lines} invalid line(s). "
+                + "; ".join(f"line {e.line}: {e.field}: {e.reason}" for e in shown) + more,
                 param="file", code="invalid_file_format")
         if examples == 0:
             raise InvalidArgument("File contains no training examples.", param="file", code="invalid_file_format")

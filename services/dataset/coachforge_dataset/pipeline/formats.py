@@ -1,0 +1,362 @@
+"""Input formats: detect each line's format and convert it to one internal chat form.
+
+The internal form is :class:`Example`, a frozen dataclass holding a tuple of :class:`Message`
+(tuples rather than lists so that examples are immutable and hashable).  Supported formats:
+
+``openai``
+    ``{"messages": [{"role": ..., "content": ..., "weight": 0|1?}, ...]}``
+``sharegpt``
+    ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}``
+``alpaca``
+    ``{"instruction": ..., "input": ..., "output": ...}``: one user turn (instruction, plus
+    ``"\\n\\n"`` + input when input is non-empty) and one assistant turn (output).  An instruction
+    of the form ``"### System:\\n<system>\\n\\n### Instruction:\\n<user>"`` (what
+    :mod:`.export` writes) also yields a leading system turn.
+``chatml``
+    ``{"text": "<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n...<|im_end|>"}``
+``coach``
+    ``{"athlete_context": str, "question": str|None, "modification": {...}}``: system is the
+    coach ``SYSTEM_PROMPT``, user the context (plus ``"\\nAthlete: <question>"`` like
+    ``render_context`` writes it), assistant the modification's compact JSON.
+
+Every problem is a :class:`LineIssue` whose ``field`` is a JSON path such as ``messages[1].role``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Final, Literal, TypeAlias
+
+from coachforge_shared.coach.prompt import SYSTEM_PROMPT
+from coachforge_shared.coach.schema import InvalidModification, parse_modification
+
+Role: TypeAlias = Literal["system", "user", "assistant"]
+ROLES: Final[tuple[Role, ...]] = ("system", "user", "assistant")
+
+OPENAI: Final = "openai"
+SHAREGPT: Final = "sharegpt"
+ALPACA: Final = "alpaca"
+CHATML: Final = "chatml"
+COACH: Final = "coach"
+UNKNOWN: Final = "unknown"
+FORMATS: Final[tuple[str, ...]] = (OPENAI, SHAREGPT, ALPACA, CHATML, COACH)
+
+SHAREGPT_ROLES: Final[dict[str, Role]] = {"human": "user", "gpt": "assistant", "system": "system"}
+ALPACA_SYSTEM_PREFIX: Final = "### System:\n"
+ALPACA_INSTRUCTION_MARK: Final = "\n\n### Instruction:\n"
+CHATML_START: Final = "<|im_start|>"
+CHATML_END: Final = "<|im_end|>"
+DEFAULT_DETECT_LINES: Final = 50
+
+_CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*)\n(.*?)<\|im_end\|>\n?", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn; ``weight`` is OpenAI's optional per-message training weight (0 or 1)."""
+
+    role: Role
+    content: str
+    weight: int | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training conversation in the internal form."""
+
+    messages: tuple[Message, ...]
+    source_format: str
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LineIssue:
+    """One problem: 1-based line number, the offending field (JSON path) and why."""
+
+    line: int
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.field}: {self.reason}"
+
+
+def detect_format(obj: dict[str, Any]) -> str:
+    """The format of one decoded JSON line, judged by its keys; :data:`UNKNOWN` if none fits."""
+    if "messages" in obj:
+        return OPENAI
+    if "conversations" in obj:
+        return SHAREGPT
+    if "athlete_context" in obj or "modification" in obj:
+        return COACH
+    if "instruction" in obj or "output" in obj:
+        return ALPACA
+    text = obj.get("text")
+    if isinstance(text, str) and CHATML_START in text:
+        return CHATML
+    return UNKNOWN
+
+
+def _decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """Decode one line to a JSON object, or return the reason it cannot be."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not valid UTF-8 ({err.reason} at byte {err.start})"
+    try:
+        obj: Any = json.loads(text)
+    except json.JSONDecodeError as err:
+        return None, f"invalid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(obj, dict):
+        return None, "expected a JSON object"
+    return obj, None
+
+
+def detect_file_format(lines: Iterable[bytes], max_lines: int = DEFAULT_DETECT_LINES) -> str | None:
+    """The majority format among the first ``max_lines`` valid, recognisable lines.
+
+    Blank, undecodable and unrecognised lines are skipped and do not count towards
+    ``max_lines``.  Ties go to the format listed first in :data:`FORMATS`.  ``None`` when no
+    line is recognised.
+    """
+    votes: Counter[str] = Counter()
+    seen = 0
+    for raw in lines:
+        if seen >= max_lines:
+            break
+        if not raw.strip():
+            continue
+        obj, _ = _decode(raw)
+        if obj is None:
+            continue
+        fmt = detect_format(obj)
+        if fmt == UNKNOWN:
+            continue
+        votes[fmt] += 1
+        seen += 1
+    if not votes:
+        return None
+    best = max(votes.values())
+    return next(fmt for fmt in FORMATS if votes[fmt] == best)
+
+
+def _conversation_id(obj: dict[str, Any]) -> str | None:
+    value = obj.get("conversation_id")
+    if value is None:
+        meta = obj.get("metadata")
+        if isinstance(meta, dict):
+            value = meta.get("conversation_id")
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, str | int):
+        return str(value) if str(value) else None
+    return None
+
+
+def _as_role(value: object) -> Role | None:
+    """``value`` as a :data:`Role`, or ``None`` when it is not one."""
+    for role in ROLES:
+        if value == role:
+            return role
+    return None
+
+
+def _check_turns(line: int, path: str, role_key: str, turns: list[Message]) -> list[LineIssue]:
+    """Conversation-level checks, run once every turn is individually valid."""
+    if not any(m.role == "assistant" for m in turns):
+        return [LineIssue(line, path, "no assistant turn")]
+    if turns[-1].role != "assistant":
+        return [LineIssue(line, f"{path}[{len(turns) - 1}].{role_key}", "last turn must be the assistant's")]
+    return []
+
+
+def _convert_openai(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
+    messages = obj.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return [], [LineIssue(line, "messages", "missing or not a non-empty list")]
+    issues: list[LineIssue] = []
+    turns: list[Message] = []
+    for i, msg in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(msg, dict):
+            issues.append(LineIssue(line, where, "expected an object with role and content"))
+            continue
+        role = _as_role(msg.get("role"))
+        ok = True
+        if role is None:
+            issues.append(LineIssue(line, f"{where}.role", f"unknown role {msg.get('role')!r} (expected one of "
+                                    f"{', '.join(sorted(ROLES))})"))
+            ok = False
+        content = msg.get("content")
+        if not isinstance(content, str) or not content.strip():
+            issues.append(LineIssue(line, f"{where}.content", "missing or empty"))
+            ok = False
+        weight = msg.get("weight")
+        if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
+            issues.append(LineIssue(line, f"{where}.weight", "must be 0 or 1"))
+            ok = False
+        if ok and role is not None and isinstance(content, str):
+            turns.append(Message(role, content, weight))
+    if issues:
+        return [], issues
+    return turns, _check_turns(line, "messages", "role", turns)
+
+
+def _convert_sharegpt(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
+    conversations = obj.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        return [], [LineIssue(line, "conversations", "missing or not a non-empty list")]
+    issues: list[LineIssue] = []
+    turns: list[Message] = []
+    for i, msg in enumerate(conversations):
+        where = f"conversations[{i}]"
+        if not isinstance(msg, dict):
+            issues.append(LineIssue(line, where, "expected an object with from and value"))
+            continue
+        sender = msg.get("from")
+        role = SHAREGPT_ROLES.get(sender) if isinstance(sender, str) else None
+        if role is None:
+            issues.append(LineIssue(line, f"{where}.from", f"unknown role {sender!r} (expected one of "
+                                    f"{', '.join(sorted(SHAREGPT_ROLES))})"))
+        value = msg.get("value")
+        if not isinstance(value, str) or not value.strip():
+            issues.append(LineIssue(line, f"{where}.value", "missing or empty"))
+        elif role is not None:
+            turns.append(Message(role, value))
+    if issues:
+        return [], issues
+    return turns, _check_turns(line, "conversations", "from", turns)
+
+
+def _convert_alpaca(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
+    issues: list[LineIssue] = []
+    instruction = obj.get("instruction")
+    if not isinstance(instruction, str) or not instruction.strip():
+        issues.append(LineIssue(line, "instruction", "missing or empty"))
+    extra = obj.get("input", "")
+    if extra is None:
+        extra = ""
+    if not isinstance(extra, str):
+        issues.append(LineIssue(line, "input", "must be a string"))
+    output = obj.get("output")
+    if not isinstance(output, str) or not output.strip():
+        issues.append(LineIssue(line, "output", "missing or empty"))
+    if issues:
+        return [], issues
+    assert isinstance(instruction, str) and isinstance(extra, str) and isinstance(output, str)
+    turns: list[Message] = []
+    if instruction.startswith(ALPACA_SYSTEM_PREFIX) and ALPACA_INSTRUCTION_MARK in instruction:
+        system, instruction = instruction[len(ALPACA_SYSTEM_PREFIX) :].split(ALPACA_INSTRUCTION_MARK, 1)
+        if not system.strip() or not instruction.strip():
+            return [], [LineIssue(line, "instruction", "empty system prompt or instruction after the system prefix")]
+        turns.append(Message("system", system))
+    user = f"{instruction}\n\n{extra}" if extra else instruction
+    turns.extend([Message("user", user), Message("assistant", output)])
+    return turns, []
+
+
+def _convert_chatml(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
+    text = obj.get("text")
+    if not isinstance(text, str) or not text.strip():
+        return [], [LineIssue(line, "text", "missing or empty")]
+    issues: list[LineIssue] = []
+    turns: list[Message] = []
+    pos = 0
+    index = 0
+    for match in _CHATML_TURN.finditer(text):
+        if text[pos : match.start()].strip():
+            issues.append(LineIssue(line, "text", f"unexpected text outside a turn at character {pos}"))
+        pos = match.end()
+        name, content = match.group(1), match.group(2)
+        role = _as_role(name)
+        where = f"text.turns[{index}]"
+        index += 1
+        ok = True
+        if role is None:
+            issues.append(LineIssue(line, f"{where}.role", f"unknown role {name!r} (expected one of "
+                                    f"{', '.join(sorted(ROLES))})"))
+            ok = False
+        if not content.strip():
+            issues.append(LineIssue(line, f"{where}.content", "missing or empty"))
+            ok = False
+        if ok and role is not None:
+            turns.append(Message(role, content))
+    if text[pos:].strip():
+        issues.append(LineIssue(line, "text", f"unterminated or malformed chatml at character {pos}"))
+    if index == 0 and not issues:
+        issues.append(LineIssue(line, "text", "no chatml turns"))
+    if issues:
+        return [], issues
+    return turns, _check_turns(line, "text.turns", "role", turns)
+
+
+def coach_user_text(athlete_context: str, question: str | None) -> str:
+    """The coach user turn: the context, then ``Athlete: <question>`` as ``render_context`` writes it."""
+    if question is not None and question.strip():
+        return f"{athlete_context}\nAthlete: {' '.join(question.split())}"
+    return athlete_context
+
+
+def _convert_coach(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
+    issues: list[LineIssue] = []
+    context = obj.get("athlete_context")
+    if not isinstance(context, str) or not context.strip():
+        issues.append(LineIssue(line, "athlete_context", "missing or empty"))
+    question = obj.get("question")
+    if question is not None and not isinstance(question, str):
+        issues.append(LineIssue(line, "question", "must be a string or null"))
+    modification = obj.get("modification")
+    answer: str | None = None
+    if isinstance(modification, dict | str):
+        raw = modification if isinstance(modification, str) else json.dumps(modification)
+        try:
+            answer = parse_modification(raw).to_json()
+        except InvalidModification as err:
+            details = err.errors or [("<root>", str(err))]
+            for loc, msg in details:
+                field = "modification" if loc == "<root>" else f"modification.{loc}"
+                issues.append(LineIssue(line, field, f"invalid workout modification: {msg}"))
+    else:
+        issues.append(LineIssue(line, "modification", "missing or not an object"))
+    if issues or answer is None:
+        return [], issues
+    assert isinstance(context, str)
+    user = coach_user_text(context, question if isinstance(question, str) else None)
+    return [Message("system", SYSTEM_PROMPT), Message("user", user), Message("assistant", answer)], []
+
+
+_CONVERTERS = {
+    OPENAI: _convert_openai,
+    SHAREGPT: _convert_sharegpt,
+    ALPACA: _convert_alpaca,
+    CHATML: _convert_chatml,
+    COACH: _convert_coach,
+}
+
+
+def convert_object(line: int, obj: dict[str, Any], fmt: str | None = None) -> tuple[Example | None, list[LineIssue]]:
+    """Convert one decoded line; ``fmt=None`` detects the format of this line alone."""
+    if fmt is not None and fmt not in _CONVERTERS:
+        raise ValueError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
+    detected = detect_format(obj)
+    chosen = fmt or detected
+    if chosen == UNKNOWN:
+        return None, [LineIssue(line, "line", f"unrecognised format (expected one of {', '.join(FORMATS)})")]
+    turns, issues = _CONVERTERS[chosen](line, obj)
+    if issues and fmt is not None and detected not in (UNKNOWN, fmt):
+        issues.append(LineIssue(line, "line", f"looks like {detected}, but the file is {fmt}"))
+    if issues:
+        return None, issues
+    return Example(tuple(turns), chosen, _conversation_id(obj)), []
+
+
+def parse_line(line: int, raw: bytes, fmt: str | None = None) -> tuple[Example | None, list[LineIssue]]:
+    """Decode (UTF-8, JSON object) and convert one input line; every problem is reported."""
+    obj, reason = _decode(raw)
+    if obj is None:
+        return None, [LineIssue(line, "line", reason or "unreadable")]
+    return convert_object(line, obj, fmt)

@@ -1,0 +1,34 @@
+"""Request bodies of the dataset API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from coachforge_dataset.pipeline.clean import DEFAULT_NEAR_DUP_THRESHOLD
+
+InputFormat = Literal["openai", "sharegpt", "alpaca", "chatml", "coach"]
+
+
+class CreateDatasetVersion(BaseModel):
+    """Build an immutable dataset version from uploaded files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, description="Dataset name; versions of one name form a history.")
+    files: list[str] = Field(min_length=1, max_length=100, description="Uploaded file ids, read in this order.")
+    format: InputFormat | None = Field(None, description="Input format; detected from the first lines when unset.")
+    policy: Literal["strict", "lenient"] = Field(
+        "lenient", description="strict: any invalid line rejects the build; lenient: invalid lines are dropped "
+                               "and reported.")
+    dedupe: bool = Field(True, description="Remove exact and near duplicates.")
+    near_dup_threshold: float = Field(DEFAULT_NEAR_DUP_THRESHOLD, gt=0.5, le=1.0,
+                                      description="Estimated Jaccard similarity above which two examples are "
+                                                  "near duplicates.")
+    min_quality: float = Field(0.0, ge=0.0, le=1.0, description="Drop examples whose quality score is lower.")
+    scrub_pii: bool = Field(False, description="Replace emails, phone numbers and URLs carrying tokens.")
+    validation_fraction: float = Field(0.1, ge=0.0, le=0.5, description="Share of conversations held out.")
+    seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
+    base_model: str = Field("SmolLM2-135M-Instruct", description="Model whose tokenizer counts tokens.")
+    max_tokens: int | None = Field(None, gt=0, description="Examples with more tokens are invalid lines.")

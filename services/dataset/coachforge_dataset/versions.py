@@ -1,0 +1,152 @@
+"""Dataset versions: run the pipeline over uploaded files and store the result immutably,
+content-addressed by the sha256 of its exported train and validation sets."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from coachforge_dataset import service
+from coachforge_dataset.models import DatasetVersion
+from coachforge_dataset.pipeline import Example, export_lines, parse_line, run_pipeline
+from coachforge_dataset.pipeline.export import EXPORT_FORMATS, ExportError
+from coachforge_dataset.schemas import CreateDatasetVersion
+from coachforge_dataset.service import DatasetDeps
+from coachforge_dataset.tokens import token_counter
+from coachforge_shared.errors import InvalidArgument, NotFound
+from coachforge_shared.ids import new_id, to_unix
+from coachforge_shared.logging import get_logger
+
+log = get_logger("coachforge.dataset.versions")
+
+SPLITS = ("train", "validation")
+
+
+def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple[list[dict[str, Any]], Iterator[bytes]]:
+    """The source files' metadata and one stream of their lines, in the order given."""
+    rows = []
+    for file_id in file_ids:
+        try:
+            rows.append(service.get_file(deps, tenant_id, file_id))
+        except NotFound:
+            raise InvalidArgument(f"File {file_id} not found.", param="files", code="file_not_found") from None
+    sources = [{"id": r.id, "filename": r.filename, "sha256": r.sha256, "bytes": r.bytes} for r in rows]
+    streams = (
+        (line for _, line in service.iter_lines(service.read_content(deps, tenant_id, r.id))) for r in rows
+    )
+    return sources, itertools.chain.from_iterable(streams)
+
+
+def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion) -> DatasetVersion:
+    """Build a version; the same data and settings give the same content address (and row)."""
+    sources, lines = _file_lines(deps, tenant_id, req.files)
+    count = token_counter(deps.models_dir, req.base_model)
+    # Uploads were validated line by line in each line's own format; files may differ in format.
+    result = run_pipeline(lines, format=req.format, detect="line", policy=req.policy, dedupe=req.dedupe,
+                          near_dup_threshold=req.near_dup_threshold, min_quality=req.min_quality,
+                          scrub_pii=req.scrub_pii, validation_fraction=req.validation_fraction, seed=req.seed,
+                          max_tokens=req.max_tokens, count_tokens=count)
+    if result.rejected:
+        shown = result.issues[: deps.settings.max_errors_in_response]
+        more = f" (and {len(result.issues) - len(shown)} more)" if len(result.issues) > len(shown) else ""
+        raise InvalidArgument(
+            f"Dataset rejected under the strict policy: {len(result.issues)} problem(s). "
+            + "; ".join(f"line {i.line}: {i.field}: {i.reason}" for i in shown) + more,
+            param="files", code="invalid_file_format")
+    if not result.train:
+        raise InvalidArgument("No training examples are left after validation and cleaning.", param="files")
+    train_text = "".join(line + "\n" for line in export_lines(result.train, "openai"))
+    valid_text = "".join(line + "\n" for line in export_lines(result.validation, "openai"))
+    digest = hashlib.sha256(f"train\n{train_text}validation\n{valid_text}".encode()).hexdigest()
+    with deps.db.session() as s:
+        existing = s.scalar(select(DatasetVersion).where(DatasetVersion.tenant_id == tenant_id,
+                                                         DatasetVersion.sha256 == digest))
+    if existing is not None:
+        return existing
+    target = deps.files_dir.parent / "datasets" / tenant_id / digest
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    try:
+        (staging / "train.jsonl").write_text(train_text)
+        (staging / "validation.jsonl").write_text(valid_text)
+        if not target.exists():
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    lineage = {"sources": sources, "format": result.format, "settings": req.model_dump(),
+               "counts": dataclasses.asdict(result.lineage)}
+    report = {"issues_total": len(result.issues),
+              "issues": [dataclasses.asdict(i) for i in result.issues],
+              "stages": [dataclasses.asdict(r) for r in result.reports]}
+    row = DatasetVersion(id=new_id("dsv"), tenant_id=tenant_id, name=req.name, sha256=digest,
+                         train_examples=len(result.train), validation_examples=len(result.validation),
+                         lineage_json=json.dumps(lineage), stats_json=json.dumps(dataclasses.asdict(result.stats)),
+                         report_json=json.dumps(report), train_path=str(target / "train.jsonl"),
+                         validation_path=str(target / "validation.jsonl"))
+    with deps.db.session() as s:
+        s.add(row)
+    log.info("dataset version created", version=row.id, tenant=tenant_id, train=row.train_examples,
+             validation=row.validation_examples, sha256=digest)
+    return row
+
+
+def get_version(deps: DatasetDeps, tenant_id: str, version_id: str) -> DatasetVersion:
+    with deps.db.session() as s:
+        row = s.scalar(select(DatasetVersion).where(DatasetVersion.id == version_id,
+                                                    DatasetVersion.tenant_id == tenant_id))
+    if row is None:
+        raise NotFound(f"No dataset version {version_id}.", param="dataset_version_id", code="dataset_not_found")
+    return row
+
+
+def list_versions(deps: DatasetDeps, tenant_id: str, name: str | None = None) -> list[DatasetVersion]:
+    with deps.db.session() as s:
+        q = select(DatasetVersion).where(DatasetVersion.tenant_id == tenant_id)
+        if name:
+            q = q.where(DatasetVersion.name == name)
+        return list(s.scalars(q.order_by(DatasetVersion.created_at.desc(), DatasetVersion.id)))
+
+
+def export(deps: DatasetDeps, tenant_id: str, version_id: str, fmt: str, split: str) -> Iterator[str]:
+    """One split of a version as JSONL lines in ``fmt`` (openai, chatml or alpaca).
+
+    The whole split is converted once up front (without keeping it) so that an example the
+    format cannot hold is a clear 400 before anything is streamed."""
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidArgument(f"Unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}.",
+                              param="format")
+    if split not in SPLITS:
+        raise InvalidArgument(f"Unknown split {split!r}; expected train or validation.", param="split")
+    row = get_version(deps, tenant_id, version_id)
+    path = Path(row.train_path if split == "train" else row.validation_path)
+
+    def examples() -> Iterator[Example]:
+        with path.open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                example, issues = parse_line(number, raw.rstrip(b"\n"), "openai")
+                if example is None:  # stored versions are valid by construction
+                    raise RuntimeError(f"{path}:{number}: {issues}")
+                yield example
+
+    try:
+        for _ in export_lines(examples(), fmt):
+            pass
+    except ExportError as err:
+        raise InvalidArgument(f"Cannot export as {fmt}: {err}", param="format") from None
+    return export_lines(examples(), fmt)
+
+
+def to_openai(row: DatasetVersion) -> dict[str, Any]:
+    return {"id": row.id, "object": "dataset.version", "name": row.name, "sha256": row.sha256,
+            "created_at": to_unix(row.created_at), "train_examples": row.train_examples,
+            "validation_examples": row.validation_examples, "lineage": json.loads(row.lineage_json)}

@@ -1,0 +1,108 @@
+"""Dataset versions built from uploaded files: content addressing, lineage, policies, exports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coachforge_dataset import service, versions
+from coachforge_dataset.pipeline import parse_line
+from coachforge_dataset.schemas import CreateDatasetVersion
+from coachforge_dataset.service import DatasetDeps
+from coachforge_dataset.settings import DatasetSettings
+from coachforge_shared.auth import create_tenant
+from coachforge_shared.db import Database
+from coachforge_shared.errors import InvalidArgument, NotFound
+
+
+def chat(user: str, answer: str, conv: str | None = None) -> bytes:
+    obj: dict[str, object] = {"messages": [{"role": "user", "content": user},
+                                           {"role": "assistant", "content": answer}]}
+    if conv:
+        obj["conversation_id"] = conv
+    return json.dumps(obj).encode()
+
+
+def sharegpt(user: str, answer: str) -> bytes:
+    return json.dumps({"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]}).encode()
+
+
+@pytest.fixture
+def deps(db: Database, tmp_path: Path, base_model_dir: Path) -> DatasetDeps:
+    for tenant in ("acme", "globex"):
+        create_tenant(db, tenant)
+    return DatasetDeps(db=db, settings=DatasetSettings(), files_dir=tmp_path / "files",
+                       models_dir=base_model_dir.parent)
+
+
+def upload(deps: DatasetDeps, name: str, lines: list[bytes], tenant: str = "acme") -> str:
+    return service.store_upload(deps, tenant, name, "fine-tune", [b"\n".join(lines) + b"\n"]).id
+
+
+def sample_files(deps: DatasetDeps) -> list[str]:
+    first = [chat(f"How do I pace interval {i} of my session today?", f"Hold zone {i % 5 + 1} and stay relaxed.",
+                  conv=f"c{i // 2}") for i in range(20)]
+    first.append(first[0])  # an exact duplicate
+    second = [sharegpt(f"Is a rest day after race {i} a good idea for me?", f"Yes, rest after race {i}.")
+              for i in range(10)]
+    return [upload(deps, "a.jsonl", first), upload(deps, "b.jsonl", second)]
+
+
+def test_version_is_content_addressed_with_lineage(deps: DatasetDeps) -> None:
+    files = sample_files(deps)
+    req = CreateDatasetVersion(name="coach", files=files, validation_fraction=0.2, seed=3)
+    v = versions.create_version(deps, "acme", req)
+    lineage = json.loads(v.lineage_json)
+    assert [s["id"] for s in lineage["sources"]] == files
+    assert lineage["counts"]["exact_duplicates"] == 1
+    assert v.train_examples + v.validation_examples == 30
+    assert v.validation_examples > 0
+    stats = json.loads(v.stats_json)
+    assert stats["examples"] == 30 and stats["tokens_total"] > 0
+    assert stats["format_mix"] == {"openai": 20, "sharegpt": 10}
+    again = versions.create_version(deps, "acme", req)
+    assert again.id == v.id and again.sha256 == v.sha256
+    other_seed = versions.create_version(deps, "acme", req.model_copy(update={"seed": 4}))
+    assert other_seed.sha256 != v.sha256
+    assert {r.id for r in versions.list_versions(deps, "acme", "coach")} == {v.id, other_seed.id}
+    with pytest.raises(NotFound):
+        versions.get_version(deps, "globex", v.id)
+    with pytest.raises(InvalidArgument):
+        versions.create_version(deps, "globex", req)  # the files are acme's
+
+
+def test_conversations_never_straddle_the_split(deps: DatasetDeps) -> None:
+    v = versions.create_version(deps, "acme", CreateDatasetVersion(name="c", files=sample_files(deps),
+                                                                   validation_fraction=0.3, seed=1))
+    def convs(path: str) -> set[str]:
+        return {json.loads(line).get("conversation_id") for line in Path(path).read_text().splitlines()} - {None}
+    assert not convs(v.train_path) & convs(v.validation_path)
+
+
+@pytest.mark.parametrize("fmt", ["openai", "chatml", "alpaca"])
+def test_exports_reimport_to_the_same_examples(deps: DatasetDeps, fmt: str) -> None:
+    v = versions.create_version(deps, "acme", CreateDatasetVersion(name="x", files=sample_files(deps)))
+    stored = [parse_line(i, raw.encode(), "openai")[0] for i, raw in
+              enumerate(Path(v.train_path).read_text().splitlines(), 1)]
+    exported = list(versions.export(deps, "acme", v.id, fmt, "train"))
+    back = [parse_line(i, raw.encode(), fmt)[0] for i, raw in enumerate(exported, 1)]
+    assert [e.messages if e else None for e in back] == [e.messages if e else None for e in stored]
+    with pytest.raises(InvalidArgument):
+        list(versions.export(deps, "acme", v.id, "csv", "train"))
+
+
+def test_strict_policy_rejects_and_lenient_reports(deps: DatasetDeps) -> None:
+    good = [chat(f"question number {i} about my long ride", f"answer number {i}") for i in range(5)]
+    # store_upload refuses invalid lines, so write a bad line into a stored file's content directly.
+    file_id = upload(deps, "c.jsonl", good)
+    row = service.get_file(deps, "acme", file_id)
+    Path(row.storage_path).write_bytes(b"\n".join([*good, b'{"messages": [{"role": "user", "content": "x"}]}']))
+    with pytest.raises(InvalidArgument) as err:
+        versions.create_version(deps, "acme", CreateDatasetVersion(name="s", files=[file_id], policy="strict"))
+    assert "line 6: messages: no assistant turn" in err.value.message
+    v = versions.create_version(deps, "acme", CreateDatasetVersion(name="s", files=[file_id], policy="lenient"))
+    report = json.loads(v.report_json)
+    assert report["issues_total"] == 1 and report["issues"][0]["line"] == 6
+    assert v.train_examples + v.validation_examples == 5
