@@ -32,6 +32,12 @@ class Principal:
 
     tenant_id: str
     internal: bool = False
+    key_id: str | None = None
+
+    @property
+    def actor(self) -> str:
+        """Who did it, for audit rows: the API key's id, or the internal caller."""
+        return f"api-key:{self.key_id}" if self.key_id else "internal"
 
 
 _current: ContextVar[Principal | None] = ContextVar("coachforge_principal", default=None)
@@ -84,7 +90,7 @@ class Authenticator:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip())))
             if row is None or row.revoked_at is not None:
                 raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
-            return Principal(tenant_id=row.tenant_id)
+            return Principal(tenant_id=row.tenant_id, key_id=row.id)
 
 
 def set_principal(principal: Principal | None) -> object:

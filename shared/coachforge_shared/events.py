@@ -45,6 +45,8 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "job.failed": trainer_pb2.JobFinished,
     "job.cancelled": trainer_pb2.JobFinished,
     "model.registered": registry_pb2.ModelRegistered,
+    "model.activated": registry_pb2.AvatarChanged,
+    "model.rolled_back": registry_pb2.AvatarChanged,
     "usage.recorded": inference_pb2.UsageRecorded,
 }
 

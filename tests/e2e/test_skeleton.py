@@ -205,3 +205,27 @@ def test_dataset_versions_over_rest_and_grpc(client: OpenAI, stack) -> None:  # 
         chunks = stub.ExportDatasetVersion(dataset_pb2.ExportDatasetVersionRequest(
             dataset_version_id=version["id"], format="openai", split="validation"), metadata=md)
         assert len(b"".join(c.data for c in chunks).splitlines()) == version["validation_examples"]
+
+
+def test_avatar_alias_answers_chat_and_is_managed_over_grpc(client: OpenAI, stack) -> None:  # type: ignore[no-untyped-def]
+    import grpc
+
+    from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
+
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    root = stack.base_url.removesuffix("/v1")
+    r = httpx.post(f"{root}/v1/avatars", headers=headers,
+                   json={"name": "coach-e2e", "model": BASE_MODEL_ID, "reason": "first"})
+    assert r.status_code == 200, r.text
+    answer = client.chat.completions.create(model="coach-e2e", messages=[{"role": "user", "content": "Hi"}],
+                                            max_tokens=8, temperature=0)
+    assert answer.model == BASE_MODEL_ID and answer.choices[0].message.content
+    with grpc.insecure_channel(stack.grpc_target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        md = (("authorization", f"Bearer {stack.api_key}"),)
+        assert "coach-e2e" in [a.name for a in stub.ListAvatars(registry_pb2.ListAvatarsRequest(), metadata=md).avatars]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ActivateModel(registry_pb2.ActivateModelRequest(avatar="coach-e2e", model="ft:none"), metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    history = httpx.get(f"{root}/v1/avatars/coach-e2e/history", headers=headers).json()["data"]
+    assert history[0]["action"] == "created" and history[0]["actor"].startswith("api-key:")

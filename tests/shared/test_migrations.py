@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, inspect
 from coachforge_shared import migrate
 
 TABLES = {"tenants", "api_keys", "processed_events", "files", "fine_tuning_jobs", "fine_tuning_job_events",
-          "model_versions", "dataset_versions"}
+          "model_versions", "dataset_versions", "avatars", "avatar_changes"}
 
 
 def _tables(url: str) -> set[str]:

@@ -1,0 +1,30 @@
+"""Request bodies of the registry API."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class CreateAvatar(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="Alias, e.g. coach-anna.")
+    model: str = Field(min_length=1, description="Model id it answers with (base or fine-tuned).")
+    fallback: Literal["error", "base"] = Field(
+        "error", description="When its adapter cannot be served: fail, or answer from the base model.")
+    reason: str = Field("", max_length=500)
+
+
+class Activate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Model id to activate.")
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+
+
+class Rollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
