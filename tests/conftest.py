@@ -102,6 +102,7 @@ class RunningStack:
     data_dir: Path
     database_url: str
     internal_token: str
+    kafka_bootstrap: str
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +125,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
     try:
         yield RunningStack(base_url=running.base_url, api_key=prepared.api_key,
                            grpc_target=f"127.0.0.1:{settings.grpc_port}", data_dir=data_dir,
-                           database_url=postgres_url, internal_token=internal_token(platform))
+                           database_url=postgres_url, internal_token=internal_token(platform),
+                           kafka_bootstrap=f"127.0.0.1:{settings.broker_port}")
     finally:
         running.stop()

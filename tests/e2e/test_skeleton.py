@@ -229,3 +229,40 @@ def test_avatar_alias_answers_chat_and_is_managed_over_grpc(client: OpenAI, stac
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     history = httpx.get(f"{root}/v1/avatars/coach-e2e/history", headers=headers).json()["data"]
     assert history[0]["action"] == "created" and history[0]["actor"].startswith("api-key:")
+
+
+def test_unservable_adapter_falls_back_to_base_only_where_the_avatar_allows(client: OpenAI, stack) -> None:  # type: ignore[no-untyped-def]
+    import secrets
+
+    from coachforge.trainer.v1 import trainer_pb2
+    from coachforge_shared.events import EventPublisher
+
+    tag = secrets.token_hex(4)
+    broken = f"ft:{BASE_MODEL_ID}:default:broken:{tag}"
+    publisher = EventPublisher(stack.kafka_bootstrap, "e2e-test")
+    publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
+        job_id=f"ftjob-broken-{tag}", base_model=BASE_MODEL_ID, fine_tuned_model=broken,
+        adapter_uri=str(stack.data_dir / "no-such-adapter"), lora_rank=16), "default")
+    publisher.close()
+    deadline = time.monotonic() + 60
+    while broken not in {m.id for m in client.models.list()}:
+        assert time.monotonic() < deadline, "the registry never registered the model"
+        time.sleep(0.5)
+    question = [{"role": "user", "content": "Hi"}]
+
+    with pytest.raises(openai.APIStatusError) as err:  # an explicit model id never falls back
+        client.chat.completions.create(model=broken, messages=question, max_tokens=4)
+    assert err.value.status_code == 503
+
+    headers = {"Authorization": f"Bearer {stack.api_key}"}
+    root = stack.base_url.removesuffix("/v1")
+    r = httpx.post(f"{root}/v1/avatars", headers=headers,
+                   json={"name": f"broken-{tag}", "model": broken, "fallback": "base"})
+    assert r.status_code == 200, r.text
+    raw = client.chat.completions.with_raw_response.create(model=f"broken-{tag}", messages=question,
+                                                           max_tokens=4, temperature=0)
+    assert raw.headers["x-coachforge-fallback"] == f"base; from={broken}"
+    answer = raw.parse()
+    assert answer.model == BASE_MODEL_ID and answer.choices[0].message.content
+    metrics = httpx.get(f"{root}/metrics").text
+    assert f'coachforge_inference_fallbacks_total{{model="{broken}",tenant="default"}} 1.0' in metrics

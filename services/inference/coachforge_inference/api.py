@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Body, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from coachforge_inference import service
 from coachforge_inference.service import InferenceDeps
@@ -20,11 +20,20 @@ def _deps(request: Request) -> InferenceDeps:
     return deps
 
 
+FALLBACK_HEADER = "x-coachforge-fallback"
+
+
+def _headers(routed: service.Routed) -> dict[str, str]:
+    """A fallback answer says so: ``x-coachforge-fallback: base; from=<model that could not be served>``."""
+    return {FALLBACK_HEADER: f"base; from={routed.fallback_from}"} if routed.fallback_from else {}
+
+
 def _answer(request: Request, tenant_id: str, path: str, body: dict[str, Any]) -> Any:
     if body.get("stream"):
-        return StreamingResponse(service.stream(_deps(request), tenant_id, path, body),
-                                 media_type="text/event-stream")
-    return service.complete(_deps(request), tenant_id, path, body)
+        events, routed = service.stream(_deps(request), tenant_id, path, body)
+        return StreamingResponse(events, media_type="text/event-stream", headers=_headers(routed))
+    result, routed = service.complete(_deps(request), tenant_id, path, body)
+    return JSONResponse(result, headers=_headers(routed))
 
 
 @router.post("/chat/completions")

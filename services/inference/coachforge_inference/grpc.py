@@ -33,7 +33,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 body["response_format"] = json.loads(request.response_format_json)
             except json.JSONDecodeError as err:
                 raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
-        result = service.complete(self.deps, current_principal().tenant_id, "/v1/chat/completions", body)
+        result, _ = service.complete(self.deps, current_principal().tenant_id, "/v1/chat/completions", body)
         choice = result["choices"][0]
         usage = result.get("usage") or {}
         return inference_pb2.ChatCompletionResponse(

@@ -16,3 +16,6 @@ TTFT = Histogram("coachforge_inference_ttft_seconds", "Time to first token (stre
                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
 ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total", "LoRA adapters loaded into an engine.",
                         ["outcome"])
+FALLBACKS = Counter("coachforge_inference_fallbacks_total",
+                    "Requests answered by the base model because the adapter could not be served.",
+                    ["tenant", "model"])

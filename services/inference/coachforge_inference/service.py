@@ -14,9 +14,9 @@ from typing import Any
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_inference.engine import Engine
-from coachforge_inference.metrics import COST, LATENCY, REQUESTS, TOKENS, TTFT
+from coachforge_inference.metrics import COST, FALLBACKS, LATENCY, REQUESTS, TOKENS, TTFT
 from coachforge_inference.settings import InferenceSettings, Price
-from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound
+from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.logging import get_logger
@@ -56,18 +56,37 @@ def price_of(settings: InferenceSettings, model: registry_pb2.Model) -> Price:
     return settings.fine_tuned_price if model.adapter_name else settings.base_price
 
 
-def _prepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> tuple[registry_pb2.Model, dict[str, Any]]:
+@dataclass
+class Routed:
+    """Where a request goes: the model that answers and the engine's request body."""
+
+    model: registry_pb2.Model
+    engine_body: dict[str, Any]
+    fallback_from: str | None = None
+    """The model that could not be served when the base model answers instead (avatar policy "base")."""
+
+
+def _prepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Routed:
     model_id = body.get("model")
     if not isinstance(model_id, str) or not model_id:
         raise InvalidArgument("you must provide a model parameter", param="model")
     model = deps.resolve(tenant_id, model_id)
     engine_body = dict(body)
-    if model.adapter_name:
-        deps.engine.ensure_adapter(model.adapter_name, model.adapter_uri)
-        engine_body["model"] = model.adapter_name
-    else:
+    if not model.adapter_name:
         engine_body["model"] = model.id
-    return model, engine_body
+        return Routed(model, engine_body)
+    try:
+        deps.engine.ensure_adapter(model.adapter_name, model.adapter_uri)
+    except Unavailable:
+        if model.fallback != "base":
+            raise
+        FALLBACKS.labels(tenant_id, model.id).inc()
+        log.warning("adapter unavailable; answering from the base model", model=model.id, base=model.base_model)
+        base = registry_pb2.Model(id=model.base_model, owned_by=model.owned_by, base_model=model.base_model)
+        engine_body["model"] = model.base_model
+        return Routed(base, engine_body, fallback_from=model.id)
+    engine_body["model"] = model.adapter_name
+    return Routed(model, engine_body)
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
@@ -104,25 +123,26 @@ def _call(deps: InferenceDeps, path: str, model: registry_pb2.Model, body: dict[
         return deps.engine.post(path, body)
 
 
-def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
-    """A non-streaming chat or text completion; ``model`` in the answer is the one requested."""
+def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Routed]:
+    """A non-streaming chat or text completion; ``model`` in the answer is the model that answered."""
     started = time.perf_counter()
     try:
-        model, engine_body = _prepare(deps, tenant_id, body)
-        result = _call(deps, path, model, engine_body)
+        routed = _prepare(deps, tenant_id, body)
+        result = _call(deps, path, routed.model, routed.engine_body)
     except CoachForgeError:
         REQUESTS.labels(tenant_id, str(body.get("model"))[:100], "error").inc()
         raise
-    result["model"] = model.id
-    record_usage(deps, tenant_id, model, result.get("usage"), started)
-    return result
+    result["model"] = routed.model.id
+    record_usage(deps, tenant_id, routed.model, result.get("usage"), started)
+    return result, routed
 
 
-def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> Iterator[bytes]:
+def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[Iterator[bytes], Routed]:
     """A streaming completion as server-sent events; errors before the first byte are raised."""
     started = time.perf_counter()
-    model, engine_body = _prepare(deps, tenant_id, body)
-    upstream = deps.engine.stream(path, engine_body)
+    routed = _prepare(deps, tenant_id, body)
+    model = routed.model
+    upstream = deps.engine.stream(path, routed.engine_body)
     first = next(upstream)  # raises before anything was sent to the client
 
     def events() -> Iterator[bytes]:
@@ -141,4 +161,4 @@ def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any])
             yield line
         record_usage(deps, tenant_id, model, usage, started)
 
-    return events()
+    return events(), routed

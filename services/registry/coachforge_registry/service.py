@@ -83,6 +83,8 @@ def get_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> registry_pb2
             avatar = s.scalar(select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.name == model_id))
             if avatar is not None:
                 found = _find_model(s, deps, tenant_id, avatar.active_model)
+                if found is not None:
+                    found.fallback = avatar.fallback
     if found is None:
         raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
                        param="model", code="model_not_found")
