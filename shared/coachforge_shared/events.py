@@ -103,10 +103,18 @@ class EventPublisher:
     def _connect(bootstrap: str, client_id: str) -> KafkaProducer:
         return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=0)
 
-    def publish(self, event_type: str, payload: Message, tenant_id: str, key: str | None = None) -> str:
-        """Send one event and wait for the broker's acknowledgement; returns its event id."""
+    def publish(self, event_type: str, payload: Message, tenant_id: str, key: str | None = None, *,
+                wait: bool = True) -> str:
+        """Send one event; returns its event id. With ``wait`` (the default) the broker's
+        acknowledgement is awaited and a failure raises; without it (hot paths such as usage
+        records) a failure is logged when the producer learns of it."""
         env = encode(event_type, payload, tenant_id)
-        self._producer.send(event_type, value=env.SerializeToString(), key=(key or tenant_id).encode()).get(timeout=30)
+        future = self._producer.send(event_type, value=env.SerializeToString(), key=(key or tenant_id).encode())
+        if wait:
+            future.get(timeout=30)
+        else:
+            future.add_errback(lambda err: log.error("event not delivered", type=event_type,
+                                                     event_id=env.event_id, error=str(err)))
         EVENTS_PUBLISHED.labels(event_type).inc()
         log.debug("event published", type=event_type, event_id=env.event_id, tenant=tenant_id)
         return env.event_id

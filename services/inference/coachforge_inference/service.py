@@ -106,7 +106,7 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
         try:
             deps.publisher.publish("usage.recorded", inference_pb2.UsageRecorded(
                 model=model.id, base_model=model.base_model, prompt_tokens=prompt, completion_tokens=completion,
-                cost_usd=cost, latency_seconds=elapsed), tenant_id, key=model.id)
+                cost_usd=cost, latency_seconds=elapsed), tenant_id, key=model.id, wait=False)
         except Exception:  # usage events must never fail an answered request
             log.exception("usage event not published", model=model.id)
 

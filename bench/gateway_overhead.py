@@ -1,0 +1,88 @@
+"""Latency and throughput the inference service adds in front of the vLLM engine.
+
+Starts the all-in-one stack (its own data dir and free ports), then sends the same chat
+requests straight to the engine and through the inference service, in one run, at several
+concurrency levels, and prints p50/p99 latency, the added latency and the throughput ratio.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 64] [--concurrency 1 8 32] [--max-tokens 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from coachforge_launcher.models import BASE_MODEL_ID
+from coachforge_launcher.settings import StackSettings
+from coachforge_launcher.stack import Stack
+from coachforge_shared.settings import PlatformSettings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def drive(url: str, headers: dict[str, str], n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float]:
+    """Send ``n`` requests with ``concurrency`` in flight; return per-request seconds and wall seconds."""
+    body = {"model": BASE_MODEL_ID, "messages": [{"role": "user", "content": "Name one endurance sport."}],
+            "max_tokens": max_tokens, "temperature": 0}
+    with httpx.Client(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
+
+        def one(_: int) -> float:
+            t = time.perf_counter()
+            r = client.post(url, json=body, headers=headers)
+            r.raise_for_status()
+            return time.perf_counter() - t
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            latencies = list(pool.map(one, range(n)))
+        return latencies, time.perf_counter() - started
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=64, help="requests per run (default 64)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--max-tokens", type=int, default=8, help="tokens generated per request (default 8)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        platform = PlatformSettings(data_dir=Path(tmp), api_key="cf-bench")
+        settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
+                                 broker_port=free_port())
+        with Stack(platform, settings):
+            direct = f"http://127.0.0.1:{settings.engine_port}/v1/chat/completions"
+            gateway = f"http://127.0.0.1:{settings.http_port}/v1/chat/completions"
+            auth = {"Authorization": "Bearer cf-bench"}
+            drive(direct, {}, 8, 4, args.max_tokens)  # warm-up both paths
+            drive(gateway, auth, 8, 4, args.max_tokens)
+            print(f"{args.requests} requests per run, {args.max_tokens} tokens each, base model {BASE_MODEL_ID}")
+            print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}   added p50 / p99, throughput")
+            for c in args.concurrency:
+                d_lat, d_wall = drive(direct, {}, args.requests, c, args.max_tokens)
+                g_lat, g_wall = drive(gateway, auth, args.requests, c, args.max_tokens)
+                for name, lat, wall in (("direct", d_lat, d_wall), ("gateway", g_lat, g_wall)):
+                    print(f"{c:>4} {name:>8} {pct(lat, 50) * 1e3:8.1f} {pct(lat, 99) * 1e3:8.1f} "
+                          f"{len(lat) / wall:7.2f}", end="")
+                    if name == "gateway":
+                        print(f"   {(pct(g_lat, 50) - pct(d_lat, 50)) * 1e3:+.1f} ms / "
+                              f"{(pct(g_lat, 99) - pct(d_lat, 99)) * 1e3:+.1f} ms, "
+                              f"{d_wall / g_wall:.2f}x of direct", end="")
+                    print()
+
+
+if __name__ == "__main__":
+    main()
