@@ -143,7 +143,11 @@ def delete_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> None:
 
 def read_content(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
     """The file's content in chunks (nothing is loaded whole)."""
-    row = get_file(deps, tenant_id, file_id)
+    return content_chunks(deps, get_file(deps, tenant_id, file_id))
+
+
+def content_chunks(deps: DatasetDeps, row: StoredFile) -> Iterator[bytes]:
+    """The content of a file already looked up, in chunks."""
     path = Path(row.storage_path)
 
     def chunks() -> Iterator[bytes]:

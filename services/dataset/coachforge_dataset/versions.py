@@ -42,7 +42,7 @@ def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple
             raise InvalidArgument(f"File {file_id} not found.", param="files", code="file_not_found") from None
     sources = [{"id": r.id, "filename": r.filename, "sha256": r.sha256, "bytes": r.bytes} for r in rows]
     streams = (
-        (line for _, line in service.iter_lines(service.read_content(deps, tenant_id, r.id))) for r in rows
+        (line for _, line in service.iter_lines(service.content_chunks(deps, r))) for r in rows
     )
     return sources, itertools.chain.from_iterable(streams)
 

@@ -131,7 +131,7 @@ def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
     if fallback not in FALLBACKS:
         raise InvalidArgument(f"fallback must be one of {', '.join(FALLBACKS)}.", param="fallback")
     with deps.db.session() as s:
-        if name in deps.settings.base_models or _find_model(s, deps, tenant_id, name) is not None:
+        if _find_model(s, deps, tenant_id, name) is not None:
             raise InvalidArgument(f"{name!r} is already a model id.", param="name")
         if s.scalar(select(Avatar.id).where(Avatar.tenant_id == tenant_id, Avatar.name == name)) is not None:
             raise Conflict(f"An avatar named {name!r} already exists.", param="name", code="avatar_exists")
