@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 PACKAGES := shared services/dataset services/trainer services/registry services/inference services/coach launcher
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
+TOOLS_STAMP := $(VENV)/tools/.installed
 
-.PHONY: help install proto lint test run demo lock clean
+.PHONY: help install tools proto lint test run demo lock clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -25,6 +26,11 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(MAKE) proto
 	touch $@
 
+tools: $(TOOLS_STAMP) ## Install helm, prometheus and promtool into .venv/tools/bin (no root needed)
+$(TOOLS_STAMP): deploy/tools/install_tools.py $(STAMP)
+	$(BIN)/python deploy/tools/install_tools.py --dest $(VENV)/tools
+	touch $@
+
 proto: ## Generate Python and type stubs from protos/ into shared/coachforge/
 	rm -rf shared/coachforge
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=shared --grpc_python_out=shared \
@@ -34,7 +40,7 @@ lint: install ## ruff on everything, mypy --strict on shared/
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared/coachforge_shared
 
-test: install ## Run the test suite (unit + integration against real services)
+test: install tools ## Run the test suite (unit + integration against real services)
 	$(BIN)/python -m pytest
 
 run: install ## Start the all-in-one stack (Ctrl-C stops everything)
