@@ -30,6 +30,9 @@ import coachforge_registry.api
 import coachforge_registry.grpc
 import coachforge_trainer.api
 import coachforge_trainer.grpc
+from coachforge_coach.clients import GrpcModelClient
+from coachforge_coach.service import CoachDeps
+from coachforge_coach.settings import CoachSettings
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_inference.engine import Engine
@@ -107,13 +110,17 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     engine = Engine(inference_settings.engine_url, inference_settings.request_timeout_s)
     inference = InferenceDeps(settings=inference_settings, engine=engine,
                               registry=channel(inference_settings.registry_grpc_target), publisher=publisher)
+    coach_settings = CoachSettings()
+    coach = CoachDeps(db=db, settings=coach_settings, models_dir=coach_settings.models_dir or platform.models_dir,
+                      models=GrpcModelClient(channel(coach_settings.registry_grpc_target),
+                                             channel(coach_settings.inference_grpc_target)))
     authenticator = Authenticator(db, token)
     server, _ = build_server([
         coachforge_dataset.grpc.registration(dataset),
         coachforge_trainer.grpc.registration(trainer),
         coachforge_registry.grpc.registration(registry),
         coachforge_inference.grpc.registration(inference),
-        coachforge_coach.grpc.registration(),
+        coachforge_coach.grpc.registration(coach),
     ], authenticator, f"{stack.host}:{stack.grpc_port}")
     runtime = Runtime(platform=platform, stack=stack, db=db, publisher=publisher, engine=engine,
                       grpc_server=server, channels=runtime_channels)
@@ -142,6 +149,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     app.state.authenticator = authenticator
     app.state.dataset, app.state.trainer, app.state.registry, app.state.inference = (
         dataset, trainer, registry, inference)
+    app.state.coach = coach
     install_error_handlers(app)
     add_metrics_route(app)
     routers = (coachforge_dataset.api.router, coachforge_dataset.api.datasets, coachforge_trainer.api.router,

@@ -617,3 +617,46 @@ def recommend(
     return _keep(
         f"Your load looks balanced (TSB {state.tsb:+.0f}): stick to the plan and keep the easy days easy.{focus}"
     )
+
+
+# --------------------------------------------------------------------------- accepting a proposal
+
+
+def partition_operations(
+    modification: Modification,
+    state: AthleteState,
+    upcoming: Sequence[PlannedWorkout],
+    today: dt.date,
+    *,
+    config: RuleConfig = DEFAULT_CONFIG,
+    rejected: Iterable[RuleViolation] = (),
+) -> tuple[list[int], list[RuleViolation]]:
+    """Split ``modification`` into the operations that may be applied and the violations of the others.
+
+    Every operation flagged by :func:`check_operation` is rejected; the remaining ones are checked
+    again together (plan-level rules such as the weekly TSS band depend on which operations go
+    through) until the accepted set passes as a whole.  ``rejected`` lists violations found by the
+    caller beforehand (e.g. an operation naming a completed workout): those operations are rejected
+    up front.  Returns the indices of the accepted operations (in order) and the violations, sorted
+    by operation index, each naming its index in ``modification``.
+    """
+    violations = list(rejected)
+    accepted = [i for i in range(len(modification.operations)) if i not in {v.operation_index for v in violations}]
+    while accepted:
+        subset = Modification(operations=[modification.operations[i] for i in accepted], message=modification.message)
+        found = check_operation(subset, state, upcoming, today, config=config)
+        if not found:
+            break
+        bad = {v.operation_index for v in found}
+        violations.extend(
+            RuleViolation(rule=v.rule, operation_index=accepted[v.operation_index], message=v.message) for v in found
+        )
+        accepted = [index for position, index in enumerate(accepted) if position not in bad]
+    violations.sort(key=lambda v: v.operation_index)
+    return accepted, violations
+
+
+def weekly_tss(plan: Iterable[PlannedWorkout], today: dt.date, config: RuleConfig = DEFAULT_CONFIG) -> float:
+    """TSS planned in the rules' week (``today`` .. ``today + window_days - 1``)."""
+    end = today + dt.timedelta(days=config.window_days)
+    return round(sum(w.tss for w in plan if today <= w.date < end), 1)

@@ -1,0 +1,91 @@
+"""How the coach reaches the model: the registry (which base model, hence which tokenizer) and
+inference (the chat completion), both only through their gRPC stubs."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from tokenizers import Tokenizer
+
+from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
+from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
+from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
+from coachforge_shared.logging import get_logger
+
+log = get_logger("coachforge.coach")
+
+
+@dataclass(frozen=True)
+class ChatAnswer:
+    content: str
+    finish_reason: str
+    model: str  # the model that answered (the base model when an avatar fell back to it)
+
+
+class ModelClient(Protocol):
+    """What the coach needs from the platform's model services."""
+
+    def base_model(self, tenant_id: str, model: str) -> str:
+        """The base model of ``model`` (a model id or an avatar); raises the typed error otherwise."""
+        ...
+
+    def chat(self, tenant_id: str, model: str, messages: list[dict[str, str]], *, response_format: dict[str, Any],
+             max_tokens: int, temperature: float, seed: int, timeout: float) -> ChatAnswer:
+        """One chat completion constrained by ``response_format``."""
+        ...
+
+
+class GrpcModelClient:
+    """:class:`ModelClient` over the registry's and inference's gRPC stubs, as an internal caller."""
+
+    def __init__(self, registry: InternalChannel, inference: InternalChannel) -> None:
+        self.registry = registry
+        self.inference = inference
+
+    def base_model(self, tenant_id: str, model: str) -> str:
+        stub = registry_pb2_grpc.RegistryServiceStub(self.registry.channel)
+        with typed_rpc_errors():
+            found: registry_pb2.Model = stub.GetModel(registry_pb2.GetModelRequest(model_id=model),
+                                                      metadata=self.registry.metadata(tenant_id), timeout=10)
+        return found.base_model or found.id
+
+    def chat(self, tenant_id: str, model: str, messages: list[dict[str, str]], *, response_format: dict[str, Any],
+             max_tokens: int, temperature: float, seed: int, timeout: float) -> ChatAnswer:
+        stub = inference_pb2_grpc.InferenceServiceStub(self.inference.channel)
+        request = inference_pb2.ChatCompletionRequest(
+            model=model, messages=[inference_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+            max_tokens=max_tokens, temperature=temperature, seed=seed,
+            response_format_json=json.dumps(response_format, separators=(",", ":")))
+        with typed_rpc_errors():
+            reply: inference_pb2.ChatCompletionResponse = stub.CreateChatCompletion(
+                request, metadata=self.inference.metadata(tenant_id), timeout=timeout)
+        return ChatAnswer(content=reply.content, finish_reason=reply.finish_reason, model=reply.model)
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(path: Path) -> Tokenizer:
+    return Tokenizer.from_file(str(path))
+
+
+_lock = threading.Lock()
+
+
+def token_counter(models_dir: Path, base_model: str) -> tuple[Callable[[str], int], str]:
+    """A function counting tokens with ``base_model``'s tokenizer, and the tokenizer's name.
+
+    Without a prepared tokenizer the count is a conservative estimate (one token per 3 characters)
+    and the name says ``approximate``.
+    """
+    path = models_dir / base_model / "tokenizer.json"
+    if not path.is_file():
+        log.warning("no tokenizer for the base model; estimating tokens", base_model=base_model, path=str(path))
+        return (lambda text: len(text) // 3 + 1), "approximate"
+    with _lock:
+        tokenizer = _tokenizer(path)
+    return (lambda text: len(tokenizer.encode(text, add_special_tokens=False).ids)), base_model

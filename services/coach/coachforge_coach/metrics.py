@@ -1,0 +1,16 @@
+"""Coach metrics. Labels are bounded: tenant, model (registered ids), source, outcome, rule names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+
+RECOMMENDATIONS = Counter("coachforge_coach_recommendations_total",
+                          "Recommendations previewed, by who answered (model or rules).",
+                          ["tenant", "model", "source"])
+FALLBACKS = Counter("coachforge_coach_fallbacks_total",
+                    "Rule-based recommendations given because the model was unavailable or its answer unusable.",
+                    ["tenant", "model", "reason"])
+OPERATIONS = Counter("coachforge_coach_operations_total",
+                     "Operations checked on apply, by outcome (accepted, rejected) and rejecting rule.",
+                     ["tenant", "outcome", "rule"])
+CHANGES = Counter("coachforge_coach_changes_total", "Plan changes applied and undone.", ["tenant", "action"])

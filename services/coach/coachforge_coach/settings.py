@@ -1,0 +1,36 @@
+"""Coach settings (env prefix ``COACHFORGE_COACH_``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CoachSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COACHFORGE_COACH_", extra="ignore")
+
+    inference_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the inference service (default: the platform's grpc_target).")
+    registry_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
+    default_model: str = Field(default="SmolLM2-135M-Instruct",
+                               description="Model id or avatar asked when a request names none.")
+    default_base_model: str = Field(default="SmolLM2-135M-Instruct",
+                                    description="Tokenizer used when the registry cannot say the model's base.")
+    models_dir: Path | None = Field(default=None,
+                                    description="Prepared base models (tokenizers); default: the platform's.")
+    token_budget: int = Field(default=640, ge=128,
+                              description="Tokens the prompt (system + context) may use; older history is "
+                                          "summarised to fit.")
+    max_answer_tokens: int = Field(default=320, ge=32, description="Upper bound on the model's answer, tokens.")
+    temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature of recommendations.")
+    seed: int = Field(default=0, description="Sampling seed of recommendations.")
+    inference_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one inference call, seconds.")
+    tss_band: float = Field(default=0.15, gt=0, le=1,
+                            description="Largest allowed change of the week's TSS, as a share (0.15 = +-15%).")
+    max_hard_in_a_row: int = Field(default=2, ge=1, description="Most consecutive hard days a change may create.")
+    hrv_baseline_days: int = Field(default=28, ge=3,
+                                   description="Days averaged for the HRV baseline when the athlete has none.")
+    history_limit: int = Field(default=100, ge=1, le=1000, description="Most changes listed per history page.")
