@@ -47,6 +47,20 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from coachforge_launcher.serve import serve
+
+    serve(args.service, args.host, args.http_port, args.grpc_port)
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from coachforge_launcher.serve import migrate
+
+    migrate()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="coachforge",
@@ -63,6 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data (default 7)")
     demo.set_defaults(func=cmd_demo)
+    serve = sub.add_parser("serve", help="run one service (REST, gRPC, its event consumers) in this process, "
+                                         "as on Kubernetes")
+    serve.add_argument("service", choices=("dataset", "trainer", "registry", "inference", "coach"))
+    serve.add_argument("--host", default="0.0.0.0", help="interface to bind (default 0.0.0.0)")
+    serve.add_argument("--http-port", type=int, default=8000, help="REST port (default 8000)")
+    serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (default 50051)")
+    serve.set_defaults(func=cmd_serve)
+    sub.add_parser("migrate", help="upgrade the database to the latest schema; create the default tenant and "
+                                   "register COACHFORGE_API_KEY if set").set_defaults(func=cmd_migrate)
     sub.add_parser("prepare-model", help="convert the bundled base model once and print its folder").set_defaults(
         func=cmd_prepare_model)
     args = parser.parse_args(argv)
