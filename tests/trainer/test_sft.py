@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
-from coachforge_trainer.sft import Progress, TrainingCancelled, TrainParams, run_sft
+from coachforge_trainer.sft import (
+    Checkpoint,
+    Progress,
+    TrainingCancelled,
+    TrainingPaused,
+    TrainParams,
+    list_checkpoints,
+    run_sft,
+)
 
 
 def _examples(count: int = 16) -> list[dict[str, Any]]:
@@ -46,7 +55,7 @@ def test_run_sft_trains_and_saves_adapter(base_model_dir: Path, tmp_path: Path) 
     assert (adapter_dir / "adapter_config.json").is_file()
     assert (adapter_dir / "adapter_model.safetensors").is_file()
     assert (adapter_dir / "tokenizer_config.json").is_file()
-    assert sorted(p.name for p in output_dir.iterdir()) == ["adapter"]  # scratch removed
+    assert sorted(p.name for p in output_dir.iterdir()) == ["adapter", "checkpoints"]  # no staging left
 
     adapter_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     assert adapter_config["r"] == 16
@@ -98,7 +107,75 @@ def test_cancellation_after_first_step_writes_nothing(base_model_dir: Path, tmp_
     assert reports and reports[0].step == 1
     assert reports[-1].step < 6
     assert not (output_dir / "adapter").exists()
-    assert list(output_dir.iterdir()) == []  # scratch removed too
+    assert list_checkpoints(output_dir) == []  # the first checkpoint was not due yet
+    assert not list(output_dir.glob(".adapter-tmp-*"))
+
+
+def test_checkpoint_at_each_epoch_with_validation_loss(base_model_dir: Path, tmp_path: Path) -> None:
+    saved: list[Checkpoint] = []
+    reports: list[Progress] = []
+    output_dir = tmp_path / "run"
+
+    result = run_sft(base_model_dir, _examples(16), output_dir, _small_params(max_steps=-1, n_epochs=2),
+                     on_progress=reports.append, eval_examples=_examples(4), on_checkpoint=saved.append)
+
+    assert [c.step for c in saved] == [4, 8]  # 16 examples / batch 4 = 4 steps per epoch
+    assert [round(c.epoch) for c in saved] == [1, 2]
+    assert all(c.valid_loss is not None and math.isfinite(c.valid_loss) for c in saved)
+    assert all(c.train_loss is not None for c in saved)
+    assert list_checkpoints(output_dir) == saved
+    for checkpoint in saved:  # each checkpoint holds a loadable adapter and the state to resume from
+        assert (checkpoint.path / "adapter_model.safetensors").is_file()
+        assert json.loads((checkpoint.path / "adapter_config.json").read_text())["r"] == 16
+        assert (checkpoint.path / "optimizer.pt").is_file() and (checkpoint.path / "scheduler.pt").is_file()
+    assert result.valid_loss == saved[-1].valid_loss
+    assert any(p.valid_loss is not None for p in reports)
+    assert result.resumed_from_step == 0
+
+
+def test_paused_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_run(
+        base_model_dir: Path, tmp_path: Path) -> None:
+    params = _small_params(max_steps=-1, n_epochs=2, lora_dropout=0.0)
+    reference = run_sft(base_model_dir, _examples(16), tmp_path / "reference", params)
+
+    output_dir = tmp_path / "run"
+    first: list[Progress] = []
+    with pytest.raises(TrainingPaused) as paused:
+        run_sft(base_model_dir, _examples(16), output_dir, params, on_progress=first.append,
+                should_pause=lambda: len(first) >= 2)  # checked at the end of step 3
+    assert paused.value.step == 3  # mid-epoch: a checkpoint of step 3 was written on the way out
+    assert [c.step for c in list_checkpoints(output_dir)] == [3]
+    assert not (output_dir / "adapter").exists()
+
+    second: list[Progress] = []
+    result = run_sft(base_model_dir, _examples(16), output_dir, params, on_progress=second.append)
+
+    assert result.resumed_from_step == 3
+    assert result.steps == reference.steps == 8
+    assert [p.step for p in second] == [4, 5, 6, 7, 8]
+    assert result.trained_tokens == reference.trained_tokens
+    resumed = load_file(result.adapter_dir / "adapter_model.safetensors")
+    expected = load_file(reference.adapter_dir / "adapter_model.safetensors")
+    assert resumed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-5), name
+
+
+def test_early_stopping_ends_training_when_validation_loss_stops_improving(
+        base_model_dir: Path, tmp_path: Path) -> None:
+    # A learning rate of zero leaves the adapter unchanged, so the validation loss never improves.
+    params = _small_params(max_steps=-1, n_epochs=4, learning_rate=0.0, early_stopping_patience=1)
+    saved: list[Checkpoint] = []
+    result = run_sft(base_model_dir, _examples(8), tmp_path / "run", params, eval_examples=_examples(4),
+                     on_checkpoint=saved.append)
+    assert [c.step for c in saved] == [2, 4]  # evaluated after epochs 1 and 2, then stopped
+    assert result.steps == 4
+    assert result.valid_loss == saved[0].valid_loss
+
+
+def test_early_stopping_needs_validation_examples(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="validation"):
+        run_sft(tmp_path / "no-model", _examples(4), tmp_path / "run", _small_params(early_stopping_patience=2))
 
 
 @pytest.mark.parametrize(

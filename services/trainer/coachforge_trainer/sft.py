@@ -29,6 +29,7 @@ stay light should import it lazily.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -45,6 +46,7 @@ from datasets import Dataset
 from peft import LoraConfig, PeftModel
 from transformers import (
     AutoTokenizer,
+    EarlyStoppingCallback,
     PrinterCallback,
     TrainerCallback,
     TrainerControl,
@@ -54,10 +56,13 @@ from transformers import (
 from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazily exported
 
 __all__ = [
+    "Checkpoint",
     "Progress",
     "TrainParams",
     "TrainResult",
     "TrainingCancelled",
+    "TrainingPaused",
+    "list_checkpoints",
     "run_sft",
 ]
 
@@ -65,6 +70,10 @@ logger = logging.getLogger("coachforge.trainer.sft")
 
 ADAPTER_DIRNAME = "adapter"
 """Name of the folder, inside ``output_dir``, that receives the trained adapter."""
+CHECKPOINTS_DIRNAME = "checkpoints"
+"""Name of the folder, inside ``output_dir``, that holds ``checkpoint-<step>`` folders."""
+_STATE_FILE = "trainer_state.json"
+"""Written last into a checkpoint folder: a folder without it is incomplete."""
 
 
 @dataclass
@@ -89,6 +98,13 @@ class TrainParams:
     micro_batch_size: int = 2
     """Examples per forward pass; ``batch_size`` is reached by gradient accumulation. Peak memory
     grows with this (the logits alone are micro_batch x length x 49k vocabulary floats)."""
+    checkpoint_steps: int = 0
+    """Save a checkpoint every this many optimizer steps; ``0`` saves one at each epoch end."""
+    save_checkpoints: bool = True
+    """Write resumable checkpoints (adapter + optimizer, scheduler and RNG state)."""
+    early_stopping_patience: int = 0
+    """Stop when the validation loss has not improved for this many evaluations (``0``: never).
+    Needs validation examples; the best checkpoint becomes the final adapter."""
 
 
 @dataclass
@@ -108,6 +124,19 @@ class Progress:
     tokens_per_second: float
     eta_seconds: float | None
     """Estimated seconds until the end of training, ``None`` before the first step."""
+    valid_loss: float | None = None
+    """Loss on the validation examples at the latest evaluation, if any."""
+
+
+@dataclass
+class Checkpoint:
+    """A complete checkpoint folder: a loadable adapter plus the state to resume from."""
+
+    step: int
+    epoch: float
+    path: Path
+    train_loss: float | None
+    valid_loss: float | None
 
 
 @dataclass
@@ -120,6 +149,10 @@ class TrainResult:
     """Non-padding input tokens processed over all epochs."""
     final_loss: float | None
     """Last reported training loss."""
+    valid_loss: float | None
+    """Validation loss of the saved adapter's evaluation (``None`` without validation examples)."""
+    resumed_from_step: int
+    """Step of the checkpoint training resumed from (``0``: started from scratch)."""
     device: str
     """``"cpu"`` or ``"cuda"``."""
     lora_r: int
@@ -131,6 +164,45 @@ class TrainingCancelled(Exception):
     """Raised by :func:`run_sft` when ``should_cancel`` asked training to stop."""
 
 
+class TrainingPaused(Exception):
+    """Raised by :func:`run_sft` when ``should_pause`` asked it to stop: a checkpoint of the
+    last step was saved first, so calling :func:`run_sft` again resumes from there."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"training paused after step {step}")
+        self.step = step
+
+
+def list_checkpoints(output_dir: Path) -> list[Checkpoint]:
+    """The complete checkpoints of a run, oldest first, with the metrics logged up to each."""
+    folder = Path(output_dir) / CHECKPOINTS_DIRNAME
+    found = []
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        if (path / _STATE_FILE).is_file():
+            found.append(_read_checkpoint(path))
+    return sorted(found, key=lambda c: c.step)
+
+
+def _read_checkpoint(path: Path) -> Checkpoint:
+    state = json.loads((path / _STATE_FILE).read_text(encoding="utf-8"))
+    train_loss = valid_loss = None
+    for entry in state.get("log_history", []):
+        if "loss" in entry:
+            train_loss = float(entry["loss"])
+        if "eval_loss" in entry:
+            valid_loss = float(entry["eval_loss"])
+    return Checkpoint(step=int(state["global_step"]), epoch=float(state.get("epoch") or 0.0), path=path,
+                      train_loss=train_loss, valid_loss=valid_loss)
+
+
+def _remove_incomplete_checkpoints(output_dir: Path) -> None:
+    folder = output_dir / CHECKPOINTS_DIRNAME
+    for path in folder.glob("checkpoint-*") if folder.is_dir() else []:
+        if not (path / _STATE_FILE).is_file():
+            logger.warning("removing incomplete checkpoint %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def run_sft(
     base_model_dir: Path,
     examples: list[dict[str, Any]],
@@ -138,8 +210,12 @@ def run_sft(
     params: TrainParams,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    *,
+    eval_examples: list[dict[str, Any]] | None = None,
+    on_checkpoint: Callable[[Checkpoint], None] | None = None,
+    should_pause: Callable[[], bool] | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on chat conversations and save it.
+    """Fine-tune a LoRA adapter on chat conversations and save it, resuming if a checkpoint exists.
 
     Args:
         base_model_dir: Hugging Face folder of the base model (weights and tokenizer with
@@ -148,14 +224,22 @@ def run_sft(
             ``{"messages": [{"role": ..., "content": ...}, ...]}``; each must contain an
             assistant message, and the loss is computed on the last one (see the module
             documentation). Other keys are ignored.
-        output_dir: Directory for this run; created if missing. The adapter is written to
-            ``output_dir / "adapter"`` (replacing a previous one) and a scratch folder
-            inside it is removed before returning.
+        output_dir: Directory for this run; created if missing. Checkpoints go to
+            ``output_dir / "checkpoints" / "checkpoint-<step>"``; if complete ones are
+            there already, training resumes from the latest (model, optimizer, scheduler
+            and RNG state), so the same call finishes an interrupted run. The final
+            adapter is written to ``output_dir / "adapter"`` atomically.
         params: Hyper-parameters.
-        on_progress: Called with a :class:`Progress` at every logging step.
+        on_progress: Called with a :class:`Progress` at every logging step and after every
+            evaluation.
         should_cancel: Polled after every optimizer step (and once before training);
             when it returns ``True`` training stops and :class:`TrainingCancelled` is
-            raised without writing the adapter.
+            raised without writing the adapter. Complete checkpoints are kept.
+        eval_examples: Validation conversations (same format); the validation loss is
+            computed at every checkpoint.
+        on_checkpoint: Called after each checkpoint is completely written.
+        should_pause: Polled after every optimizer step; when it returns ``True`` a
+            checkpoint of that step is saved and :class:`TrainingPaused` is raised.
 
     Returns:
         A :class:`TrainResult` describing the saved adapter.
@@ -163,26 +247,37 @@ def run_sft(
     Raises:
         ValueError: if ``examples`` is empty or malformed.
         TrainingCancelled: if ``should_cancel`` returned ``True``.
+        TrainingPaused: if ``should_pause`` returned ``True``.
     """
     dataset = Dataset.from_list(_to_prompt_completion(examples))
+    eval_dataset = Dataset.from_list(_to_prompt_completion(eval_examples)) if eval_examples else None
+    if params.early_stopping_patience and eval_dataset is None:
+        raise ValueError("early stopping needs validation examples")
     base_model_dir = Path(base_model_dir)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints_dir = output_dir / CHECKPOINTS_DIRNAME
+    _remove_incomplete_checkpoints(output_dir)
+    previous = list_checkpoints(output_dir)
+    resume_from = previous[-1] if previous else None
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
-    scratch_dir = Path(tempfile.mkdtemp(prefix=".sft-scratch-", dir=output_dir))
     staging_dir: Path | None = None
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
         quantization_config = _quantization_config() if cuda else None
+        micro_batch = min(params.batch_size, params.micro_batch_size)
+        save_strategy = ("no" if not params.save_checkpoints
+                         else "steps" if params.checkpoint_steps > 0 else "epoch")
+        early_stopping = bool(params.early_stopping_patience) and save_strategy != "no"
         config = SFTConfig(
-            output_dir=str(scratch_dir),
+            output_dir=str(checkpoints_dir),
             num_train_epochs=params.n_epochs,
             max_steps=params.max_steps,
-            per_device_train_batch_size=min(params.batch_size, params.micro_batch_size),
-            gradient_accumulation_steps=math.ceil(params.batch_size / min(params.batch_size,
-                                                                            params.micro_batch_size)),
+            per_device_train_batch_size=micro_batch,
+            per_device_eval_batch_size=micro_batch,
+            gradient_accumulation_steps=math.ceil(params.batch_size / micro_batch),
             learning_rate=params.learning_rate,
             seed=params.seed,
             logging_steps=params.logging_steps,
@@ -192,7 +287,13 @@ def run_sft(
             gradient_checkpointing=cuda,
             model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
             include_num_input_tokens_seen="non_padding",
-            save_strategy="no",
+            save_strategy=save_strategy,
+            save_steps=params.checkpoint_steps or 500,
+            eval_strategy=save_strategy if eval_dataset is not None and save_strategy != "no" else "no",
+            eval_steps=params.checkpoint_steps or None,
+            load_best_model_at_end=early_stopping,
+            metric_for_best_model="eval_loss" if early_stopping else None,
+            greater_is_better=False if early_stopping else None,
             report_to=[],
             disable_tqdm=True,
         )
@@ -204,15 +305,19 @@ def run_sft(
             bias="none",
             task_type="CAUSAL_LM",
         )
-        callback = _ProgressCallback(on_progress, should_cancel)
+        callback = _ProgressCallback(on_progress, should_cancel, should_pause, on_checkpoint)
+        callbacks: list[TrainerCallback] = [callback]
+        if early_stopping:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
         trainer = SFTTrainer(
             model=str(base_model_dir),
             args=config,
             train_dataset=dataset,
+            eval_dataset=eval_dataset,
             processing_class=tokenizer,
             peft_config=peft_config,
             quantization_config=quantization_config,
-            callbacks=[callback],
+            callbacks=callbacks,
         )
         # With tqdm disabled, transformers prints every log dict to stdout; progress is
         # reported through ``on_progress`` and the logger instead.
@@ -221,10 +326,14 @@ def run_sft(
             raise TrainingCancelled("training cancelled before the first step")
 
         quantized = " (QLoRA, 4-bit NF4)" if quantization_config is not None else ""
-        logger.info("training LoRA r=%d on %d examples on %s%s", params.lora_r, len(dataset), device, quantized)
-        train_output = trainer.train()
+        resumed = f", resuming from step {resume_from.step}" if resume_from else ""
+        logger.info("training LoRA r=%d on %d examples on %s%s%s", params.lora_r, len(dataset), device,
+                    quantized, resumed)
+        train_output = trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
         if callback.cancelled:
             raise TrainingCancelled(f"training cancelled after step {trainer.state.global_step}")
+        if callback.paused:
+            raise TrainingPaused(trainer.state.global_step)
 
         state = trainer.state
         final_loss = callback.last_loss
@@ -234,6 +343,13 @@ def run_sft(
         if not isinstance(model, PeftModel):
             raise RuntimeError(f"SFTTrainer returned a {type(model).__name__}, not a PeftModel")
         target_modules = _adapted_modules(model)
+        valid_loss = None
+        if early_stopping and state.best_metric is not None:
+            valid_loss = float(state.best_metric)  # the best checkpoint was loaded back
+        elif eval_dataset is not None and callback.last_eval_step == state.global_step:
+            valid_loss = callback.last_valid_loss
+        elif eval_dataset is not None:
+            valid_loss = float(trainer.evaluate()["eval_loss"])
 
         staging_dir = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=output_dir))
         model.save_pretrained(str(staging_dir))
@@ -254,40 +370,87 @@ def run_sft(
             steps=state.global_step,
             trained_tokens=int(state.num_input_tokens_seen),
             final_loss=final_loss,
+            valid_loss=valid_loss,
+            resumed_from_step=resume_from.step if resume_from else 0,
             device=device,
             lora_r=params.lora_r,
             target_modules=target_modules,
         )
     finally:
-        shutil.rmtree(scratch_dir, ignore_errors=True)
+        _remove_incomplete_checkpoints(output_dir)
         if staging_dir is not None:
             shutil.rmtree(staging_dir, ignore_errors=True)
 
 
 class _ProgressCallback(TrainerCallback):
-    """Reports :class:`Progress` on every log and polls for cancellation after every step."""
+    """Reports :class:`Progress` and checkpoints; polls for cancellation and pause after every step."""
 
     def __init__(
         self,
         on_progress: Callable[[Progress], None] | None,
         should_cancel: Callable[[], bool] | None,
+        should_pause: Callable[[], bool] | None,
+        on_checkpoint: Callable[[Checkpoint], None] | None,
     ) -> None:
         self._on_progress = on_progress
         self._should_cancel = should_cancel
+        self._should_pause = should_pause
+        self._on_checkpoint = on_checkpoint
         self._started = time.monotonic()
+        self._start_step = 0
+        self._start_tokens = 0
         self.cancelled = False
+        self.paused = False
         self.last_loss: float | None = None
+        self.last_valid_loss: float | None = None
+        self.last_eval_step = -1
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        # On resume the state already holds the earlier steps: rates and ETA count this run only.
         self._started = time.monotonic()
+        self._start_step = state.global_step
+        self._start_tokens = int(state.num_input_tokens_seen)
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         if self._should_cancel is not None and self._should_cancel():
             logger.info("cancellation requested at step %d", state.global_step)
             self.cancelled = True
             control.should_training_stop = True
+        elif self._should_pause is not None and self._should_pause():
+            logger.info("pausing at step %d: saving a checkpoint", state.global_step)
+            self.paused = True
+            control.should_save = args.save_strategy != "no"
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        # Leaving the epoch early is not an epoch end: a cancelled run saves nothing more, a
+        # paused one already saved the checkpoint of its last step.
+        if self.cancelled or self.paused:
+            control.should_save = False
+            control.should_evaluate = False
+
+    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._on_checkpoint is None:
+            return
+        path = Path(str(args.output_dir)) / f"checkpoint-{state.global_step}"
+        if (path / _STATE_FILE).is_file():
+            self._on_checkpoint(_read_checkpoint(path))
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if metrics and "eval_loss" in metrics:
+            self.last_valid_loss = float(metrics["eval_loss"])
+            self.last_eval_step = state.global_step
+            self._report(state, {"epoch": metrics.get("epoch", state.epoch or 0.0)})
 
     def on_log(
         self,
@@ -303,22 +466,27 @@ class _ProgressCallback(TrainerCallback):
             return
         loss = float(logs["loss"])
         self.last_loss = loss if math.isfinite(loss) else None
+        self._report(state, logs)
+
+    def _report(self, state: TrainerState, logs: dict[str, Any]) -> None:
         if self._on_progress is None:
             return
         elapsed = max(time.monotonic() - self._started, 1e-9)
         step, total = state.global_step, state.max_steps
         tokens = int(state.num_input_tokens_seen)
+        done_here = step - self._start_step
         learning_rate = logs.get("learning_rate")
         self._on_progress(
             Progress(
                 step=step,
                 total_steps=total,
                 epoch=float(logs.get("epoch", state.epoch or 0.0)),
-                train_loss=loss,
+                train_loss=self.last_loss,
                 learning_rate=float(learning_rate) if learning_rate is not None else None,
                 tokens_seen=tokens,
-                tokens_per_second=tokens / elapsed,
-                eta_seconds=elapsed / step * max(total - step, 0) if step > 0 else None,
+                tokens_per_second=(tokens - self._start_tokens) / elapsed,
+                eta_seconds=elapsed / done_here * max(total - step, 0) if done_here > 0 else None,
+                valid_loss=self.last_valid_loss,
             )
         )
 
