@@ -30,9 +30,7 @@ import coachforge_registry.api
 import coachforge_registry.grpc
 import coachforge_trainer.api
 import coachforge_trainer.grpc
-from coachforge_coach.clients import GrpcModelClient
-from coachforge_coach.service import CoachDeps
-from coachforge_coach.settings import CoachSettings
+from coachforge_coach import service as coach_service
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_inference.engine import Engine
@@ -110,10 +108,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     engine = Engine(inference_settings.engine_url, inference_settings.request_timeout_s)
     inference = InferenceDeps(settings=inference_settings, engine=engine,
                               registry=channel(inference_settings.registry_grpc_target), publisher=publisher)
-    coach_settings = CoachSettings()
-    coach = CoachDeps(db=db, settings=coach_settings, models_dir=coach_settings.models_dir or platform.models_dir,
-                      models=GrpcModelClient(channel(coach_settings.registry_grpc_target),
-                                             channel(coach_settings.inference_grpc_target)))
+    coach = coach_service.build_deps(db, platform, channel)
     authenticator = Authenticator(db, token)
     server, _ = build_server([
         coachforge_dataset.grpc.registration(dataset),

@@ -11,7 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coachforge_coach import repository as repo
-from coachforge_coach.clients import ModelClient, token_counter
+from coachforge_coach.clients import GrpcModelClient, ModelClient, token_counter
 from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, RECOMMENDATIONS
 from coachforge_coach.models import Athlete, PlanChange, Recommendation, Wellness, Workout
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.settings import CoachSettings
+from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.coach.context import Day, DoneWorkout, Profile, build_context
 from coachforge_shared.coach.load import LoadPoint, compute_load
 from coachforge_shared.coach.prompt import SYSTEM_PROMPT
@@ -54,8 +57,10 @@ from coachforge_shared.coach.schema import (
 )
 from coachforge_shared.db import Database
 from coachforge_shared.errors import CoachForgeError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from coachforge_shared.grpc_server import InternalChannel
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.coach")
 
@@ -76,6 +81,25 @@ class CoachDeps:
 
     def __post_init__(self) -> None:
         self.config = RuleConfig(tss_band=self.settings.tss_band, max_hard_in_a_row=self.settings.max_hard_in_a_row)
+
+
+def build_deps(db: Database, platform: PlatformSettings,
+               channel: Callable[[str | None], InternalChannel] | None = None) -> CoachDeps:
+    """The coach's dependencies from its settings; ``channel(target)`` opens an internal channel
+    (``None``: the platform's gRPC target)."""
+    settings = CoachSettings()
+    token = internal_token(platform)
+    open_channel = channel or (lambda target: InternalChannel(target or platform.grpc_target, token))
+    return CoachDeps(db=db, settings=settings, models_dir=settings.models_dir or platform.models_dir,
+                     models=GrpcModelClient(open_channel(settings.registry_grpc_target),
+                                            open_channel(settings.inference_grpc_target)))
+
+
+@lru_cache(maxsize=1)
+def default_deps() -> CoachDeps:
+    """Dependencies built from the environment, for a process that did not pass its own."""
+    platform = PlatformSettings()
+    return build_deps(Database(platform.resolved_database_url), platform)
 
 
 def schema() -> dict[str, Any]:
