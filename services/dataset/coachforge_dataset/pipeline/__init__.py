@@ -31,7 +31,7 @@ from .formats import (
     detect_format,
     parse_line,
 )
-from .run import Lineage, PipelineResult, Policy, run_pipeline, whitespace_tokens
+from .run import Lineage, PipelineFiles, PipelineResult, Policy, run_pipeline, run_pipeline_to_files, whitespace_tokens
 from .split import group_key, split_examples
 from .stats import DatasetStats, compute_stats
 
@@ -45,6 +45,7 @@ __all__ = [
     "LineIssue",
     "Lineage",
     "Message",
+    "PipelineFiles",
     "PipelineResult",
     "Policy",
     "Quality",
@@ -66,6 +67,7 @@ __all__ = [
     "quality",
     "quality_score",
     "run_pipeline",
+    "run_pipeline_to_files",
     "scrub_pii",
     "scrub_text",
     "split_examples",

@@ -79,9 +79,13 @@ def content_hash(example: Example) -> str:
     return hashlib.sha256(normalized_text(example).encode("utf-8")).hexdigest()
 
 
-def _preview(example: Example) -> str:
+def preview(example: Example) -> str:
+    """A one-line preview of an example for reports (at most :data:`PREVIEW_CHARS` characters)."""
     text = " | ".join(f"{m.role}: {' '.join(m.content.split())}" for m in example.messages)
     return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "\u2026"
+
+
+_preview = preview
 
 
 class _Samples:
@@ -254,6 +258,20 @@ def quality_score(example: Example) -> float:
     return quality(example).score
 
 
+def quality_reason(q: Quality, min_quality: float) -> str:
+    """Why an example scored below ``min_quality``, for the quality stage's samples."""
+    parts = [f"score {q.score:.2f} < {min_quality:.2f}"]
+    if q.boilerplate:
+        parts.append("refusal/boilerplate phrase")
+    if q.schema_valid is False:
+        parts.append("invalid workout modification")
+    if q.repetition > 0.3:
+        parts.append(f"repetition {q.repetition:.2f}")
+    if q.length_balance < 0.5:
+        parts.append(f"length balance {q.length_balance:.2f}")
+    return "; ".join(parts)
+
+
 def filter_quality(examples: list[Example], min_quality: float) -> tuple[list[Example], StageReport]:
     """Keep examples whose quality score is >= ``min_quality``."""
     kept: list[Example] = []
@@ -263,16 +281,7 @@ def filter_quality(examples: list[Example], min_quality: float) -> tuple[list[Ex
         if q.score >= min_quality:
             kept.append(ex)
             continue
-        parts = [f"score {q.score:.2f} < {min_quality:.2f}"]
-        if q.boilerplate:
-            parts.append("refusal/boilerplate phrase")
-        if q.schema_valid is False:
-            parts.append("invalid workout modification")
-        if q.repetition > 0.3:
-            parts.append(f"repetition {q.repetition:.2f}")
-        if q.length_balance < 0.5:
-            parts.append(f"length balance {q.length_balance:.2f}")
-        samples.add(i, "; ".join(parts), ex)
+        samples.add(i, quality_reason(q, min_quality), ex)
     removed = len(examples) - len(kept)
     return kept, StageReport("quality", removed, tuple(samples.items), {"low_quality": removed})
 
@@ -338,6 +347,19 @@ def scrub_text(text: str) -> tuple[str, Counter[str]]:
     return text, counts
 
 
+def scrub_example(example: Example) -> tuple[Example, Counter[str]]:
+    """The example with every turn scrubbed (the same object when nothing changed), and counts per kind."""
+    changed: Counter[str] = Counter()
+    messages: list[Message] = []
+    for m in example.messages:
+        text, counts = scrub_text(m.content)
+        changed.update(counts)
+        messages.append(m if text == m.content else replace(m, content=text))
+    if not changed:
+        return example, changed
+    return replace(example, messages=tuple(messages)), changed
+
+
 def scrub_pii(examples: list[Example]) -> tuple[list[Example], StageReport]:
     """Scrub every turn of every example; nothing is removed.
 
@@ -348,17 +370,9 @@ def scrub_pii(examples: list[Example]) -> tuple[list[Example], StageReport]:
     out: list[Example] = []
     samples = _Samples()
     for i, ex in enumerate(examples):
-        changed: Counter[str] = Counter()
-        messages: list[Message] = []
-        for m in ex.messages:
-            text, counts = scrub_text(m.content)
-            changed.update(counts)
-            messages.append(m if text == m.content else replace(m, content=text))
+        new, changed = scrub_example(ex)
         if changed:
             total.update(changed)
-            new = replace(ex, messages=tuple(messages))
-            out.append(new)
             samples.add(i, ", ".join(f"{kind} x{changed[kind]}" for kind in PII_KINDS if changed[kind]), new)
-        else:
-            out.append(ex)
+        out.append(new)
     return out, StageReport("pii", 0, tuple(samples.items), {kind: total[kind] for kind in PII_KINDS})

@@ -66,6 +66,11 @@ def to_openai(example: Example) -> dict[str, Any]:
     return _with_id({"messages": messages}, example)
 
 
+def to_openai_record(example: Example) -> bytes:
+    """The OpenAI chat record as one UTF-8 JSON line (no newline), as :func:`export_lines` writes it."""
+    return _dumps(to_openai(example)).encode("utf-8")
+
+
 def to_chatml(index: int, example: Example, drop_weights: bool = False) -> dict[str, Any]:
     """The chatml record ``{"text": ...}``."""
     if not drop_weights and any(m.weight is not None for m in example.messages):

@@ -55,33 +55,51 @@ def example_tokens(example: Example, count_tokens: TokenCounter) -> int:
     return sum(count_tokens(m.content) for m in example.messages)
 
 
+class StatsAccumulator:
+    """:class:`DatasetStats` built one example at a time (nothing is kept but the counters)."""
+
+    def __init__(self, count_tokens: TokenCounter, score: Callable[[Example], float] = quality_score) -> None:
+        self.count_tokens = count_tokens
+        self.score = score
+        self.examples = 0
+        self.turns = 0
+        self.per_role: Counter[str] = Counter({role: 0 for role in ROLES})
+        self.hist: Counter[str] = Counter({label: 0 for label in token_bucket_labels()})
+        self.quality_hist: Counter[str] = Counter(
+            {quality_bucket(i / QUALITY_BUCKETS): 0 for i in range(QUALITY_BUCKETS)})
+        self.formats: Counter[str] = Counter()
+
+    def add(self, ex: Example) -> None:
+        total = 0
+        for m in ex.messages:
+            n = self.count_tokens(m.content)
+            self.per_role[m.role] += n
+            total += n
+        self.examples += 1
+        self.turns += len(ex.messages)
+        self.hist[token_bucket(total)] += 1
+        self.formats[ex.source_format] += 1
+        self.quality_hist[quality_bucket(self.score(ex))] += 1
+
+    def result(self) -> DatasetStats:
+        return DatasetStats(
+            examples=self.examples,
+            turns=self.turns,
+            tokens_total=sum(self.per_role.values()),
+            tokens_per_role=dict(self.per_role),
+            token_histogram=dict(self.hist),
+            format_mix=dict(sorted(self.formats.items())),
+            quality_histogram=dict(self.quality_hist),
+        )
+
+
 def compute_stats(
     examples: Sequence[Example],
     count_tokens: TokenCounter,
     score: Callable[[Example], float] = quality_score,
 ) -> DatasetStats:
     """Compute :class:`DatasetStats`; ``count_tokens`` should be the base model's tokenizer."""
-    per_role: Counter[str] = Counter({role: 0 for role in ROLES})
-    hist: Counter[str] = Counter({label: 0 for label in token_bucket_labels()})
-    quality_hist: Counter[str] = Counter({quality_bucket(i / QUALITY_BUCKETS): 0 for i in range(QUALITY_BUCKETS)})
-    formats: Counter[str] = Counter()
-    turns = 0
+    acc = StatsAccumulator(count_tokens, score)
     for ex in examples:
-        total = 0
-        for m in ex.messages:
-            n = count_tokens(m.content)
-            per_role[m.role] += n
-            total += n
-        turns += len(ex.messages)
-        hist[token_bucket(total)] += 1
-        formats[ex.source_format] += 1
-        quality_hist[quality_bucket(score(ex))] += 1
-    return DatasetStats(
-        examples=len(examples),
-        turns=turns,
-        tokens_total=sum(per_role.values()),
-        tokens_per_role=dict(per_role),
-        token_histogram=dict(hist),
-        format_mix=dict(sorted(formats.items())),
-        quality_histogram=dict(quality_hist),
-    )
+        acc.add(ex)
+    return acc.result()
