@@ -318,7 +318,8 @@ def _snapshot(s: Session, deps: CoachDeps, athlete: Athlete, today: dt.date) -> 
         sleep_hours=latest.sleep_hours if latest is not None and latest.sleep_hours is not None
         else DEFAULT_SLEEP_HOURS,
         soreness=latest.soreness if latest is not None and latest.soreness is not None else DEFAULT_SORENESS,
-        hrv_drop_pct=hrv_drop, ill_or_injured=athlete.ill_or_injured)
+        hrv_drop_pct=hrv_drop, ill_or_injured=athlete.ill_or_injured,
+        days_to_race=(athlete.goal_date - today).days if athlete.goal_date and athlete.goal_date >= today else None)
     rows = repo.workouts_between(s, athlete.id, today - dt.timedelta(days=14),
                                  today + dt.timedelta(days=PLAN_HORIZON_DAYS))
     plan = [_planned(w) for w in rows if w.status == "planned" and w.date >= today - dt.timedelta(days=7)]
@@ -352,7 +353,8 @@ def state_out(snap: Snapshot, deps: CoachDeps) -> dict[str, Any]:
     st = snap.state
     return {"ctl": round(st.ctl, 1), "atl": round(st.atl, 1), "tsb": round(st.tsb, 1), "ramp": round(st.ramp, 1),
             "sleep_hours": st.sleep_hours, "soreness": st.soreness, "hrv_drop_pct": st.hrv_drop_pct,
-            "ill_or_injured": st.ill_or_injured, "branch": classify_state(st, deps.config)}
+            "ill_or_injured": st.ill_or_injured, "days_to_race": st.days_to_race,
+            "branch": classify_state(st, deps.config)}
 
 
 # -- checking operations -----------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Final
 
 from .load import LoadPoint
 from .prompt import SYSTEM_PROMPT, render_context
-from .rules import DEFAULT_CONFIG, AthleteState, PlannedWorkout, RuleConfig, fatigue_flags, weekday
+from .rules import DEFAULT_CONFIG, AthleteState, PlannedWorkout, RuleConfig, fatigue_flags, is_tapering, weekday
 
 HISTORY_DAYS: Final = 14
 TREND_WEEKS: Final = 3
@@ -225,7 +225,8 @@ def build_context(
     When not even the minimal form fits, that form is returned with ``fits=False``.
     """
     core = render_context(state, upcoming, today, question).split("\n")
-    flags = [*fatigue_flags(state, config), *(["ill/injured"] if state.ill_or_injured else [])]
+    flags = [*fatigue_flags(state, config), *(["ill/injured"] if state.ill_or_injured else []),
+             *([f"tapering (race in {state.days_to_race}d)"] if is_tapering(state, config) else [])]
     flag_line = "Flags: " + (", ".join(flags) if flags else "none")
     trend = trend_line(load, today)
     days = _history(history, today)

@@ -13,7 +13,7 @@ Branches of :func:`recommend`, by priority (see :func:`classify_state`):
 ``fatigued``  TSB < -20, soreness >= 8, sleep < 6 h or HRV down >= 20 %: the next hard session
               is reduced to Z2 (or, when severe, replaced by a short Z1 recovery); a key session
               is moved back a few days instead.
-``fresh``     TSB > 10, sleep >= 7 h, soreness <= 3, HRV not down, ramp <= 5: the next
+``fresh``     TSB > 10, sleep >= 7 h, soreness <= 3, HRV not down, ramp <= 5, not tapering: the next
               non-key endurance/long session gets a modest extension (<= +10 % weekly TSS).
 ``normal``    anything else: keep the plan (no operations, an encouraging message).
 """
@@ -120,6 +120,7 @@ class RuleConfig:
     max_move_days: int = 3
     allow_today: bool = True  # today's workout counts as not yet done
     ill_rest_days: int = 3
+    taper_days: int = 14  # a race this close means the athlete is tapering: no load increase
 
 
 DEFAULT_CONFIG: Final = RuleConfig()
@@ -137,6 +138,7 @@ class AthleteState:
     ramp: float = 0.0  # CTL change over the last 7 days
     hrv_drop_pct: float = 0.0  # drop of HRV below the athlete's baseline, in percent (>= 0)
     ill_or_injured: bool = False
+    days_to_race: int | None = None  # days until the goal event, when one is planned
 
     def __post_init__(self) -> None:
         if not 1 <= self.soreness <= 10:
@@ -228,9 +230,15 @@ def is_fatigued(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> boo
     return bool(fatigue_flags(state, config))
 
 
+def is_tapering(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> bool:
+    """The goal event is at most ``config.taper_days`` away: a taper only takes load away."""
+    return state.days_to_race is not None and 0 <= state.days_to_race <= config.taper_days
+
+
 def is_fresh(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> bool:
     return (
         not state.ill_or_injured
+        and not is_tapering(state, config)
         and not is_fatigued(state, config)
         and state.tsb > config.fresh_tsb
         and state.sleep_hours >= config.fresh_min_sleep_hours
@@ -354,19 +362,20 @@ def check_operation(
     ``key_session_protected``
         key sessions may only be moved, unless the athlete is ill or injured;
     ``no_increase_when_fatigued``
-        with a red flag (TSB < -20, soreness >= 8, sleep < 6 h, HRV drop >= 20 %) or when ill
-        or injured, no operation may raise a workout's zone or its TSS;
+        with a red flag (TSB < -20, soreness >= 8, sleep < 6 h, HRV drop >= 20 %), when ill
+        or injured, or when tapering (race within ``config.taper_days``), no operation may raise
+        a workout's zone or its TSS;
     ``weekly_tss_band``
         the TSS of the week (``today`` .. ``today + window_days - 1``) may change by at most
         ``config.tss_band`` (default +-15 %); larger *reductions* are allowed for a fatigued,
-        ill or injured athlete;
+        ill, injured or tapering athlete;
     ``hard_days_in_a_row``
         the proposal may not create a run of more than ``config.max_hard_in_a_row`` consecutive
         hard days (zone >= ``config.hard_zone``); runs already in the plan are not blamed on it.
     """
     violations: list[RuleViolation] = []
     by_id = {w.id: w for w in upcoming}
-    restricted = state.ill_or_injured or is_fatigued(state, config)
+    restricted = state.ill_or_injured or is_fatigued(state, config) or is_tapering(state, config)
     first_index: dict[str, int] = {}
     applied: list[tuple[int, PlannedWorkout, PlannedWorkout | None]] = []
 
@@ -412,7 +421,11 @@ def check_operation(
         if workout.key_session and not isinstance(op, MoveWorkout) and not state.ill_or_injured:
             flag(KEY_SESSION_PROTECTED, index, f"{workout.id} is a key session: it may only be moved")
         if restricted and result is not None and (result.zone > workout.zone or result.tss > workout.tss + 1e-9):
-            why = "ill or injured" if state.ill_or_injured else ", ".join(fatigue_flags(state, config))
+            why = (
+                "ill or injured"
+                if state.ill_or_injured
+                else ", ".join(fatigue_flags(state, config)) or f"tapering, race in {state.days_to_race}d"
+            )
             flag(NO_INCREASE_WHEN_FATIGUED, index, f"{op.op} increases the load of {workout.id} ({why})")
         applied.append((index, workout, result))
 
