@@ -61,6 +61,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coach_eval(args: argparse.Namespace) -> int:
+    from coachforge_coach.evaluation import format_report, run
+
+    platform, stack = PlatformSettings(), StackSettings()
+    key_file = platform.data_dir / "api-key"
+    api_key = args.api_key or platform.api_key or (key_file.read_text().strip() if key_file.exists() else "")
+    if not api_key:
+        print("No API key: pass --api-key or set COACHFORGE_API_KEY.", file=sys.stderr)
+        return 2
+    base_url = args.base_url or f"http://{stack.host}:{stack.http_port}"
+    print(format_report(run(base_url, api_key, args.model, variants=args.variants)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="coachforge",
@@ -86,6 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="upgrade the database to the latest schema; create the default tenant and "
                                    "register COACHFORGE_API_KEY if set").set_defaults(func=cmd_migrate)
+    coach = sub.add_parser("coach", help="Polarize coach tools").add_subparsers(dest="coach_command", required=True)
+    coach_eval = coach.add_parser("eval", help="ask a running stack's coach for the evaluation scenarios (fresh, "
+                                                "overreached, sick, poor sleep, key session week, taper) with a "
+                                                "model and print the share of valid answers, rule-accepted "
+                                                "operations and agreement with the expected direction")
+    coach_eval.add_argument("--model", required=True, help="model id or avatar to evaluate")
+    coach_eval.add_argument("--variants", type=int, default=2, help="variants per scenario (default 2)")
+    coach_eval.add_argument("--base-url", default=None, help="the stack's URL (default: this machine's stack)")
+    coach_eval.add_argument("--api-key", default=None, help="API key (default: COACHFORGE_API_KEY or the stored key)")
+    coach_eval.set_defaults(func=cmd_coach_eval)
     sub.add_parser("prepare-model", help="convert the bundled base model once and print its folder").set_defaults(
         func=cmd_prepare_model)
     args = parser.parse_args(argv)
