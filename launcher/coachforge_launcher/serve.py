@@ -118,8 +118,10 @@ def _inference(ctx: Context) -> Parts:
 def _coach(ctx: Context) -> Parts:
     import coachforge_coach.api
     import coachforge_coach.grpc
+    from coachforge_coach import service
 
-    return Parts([coachforge_coach.api.router], coachforge_coach.grpc.registration())
+    deps = service.build_deps(ctx.db, ctx.platform, ctx.channel)
+    return Parts([coachforge_coach.api.router], coachforge_coach.grpc.registration(deps), {"coach": deps})
 
 
 BUILDERS: dict[str, Callable[[Context], Parts]] = {
