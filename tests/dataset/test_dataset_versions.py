@@ -33,7 +33,7 @@ def sharegpt(user: str, answer: str) -> bytes:
 def deps(db: Database, tmp_path: Path, base_model_dir: Path) -> DatasetDeps:
     for tenant in ("acme", "globex"):
         create_tenant(db, tenant)
-    return DatasetDeps(db=db, settings=DatasetSettings(), files_dir=tmp_path / "files",
+    return DatasetDeps(db=db, settings=DatasetSettings(trainer_grpc_target=""), files_dir=tmp_path / "files",
                        models_dir=base_model_dir.parent)
 
 

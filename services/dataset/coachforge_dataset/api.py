@@ -1,21 +1,24 @@
-"""REST: OpenAI-compatible ``/v1/files``."""
+"""REST: OpenAI-compatible ``/v1/files`` (with validation reports) and ``/v1/datasets``."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Form, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from coachforge_dataset import service, versions
-from coachforge_dataset.schemas import CreateDatasetVersion
+from coachforge_dataset.models import FileReport
+from coachforge_dataset.schemas import CreateDatasetVersion, CreateSyntheticData
 from coachforge_dataset.service import DatasetDeps
 from coachforge_shared.errors import PayloadTooLarge
 from coachforge_shared.http import CurrentPrincipal
 
 router = APIRouter(prefix="/v1", tags=["files"])
+
+ReportFormat = Literal["json", "jsonl"]
 
 
 def _deps(request: Request) -> DatasetDeps:
@@ -24,9 +27,11 @@ def _deps(request: Request) -> DatasetDeps:
 
 
 @router.post("/files")
-def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile,
-                purpose: str = Form(...)) -> dict[str, object]:
-    """Upload a JSONL file; every line is validated and the file is refused if any line is bad."""
+def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile, purpose: str = Form(...),
+                policy: str | None = Form(None)) -> dict[str, object]:
+    """Upload a JSONL file; every line is validated. ``policy=strict`` (default) refuses a file with
+    any invalid line, naming the lines; ``policy=lenient`` drops invalid lines and reports them in
+    the file object's ``status_details``/``validation`` and in ``GET /v1/files/{id}/report``."""
     deps = _deps(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > deps.settings.max_upload_bytes + 64 * 1024:
@@ -37,14 +42,32 @@ def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile,
         while chunk := file.file.read(deps.settings.chunk_bytes):
             yield chunk
 
-    row = service.store_upload(deps, principal.tenant_id, file.filename or "upload.jsonl", purpose, chunks())
+    row = service.store_upload(deps, principal.tenant_id, file.filename or "upload.jsonl", purpose, chunks(),
+                               policy=policy or None)
     return service.to_openai(row)
 
 
 @router.get("/files")
-def list_files(request: Request, principal: CurrentPrincipal, purpose: str | None = None) -> dict[str, object]:
-    rows = service.list_files(_deps(request), principal.tenant_id, purpose)
-    return {"object": "list", "data": [service.to_openai(r) for r in rows], "has_more": False}
+def list_files(request: Request, principal: CurrentPrincipal, purpose: str | None = None,
+               limit: int = 10000, after: str | None = None, order: Literal["asc", "desc"] = "desc") -> dict[str, object]:
+    """The tenant's files, newest first (``order=asc``: oldest first); ``after`` is a file id cursor."""
+    rows, has_more = service.page_files(_deps(request), principal.tenant_id, purpose, limit, after, order)
+    return {"object": "list", "data": [service.to_openai(r) for r in rows], "has_more": has_more,
+            "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}
+
+
+def _report_response(report: FileReport, format: ReportFormat) -> StreamingResponse:
+    if format == "jsonl":
+        return StreamingResponse(service.report_lines(report), media_type="application/jsonl")
+    return StreamingResponse(service.report_json_chunks(report), media_type="application/json")
+
+
+@router.get("/files/reports/{report_id}")
+def upload_report(request: Request, principal: CurrentPrincipal, report_id: str,
+                  format: ReportFormat = "json") -> StreamingResponse:
+    """The report of any upload, rejected ones included: totals and every problem."""
+    report = service.get_report(_deps(request), principal.tenant_id, report_id=report_id)
+    return _report_response(report, format)
 
 
 @router.get("/files/{file_id}")
@@ -54,6 +77,7 @@ def retrieve_file(request: Request, principal: CurrentPrincipal, file_id: str) -
 
 @router.delete("/files/{file_id}")
 def delete_file(request: Request, principal: CurrentPrincipal, file_id: str) -> dict[str, object]:
+    """Delete a file; 409 while a dataset version was built from it or an unfinished job uses it."""
     service.delete_file(_deps(request), principal.tenant_id, file_id)
     return {"id": file_id, "object": "file", "deleted": True}
 
@@ -62,6 +86,15 @@ def delete_file(request: Request, principal: CurrentPrincipal, file_id: str) -> 
 def file_content(request: Request, principal: CurrentPrincipal, file_id: str) -> StreamingResponse:
     chunks = service.read_content(_deps(request), principal.tenant_id, file_id)
     return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+@router.get("/files/{file_id}/report")
+def file_report(request: Request, principal: CurrentPrincipal, file_id: str,
+                format: ReportFormat = "json") -> StreamingResponse:
+    """The file's validation report: totals and every problem (``format=jsonl``: a summary line,
+    then one ``{"line", "field", "reason"}`` per line)."""
+    report = service.get_report(_deps(request), principal.tenant_id, file_id=file_id)
+    return _report_response(report, format)
 
 
 datasets = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -74,6 +107,14 @@ def create_dataset_version(request: Request, principal: CurrentPrincipal,
     return versions.to_openai(versions.create_version(_deps(request), principal.tenant_id, body))
 
 
+@datasets.post("/synthetic")
+def create_synthetic_data(request: Request, principal: CurrentPrincipal,
+                          body: CreateSyntheticData) -> dict[str, object]:
+    """Generate synthetic Polarize coach examples and store them as a file (the file object)."""
+    row = service.generate_synthetic(_deps(request), principal.tenant_id, body.count, body.seed, body.filename)
+    return service.to_openai(row)
+
+
 @datasets.get("")
 def list_dataset_versions(request: Request, principal: CurrentPrincipal, name: str | None = None) -> dict[str, Any]:
     rows = versions.list_versions(_deps(request), principal.tenant_id, name)
@@ -83,6 +124,12 @@ def list_dataset_versions(request: Request, principal: CurrentPrincipal, name: s
 @datasets.get("/{version_id}")
 def retrieve_dataset_version(request: Request, principal: CurrentPrincipal, version_id: str) -> dict[str, Any]:
     return versions.to_openai(versions.get_version(_deps(request), principal.tenant_id, version_id))
+
+
+@datasets.delete("/{version_id}")
+def delete_dataset_version(request: Request, principal: CurrentPrincipal, version_id: str) -> dict[str, Any]:
+    versions.delete_version(_deps(request), principal.tenant_id, version_id)
+    return {"id": version_id, "object": "dataset.version", "deleted": True}
 
 
 @datasets.get("/{version_id}/report")

@@ -26,8 +26,37 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         size = self.deps.settings.chunk_bytes
         chunks = (request.content[i:i + size] for i in range(0, len(request.content), size))
         row = service.store_upload(self.deps, current_principal().tenant_id, request.filename,
-                                   request.purpose or "fine-tune", chunks)
+                                   request.purpose or "fine-tune", chunks, policy=request.policy or None)
         return service.to_proto(row)
+
+    def UploadFileStream(self, request_iterator: Iterator[dataset_pb2.UploadFileChunk],
+                         context: grpc.ServicerContext) -> dataset_pb2.File:
+        first = next(request_iterator, None)
+        if first is None:
+            raise InvalidArgument("Empty upload stream: the first message names the file.", param="filename")
+
+        def chunks() -> Iterator[bytes]:
+            if first.data:
+                yield first.data
+            for message in request_iterator:
+                if message.data:
+                    yield message.data
+
+        row = service.store_upload(self.deps, current_principal().tenant_id, first.filename or "upload.jsonl",
+                                   first.purpose or "fine-tune", chunks(), policy=first.policy or None)
+        return service.to_proto(row)
+
+    def GetFileReport(self, request: dataset_pb2.GetFileReportRequest,
+                      context: grpc.ServicerContext) -> Iterator[dataset_pb2.FileChunk]:
+        tenant = current_principal().tenant_id
+        if request.report_id:
+            report = service.get_report(self.deps, tenant, report_id=request.report_id)
+        elif request.file_id:
+            report = service.get_report(self.deps, tenant, file_id=request.file_id)
+        else:
+            raise InvalidArgument("Name the file_id or the report_id.", param="file_id")
+        for line in service.report_lines(report):
+            yield dataset_pb2.FileChunk(data=line)
 
     def GetFile(self, request: dataset_pb2.GetFileRequest, context: grpc.ServicerContext) -> dataset_pb2.File:
         return service.to_proto(service.get_file(self.deps, current_principal().tenant_id, request.file_id))
@@ -46,7 +75,6 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                        context: grpc.ServicerContext) -> Iterator[dataset_pb2.FileChunk]:
         for chunk in service.read_content(self.deps, current_principal().tenant_id, request.file_id):
             yield dataset_pb2.FileChunk(data=chunk)
-
 
     def CreateDatasetVersion(self, request: dataset_pb2.CreateDatasetVersionRequest,
                              context: grpc.ServicerContext) -> dataset_pb2.DatasetVersion:
@@ -74,6 +102,28 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                                 request.format or "openai", request.split or "train")
         for line in lines:
             yield dataset_pb2.FileChunk(data=(line + "\n").encode())
+
+    def DeleteDatasetVersion(self, request: dataset_pb2.GetDatasetVersionRequest,
+                             context: grpc.ServicerContext) -> dataset_pb2.DeleteDatasetVersionResponse:
+        versions.delete_version(self.deps, current_principal().tenant_id, request.dataset_version_id)
+        return dataset_pb2.DeleteDatasetVersionResponse(id=request.dataset_version_id, deleted=True)
+
+    def CheckTokens(self, request: dataset_pb2.CheckTokensRequest,
+                    context: grpc.ServicerContext) -> dataset_pb2.CheckTokensResponse:
+        if not request.id:
+            raise InvalidArgument("Name a file id or a dataset version id.", param="id")
+        result = versions.check_tokens(self.deps, current_principal().tenant_id, request.id, request.max_length,
+                                       request.base_model, request.max_issues or None)
+        return dataset_pb2.CheckTokensResponse(
+            examples=result.examples, over_limit=result.over_limit, max_tokens=result.max_tokens,
+            total_tokens=result.total_tokens, message=result.message(),
+            issues=[dataset_pb2.LineIssue(line=i.line, field=i.field, reason=i.reason) for i in result.issues])
+
+    def GenerateSyntheticData(self, request: dataset_pb2.GenerateSyntheticDataRequest,
+                              context: grpc.ServicerContext) -> dataset_pb2.File:
+        row = service.generate_synthetic(self.deps, current_principal().tenant_id, request.count, request.seed,
+                                         request.filename or None)
+        return service.to_proto(row)
 
 
 def version_proto(row: DatasetVersion) -> dataset_pb2.DatasetVersion:

@@ -32,3 +32,13 @@ class CreateDatasetVersion(BaseModel):
     seed: int = Field(0, ge=0, description="Seed of the train/validation split.")
     base_model: str = Field("SmolLM2-135M-Instruct", description="Model whose tokenizer counts tokens.")
     max_tokens: int | None = Field(None, gt=0, description="Examples with more tokens are invalid lines.")
+
+
+class CreateSyntheticData(BaseModel):
+    """Generate synthetic Polarize coach examples into a new file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    count: int = Field(ge=1, description="Number of examples (at most the service's max_synthetic_examples).")
+    seed: int = Field(0, ge=0, description="Same count and seed, same file.")
+    filename: str | None = Field(None, min_length=1, max_length=200, description="Name of the stored file.")

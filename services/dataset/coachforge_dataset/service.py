@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 
 from coachforge.dataset.v1 import dataset_pb2
-from coachforge_dataset.models import StoredFile
+from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from coachforge_dataset.models import DatasetVersionFile, FileReport, StoredFile
 from coachforge_dataset.pipeline import LineIssue, parse_line
 from coachforge_dataset.settings import DatasetSettings
+from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
-from coachforge_shared.errors import InvalidArgument, NotFound, PayloadTooLarge
+from coachforge_shared.errors import (
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+)
 from coachforge_shared.events import EventPublisher
+from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
 from coachforge_shared.settings import platform_settings
@@ -37,6 +50,16 @@ class DatasetDeps:
     publisher: EventPublisher | None = None
     models_dir: Path = field(default_factory=lambda: platform_settings().models_dir)
     """Prepared base models; their tokenizers count tokens."""
+    trainer: InternalChannel | None = None
+    """Channel to the trainer (asked whether a job uses a file before it is deleted); when unset,
+    one is opened on first use from ``settings.trainer_grpc_target``."""
+
+    def trainer_channel(self) -> InternalChannel | None:
+        if self.trainer is None and self.settings.trainer_grpc_target != "":
+            platform = platform_settings()
+            self.trainer = InternalChannel(self.settings.trainer_grpc_target or platform.grpc_target,
+                                           internal_token(platform))
+        return self.trainer
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -53,26 +76,87 @@ def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
         yield line_no + 1, buf.rstrip(b"\r")
 
 
+POLICIES = ("strict", "lenient")
+
+
+@dataclass
+class UploadCheck:
+    """What validating an upload found: totals, the first problems, and the report file."""
+
+    policy: str
+    lines: int = 0
+    blank: int = 0
+    examples: int = 0
+    invalid_lines: int = 0
+    issues_total: int = 0
+    first: list[LineIssue] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        return {"policy": self.policy, "lines": self.lines, "blank_lines": self.blank, "examples": self.examples,
+                "invalid_lines": self.invalid_lines, "issues_total": self.issues_total,
+                "issues": [issue_dict(i) for i in self.first]}
+
+
+def issue_dict(issue: LineIssue) -> dict[str, Any]:
+    return {"line": issue.line, "field": issue.field, "reason": issue.reason}
+
+
+def _listing(issues: list[LineIssue], total: int) -> str:
+    more = f" (and {total - len(issues)} more)" if total > len(issues) else ""
+    return "; ".join(str(i) for i in issues) + more
+
+
+def report_url(report_id: str) -> str:
+    return f"/v1/files/reports/{report_id}"
+
+
+def _write_report(deps: DatasetDeps, tenant_id: str, report_id: str, issues_path: Path, header: dict[str, Any]) -> Path:
+    """The report file: the summary line, then the issues already spilled to ``issues_path``."""
+    target_dir = deps.files_dir.parent / "reports" / tenant_id
+    target_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".report-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(json.dumps(header).encode() + b"\n")
+        with issues_path.open("rb") as issues:
+            shutil.copyfileobj(issues, out)
+    final = target_dir / f"{report_id}.jsonl"
+    os.replace(tmp_name, final)
+    return final
+
+
 def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
-                 chunks: Iterable[bytes]) -> StoredFile:
+                 chunks: Iterable[bytes], policy: str | None = None) -> StoredFile:
     """Stream ``chunks`` to disk while hashing, size-checking and validating every line (any
     format the pipeline reads: OpenAI chat, ShareGPT, alpaca, chatml, Polarize coach).
 
-    Nothing is stored unless every line is valid: the temporary file is removed on any error."""
+    ``strict`` (the default): any invalid line rejects the file; nothing is stored but the
+    report of the rejected upload (its id is in the error message). ``lenient``: invalid lines
+    are dropped (stored as blank lines, so line numbers keep matching the upload) and reported.
+    Every problem goes to the upload's report file; the first ones are in the error or in the
+    file object. The temporary files are removed on any error."""
     if purpose not in PURPOSES:
         raise InvalidArgument(f"Unsupported purpose {purpose!r}; expected one of {sorted(PURPOSES)}.",
                               param="purpose")
+    policy = policy or deps.settings.default_upload_policy
+    if policy not in POLICIES:
+        raise InvalidArgument(f"Unsupported policy {policy!r}; expected 'strict' or 'lenient'.", param="policy")
     limit = deps.settings.max_upload_bytes
+    shown = deps.settings.max_errors_in_response
     target_dir = deps.files_dir / tenant_id
     target_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
-    errors: list[LineIssue] = []
-    examples = 0
+    check = UploadCheck(policy)
     fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".upload-")
     tmp = Path(tmp_name)
+    issues_fd, issues_name = tempfile.mkstemp(dir=target_dir, prefix=".issues-")
+    issues_tmp = Path(issues_name)
+    lenient = policy == "lenient"
+    stored_size = 0
+    stored_digest = hashlib.sha256()
+    report_id = new_id("frep")
     try:
-        with os.fdopen(fd, "wb") as out:
+        with os.fdopen(fd, "wb") as out, os.fdopen(issues_fd, "wb") as issues_out:
 
             def counted() -> Iterator[bytes]:
                 nonlocal size
@@ -81,41 +165,134 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                     if size > limit:
                         raise PayloadTooLarge(f"File is larger than the limit of {limit} bytes.", param="file")
                     digest.update(chunk)
-                    out.write(chunk)
+                    if not lenient:
+                        out.write(chunk)
                     yield chunk
 
             for line_no, line in iter_lines(counted()):
+                check.lines = line_no
                 if not line.strip():
-                    continue
-                _, line_errors = parse_line(line_no, line)
-                if line_errors:
-                    errors.extend(line_errors)
+                    check.blank += 1
+                    keep = line
                 else:
-                    examples += 1
-        if errors:
-            shown = errors[: deps.settings.max_errors_in_response]
-            bad_lines = len({e.line for e in errors})
-            more = f" (and {len(errors) - len(shown)} more)" if len(errors) > len(shown) else ""
-            raise InvalidArgument(
-                f"Invalid file format: {bad_lines} invalid line(s). "
-                + "; ".join(f"line {e.line}: {e.field}: {e.reason}" for e in shown) + more,
-                param="file", code="invalid_file_format")
-        if examples == 0:
-            raise InvalidArgument("File contains no training examples.", param="file", code="invalid_file_format")
+                    _, line_errors = parse_line(line_no, line)
+                    if line_errors:
+                        check.invalid_lines += 1
+                        check.issues_total += len(line_errors)
+                        room = shown - len(check.first)
+                        if room > 0:
+                            check.first.extend(line_errors[:room])
+                        issues_out.write(b"".join(json.dumps(issue_dict(e)).encode() + b"\n" for e in line_errors))
+                        keep = b""
+                    else:
+                        check.examples += 1
+                        keep = line
+                if lenient:
+                    record = keep + b"\n"
+                    out.write(record)
+                    stored_size += len(record)
+                    stored_digest.update(record)
+        header = {"object": "file.report", "id": report_id, "filename": filename, "purpose": purpose,
+                  "bytes": size, "sha256": digest.hexdigest(), **{k: v for k, v in check.summary().items()
+                                                                  if k != "issues"}}
+        rejected_reason: str | None = None
+        if check.invalid_lines and not lenient:
+            rejected_reason = (f"Invalid file format: {check.invalid_lines} invalid line(s) of {check.lines}, "
+                               f"{check.issues_total} problem(s). {_listing(check.first, check.issues_total)}")
+        elif check.examples == 0:
+            rejected_reason = "File contains no training examples." + (
+                f" {check.invalid_lines} invalid line(s): {_listing(check.first, check.issues_total)}"
+                if check.invalid_lines else "")
+        if rejected_reason is not None:
+            path = _write_report(deps, tenant_id, report_id, issues_tmp,
+                                 {**header, "status": "rejected", "file_id": None})
+            with deps.db.session() as s:
+                s.add(_report_row(report_id, tenant_id, None, filename, purpose, "rejected", size, check, path))
+            log.info("upload rejected", tenant=tenant_id, policy=policy, invalid_lines=check.invalid_lines,
+                     report=report_id)
+            raise InvalidArgument(f"{rejected_reason} Full report: GET {report_url(report_id)}",
+                                  param="file", code="invalid_file_format")
         file_id = new_id("file")
         final = target_dir / file_id
-        row = StoredFile(id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose, bytes=size,
-                         sha256=digest.hexdigest(), example_count=examples, storage_path=str(final))
-        with deps.db.session() as s:
-            os.replace(tmp, final)
-            s.add(row)
+        path = _write_report(deps, tenant_id, report_id, issues_tmp,
+                             {**header, "status": "accepted", "file_id": file_id})
+        row = StoredFile(id=file_id, tenant_id=tenant_id, filename=filename, purpose=purpose,
+                         bytes=stored_size if lenient else size,
+                         sha256=(stored_digest if lenient else digest).hexdigest(), example_count=check.examples,
+                         storage_path=str(final), policy=policy, invalid_lines=check.invalid_lines,
+                         issues_total=check.issues_total, report_id=report_id,
+                         validation_json=json.dumps(check.summary()))
+        try:
+            with deps.db.session() as s:
+                os.replace(tmp, final)
+                s.add(row)
+                s.add(_report_row(report_id, tenant_id, file_id, filename, purpose, "accepted", size, check, path))
+        except BaseException:
+            final.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
+            raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    log.info("file stored", file_id=row.id, tenant=tenant_id, bytes=size, examples=examples)
+    finally:
+        issues_tmp.unlink(missing_ok=True)
+    log.info("file stored", file_id=row.id, tenant=tenant_id, bytes=size, examples=check.examples, policy=policy,
+             invalid_lines=check.invalid_lines)
     if deps.publisher is not None:
         deps.publisher.publish("file.uploaded", dataset_pb2.FileUploaded(file=to_proto(row)), tenant_id)
     return row
+
+
+def _report_row(report_id: str, tenant_id: str, file_id: str | None, filename: str, purpose: str, status: str,
+                size: int, check: UploadCheck, path: Path) -> FileReport:
+    return FileReport(id=report_id, tenant_id=tenant_id, file_id=file_id, filename=filename, purpose=purpose,
+                      policy=check.policy, status=status, bytes=size, lines=check.lines, blank_lines=check.blank,
+                      examples=check.examples, invalid_lines=check.invalid_lines,
+                      issues_total=check.issues_total, path=str(path))
+
+
+def get_report(deps: DatasetDeps, tenant_id: str, *, report_id: str | None = None,
+               file_id: str | None = None) -> FileReport:
+    """An upload's report, by its own id or by the id of the file it accepted."""
+    if file_id is not None:
+        row = get_file(deps, tenant_id, file_id)
+        if row.report_id is None:
+            raise NotFound(f"File {file_id} has no validation report (uploaded before reports existed).",
+                           param="file_id", code="report_not_found")
+        report_id = row.report_id
+    with deps.db.session() as s:
+        report = s.scalar(select(FileReport).where(FileReport.id == report_id, FileReport.tenant_id == tenant_id))
+    if report is None:
+        raise NotFound(f"No such report: {report_id}", param="report_id", code="report_not_found")
+    return report
+
+
+def report_lines(report: FileReport) -> Iterator[bytes]:
+    """The report as JSONL: the summary line, then one line per problem."""
+    path = Path(report.path)
+
+    def lines() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            yield from f
+
+    return lines()
+
+
+def report_json_chunks(report: FileReport) -> Iterator[bytes]:
+    """The report as one JSON object ``{..summary.., "issues": [...]}``, streamed."""
+    lines = report_lines(report)
+    header = json.loads(next(lines))
+    head = json.dumps(header)[:-1].encode()
+
+    def chunks() -> Iterator[bytes]:
+        yield head + b', "issues": ['
+        first = True
+        for line in lines:
+            yield (b"" if first else b", ") + line.rstrip(b"\n")
+            first = False
+        yield b"]}"
+
+    return chunks()
 
 
 def get_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> StoredFile:
@@ -126,6 +303,36 @@ def get_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> StoredFile:
     return row
 
 
+def page_files(deps: DatasetDeps, tenant_id: str, purpose: str | None, limit: int, after: str | None,
+               order: str = "desc") -> tuple[list[StoredFile], bool]:
+    """One page of the tenant's files as OpenAI lists them: ``order`` by creation time, ``after``
+    a file id cursor, ``limit`` 1 to 10,000."""
+    if not 1 <= limit <= 10_000:
+        raise InvalidArgument("limit must be between 1 and 10000.", param="limit")
+    if order not in ("asc", "desc"):
+        raise InvalidArgument("order must be 'asc' or 'desc'.", param="order")
+    with deps.db.session() as s:
+        q = select(StoredFile).where(StoredFile.tenant_id == tenant_id)
+        if purpose:
+            q = q.where(StoredFile.purpose == purpose)
+        if after:
+            anchor = s.scalar(select(StoredFile).where(StoredFile.id == after, StoredFile.tenant_id == tenant_id))
+            if anchor is None:
+                raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+            if order == "desc":
+                q = q.where((StoredFile.created_at < anchor.created_at)
+                            | ((StoredFile.created_at == anchor.created_at) & (StoredFile.id > anchor.id)))
+            else:
+                q = q.where((StoredFile.created_at > anchor.created_at)
+                            | ((StoredFile.created_at == anchor.created_at) & (StoredFile.id < anchor.id)))
+        if order == "desc":
+            q = q.order_by(StoredFile.created_at.desc(), StoredFile.id)
+        else:
+            q = q.order_by(StoredFile.created_at, StoredFile.id.desc())
+        rows = list(s.scalars(q.limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
 def list_files(deps: DatasetDeps, tenant_id: str, purpose: str | None = None) -> list[StoredFile]:
     with deps.db.session() as s:
         q = select(StoredFile).where(StoredFile.tenant_id == tenant_id)
@@ -134,11 +341,62 @@ def list_files(deps: DatasetDeps, tenant_id: str, purpose: str | None = None) ->
         return list(s.scalars(q.order_by(StoredFile.created_at.desc(), StoredFile.id)))
 
 
+ACTIVE_JOB_STATUSES = frozenset({trainer_pb2.JOB_STATUS_VALIDATING_FILES, trainer_pb2.JOB_STATUS_QUEUED,
+                                  trainer_pb2.JOB_STATUS_RUNNING})
+
+
+def versions_using(deps: DatasetDeps, tenant_id: str, file_id: str) -> list[str]:
+    """Ids of the dataset versions built from the file."""
+    with deps.db.session() as s:
+        return list(s.scalars(select(DatasetVersionFile.version_id).where(
+            DatasetVersionFile.tenant_id == tenant_id, DatasetVersionFile.file_id == file_id)
+            .order_by(DatasetVersionFile.version_id)))
+
+
+def jobs_using(deps: DatasetDeps, tenant_id: str, file_id: str) -> list[str]:
+    """Ids of the tenant's unfinished fine-tuning jobs that train or validate on the file, asked
+    of the trainer over gRPC (no trainer configured: none)."""
+    channel = deps.trainer_channel()
+    if channel is None:
+        return []
+    stub = trainer_pb2_grpc.TrainerServiceStub(channel.channel)
+    found: list[str] = []
+    after = ""
+    try:
+        with typed_rpc_errors():
+            while True:
+                page = stub.ListJobs(trainer_pb2.ListJobsRequest(after=after, limit=100),
+                                     metadata=channel.metadata(tenant_id), timeout=10)
+                found += [j.id for j in page.jobs if j.status in ACTIVE_JOB_STATUSES
+                          and file_id in (j.training_file, j.validation_file)]
+                if not page.has_more or not page.jobs:
+                    return found
+                after = page.jobs[-1].id
+    except (Unavailable, Internal) as err:
+        raise Unavailable(f"Cannot check whether a fine-tuning job uses {file_id} (trainer: {err.message}); "
+                          "try again.", param="file_id") from None
+
+
 def delete_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> None:
+    """Delete a file, its content and its report; refused (409) while a dataset version was built
+    from it or an unfinished fine-tuning job uses it."""
     row = get_file(deps, tenant_id, file_id)
+    users = versions_using(deps, tenant_id, file_id)
+    if users:
+        raise FailedPrecondition(f"File {file_id} is used by dataset version(s) {', '.join(users)}; delete "
+                                 "those first.", param="file_id", code="file_in_use")
+    jobs = jobs_using(deps, tenant_id, file_id)
+    if jobs:
+        raise FailedPrecondition(f"File {file_id} is used by unfinished fine-tuning job(s) {', '.join(jobs)}; "
+                                 "cancel them or wait until they finish.", param="file_id", code="file_in_use")
     with deps.db.session() as s:
         s.delete(s.get(StoredFile, row.id))
+        report = s.get(FileReport, row.report_id) if row.report_id else None
+        if report is not None:
+            s.delete(report)
     Path(row.storage_path).unlink(missing_ok=True)
+    if report is not None:
+        Path(report.path).unlink(missing_ok=True)
 
 
 def read_content(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
@@ -158,13 +416,70 @@ def content_chunks(deps: DatasetDeps, row: StoredFile) -> Iterator[bytes]:
     return chunks()
 
 
+def _validation(row: StoredFile) -> dict[str, Any]:
+    if row.validation_json:
+        summary: dict[str, Any] = json.loads(row.validation_json)
+        return summary
+    return {"policy": row.policy, "examples": row.example_count, "invalid_lines": row.invalid_lines,
+            "issues_total": row.issues_total, "issues": []}
+
+
 def to_proto(row: StoredFile) -> dataset_pb2.File:
-    return dataset_pb2.File(id=row.id, bytes=row.bytes, created_at=to_unix(row.created_at), filename=row.filename,
-                            purpose=row.purpose, status=row.status, example_count=row.example_count,
-                            sha256=row.sha256)
+    v = _validation(row)
+    return dataset_pb2.File(
+        id=row.id, bytes=row.bytes, created_at=to_unix(row.created_at), filename=row.filename,
+        purpose=row.purpose, status=row.status, example_count=row.example_count, sha256=row.sha256,
+        policy=row.policy, invalid_lines=row.invalid_lines, issues_total=row.issues_total,
+        report_id=row.report_id or "", status_details=status_details(row) or "",
+        issues=[dataset_pb2.LineIssue(line=i["line"], field=i["field"], reason=i["reason"]) for i in v["issues"]])
+
+
+def status_details(row: StoredFile) -> str | None:
+    """For a lenient upload that dropped lines: how many, the first problems and where the rest are."""
+    if not row.invalid_lines:
+        return None
+    v = _validation(row)
+    first = [LineIssue(i["line"], i["field"], i["reason"]) for i in v["issues"]]
+    where = f" Full report: GET /v1/files/{row.id}/report" if row.report_id else ""
+    return (f"{row.invalid_lines} invalid line(s) dropped under the lenient policy, {row.issues_total} "
+            f"problem(s): {_listing(first, row.issues_total)}.{where}")
 
 
 def to_openai(row: StoredFile) -> dict[str, object]:
-    """The OpenAI ``file`` object."""
+    """The OpenAI ``file`` object, plus ``validation`` (policy, totals, first problems, report)."""
+    validation = _validation(row)
+    if row.report_id:
+        validation["report"] = f"/v1/files/{row.id}/report"
     return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": to_unix(row.created_at),
-            "filename": row.filename, "purpose": row.purpose, "status": row.status, "status_details": None}
+            "filename": row.filename, "purpose": row.purpose, "status": row.status,
+            "status_details": status_details(row), "validation": validation}
+
+
+def report_to_openai(report: FileReport) -> dict[str, object]:
+    return {"id": report.id, "object": "file.report", "file_id": report.file_id, "filename": report.filename,
+            "purpose": report.purpose, "policy": report.policy, "status": report.status, "bytes": report.bytes,
+            "lines": report.lines, "blank_lines": report.blank_lines, "examples": report.examples,
+            "invalid_lines": report.invalid_lines, "issues_total": report.issues_total,
+            "created_at": to_unix(report.created_at)}
+
+
+def synthetic_jsonl(count: int, seed: int) -> str:
+    """``count`` synthetic Polarize coach examples for ``seed`` as OpenAI chat JSONL (the shared
+    generator: athlete load, wellness, the week's plan and the rule-based modification)."""
+    from coachforge_shared.coach.synthetic import generate_examples, to_jsonl
+
+    return to_jsonl(generate_examples(count, seed))
+
+
+def generate_synthetic(deps: DatasetDeps, tenant_id: str, count: int, seed: int,
+                       filename: str | None = None) -> StoredFile:
+    """Generate synthetic coach data and store it as an uploaded (strictly validated) file."""
+    limit = deps.settings.max_synthetic_examples
+    if not 1 <= count <= limit:
+        raise InvalidArgument(f"count must be between 1 and {limit}.", param="count")
+    if seed < 0:
+        raise InvalidArgument("seed must be >= 0.", param="seed")
+    content = synthetic_jsonl(count, seed).encode()
+    size = deps.settings.chunk_bytes
+    return store_upload(deps, tenant_id, filename or f"synthetic-coach-{count}-{seed}.jsonl", "fine-tune",
+                        (content[i:i + size] for i in range(0, len(content), size)), policy="strict")

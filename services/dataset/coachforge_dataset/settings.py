@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -16,3 +18,13 @@ class DatasetSettings(BaseSettings):
         default=20, description="How many invalid lines an error response lists (the total is always given)."
     )
     chunk_bytes: int = Field(default=1024 * 1024, description="Chunk size for streaming uploads and downloads.")
+    default_upload_policy: Literal["strict", "lenient"] = Field(
+        default="strict", description="Policy of an upload that names none: strict rejects a file with any "
+                                      "invalid line; lenient drops and reports invalid lines.")
+    trainer_grpc_target: str | None = Field(
+        default=None, description="Trainer gRPC address asked, before a file is deleted, whether an unfinished "
+                                  "fine-tuning job uses it. Unset: the platform's gRPC target; empty: do not ask.")
+    max_synthetic_examples: int = Field(default=50_000, description="Most examples one synthetic-data call makes.")
+    pipeline_workers: int = Field(
+        default=1, description="Processes that parse and hash lines when a dataset version is built (1: in the "
+                               "service process).")

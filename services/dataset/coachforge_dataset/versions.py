@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
-from coachforge_dataset import service
-from coachforge_dataset.models import DatasetVersion
-from coachforge_dataset.pipeline import Example, export_lines, parse_line, run_pipeline
+from coachforge_dataset import service, tokens
+from coachforge_dataset.models import DatasetVersion, DatasetVersionFile
+from coachforge_dataset.pipeline import Example, export_lines, parse_line, run_pipeline_to_files
 from coachforge_dataset.pipeline.export import EXPORT_FORMATS, ExportError
 from coachforge_dataset.schemas import CreateDatasetVersion
 from coachforge_dataset.service import DatasetDeps
-from coachforge_dataset.tokens import token_counter
+from coachforge_dataset.tokens import TokenCheck, token_counter
 from coachforge_shared.errors import InvalidArgument, NotFound
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
@@ -30,6 +30,7 @@ from coachforge_shared.logging import get_logger
 log = get_logger("coachforge.dataset.versions")
 
 SPLITS = ("train", "validation")
+DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 
 
 def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple[list[dict[str, Any]], Iterator[bytes]]:
@@ -47,38 +48,49 @@ def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple
     return sources, itertools.chain.from_iterable(streams)
 
 
+def _sha256_of(path: Path, prefix: bytes, digest: Any) -> None:
+    digest.update(prefix)
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            digest.update(chunk)
+
+
 def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion) -> DatasetVersion:
-    """Build a version; the same data and settings give the same content address (and row)."""
+    """Build a version; the same data and settings give the same content address (and row).
+
+    The splits are written to a staging folder while the examples stream through the pipeline
+    (nothing is held whole in memory), then moved to their content address."""
     sources, lines = _file_lines(deps, tenant_id, req.files)
     count = token_counter(deps.models_dir, req.base_model)
-    # Uploads were validated line by line in each line's own format; files may differ in format.
-    result = run_pipeline(lines, format=req.format, detect="line", policy=req.policy, dedupe=req.dedupe,
-                          near_dup_threshold=req.near_dup_threshold, min_quality=req.min_quality,
-                          scrub_pii=req.scrub_pii, validation_fraction=req.validation_fraction, seed=req.seed,
-                          max_tokens=req.max_tokens, count_tokens=count)
-    if result.rejected:
-        shown = result.issues[: deps.settings.max_errors_in_response]
-        more = f" (and {len(result.issues) - len(shown)} more)" if len(result.issues) > len(shown) else ""
-        raise InvalidArgument(
-            f"Dataset rejected under the strict policy: {len(result.issues)} problem(s). "
-            + "; ".join(f"line {i.line}: {i.field}: {i.reason}" for i in shown) + more,
-            param="files", code="invalid_file_format")
-    if not result.train:
-        raise InvalidArgument("No training examples are left after validation and cleaning.", param="files")
-    train_text = "".join(line + "\n" for line in export_lines(result.train, "openai"))
-    valid_text = "".join(line + "\n" for line in export_lines(result.validation, "openai"))
-    digest = hashlib.sha256(f"train\n{train_text}validation\n{valid_text}".encode()).hexdigest()
-    with deps.db.session() as s:
-        existing = s.scalar(select(DatasetVersion).where(DatasetVersion.tenant_id == tenant_id,
-                                                         DatasetVersion.sha256 == digest))
-    if existing is not None:
-        return existing
-    target = deps.files_dir.parent / "datasets" / tenant_id / digest
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".build-"))
+    root = deps.files_dir.parent / "datasets" / tenant_id
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".build-"))
     try:
-        (staging / "train.jsonl").write_text(train_text)
-        (staging / "validation.jsonl").write_text(valid_text)
+        # Uploads were validated line by line in each line's own format; files may differ in format.
+        result = run_pipeline_to_files(
+            lines, staging, format=req.format, detect="line", policy=req.policy, dedupe=req.dedupe,
+            near_dup_threshold=req.near_dup_threshold, min_quality=req.min_quality, scrub_pii=req.scrub_pii,
+            validation_fraction=req.validation_fraction, seed=req.seed, max_tokens=req.max_tokens,
+            count_tokens=count, workers=deps.settings.pipeline_workers)
+        if result.rejected:
+            shown = result.issues[: deps.settings.max_errors_in_response]
+            more = f" (and {len(result.issues) - len(shown)} more)" if len(result.issues) > len(shown) else ""
+            raise InvalidArgument(
+                f"Dataset rejected under the strict policy: {len(result.issues)} problem(s). "
+                + "; ".join(f"line {i.line}: {i.field}: {i.reason}" for i in shown) + more,
+                param="files", code="invalid_file_format")
+        if not result.lineage.train:
+            raise InvalidArgument("No training examples are left after validation and cleaning.", param="files")
+        digest = hashlib.sha256()
+        _sha256_of(result.train_path, b"train\n", digest)
+        _sha256_of(result.validation_path, b"validation\n", digest)
+        sha = digest.hexdigest()
+        with deps.db.session() as s:
+            existing = s.scalar(select(DatasetVersion).where(DatasetVersion.tenant_id == tenant_id,
+                                                             DatasetVersion.sha256 == sha))
+        if existing is not None:
+            return existing
+        target = root / sha
         if not target.exists():
             os.replace(staging, target)
     finally:
@@ -88,16 +100,63 @@ def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion)
     report = {"issues_total": len(result.issues),
               "issues": [dataclasses.asdict(i) for i in result.issues],
               "stages": [dataclasses.asdict(r) for r in result.reports]}
-    row = DatasetVersion(id=new_id("dsv"), tenant_id=tenant_id, name=req.name, sha256=digest,
-                         train_examples=len(result.train), validation_examples=len(result.validation),
+    row = DatasetVersion(id=new_id("dsv"), tenant_id=tenant_id, name=req.name, sha256=sha,
+                         train_examples=result.lineage.train, validation_examples=result.lineage.validation,
                          lineage_json=json.dumps(lineage), stats_json=json.dumps(dataclasses.asdict(result.stats)),
                          report_json=json.dumps(report), train_path=str(target / "train.jsonl"),
                          validation_path=str(target / "validation.jsonl"))
     with deps.db.session() as s:
         s.add(row)
+        s.flush()
+        for file_id in dict.fromkeys(req.files):
+            s.add(DatasetVersionFile(version_id=row.id, file_id=file_id, tenant_id=tenant_id))
     log.info("dataset version created", version=row.id, tenant=tenant_id, train=row.train_examples,
-             validation=row.validation_examples, sha256=digest)
+             validation=row.validation_examples, sha256=sha)
     return row
+
+
+def delete_version(deps: DatasetDeps, tenant_id: str, version_id: str) -> None:
+    """Delete a version and its stored splits; its source files can then be deleted."""
+    row = get_version(deps, tenant_id, version_id)
+    with deps.db.session() as s:
+        s.execute(delete(DatasetVersionFile).where(DatasetVersionFile.version_id == row.id))
+        s.delete(s.get(DatasetVersion, row.id))
+    shutil.rmtree(Path(row.train_path).parent, ignore_errors=True)
+
+
+def version_examples(deps: DatasetDeps, tenant_id: str, version_id: str) -> Iterator[tuple[int, str, Example]]:
+    """Every example of a version as ``(line in its split, "<split>.messages", example)``."""
+    row = get_version(deps, tenant_id, version_id)
+    for split, path in (("train", row.train_path), ("validation", row.validation_path)):
+        with Path(path).open("rb") as f:
+            for number, raw in enumerate(f, start=1):
+                example, _ = parse_line(number, raw.rstrip(b"\n"), "openai")
+                if example is not None:
+                    yield number, f"{split}.messages", example
+
+
+def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[tuple[int, str, Example]]:
+    """Every valid example of an uploaded file as ``(line, "messages", example)``."""
+    row = service.get_file(deps, tenant_id, file_id)
+    for number, raw in service.iter_lines(service.content_chunks(deps, row)):
+        if raw.strip():
+            example, _ = parse_line(number, raw)
+            if example is not None:
+                yield number, "messages", example
+
+
+def check_tokens(deps: DatasetDeps, tenant_id: str, item_id: str, max_length: int, base_model: str,
+                 max_issues: int | None = None) -> TokenCheck:
+    """Which examples of a file or dataset version exceed ``max_length`` tokens of ``base_model``."""
+    if item_id.startswith("dsv-"):
+        examples = version_examples(deps, tenant_id, item_id)
+    else:
+        examples = file_examples(deps, tenant_id, item_id)
+    limit = max_issues or deps.settings.max_errors_in_response
+    try:
+        return tokens.check_tokens(deps.models_dir, base_model or DEFAULT_BASE_MODEL, examples, max_length, limit)
+    except NotFound as err:
+        raise NotFound(err.message, param="id", code=err.code) from None
 
 
 def get_version(deps: DatasetDeps, tenant_id: str, version_id: str) -> DatasetVersion:
