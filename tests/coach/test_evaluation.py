@@ -41,7 +41,9 @@ def test_judging_model_answers() -> None:
     assert (case.valid, case.proposed, case.accepted, case.got, case.agrees) == (True, 2, 1, "down", True)
     rejected = {"source": "rules", "operations": [], "weekly_tss": {"before": 300.0, "after": 250.0},
                 "fallback": {"reason": "rejected_by_rules"},
-                "model_answer": {"valid": True, "content": '{"operations": [{"op": "x"}], "message": "m"}'}}
+                "model_answer": {"valid": True, "content": '{"operations": [{"op": "add_rest_day", '
+                                                       '"workout_id": "w1", "reason": "r", "confidence": 1}], '
+                                                       '"message": "m"}'}}
     case = evaluation.judge(rejected, "taper", 0, "not_up")
     assert (case.proposed, case.accepted, case.got, case.agrees) == (1, 0, "same", True)
     report = evaluation.Report(model="m", cases=[evaluation.judge(rec, "sick", 0, "down"), case])

@@ -26,11 +26,12 @@ the coach is asked for a recommendation with the model under test. Scores:
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 import httpx
+
+from coachforge_shared.coach.schema import parse_modification
 
 Direction = Literal["up", "down", "same"]
 Expected = Literal["up", "down", "same", "not_up"]
@@ -156,7 +157,7 @@ def judge(rec: dict[str, Any], scenario: str, variant: int, expected: Expected) 
         got = direction(rec["weekly_tss"])
     elif valid and fallback == "rejected_by_rules":
         # the model's operations were all rejected: with it, nothing would have changed
-        proposed = len(json.loads(answer.get("content") or "{}").get("operations") or [])
+        proposed = len(parse_modification(answer.get("content") or "").operations)
         got = "same"
     return Case(scenario=scenario, variant=variant, expected=expected, valid=valid, source=rec["source"],
                 fallback=fallback, proposed=proposed, accepted=accepted, got=got)
