@@ -1,0 +1,283 @@
+{{/* Names ---------------------------------------------------------------------------------------- */}}
+
+{{- define "coachforge.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "coachforge.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "<fullname>-<component>" — call with (dict "root" $ "component" "dataset") */}}
+{{- define "coachforge.componentName" -}}
+{{- printf "%s-%s" (include "coachforge.fullname" .root | trunc 45 | trimSuffix "-") .component | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "coachforge.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels ---------------------------------------------------------------------------------------- */}}
+
+{{- define "coachforge.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "coachforge.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "coachforge.labels" -}}
+helm.sh/chart: {{ include "coachforge.chart" .root }}
+{{ include "coachforge.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+app.kubernetes.io/part-of: coachforge
+{{- with .root.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of resources that belong to no single component. */}}
+{{- define "coachforge.commonLabels" -}}
+{{ include "coachforge.labels" (dict "root" . "component" "platform") }}
+{{- end -}}
+
+{{/* Images ---------------------------------------------------------------------------------------- */}}
+
+{{/* call with (dict "root" $ "image" .Values.dataset.image) */}}
+{{- define "coachforge.image" -}}
+{{- $repo := .image.repository -}}
+{{- if .root.Values.image.registry -}}{{- $repo = printf "%s/%s" (trimSuffix "/" .root.Values.image.registry) $repo -}}{{- end -}}
+{{- $tag := .image.tag | default .root.Values.image.tag | default .root.Chart.AppVersion -}}
+{{- if hasPrefix "sha256:" $tag -}}
+{{- printf "%s@%s" $repo $tag -}}
+{{- else -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.pullPolicy" -}}
+{{- .image.pullPolicy | default .root.Values.image.pullPolicy -}}
+{{- end -}}
+
+{{- define "coachforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "coachforge.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secrets and connection settings ------------------------------------------------------------- */}}
+
+{{- define "coachforge.authSecretName" -}}
+{{- printf "%s-auth" (include "coachforge.fullname" .) -}}
+{{- end -}}
+
+{{- define "coachforge.databaseSecretName" -}}
+{{- if .Values.postgresql.enabled -}}
+{{- include "coachforge.componentName" (dict "root" . "component" "postgresql") -}}
+{{- else -}}
+{{- .Values.externalDatabase.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.databaseSecretKey" -}}
+{{- if .Values.postgresql.enabled -}}database-url{{- else -}}{{ .Values.externalDatabase.existingSecretKey }}{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.kafkaBootstrap" -}}
+{{- if .Values.kafka.enabled -}}
+{{- printf "%s:9092" (include "coachforge.componentName" (dict "root" . "component" "kafka")) -}}
+{{- else -}}
+{{- .Values.externalKafka.bootstrapServers -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.engineUrl" -}}
+{{- if .Values.engine.enabled -}}
+{{- printf "http://%s:%v" (include "coachforge.componentName" (dict "root" . "component" "engine")) .Values.engine.port -}}
+{{- else -}}
+{{- .Values.engine.externalUrl -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.grpcTarget" -}}
+{{- printf "%s:50051" (include "coachforge.componentName" (dict "root" .root "component" .component)) -}}
+{{- end -}}
+
+{{- define "coachforge.modelCacheClaim" -}}
+{{- .Values.models.cache.existingClaim | default (include "coachforge.componentName" (dict "root" . "component" "models")) -}}
+{{- end -}}
+
+{{- define "coachforge.artifactsClaim" -}}
+{{- if and (eq .Values.artifacts.type "volume") .Values.artifacts.volume.existingClaim -}}
+{{- .Values.artifacts.volume.existingClaim -}}
+{{- else -}}
+{{- include "coachforge.componentName" (dict "root" . "component" "artifacts") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The file whose presence says the model cache is ready. */}}
+{{- define "coachforge.modelReadyFile" -}}
+{{- if .Values.models.download.enabled -}}
+{{- printf "/models/%s/.coachforge-complete" .Values.models.id -}}
+{{- else -}}
+{{- printf "/models/%s/config.json" .Values.models.id -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Environment ----------------------------------------------------------------------------------- */}}
+
+{{/* What every CoachForge process reads: platform settings, secrets, the other services' addresses.
+     call with (dict "root" $ "component" "dataset" "env" .Values.dataset.env) */}}
+{{- define "coachforge.env" -}}
+{{- $root := .root -}}
+- name: COACHFORGE_LOG_LEVEL
+  value: {{ $root.Values.config.logLevel | quote }}
+- name: COACHFORGE_LOG_JSON
+  value: {{ $root.Values.config.logJson | quote }}
+- name: COACHFORGE_DEFAULT_TENANT
+  value: {{ $root.Values.config.defaultTenant | quote }}
+- name: COACHFORGE_DATA_DIR
+  value: /var/lib/coachforge/data
+- name: COACHFORGE_MODELS_DIR
+  value: /models
+- name: COACHFORGE_ARTIFACTS_DIR
+  value: {{ $root.Values.artifacts.mountPath | quote }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "coachforge.databaseSecretName" $root }}
+      key: {{ include "coachforge.databaseSecretKey" $root }}
+{{- if and (not $root.Values.kafka.enabled) $root.Values.externalKafka.existingSecret }}
+- name: COACHFORGE_KAFKA_BOOTSTRAP
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.externalKafka.existingSecret }}
+      key: {{ $root.Values.externalKafka.existingSecretKey }}
+{{- else }}
+- name: COACHFORGE_KAFKA_BOOTSTRAP
+  value: {{ include "coachforge.kafkaBootstrap" $root | quote }}
+{{- end }}
+- name: COACHFORGE_INTERNAL_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $root.Values.auth.internalToken.existingSecret | default (include "coachforge.authSecretName" $root) }}
+      key: {{ $root.Values.auth.internalToken.key }}
+- name: COACHFORGE_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
+- name: COACHFORGE_TRAINER_DATASET_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "dataset") | quote }}
+- name: COACHFORGE_TRAINER_REGISTRY_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
+- name: COACHFORGE_TRAINER_MAX_LORA_RANK
+  value: {{ $root.Values.engine.maxLoraRank | quote }}
+- name: COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
+- name: COACHFORGE_INFERENCE_ENGINE_URL
+  value: {{ include "coachforge.engineUrl" $root | quote }}
+- name: COACHFORGE_COACH_REGISTRY_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
+- name: COACHFORGE_COACH_INFERENCE_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
+- name: COACHFORGE_REGISTRY_BASE_MODELS
+  value: {{ list $root.Values.models.id | toJson | quote }}
+- name: HF_HUB_OFFLINE
+  value: "1"
+{{- range $name, $value := $root.Values.config.env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- range $name, $value := .env }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod pieces ------------------------------------------------------------------------------------ */}}
+
+{{- define "coachforge.podSecurityContext" -}}
+{{ toYaml .Values.podSecurityContext }}
+{{- end -}}
+
+{{- define "coachforge.containerSecurityContext" -}}
+{{ toYaml .Values.containerSecurityContext }}
+{{- end -}}
+
+{{/* An init container that waits until the model cache holds the base model.
+     call with (dict "root" $ "image" <image values>) */}}
+{{- define "coachforge.waitForModel" -}}
+- name: wait-for-model
+  image: {{ include "coachforge.image" . }}
+  imagePullPolicy: {{ include "coachforge.pullPolicy" . }}
+  command: ["sh", "-c"]
+  args:
+    - |
+      until [ -f {{ include "coachforge.modelReadyFile" .root }} ]; do
+        echo "waiting for {{ include "coachforge.modelReadyFile" .root }}"; sleep 5
+      done
+  securityContext:
+    {{- include "coachforge.containerSecurityContext" .root | nindent 4 }}
+  resources:
+    requests: {cpu: 10m, memory: 16Mi}
+    limits: {memory: 64Mi}
+  volumeMounts:
+    - name: models
+      mountPath: /models
+      readOnly: true
+{{- end -}}
+
+{{- define "coachforge.modelsVolume" -}}
+- name: models
+  persistentVolumeClaim:
+    claimName: {{ include "coachforge.modelCacheClaim" . }}
+    readOnly: true
+{{- end -}}
+
+{{- define "coachforge.artifactsVolume" -}}
+- name: artifacts
+  persistentVolumeClaim:
+    claimName: {{ include "coachforge.artifactsClaim" . }}
+{{- end -}}
+
+{{/* Validation: fail early, with the value to fix. ------------------------------------------------- */}}
+{{- define "coachforge.validate" -}}
+{{- if and .Values.postgresql.enabled .Values.externalDatabase.existingSecret -}}
+{{- fail "postgresql.enabled and externalDatabase.existingSecret are both set: choose the bundled PostgreSQL or your own" -}}
+{{- end -}}
+{{- if not .Values.postgresql.enabled -}}
+{{- $_ := required "externalDatabase.existingSecret is required when postgresql.enabled is false (a Secret with the SQLAlchemy URL)" .Values.externalDatabase.existingSecret -}}
+{{- end -}}
+{{- if and .Values.kafka.enabled (or .Values.externalKafka.bootstrapServers .Values.externalKafka.existingSecret) -}}
+{{- fail "kafka.enabled and externalKafka are both set: choose the bundled Kafka or your own" -}}
+{{- end -}}
+{{- if and (not .Values.kafka.enabled) (not .Values.externalKafka.bootstrapServers) (not .Values.externalKafka.existingSecret) -}}
+{{- fail "externalKafka.bootstrapServers or externalKafka.existingSecret is required when kafka.enabled is false" -}}
+{{- end -}}
+{{- if not (has .Values.artifacts.type (list "volume" "s3")) -}}
+{{- fail (printf "artifacts.type must be \"volume\" or \"s3\", not %q" .Values.artifacts.type) -}}
+{{- end -}}
+{{- if eq .Values.artifacts.type "s3" -}}
+{{- $_ := required "artifacts.s3.bucket is required when artifacts.type is s3" .Values.artifacts.s3.bucket -}}
+{{- $_ := required "artifacts.s3.secret.name is required when artifacts.type is s3 (the csi-s3 credentials Secret)" .Values.artifacts.s3.secret.name -}}
+{{- end -}}
+{{- if and (not .Values.engine.enabled) .Values.inference.enabled -}}
+{{- $_ := required "engine.externalUrl is required when engine.enabled is false" .Values.engine.externalUrl -}}
+{{- end -}}
+{{- $rank := .Values.trainerWorker.env.COACHFORGE_TRAINER_LORA_R | default 16 | int -}}
+{{- if gt $rank (int .Values.engine.maxLoraRank) -}}
+{{- fail (printf "trainerWorker.env.COACHFORGE_TRAINER_LORA_R (%d) is above engine.maxLoraRank (%d): the engines could not load the adapters" $rank (int .Values.engine.maxLoraRank)) -}}
+{{- end -}}
+{{- if and .Values.inference.autoscaling.enabled (gt (int .Values.inference.autoscaling.minReplicas) (int .Values.inference.autoscaling.maxReplicas)) -}}
+{{- fail "inference.autoscaling.minReplicas is above maxReplicas" -}}
+{{- end -}}
+{{- end -}}
