@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coachforge_dataset.pipeline import (
     Example,
@@ -154,3 +156,20 @@ def test_results_are_dataclasses_with_plain_values() -> None:
     result = run_pipeline(corpus(200, seed=1))
     assert json.dumps(dataclasses.asdict(result.lineage)) and json.dumps([dataclasses.asdict(r)
                                                                            for r in result.reports])
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts=st.lists(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1,
+                                       max_size=12), max_size=14).map(lambda ws: " ".join(" ".join(ws).split())),
+                      min_size=1, max_size=6))
+def test_compiled_minhash_matches_datasketch_on_any_text(texts: list[str]) -> None:
+    from datasketch import MinHash
+
+    from coachforge_dataset.pipeline.fast import _minhash_numpy, _shingle_bytes
+
+    got = minhash_signatures(texts)
+    assert np.array_equal(got, _minhash_numpy(texts, 128, 1))
+    for text, row in zip(texts, got, strict=True):
+        m = MinHash(num_perm=128, seed=1)
+        m.update_batch(sorted(set(_shingle_bytes(text))))
+        assert np.array_equal(row, m.hashvalues)

@@ -55,9 +55,7 @@ def _shingle_bytes(text: str) -> list[bytes]:
     return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
 
 
-def minhash_signatures(texts: Sequence[str], num_perm: int = NUM_PERM, seed: int = MINHASH_SEED) -> np.ndarray:
-    """datasketch ``MinHash`` (scheme affine32, sha1_hash32) hash values of each text's shingles,
-    one row of ``num_perm`` uint32 per text, bit for bit what :func:`.clean.minhash` gives."""
+def _minhash_numpy(texts: Sequence[str], num_perm: int, seed: int) -> np.ndarray:
     a, b = permutations(num_perm, seed)
     out = np.empty((len(texts), num_perm), dtype=np.uint32)
     sha1 = hashlib.sha1
@@ -78,6 +76,31 @@ def minhash_signatures(texts: Sequence[str], num_perm: int = NUM_PERM, seed: int
         phv = hv[:, None] * a + b
         out[start : start + len(batch)] = np.minimum.reduceat(phv, np.asarray(offsets, dtype=np.intp), axis=0)
     return out
+
+
+def minhash_signatures(texts: Sequence[str], num_perm: int = NUM_PERM, seed: int = MINHASH_SEED) -> np.ndarray:
+    """datasketch ``MinHash`` (scheme affine32, sha1_hash32) hash values of each text's shingles,
+    one row of ``num_perm`` uint32 per text, bit for bit what :func:`.clean.minhash` gives.
+
+    ``texts`` must be normalised (:func:`normalized`: words separated by single spaces). With
+    numba the shingling, SHA-1 and permutations run compiled (:mod:`._minhash_jit`); without it,
+    in numpy."""
+    if _jit is None or not texts:
+        return _minhash_numpy(texts, num_perm, seed)
+    a, b = permutations(num_perm, seed)
+    encoded = [t.encode("utf-8") for t in texts]
+    lengths = np.fromiter((len(e) for e in encoded), dtype=np.int64, count=len(encoded))
+    ends = np.cumsum(lengths)
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    out = np.empty((len(texts), num_perm), dtype=np.uint32)
+    _jit.signatures(buf, ends - lengths, ends, a.astype(np.uint64), b.astype(np.uint64), out)
+    return out
+
+
+try:  # pragma: no branch
+    from . import _minhash_jit as _jit
+except ImportError:  # numba missing: the numpy path gives the same values, slower
+    _jit = None  # type: ignore[assignment]
 
 
 _BAND_MULTIPLIERS: Final = (np.random.RandomState(20261122).randint(1, 2**62, size=NUM_PERM, dtype=np.uint64)
