@@ -73,3 +73,16 @@ def test_a_taper_takes_load_away_only() -> None:
     assert "tapering, race in 6d" in violations[0].message
     far = AthleteState(ctl=60, atl=45, tsb=15, sleep_hours=8, soreness=2, days_to_race=40)
     assert classify_state(far) == "fresh"
+
+
+def test_response_format_narrowed_to_the_weeks_workouts() -> None:
+    from coachforge_shared.coach.schema import modification_json_schema, response_format
+
+    assert response_format()["json_schema"]["schema"] == modification_json_schema()
+    narrowed = response_format(["w2", "w1", "w2"])["json_schema"]["schema"]
+    assert narrowed["properties"]["operations"]["maxItems"] == 2
+    for name, definition in narrowed["$defs"].items():
+        assert definition["properties"]["workout_id"] == {"type": "string", "enum": ["w1", "w2"],
+                                                          "title": "Workout Id"}, name
+    assert response_format([])["json_schema"]["schema"]["properties"]["operations"]["maxItems"] == 0
+    assert modification_json_schema()["properties"]["operations"]["maxItems"] == 7  # the published one unchanged

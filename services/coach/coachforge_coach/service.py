@@ -446,7 +446,8 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
         verdict: tuple[list[int], list[RuleViolation], list[PlannedWorkout]] | None = None
         if fallback is None and deps.models is not None:
             try:
-                reply = deps.models.chat(tenant_id, model, messages, response_format=response_format(),
+                ids = [w.id for w in _week(snap)]
+                reply = deps.models.chat(tenant_id, model, messages, response_format=response_format(ids),
                                          max_tokens=settings.max_answer_tokens, temperature=settings.temperature,
                                          seed=settings.seed, timeout=settings.inference_timeout_s)
             except CoachForgeError as err:

@@ -21,10 +21,10 @@ class CoachSettings(BaseSettings):
                                     description="Tokenizer used when the registry cannot say the model's base.")
     models_dir: Path | None = Field(default=None,
                                     description="Prepared base models (tokenizers); default: the platform's.")
-    token_budget: int = Field(default=640, ge=128,
+    token_budget: int = Field(default=600, ge=128,
                               description="Tokens the prompt (system + context) may use; older history is "
                                           "summarised to fit.")
-    max_answer_tokens: int = Field(default=320, ge=32, description="Upper bound on the model's answer, tokens.")
+    max_answer_tokens: int = Field(default=360, ge=32, description="Upper bound on the model's answer, tokens.")
     temperature: float = Field(default=0.0, ge=0, le=2, description="Sampling temperature of recommendations.")
     seed: int = Field(default=0, description="Sampling seed of recommendations.")
     inference_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one inference call, seconds.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -228,9 +229,31 @@ def modification_json_schema() -> dict[str, Any]:
     return copy.deepcopy(_JSON_SCHEMA_CACHE)
 
 
-def response_format() -> dict[str, Any]:
-    """The OpenAI/vLLM ``response_format`` value that constrains decoding to this schema."""
+def _narrow(schema: dict[str, Any], workout_ids: Sequence[str]) -> dict[str, Any]:
+    ids = sorted(set(workout_ids))
+    operations = schema["properties"]["operations"]
+    if not ids:
+        operations["maxItems"] = 0
+        return schema
+    operations["maxItems"] = min(MAX_OPERATIONS, len(ids))
+    for definition in schema.get("$defs", {}).values():
+        props = definition.get("properties", {})
+        if "workout_id" in props:
+            props["workout_id"] = {"type": "string", "enum": ids, "title": "Workout Id"}
+    return schema
+
+
+def response_format(workout_ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """The OpenAI/vLLM ``response_format`` value that constrains decoding to this schema.
+
+    With ``workout_ids`` the schema is narrowed for one request: ``workout_id`` may only name one
+    of them, and there are at most as many operations as workouts (none without workouts).  Every
+    answer it allows is still a valid :class:`Modification` of the same version.
+    """
+    schema = modification_json_schema()
+    if workout_ids is not None:
+        schema = _narrow(schema, workout_ids)
     return {
         "type": "json_schema",
-        "json_schema": {"name": SCHEMA_NAME, "schema": modification_json_schema(), "strict": True},
+        "json_schema": {"name": SCHEMA_NAME, "schema": schema, "strict": True},
     }
