@@ -65,3 +65,112 @@ def engine_url(data_dir: Path) -> str:
 def metrics_names(text: str) -> set[str]:
     """Metric family names exposed in a Prometheus text exposition."""
     return {m.group(1) for m in re.finditer(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{|\s)", text, re.M)}
+
+
+# -- PromQL expressions of the chart's rules and dashboards --------------------------------------------
+
+def rules_from_manifests(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The PrometheusRule's spec as a Prometheus rules file (``{"groups": [...]}``)."""
+    rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert len(rules) == 1, f"expected one PrometheusRule, got {len(rules)}"
+    return {"groups": rules[0]["spec"]["groups"]}
+
+
+def dashboards_from_manifests(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Dashboard JSON by file name, from the rendered ConfigMaps."""
+    import json
+
+    boards: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        if doc["kind"] == "ConfigMap" and "grafana_dashboard" in doc["metadata"].get("labels", {}):
+            for name, text in doc["data"].items():
+                boards[name] = json.loads(text)
+    return boards
+
+
+#: What Grafana's built-in variables stand for when a dashboard query is run directly.
+GRAFANA_BUILTINS = {"$__rate_interval": "30s", "$__interval": "10s", "$__range": "5m"}
+
+
+def dashboard_expressions(board: dict[str, Any]) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and query variable, with variables substituted:
+    query variables by ``.*`` (their "All" value), text/constant variables by their value."""
+    values: dict[str, str] = {}
+    found: list[tuple[str, str]] = []
+    for var in board.get("templating", {}).get("list", []):
+        if var["type"] == "query":
+            values[var["name"]] = var.get("allValue") or ".*"
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", query.strip())
+            assert m, f"{board['uid']}: variable {var['name']}: unsupported query {query!r}"
+            found.append((f"{board['uid']} variable {var['name']}", f"count by ({m.group(2)}) ({m.group(1)})"))
+        elif var["type"] in ("textbox", "constant", "custom"):
+            values[var["name"]] = var["query"]
+
+    def substitute(expr: str) -> str:
+        for key, value in GRAFANA_BUILTINS.items():
+            expr = expr.replace(key, value)
+        for name in sorted(values, key=len, reverse=True):
+            expr = expr.replace("${" + name + "}", values[name]).replace("$" + name, values[name])
+        assert "$" not in expr, f"unsubstituted variable in {expr!r}"
+        return expr
+
+    def walk(panels: list[dict[str, Any]]) -> None:
+        for panel in panels:
+            walk(panel.get("panels", []))
+            for target in panel.get("targets", []):
+                found.append((f"{board['uid']} panel {panel['title']!r} {target['refId']}", substitute(target["expr"])))
+
+    walk(board.get("panels", []))
+    return found
+
+
+def rule_expressions(rules: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f"{group['name']} {rule.get('record') or rule.get('alert')}", rule["expr"])
+            for group in rules["groups"] for rule in group["rules"]]
+
+
+_COMPARISON = re.compile(r"(==|!=|>=|<=|>|<)(\s*bool\b)?")
+_SET_OPERATOR = re.compile(r"\b(and|or|unless)\b(\s+(on|ignoring)\s*\([^)]*\))?")
+
+
+def _split_top_level(expr: str, pattern: re.Pattern[str]) -> list[str]:
+    """Split ``expr`` at matches of ``pattern`` outside brackets and string literals."""
+    parts, depth, quote, start, i = [], 0, "", 0, 0
+    while i < len(expr):
+        ch = expr[i]
+        if quote:
+            if ch == "\\":
+                i += 2
+                continue
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'`":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0:
+            m = pattern.match(expr, i)
+            if m:
+                parts.append(expr[start:i])
+                start = i = m.end()
+                continue
+        i += 1
+    parts.append(expr[start:])
+    return [p.strip() for p in parts if p.strip()]
+
+
+def data_operands(expr: str) -> list[str]:
+    """The parts of ``expr`` that must each return series: alert conditions (``x > 0.05``) and set
+    operations are split, number literals dropped, and ``absent(x)`` checked as ``x`` (absent is
+    empty exactly when x has data)."""
+    operands: list[str] = []
+    for part in _split_top_level(expr, _SET_OPERATOR):
+        for side in _split_top_level(part, _COMPARISON):
+            if re.fullmatch(r"[-+]?\d+(\.\d+)?(e[-+]?\d+)?", side):
+                continue
+            m = re.fullmatch(r"absent(?:_over_time)?\((.*)\)", side, re.S)
+            operands.append(m.group(1).strip() if m else side)
+    return operands

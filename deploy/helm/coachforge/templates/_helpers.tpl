@@ -249,6 +249,25 @@ app.kubernetes.io/part-of: coachforge
     claimName: {{ include "coachforge.artifactsClaim" . }}
 {{- end -}}
 
+{{/* nodeSelector and tolerations of a GPU workload: its own plus the GPU pool's while gpu.enabled.
+     call with the component's values (.Values.engine or .Values.trainerWorker) */}}
+{{- define "coachforge.gpuPlacement" -}}
+{{- $selector := deepCopy (.nodeSelector | default dict) -}}
+{{- $tolerations := .tolerations | default list -}}
+{{- if .gpu.enabled -}}
+{{- $selector = merge $selector (.gpu.nodeSelector | default dict) -}}
+{{- $tolerations = concat $tolerations (.gpu.tolerations | default list) -}}
+{{- end -}}
+{{- with $selector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with $tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/* Validation: fail early, with the value to fix. ------------------------------------------------- */}}
 {{- define "coachforge.validate" -}}
 {{- if and .Values.postgresql.enabled .Values.externalDatabase.existingSecret -}}
