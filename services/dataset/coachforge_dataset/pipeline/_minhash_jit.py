@@ -51,25 +51,18 @@ def _sha1_hash32(buf, start, end, w, pad):  # type: ignore[no-untyped-def]
         c = h2
         d = h3
         e = h4
-        for t in range(80):
-            if t < 20:
-                f = (b & c) | ((b ^ M32) & d)
-                k = np.uint64(0x5A827999)
-            elif t < 40:
-                f = b ^ c ^ d
-                k = np.uint64(0x6ED9EBA1)
-            elif t < 60:
-                f = (b & c) | (b & d) | (c & d)
-                k = np.uint64(0x8F1BBCDC)
-            else:
-                f = b ^ c ^ d
-                k = np.uint64(0xCA62C1D6)
-            temp = (_rotl(a, 5) + f + e + k + w[t]) & M32
-            e = d
-            d = c
-            c = _rotl(b, 30)
-            b = a
-            a = temp
+        for t in range(20):
+            temp = (_rotl(a, 5) + ((b & c) | ((b ^ M32) & d)) + e + np.uint64(0x5A827999) + w[t]) & M32
+            e, d, c, b, a = d, c, _rotl(b, 30), a, temp
+        for t in range(20, 40):
+            temp = (_rotl(a, 5) + (b ^ c ^ d) + e + np.uint64(0x6ED9EBA1) + w[t]) & M32
+            e, d, c, b, a = d, c, _rotl(b, 30), a, temp
+        for t in range(40, 60):
+            temp = (_rotl(a, 5) + ((b & c) | (b & d) | (c & d)) + e + np.uint64(0x8F1BBCDC) + w[t]) & M32
+            e, d, c, b, a = d, c, _rotl(b, 30), a, temp
+        for t in range(60, 80):
+            temp = (_rotl(a, 5) + (b ^ c ^ d) + e + np.uint64(0xCA62C1D6) + w[t]) & M32
+            e, d, c, b, a = d, c, _rotl(b, 30), a, temp
         h0 = (h0 + a) & M32
         h1 = (h1 + b) & M32
         h2 = (h2 + c) & M32
@@ -80,16 +73,14 @@ def _sha1_hash32(buf, start, end, w, pad):  # type: ignore[no-untyped-def]
 
 
 @njit(cache=True, inline="always")
-def _update(out, row, hv, a, b):  # type: ignore[no-untyped-def]
+def _update(acc, hv, a, b):  # type: ignore[no-untyped-def]
     hv = hv ^ (hv >> np.uint64(16))
     hv = (hv * np.uint64(0x85EBCA6B)) & M32
     hv = hv ^ (hv >> np.uint64(13))
     hv = (hv * np.uint64(0xC2B2AE35)) & M32
     hv = hv ^ (hv >> np.uint64(16))
     for k in range(a.shape[0]):
-        v = (hv * a[k] + b[k]) & M32
-        if v < out[row, k]:
-            out[row, k] = np.uint32(v)
+        acc[k] = min(acc[k], (hv * a[k] + b[k]) & M32)
 
 
 @njit(cache=True)
@@ -102,9 +93,9 @@ def signatures(buf, starts, ends, a, b, out):  # type: ignore[no-untyped-def]
     w = np.empty(80, dtype=np.uint64)
     word_start = np.empty(longest // 2 + 2, dtype=np.int64)
     word_end = np.empty(longest // 2 + 2, dtype=np.int64)
+    acc = np.empty(out.shape[1], dtype=np.uint64)
     for i in range(starts.shape[0]):
-        for k in range(out.shape[1]):
-            out[i, k] = np.uint32(0xFFFFFFFF)
+        acc[:] = M32
         s = starts[i]
         e = ends[i]
         n = 0
@@ -123,7 +114,9 @@ def signatures(buf, starts, ends, a, b, out):  # type: ignore[no-untyped-def]
         if n < size:
             first = word_start[0] if n > 0 else s
             last = word_end[n - 1] if n > 0 else s
-            _update(out, i, _sha1_hash32(buf, first, last, w, pad), a, b)
+            _update(acc, _sha1_hash32(buf, first, last, w, pad), a, b)
         else:
             for j in range(n - size + 1):
-                _update(out, i, _sha1_hash32(buf, word_start[j], word_end[j + size - 1], w, pad), a, b)
+                _update(acc, _sha1_hash32(buf, word_start[j], word_end[j + size - 1], w, pad), a, b)
+        for k in range(out.shape[1]):
+            out[i, k] = np.uint32(acc[k])

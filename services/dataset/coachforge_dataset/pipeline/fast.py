@@ -141,7 +141,8 @@ class ChunkResult:
     blank: int
     invalid: int
     issues: list[LineIssue]
-    records: list[bytes]
+    records: bytes
+    """The valid examples' export lines, each followed by a newline."""
     formats: bytes
     digests: bytes
     validation: bytes
@@ -203,7 +204,8 @@ def analyse_chunk(task: ChunkTask) -> ChunkResult:
     if task.dedupe:
         signatures = minhash_signatures(texts)
         bands = band_keys(signatures, *lsh_bands(task.near_dup_threshold))
-    return ChunkResult(len(task.lines), blank, invalid, issues, records, bytes(formats), b"".join(digests),
+    return ChunkResult(len(task.lines), blank, invalid, issues, b"".join(r + b"\n" for r in records),
+                       bytes(formats), b"".join(digests),
                        bytes(validation), bytes(has_conv), signatures, bands)
 
 
@@ -247,12 +249,13 @@ def near_duplicates(bands: np.ndarray, signature: Callable[[int], np.ndarray], t
     suspect = np.zeros(n, dtype=bool)
     for band in range(nbands):
         key = bands[:, band]
-        order = np.argsort(key, kind="stable")
+        order = np.argsort(key, kind="stable").astype(np.int32)
         ordered = key[order]
         new_run = np.r_[True, ordered[1:] != ordered[:-1]]
-        run_start = np.maximum.accumulate(np.where(new_run, np.arange(n), 0))
-        position = np.empty(n, dtype=np.int64)
-        position[order] = np.arange(n)
+        run_start = np.maximum.accumulate(np.where(new_run, np.arange(n, dtype=np.int32), np.int32(0)))
+        position = np.empty(n, dtype=np.int32)
+        position[order] = np.arange(n, dtype=np.int32)
+        del ordered
         suspect[order[~new_run]] = True
         orders.append(order)
         positions.append(position)

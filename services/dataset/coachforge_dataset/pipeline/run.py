@@ -187,8 +187,7 @@ def _analyse(lines: Iterable[bytes], work: Path, *, format: str | None, detect: 
             result.blank += chunk.blank
             result.invalid += chunk.invalid
             result.issues.extend(chunk.issues)
-            if chunk.records:
-                records.write(b"\n".join(chunk.records) + b"\n")
+            records.write(chunk.records)
             result.formats += chunk.formats
             result.digests += chunk.digests
             result.validation += chunk.validation
