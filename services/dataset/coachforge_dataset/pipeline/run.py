@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -241,10 +242,16 @@ def _run(lines: Iterable[bytes], work: Path, emit: Callable[[bool, Example | Non
         bands, rows = fast.lsh_bands(near_dup_threshold)
         all_bands = np.concatenate(a.bands) if a.bands else np.empty((0, bands), dtype=np.uint64)
         a.bands.clear()
-        signatures = np.memmap(work / "signatures.u32", dtype=np.uint32, mode="r", shape=(valid, NUM_PERM))
-        removed = fast.near_duplicates(all_bands[unique], lambda i: np.asarray(signatures[unique[i]]),
-                                       near_dup_threshold, rows)
-        del all_bands, signatures
+        row_bytes = NUM_PERM * 4
+        # Signatures are read row by row (only examples sharing a band with an earlier one need
+        # theirs), not mapped, so the file's pages never count towards this process's memory.
+        with (work / "signatures.u32").open("rb") as sig_file:
+            fd = sig_file.fileno()
+            removed = fast.near_duplicates(
+                all_bands[unique],
+                lambda i: np.frombuffer(os.pread(fd, row_bytes, int(unique[i]) * row_bytes), dtype=np.uint32),
+                near_dup_threshold, rows)
+        del all_bands
         for j in sorted(removed)[:MAX_SAMPLES]:
             match, similarity = removed[j]
             near_samples.append((int(unique[j]), j, f"near duplicate of example {match} "
