@@ -33,7 +33,8 @@ from coachforge_dataset.pipeline.clean import minhash, normalized_text
 from coachforge_dataset.pipeline.fast import first_occurrences, minhash_signatures
 from coachforge_dataset.pipeline.stats import example_tokens
 
-WORDS = "easy ride tempo interval sleep recover long run swim bike zone two three week rest legs heavy".split()
+WORDS = ["easy", "ride", "tempo", "interval", "sleep", "recover", "long", "run", "swim", "bike", "zone", "two",
+         "three", "week", "rest", "legs", "heavy"]
 
 
 def corpus(n: int, seed: int) -> list[bytes]:

@@ -165,7 +165,8 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self) -> None:
         self.jobs: list[trainer_pb2.Job] = []
 
-    def ListJobs(self, request: trainer_pb2.ListJobsRequest, context: grpc.ServicerContext) -> trainer_pb2.ListJobsResponse:
+    def ListJobs(self, request: trainer_pb2.ListJobsRequest,
+                 context: grpc.ServicerContext) -> trainer_pb2.ListJobsResponse:
         start = next((i + 1 for i, j in enumerate(self.jobs) if j.id == request.after), 0)
         page = self.jobs[start:start + 3]
         return trainer_pb2.ListJobsResponse(jobs=page, has_more=start + 3 < len(self.jobs))

@@ -49,7 +49,8 @@ def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile,
 
 @router.get("/files")
 def list_files(request: Request, principal: CurrentPrincipal, purpose: str | None = None,
-               limit: int = 10000, after: str | None = None, order: Literal["asc", "desc"] = "desc") -> dict[str, object]:
+               limit: int = 10000, after: str | None = None,
+               order: Literal["asc", "desc"] = "desc") -> dict[str, object]:
     """The tenant's files, newest first (``order=asc``: oldest first); ``after`` is a file id cursor."""
     rows, has_more = service.page_files(_deps(request), principal.tenant_id, purpose, limit, after, order)
     return {"object": "list", "data": [service.to_openai(r) for r in rows], "has_more": has_more,
