@@ -103,6 +103,8 @@ class RunningStack:
     database_url: str
     internal_token: str
     kafka_bootstrap: str
+    worker_metrics_url: str = ""
+    lease_seconds: float = 0.0
 
 
 @pytest.fixture(scope="session")
@@ -119,13 +121,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
     platform = PlatformSettings(data_dir=data_dir, database_url=postgres_url, models_dir=model_cache_dir,
                                 api_key="cf-test-" + secrets.token_hex(8))
     settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
-                             broker_port=free_port(), engine_max_model_len=1024)
-    running = Stack(platform, settings)
+                             broker_port=free_port(), worker_metrics_port=free_port(), engine_max_model_len=1024)
+    # A short lease, so that a killed worker's job is picked up again within seconds.
+    lease_seconds = 6.0
+    running = Stack(platform, settings, env={"COACHFORGE_TRAINER_LEASE_SECONDS": str(lease_seconds)})
     prepared = running.start(progress=False)
     try:
         yield RunningStack(base_url=running.base_url, api_key=prepared.api_key,
                            grpc_target=f"127.0.0.1:{settings.grpc_port}", data_dir=data_dir,
                            database_url=postgres_url, internal_token=internal_token(platform),
-                           kafka_bootstrap=f"127.0.0.1:{settings.broker_port}")
+                           kafka_bootstrap=f"127.0.0.1:{settings.broker_port}",
+                           worker_metrics_url=f"http://127.0.0.1:{settings.worker_metrics_port}/metrics",
+                           lease_seconds=lease_seconds)
     finally:
         running.stop()

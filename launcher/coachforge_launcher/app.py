@@ -48,6 +48,7 @@ from coachforge_shared.grpc_server import InternalChannel, build_server
 from coachforge_shared.http import add_metrics_route, install_error_handlers
 from coachforge_shared.logging import configure_logging, get_logger
 from coachforge_shared.settings import PlatformSettings
+from coachforge_trainer.metrics import register_job_status_collector
 from coachforge_trainer.service import TrainerDeps
 from coachforge_trainer.settings import TrainerSettings
 
@@ -105,6 +106,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     trainer = TrainerDeps(db=db, settings=trainer_settings, publisher=publisher,
                           dataset=channel(trainer_settings.dataset_grpc_target),
                           registry=channel(trainer_settings.registry_grpc_target))
+    register_job_status_collector(db)
     engine = Engine(inference_settings.engine_url, inference_settings.request_timeout_s)
     inference = InferenceDeps(settings=inference_settings, engine=engine,
                               registry=channel(inference_settings.registry_grpc_target), publisher=publisher)

@@ -76,6 +76,7 @@ def _dataset(ctx: Context) -> Parts:
 def _trainer(ctx: Context) -> Parts:
     import coachforge_trainer.api
     import coachforge_trainer.grpc
+    from coachforge_trainer.metrics import register_job_status_collector
     from coachforge_trainer.service import TrainerDeps
     from coachforge_trainer.settings import TrainerSettings
 
@@ -83,6 +84,7 @@ def _trainer(ctx: Context) -> Parts:
     deps = TrainerDeps(db=ctx.db, settings=settings, publisher=ctx.publisher,
                        dataset=ctx.channel(settings.dataset_grpc_target),
                        registry=ctx.channel(settings.registry_grpc_target))
+    register_job_status_collector(ctx.db)
     return Parts([coachforge_trainer.api.router], coachforge_trainer.grpc.registration(deps), {"trainer": deps})
 
 

@@ -15,6 +15,8 @@ class StackSettings(BaseSettings):
     engine_port: int = Field(default=8100, description="Port of the embedded vLLM engine.")
     broker_port: int = Field(default=9092, description="Port of the embedded Kafka-compatible broker.")
     trainer_workers: int = Field(default=1, description="Trainer worker processes (one job each at a time).")
+    worker_metrics_port: int = Field(
+        default=8101, description="Prometheus metrics port of the first trainer worker; worker i uses this + i.")
     engine_max_model_len: int = Field(default=2048, description="vLLM --max-model-len.")
     engine_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters active in one batch.")
     engine_max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")

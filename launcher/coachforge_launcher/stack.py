@@ -79,8 +79,8 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
 
 
 def _program(name: str, command: list[str], logs: Path, *, console: bool, priority: int,
-             stopwaitsecs: int = 15, numprocs: int = 1) -> str:
-    quoted = " ".join(_quote(c) for c in command)
+             stopwaitsecs: int = 15, numprocs: int = 1, raw_args: str = "") -> str:
+    quoted = " ".join([*(_quote(c) for c in command), *([raw_args] if raw_args else [])])
     if console:
         output = "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\n"
     else:
@@ -124,8 +124,11 @@ def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared
         "--dtype", stack.engine_dtype, "--gpu-memory-utilization", str(stack.engine_kv_cache_share),
         "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30))
     parts.append(_program("services", [py, "-m", "coachforge_launcher.app"], logs, console=console, priority=30))
-    parts.append(_program("trainer-worker", [py, "-m", "coachforge_trainer.worker"], logs, console=console,
-                          priority=40, numprocs=stack.trainer_workers, stopwaitsecs=60))
+    # Worker i serves its metrics on worker_metrics_port + i (supervisord expands process_num).
+    worker = [py, "-m", "coachforge_trainer.worker", "--metrics-port", str(stack.worker_metrics_port)]
+    parts.append(_program("trainer-worker", worker, logs, console=console, priority=40,
+                          numprocs=stack.trainer_workers, stopwaitsecs=60,
+                          raw_args="--metrics-port-offset %(process_num)d"))
     path = data / "supervisord.conf"
     path.write_text("".join(parts))
     return path
@@ -163,9 +166,11 @@ def wait_ready(stack: StackSettings, proc: subprocess.Popen[bytes] | None = None
 class Stack:
     """Runs the stack in the background (demo, tests); :meth:`stop` shuts everything down."""
 
-    def __init__(self, platform: PlatformSettings, stack: StackSettings) -> None:
+    def __init__(self, platform: PlatformSettings, stack: StackSettings, env: dict[str, str] | None = None) -> None:
         self.platform = platform
         self.stack = stack
+        self.env = env or {}
+        """Extra environment for every program (e.g. other services' settings)."""
         self.prepared: Prepared | None = None
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -176,7 +181,8 @@ class Stack:
     def start(self, *, progress: bool = True) -> Prepared:
         self.prepared = prepare(self.platform, self.stack)
         conf = supervisor_config(self.platform, self.stack, self.prepared, console=False)
-        self.proc = subprocess.Popen(supervisord_command(conf), env=self.prepared.env, start_new_session=True,
+        self.proc = subprocess.Popen(supervisord_command(conf), env={**self.prepared.env, **self.env},
+                                     start_new_session=True,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_ready(self.stack, self.proc, progress=progress)

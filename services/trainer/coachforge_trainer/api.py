@@ -46,3 +46,13 @@ def list_events(request: Request, principal: CurrentPrincipal, job_id: str, afte
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(request: Request, principal: CurrentPrincipal, job_id: str) -> dict[str, Any]:
     return service.to_openai(service.cancel_job(_deps(request), principal.tenant_id, job_id))
+
+
+@router.get("/jobs/{job_id}/checkpoints")
+def list_checkpoints(request: Request, principal: CurrentPrincipal, job_id: str, after: str | None = None,
+                     limit: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
+    deps = _deps(request)
+    job = service.get_job(deps, principal.tenant_id, job_id)
+    rows, more = service.list_checkpoints(deps, principal.tenant_id, job_id, after, limit)
+    return {"object": "list", "data": [service.checkpoint_to_openai(job, c) for c in rows], "has_more": more,
+            "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}

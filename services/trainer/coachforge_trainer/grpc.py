@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import grpc
+from pydantic import ValidationError
 
 from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from coachforge_shared.auth import current_principal
 from coachforge_shared.errors import InvalidArgument
 from coachforge_shared.grpc_server import ServiceRegistration
+from coachforge_shared.ids import to_unix
 from coachforge_trainer import service
+from coachforge_trainer.models import JobCheckpoint
 from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
 from coachforge_trainer.service import TrainerDeps
 
@@ -24,11 +27,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 model=request.model, training_file=request.training_file,
                 validation_file=request.validation_file or None, suffix=request.suffix or None,
                 seed=request.seed or None,
-                hyperparameters=Hyperparameters(
-                    n_epochs=hp.n_epochs or "auto", batch_size=hp.batch_size or "auto",
-                    learning_rate_multiplier=hp.learning_rate_multiplier or "auto"))
-        except ValueError as err:
-            raise InvalidArgument(str(err)) from None
+                hyperparameters=Hyperparameters.model_validate({
+                    "n_epochs": hp.n_epochs or "auto", "batch_size": hp.batch_size or "auto",
+                    "learning_rate_multiplier": hp.learning_rate_multiplier or "auto",
+                    "lora_r": hp.lora_r or "auto", "lora_alpha": hp.lora_alpha or "auto",
+                    "lora_dropout": hp.lora_dropout if hp.HasField("lora_dropout") else "auto",
+                    "target_modules": (list(hp.target_modules) if len(hp.target_modules) != 1
+                                       or hp.target_modules[0] != "all-linear" else "all-linear")
+                    if hp.target_modules else "auto",
+                    "max_length": hp.max_length or "auto", "early_stopping_patience": hp.early_stopping_patience,
+                    "checkpoint_steps": hp.checkpoint_steps if hp.HasField("checkpoint_steps") else "auto"}))
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise InvalidArgument(f"{field}: {first['msg']}", param=field) from None
         job = service.create_job(self.deps, current_principal().tenant_id, body)
         return service.to_proto(job)
 
@@ -52,7 +64,20 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def CancelJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
         return service.to_proto(service.cancel_job(self.deps, current_principal().tenant_id, request.job_id))
 
+    def ListJobCheckpoints(self, request: trainer_pb2.ListJobCheckpointsRequest,
+                           context: grpc.ServicerContext) -> trainer_pb2.ListJobCheckpointsResponse:
+        rows, more = service.list_checkpoints(self.deps, current_principal().tenant_id, request.job_id,
+                                              request.after or None, request.limit or 10)
+        return trainer_pb2.ListJobCheckpointsResponse(checkpoints=[_checkpoint_to_proto(c) for c in rows],
+                                                      has_more=more)
+
 
 def registration(deps: TrainerDeps) -> ServiceRegistration:
     return ServiceRegistration(trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,
                                TrainerServicer(deps), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
+
+
+def _checkpoint_to_proto(c: JobCheckpoint) -> trainer_pb2.JobCheckpoint:
+    return trainer_pb2.JobCheckpoint(id=c.id, created_at=to_unix(c.created_at), job_id=c.job_id, step=c.step,
+                                     epoch=c.epoch, train_loss=c.train_loss or 0.0, valid_loss=c.valid_loss or 0.0,
+                                     path=c.path)

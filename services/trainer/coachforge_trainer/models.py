@@ -1,10 +1,10 @@
-"""Trainer tables: jobs and their events."""
+"""Trainer tables: jobs, their events and their checkpoints."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -34,6 +34,18 @@ class Job(Base):
     device: Mapped[str | None] = mapped_column(String(16), nullable=True)
     adapter_uri: Mapped[str | None] = mapped_column(String(1000), nullable=True)
     estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Method settings beyond the OpenAI hyperparameters (LoRA rank, max_length, ...), resolved.
+    method_json: Mapped[str] = mapped_column(Text, default="{}")
+    # Estimate made at creation: tokens to train (examples' tokens x epochs), seconds, price.
+    estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    estimated_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    estimated_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The worker running the job renews this lease; a job whose lease expired is queued again.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    valid_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    result_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
@@ -49,4 +61,18 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(20), default="message")
     message: Mapped[str] = mapped_column(Text)
     data_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class JobCheckpoint(Base):
+    __tablename__ = "fine_tuning_job_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step", name="uq_checkpoint_job_step"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("fine_tuning_jobs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer)
+    epoch: Mapped[float] = mapped_column(Float)
+    train_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    valid_loss: Mapped[float | None] = mapped_column(Float, nullable=True)
+    path: Mapped[str] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

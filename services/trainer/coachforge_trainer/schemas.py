@@ -16,6 +16,20 @@ class Hyperparameters(BaseModel):
     batch_size: Auto | Annotated[int, Field(ge=1, le=256)] = Field("auto", description="Examples per step.")
     learning_rate_multiplier: Auto | Annotated[float, Field(gt=0, le=10)] = Field(
         "auto", description="Scales the base learning rate.")
+    # Method settings beyond OpenAI's three (the SDK passes them through in the same object).
+    lora_r: Auto | Annotated[int, Field(ge=1, le=256)] = Field("auto", description="LoRA rank.")
+    lora_alpha: Auto | Annotated[int, Field(ge=1, le=1024)] = Field("auto", description="LoRA alpha (scaling).")
+    lora_dropout: Auto | Annotated[float, Field(ge=0, lt=1)] = Field("auto", description="LoRA dropout.")
+    target_modules: Auto | Literal["all-linear"] | Annotated[list[Annotated[str, Field(
+        pattern=r"^[A-Za-z0-9_.]+$")]], Field(min_length=1)] = Field(
+        "auto", description="Module names to adapt (e.g. q_proj, v_proj) or 'all-linear'.")
+    max_length: Auto | Annotated[int, Field(ge=16, le=32768)] = Field(
+        "auto", description="Examples longer than this many tokens are rejected at job creation.")
+    early_stopping_patience: Annotated[int, Field(ge=0, le=100)] = Field(
+        0, description="Stop after this many evaluations without a lower validation loss (needs a "
+                       "validation file); 0 never stops early.")
+    checkpoint_steps: Auto | Annotated[int, Field(ge=0)] = Field(
+        "auto", description="Save a checkpoint every this many steps; 0 = at each epoch end.")
 
 
 class SupervisedMethod(BaseModel):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -18,9 +19,12 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_trainer.metrics import JOBS_CREATED, JOBS_FINISHED
-from coachforge_trainer.models import Job, JobEvent
-from coachforge_trainer.schemas import CreateJobRequest
+from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
+from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
 from coachforge_trainer.settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from coachforge_trainer.sft import TrainParams
 
 log = get_logger("coachforge.trainer")
 
@@ -42,6 +46,48 @@ class TrainerDeps:
         return registry_pb2_grpc.RegistryServiceStub(self.registry.channel)
 
 
+@dataclass(frozen=True)
+class MethodSettings:
+    """A job's resolved training settings beyond OpenAI's hyperparameters, stored with the job."""
+
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    target_modules: str | list[str]
+    max_length: int
+    early_stopping_patience: int
+    checkpoint_steps: int
+
+    @classmethod
+    def resolve(cls, settings: TrainerSettings, hp: Hyperparameters) -> MethodSettings:
+        return cls(
+            lora_r=settings.lora_r if hp.lora_r == "auto" else hp.lora_r,
+            lora_alpha=settings.lora_alpha if hp.lora_alpha == "auto" else hp.lora_alpha,
+            lora_dropout=settings.lora_dropout if hp.lora_dropout == "auto" else hp.lora_dropout,
+            target_modules="all-linear" if hp.target_modules == "auto" else hp.target_modules,
+            max_length=settings.max_length if hp.max_length == "auto" else hp.max_length,
+            early_stopping_patience=hp.early_stopping_patience,
+            checkpoint_steps=settings.checkpoint_steps if hp.checkpoint_steps == "auto" else hp.checkpoint_steps,
+        )
+
+    def train_params(self, job: Job, base_learning_rate: float) -> TrainParams:
+        from coachforge_trainer.sft import TrainParams
+
+        return TrainParams(n_epochs=job.n_epochs, batch_size=job.batch_size,
+                           learning_rate=base_learning_rate * job.learning_rate_multiplier, lora_r=self.lora_r,
+                           lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                           target_modules=self.target_modules, max_length=self.max_length, seed=job.seed,
+                           checkpoint_steps=self.checkpoint_steps,
+                           early_stopping_patience=self.early_stopping_patience)
+
+
+def method_settings(settings: TrainerSettings, job: Job) -> MethodSettings:
+    """The job's stored method settings (defaults from ``settings`` for jobs created before they existed)."""
+    stored = json.loads(job.method_json or "{}")
+    defaults = asdict(MethodSettings.resolve(settings, Hyperparameters()))
+    return MethodSettings(**{**defaults, **stored})
+
+
 def add_event(s: Any, job_id: str, message: str, *, level: str = "info", type: str = "message",
               data: dict[str, Any] | None = None) -> None:
     s.add(JobEvent(id=new_id("ftevent"), job_id=job_id, level=level, type=type, message=message,
@@ -58,6 +104,20 @@ def _check_file(deps: TrainerDeps, tenant_id: str, file_id: str, param: str) -> 
     if f.purpose != "fine-tune":
         raise InvalidArgument(f"File {file_id} has purpose {f.purpose!r}, expected 'fine-tune'.", param=param)
     return f
+
+
+def _check_tokens(deps: TrainerDeps, tenant_id: str, file_id: str, param: str, max_length: int,
+                  model: str) -> int:
+    """Refuse a file with examples longer than ``max_length`` tokens (counted by the dataset
+    service with the base model's tokenizer); return the file's total tokens."""
+    with typed_rpc_errors():
+        counted: dataset_pb2.CheckTokensResponse = deps.dataset_stub().CheckTokens(
+            dataset_pb2.CheckTokensRequest(id=file_id, max_length=max_length, base_model=model),
+            metadata=deps.dataset.metadata(tenant_id), timeout=300)
+    if counted.over_limit:
+        raise InvalidArgument(f"{counted.message} Raise hyperparameters.max_length or shorten those examples.",
+                              param=param, code="examples_too_long")
+    return int(counted.total_tokens)
 
 
 def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
@@ -81,15 +141,35 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
     batch_size = (max(1, min(s.default_batch_size, train.example_count // 4)) if hp.batch_size == "auto"
                   else hp.batch_size)
     lr_mult = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    method = MethodSettings.resolve(s, hp)
+    if method.lora_r > s.max_lora_rank:
+        raise InvalidArgument(f"lora_r={method.lora_r} exceeds the serving engines' maximum LoRA rank "
+                              f"({s.max_lora_rank}); the adapter could not be served.",
+                              param="hyperparameters.lora_r")
+    if method.early_stopping_patience and not req.validation_file:
+        raise InvalidArgument("Early stopping needs a validation_file to measure the validation loss on.",
+                              param="hyperparameters.early_stopping_patience")
+    train_tokens = _check_tokens(deps, tenant_id, req.training_file, "training_file", method.max_length, req.model)
+    if req.validation_file:
+        _check_tokens(deps, tenant_id, req.validation_file, "validation_file", method.max_length, req.model)
+    tokens = train_tokens * n_epochs
+    seconds = tokens / s.estimated_tokens_per_second
     job = Job(id=new_id("ftjob"), tenant_id=tenant_id, model=req.model, status="queued",
               training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
               n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=lr_mult,
-              seed=req.seed if req.seed is not None else s.default_seed)
+              seed=req.seed if req.seed is not None else s.default_seed, method_json=json.dumps(asdict(method)),
+              estimated_tokens=tokens, estimated_seconds=seconds,
+              estimated_cost_usd=round(tokens / 1e6 * s.price_per_million_tokens, 6), queued_at=utcnow(),
+              estimated_finish=utcnow() + timedelta(seconds=seconds))
     with deps.db.session() as sess:
         sess.add(job)
         sess.flush()
         add_event(sess, job.id, f"Created fine-tuning job: {job.id}")
         add_event(sess, job.id, f"Validated training file: {req.training_file} ({train.example_count} examples)")
+        add_event(sess, job.id, f"Estimated {tokens} training tokens, about {seconds / 60:.0f} min and "
+                                f"${job.estimated_cost_usd:.4f}.",
+                  data={"estimated_tokens": tokens, "estimated_seconds": seconds,
+                        "estimated_cost_usd": job.estimated_cost_usd})
         # Published inside the transaction: if the broker refuses, no job is left behind.
         deps.publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job.id), tenant_id, key=job.id)
     JOBS_CREATED.labels(tenant_id).inc()
@@ -151,21 +231,56 @@ def cancel_job(deps: TrainerDeps, tenant_id: str, job_id: str) -> Job:
     return job
 
 
+def list_checkpoints(deps: TrainerDeps, tenant_id: str, job_id: str, after: str | None,
+                     limit: int) -> tuple[list[JobCheckpoint], bool]:
+    get_job(deps, tenant_id, job_id)
+    with deps.db.session() as s:
+        q = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+        if after:
+            anchor = s.scalar(select(JobCheckpoint.step).where(JobCheckpoint.id == after,
+                                                               JobCheckpoint.job_id == job_id))
+            if anchor is None:
+                raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+            q = q.where(JobCheckpoint.step < anchor)
+        rows = list(s.scalars(q.order_by(JobCheckpoint.step.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def checkpoint_to_openai(job: Job, ckpt: JobCheckpoint) -> dict[str, Any]:
+    """The OpenAI ``fine_tuning.job.checkpoint`` object."""
+    return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": to_unix(ckpt.created_at),
+            "fine_tuned_model_checkpoint": f"{job.fine_tuned_model or job.id}:ckpt-step-{ckpt.step}",
+            "fine_tuning_job_id": job.id, "step_number": ckpt.step,
+            "metrics": {"step": ckpt.step, "epoch": ckpt.epoch, "train_loss": ckpt.train_loss,
+                        "valid_loss": ckpt.valid_loss},
+            "adapter_path": ckpt.path}
+
+
+def _hyperparameters(job: Job) -> dict[str, Any]:
+    hp: dict[str, Any] = {"n_epochs": job.n_epochs, "batch_size": job.batch_size,
+                          "learning_rate_multiplier": job.learning_rate_multiplier}
+    hp.update(json.loads(job.method_json or "{}"))
+    return hp
+
+
 def to_openai(job: Job) -> dict[str, Any]:
-    """The OpenAI ``fine_tuning.job`` object."""
+    """The OpenAI ``fine_tuning.job`` object, plus ``estimate``, ``valid_loss``, ``device`` and ``attempts``."""
     error = None
     if job.status == "failed":
         error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
-    hp = {"n_epochs": job.n_epochs, "batch_size": job.batch_size,
-          "learning_rate_multiplier": job.learning_rate_multiplier}
+    hp = _hyperparameters(job)
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": to_unix(job.created_at), "error": error,
         "fine_tuned_model": job.fine_tuned_model, "finished_at": to_unix(job.finished_at) or None,
-        "hyperparameters": hp, "model": job.model, "organization_id": job.tenant_id, "result_files": [],
+        "hyperparameters": hp, "model": job.model, "organization_id": job.tenant_id,
+        "result_files": [job.result_file] if job.result_file else [],
         "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
         "training_file": job.training_file, "validation_file": job.validation_file, "suffix": job.suffix,
         "estimated_finish": to_unix(job.estimated_finish) or None, "integrations": [], "metadata": None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "estimate": {"trained_tokens": job.estimated_tokens, "seconds": job.estimated_seconds,
+                     "cost_usd": job.estimated_cost_usd},
+        "valid_loss": job.valid_loss, "device": job.device, "attempts": job.attempts,
     }
 
 
@@ -185,11 +300,21 @@ def status_to_proto(status: str) -> trainer_pb2.JobStatus.ValueType:
 
 
 def to_proto(job: Job) -> trainer_pb2.Job:
+    method = json.loads(job.method_json or "{}")
+    modules = method.get("target_modules", [])
     return trainer_pb2.Job(
         id=job.id, model=job.model, status=status_to_proto(job.status), training_file=job.training_file,
         validation_file=job.validation_file or "", suffix=job.suffix or "",
-        hyperparameters=trainer_pb2.Hyperparameters(n_epochs=job.n_epochs, batch_size=job.batch_size,
-                                                    learning_rate_multiplier=job.learning_rate_multiplier),
+        hyperparameters=trainer_pb2.Hyperparameters(
+            n_epochs=job.n_epochs, batch_size=job.batch_size, learning_rate_multiplier=job.learning_rate_multiplier,
+            lora_r=method.get("lora_r", 0), lora_alpha=method.get("lora_alpha", 0),
+            lora_dropout=method.get("lora_dropout"), max_length=method.get("max_length", 0),
+            target_modules=[modules] if isinstance(modules, str) else modules,
+            early_stopping_patience=method.get("early_stopping_patience", 0),
+            checkpoint_steps=method.get("checkpoint_steps")),
+        estimated_tokens=job.estimated_tokens or 0, estimated_seconds=job.estimated_seconds or 0.0,
+        estimated_cost_usd=job.estimated_cost_usd or 0.0, valid_loss=job.valid_loss or 0.0, device=job.device or "",
+        attempts=job.attempts or 0, result_files=[job.result_file] if job.result_file else [],
         fine_tuned_model=job.fine_tuned_model or "", trained_tokens=job.trained_tokens or 0,
         created_at=to_unix(job.created_at), finished_at=to_unix(job.finished_at), error_code=job.error_code or "",
         error_message=job.error_message or "", seed=job.seed, tenant_id=job.tenant_id,

@@ -18,9 +18,32 @@ class TrainerSettings(BaseSettings):
     base_learning_rate: float = Field(
         default=5e-4, description="Learning rate that learning_rate_multiplier scales (LoRA on small models).")
     lora_r: int = Field(default=16, description="LoRA rank of new adapters.")
+    max_lora_rank: int = Field(
+        default=16, description="Largest LoRA rank the serving engines accept (vLLM --max-lora-rank); jobs asking "
+                                "for more are refused at creation.")
     lora_alpha: int = Field(default=32, description="LoRA alpha of new adapters.")
     lora_dropout: float = Field(default=0.05, description="LoRA dropout.")
     max_length: int = Field(default=512, description="Examples are truncated to this many tokens.")
     default_seed: int = Field(default=42, description="Seed when the job gives none.")
     consumer_group: str = Field(default="trainer-workers", description="Kafka consumer group of the workers.")
     worker_id: str | None = Field(default=None, description="Name of this worker (default: host name + pid).")
+    lease_seconds: float = Field(
+        default=60.0, gt=0,
+        description="A running job's worker renews its lease this often x3; a job whose lease expired (its worker "
+                    "died) is queued again and resumes from its last checkpoint.")
+    max_attempts: int = Field(
+        default=3, ge=1, description="A job whose worker was lost this many times fails instead of being queued again.")
+    checkpoint_steps: int = Field(
+        default=0, ge=0, description="Default checkpoint interval in optimizer steps; 0 = at each epoch end.")
+    metrics_port: int | None = Field(
+        default=None, description="Serve the worker's Prometheus metrics on this port (none: not served).")
+    price_per_million_tokens: float = Field(
+        default=3.0, ge=0, description="Training price per 1M trained tokens (tokens x epochs), for estimates.")
+    estimated_tokens_per_second: float = Field(
+        default=90.0, gt=0,
+        description="Training throughput assumed for the time estimate before a job starts (tokens/s; about 90 "
+                    "for the small model on two CPU cores, thousands on a GPU).")
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return self.lease_seconds / 3

@@ -2,21 +2,29 @@
 from ``train.requested`` and runs LoRA SFT on them, one job at a time.
 
 Run it as ``coachforge-trainer-worker`` (or ``python -m coachforge_trainer.worker``).
+
+Failure model: a worker holds a lease on its running job and renews it every
+``lease_seconds / 3``. Every worker also sweeps for running jobs whose lease expired (their
+worker was killed, lost its node, ...) and queues them again; the next worker resumes from
+the job's last complete checkpoint. All status changes are conditional updates, so two
+workers never both own a job, and a worker that lost its lease stops without touching it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import socket
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from prometheus_client import start_http_server
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
@@ -26,13 +34,23 @@ from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
 from coachforge_shared.events import EventConsumer, EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
-from coachforge_shared.ids import utcnow
+from coachforge_shared.ids import new_id, utcnow
 from coachforge_shared.logging import configure_logging, get_logger
 from coachforge_shared.settings import PlatformSettings
-from coachforge_trainer.metrics import JOBS_FINISHED, STEP_SECONDS, TOKENS_PER_SECOND
-from coachforge_trainer.models import Job
-from coachforge_trainer.service import TrainerDeps, add_event
+from coachforge_trainer.metrics import (
+    CHECKPOINTS,
+    JOBS_FINISHED,
+    JOBS_REQUEUED,
+    QUEUE_WAIT,
+    STEP_SECONDS,
+    TOKENS_PER_SECOND,
+)
+from coachforge_trainer.models import Job, JobCheckpoint
+from coachforge_trainer.service import TrainerDeps, add_event, method_settings
 from coachforge_trainer.settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from coachforge_trainer.sft import Checkpoint
 
 log = get_logger("coachforge.trainer.worker")
 
@@ -50,19 +68,87 @@ class Worker:
         self.shutting_down = threading.Event()
 
     # -- claiming -----------------------------------------------------------------------------
+    def _lease_until(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.deps.settings.lease_seconds)
+
     def handle(self, s: Session, env: Envelope, payload: trainer_pb2.TrainRequested) -> Any:
-        """Claim the job inside the event's transaction; train after it committed."""
-        job = s.scalar(select(Job).where(Job.id == payload.job_id, Job.tenant_id == env.tenant_id)
-                       .with_for_update())
-        if job is None or job.status != "queued":
-            log.info("skipping job", job_id=payload.job_id, status=job.status if job else None)
+        """Claim the job inside the event's transaction (a conditional update, so exactly one
+        worker wins); train after it committed."""
+        claimed = s.execute(
+            update(Job).where(Job.id == payload.job_id, Job.tenant_id == env.tenant_id, Job.status == "queued",
+                              Job.cancel_requested.is_(False))
+            .values(status="running", worker_id=self.worker_id, lease_expires_at=self._lease_until(),
+                    attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, utcnow())))
+        if claimed.rowcount != 1:
+            log.info("skipping job that is not queued", job_id=payload.job_id)
             return None
-        job.status = "running"
-        job.worker_id = self.worker_id
-        job.started_at = utcnow()
-        add_event(s, job.id, f"Fine-tuning job started on worker {self.worker_id}.")
+        job = s.get(Job, payload.job_id)
+        assert job is not None
+        QUEUE_WAIT.observe(max((utcnow() - (job.queued_at or job.created_at)).total_seconds(), 0.0))
+        attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
+        add_event(s, job.id, f"Fine-tuning job started on worker {self.worker_id}{attempt}.")
         job_id, tenant_id = job.id, job.tenant_id
         return lambda: self.run(job_id, tenant_id)
+
+    # -- leases -------------------------------------------------------------------------------
+    def renew_lease(self, job_id: str) -> bool:
+        """Extend this worker's lease on ``job_id``; ``False`` if the job is no longer ours."""
+        with self.deps.db.session() as s:
+            renewed = s.execute(update(Job).where(Job.id == job_id, Job.worker_id == self.worker_id,
+                                                  Job.status == "running")
+                                .values(lease_expires_at=self._lease_until()))
+            return bool(renewed.rowcount == 1)
+
+    def requeue_expired(self) -> list[str]:
+        """Queue again (or fail, after ``max_attempts``) every running job whose lease expired."""
+        now = utcnow()
+        with self.deps.db.session() as s:
+            expired = list(s.execute(select(Job.id, Job.tenant_id, Job.worker_id, Job.attempts,
+                                            Job.cancel_requested)
+                                     .where(Job.status == "running", Job.lease_expires_at < now)).tuples())
+        handled = []
+        for job_id, tenant_id, worker_id, attempts, cancel_requested in expired:
+            with self.deps.db.session() as s:
+                stale = (Job.id == job_id, Job.status == "running", Job.worker_id == worker_id,
+                         Job.lease_expires_at < now)
+                lost = f"Worker {worker_id} stopped renewing its lease"
+                if cancel_requested or attempts >= self.deps.settings.max_attempts:
+                    status = "cancelled" if cancel_requested else "failed"
+                    done = s.execute(update(Job).where(*stale).values(
+                        status=status, finished_at=now, lease_expires_at=None,
+                        error_code=None if cancel_requested else "worker_lost",
+                        error_message=None if cancel_requested else
+                        f"{lost}; the job was given up after {attempts} attempts."))
+                    if done.rowcount != 1:
+                        continue
+                    message = (f"{lost}; the job was cancelled as requested." if cancel_requested else
+                               f"{lost}; the job failed after {attempts} attempts.")
+                    add_event(s, job_id, message, level="error" if status == "failed" else "info")
+                    self.deps.publisher.publish(f"job.{status}", trainer_pb2.JobFinished(
+                        job_id=job_id, status=trainer_pb2.JOB_STATUS_FAILED if status == "failed"
+                        else trainer_pb2.JOB_STATUS_CANCELLED, error_message=message), tenant_id, key=job_id)
+                    JOBS_FINISHED.labels(status).inc()
+                else:
+                    done = s.execute(update(Job).where(*stale).values(
+                        status="queued", worker_id=None, lease_expires_at=None, queued_at=now))
+                    if done.rowcount != 1:
+                        continue
+                    add_event(s, job_id, f"{lost}; the job was queued again and resumes from its last "
+                                         "checkpoint.", level="warn")
+                    self.deps.publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job_id),
+                                                tenant_id, key=job_id)
+                    JOBS_REQUEUED.labels("lease_expired").inc()
+                log.warning("job lease expired", job_id=job_id, worker=worker_id, attempts=attempts)
+                handled.append(job_id)
+        return handled
+
+    def sweep_forever(self) -> None:
+        """Background thread: look for jobs whose worker disappeared, until shutdown."""
+        while not self.shutting_down.wait(self.deps.settings.heartbeat_seconds):
+            try:
+                self.requeue_expired()
+            except Exception:
+                log.exception("lease sweep failed")
 
     # -- running ------------------------------------------------------------------------------
     def _load_examples(self, tenant_id: str, file_id: str) -> list[dict[str, Any]]:
@@ -73,41 +159,97 @@ class Worker:
             content = b"".join(c.data for c in chunks)
         return [json.loads(line) for line in content.splitlines() if line.strip()]
 
+    def _owned(self, s: Session, job_id: str) -> Job | None:
+        """The job, locked, if this worker still owns it (running under our lease)."""
+        job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
+        if job is None or job.status != "running" or job.worker_id != self.worker_id:
+            log.warning("job is no longer ours; leaving it", job_id=job_id)
+            return None
+        return job
+
     def _finish(self, job_id: str, tenant_id: str, status: str, message: str, *, level: str = "info",
-                error_code: str | None = None, **fields: Any) -> None:
+                error_code: str | None = None) -> None:
         with self.deps.db.session() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
+            job = self._owned(s, job_id)
+            if job is None:
+                return
             job.status = status
             job.finished_at = utcnow()
+            job.lease_expires_at = None
             job.error_code = error_code
             job.error_message = message if status == "failed" else None
-            for key, value in fields.items():
-                setattr(job, key, value)
             add_event(s, job_id, message, level=level)
-            if status != "succeeded":
-                event = "job.failed" if status == "failed" else "job.cancelled"
-                self.deps.publisher.publish(event, trainer_pb2.JobFinished(
-                    job_id=job_id, status=trainer_pb2.JOB_STATUS_FAILED if status == "failed"
-                    else trainer_pb2.JOB_STATUS_CANCELLED, error_message=message), tenant_id, key=job_id)
+            event = "job.failed" if status == "failed" else "job.cancelled"
+            self.deps.publisher.publish(event, trainer_pb2.JobFinished(
+                job_id=job_id, status=trainer_pb2.JOB_STATUS_FAILED if status == "failed"
+                else trainer_pb2.JOB_STATUS_CANCELLED, error_message=message), tenant_id, key=job_id)
         JOBS_FINISHED.labels(status).inc()
 
-    def _requeue(self, job_id: str, tenant_id: str) -> None:
+    def _requeue(self, job_id: str, tenant_id: str, step: int) -> None:
         with self.deps.db.session() as s:
-            job = s.get(Job, job_id)
-            assert job is not None
-            job.status, job.worker_id, job.started_at = "queued", None, None
-            add_event(s, job_id, "Worker shut down during training; the job was queued again.", level="warn")
+            job = self._owned(s, job_id)
+            if job is None:
+                return
+            job.status, job.worker_id, job.lease_expires_at, job.queued_at = "queued", None, None, utcnow()
+            add_event(s, job_id, f"Worker shut down at step {step}; a checkpoint was saved and the job was queued "
+                                 "again.", level="warn")
             self.deps.publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job_id), tenant_id,
                                         key=job_id)
+        JOBS_REQUEUED.labels("shutdown").inc()
+
+    def _record_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
+        with self.deps.db.session() as s:
+            if self._owned(s, job_id) is None:
+                return
+            exists = s.scalar(select(JobCheckpoint.id).where(JobCheckpoint.job_id == job_id,
+                                                             JobCheckpoint.step == checkpoint.step))
+            if exists is not None:
+                return
+            s.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=checkpoint.step, epoch=checkpoint.epoch,
+                                train_loss=checkpoint.train_loss, valid_loss=checkpoint.valid_loss,
+                                path=str(checkpoint.path)))
+            valid = f", validation loss={checkpoint.valid_loss:.4f}" if checkpoint.valid_loss is not None else ""
+            add_event(s, job_id, f"Checkpoint saved at step {checkpoint.step} (epoch {checkpoint.epoch:.2f})"
+                                 f"{valid}.", data={"step": checkpoint.step, "epoch": checkpoint.epoch,
+                                                     "train_loss": checkpoint.train_loss,
+                                                     "valid_loss": checkpoint.valid_loss})
+        CHECKPOINTS.inc()
 
     def run(self, job_id: str, tenant_id: str) -> None:
-        from coachforge_trainer.sft import Progress, TrainingCancelled, TrainParams, run_sft
+        lost_lease = threading.Event()
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(self.deps.settings.heartbeat_seconds):
+                try:
+                    if not self.renew_lease(job_id):
+                        lost_lease.set()
+                        return
+                except Exception:
+                    log.exception("lease renewal failed", job_id=job_id)
+
+        beat = threading.Thread(target=heartbeat, name=f"lease-{job_id}", daemon=True)
+        beat.start()
+        try:
+            self._train(job_id, tenant_id, lost_lease)
+        finally:
+            done.set()
+            beat.join()
+
+    def _train(self, job_id: str, tenant_id: str, lost_lease: threading.Event) -> None:
+        from coachforge_trainer.sft import (
+            Progress,
+            TrainingCancelled,
+            TrainingPaused,
+            list_checkpoints,
+            run_sft,
+        )
 
         with self.deps.db.session() as s:
             job = s.get(Job, job_id)
             assert job is not None
-        log.info("training", job_id=job_id, model=job.model, epochs=job.n_epochs)
+            s.expunge(job)
+        log.info("training", job_id=job_id, model=job.model, epochs=job.n_epochs, attempt=job.attempts)
         base_dir = self.platform.models_dir / job.model
         if not (base_dir / "config.json").exists():
             self._finish(job_id, tenant_id, "failed", f"Base model files for {job.model} are missing on this "
@@ -115,16 +257,21 @@ class Worker:
             return
         try:
             examples = self._load_examples(tenant_id, job.training_file)
+            eval_examples = self._load_examples(tenant_id, job.validation_file) if job.validation_file else None
         except Exception as err:
-            self._finish(job_id, tenant_id, "failed", f"Could not read the training file: {err}", level="error",
+            self._finish(job_id, tenant_id, "failed", f"Could not read the training data: {err}", level="error",
                          error_code="invalid_training_file")
             return
-        st = self.deps.settings
-        params = TrainParams(n_epochs=job.n_epochs, batch_size=job.batch_size,
-                             learning_rate=st.base_learning_rate * job.learning_rate_multiplier,
-                             lora_r=st.lora_r, lora_alpha=st.lora_alpha, lora_dropout=st.lora_dropout,
-                             max_length=st.max_length, seed=job.seed)
-        last = {"t": time.monotonic(), "step": 0}
+        params = method_settings(self.deps.settings, job).train_params(job, self.deps.settings.base_learning_rate)
+        out_dir = self.platform.resolved_artifacts_dir / tenant_id / job_id
+        existing = list_checkpoints(out_dir)
+        for checkpoint in existing:  # saved by an earlier attempt, perhaps not yet recorded
+            self._record_checkpoint(job_id, checkpoint)
+        if existing:
+            with self.deps.db.session() as s:
+                add_event(s, job_id, f"Resuming from the checkpoint at step {existing[-1].step} "
+                                     f"(epoch {existing[-1].epoch:.2f}).")
+        last = {"t": time.monotonic(), "step": existing[-1].step if existing else 0}
 
         def on_progress(p: Progress) -> None:
             now = time.monotonic()
@@ -133,34 +280,42 @@ class Worker:
             last.update(t=now, step=p.step)
             TOKENS_PER_SECOND.set(p.tokens_per_second)
             loss = f"{p.train_loss:.4f}" if p.train_loss is not None else "n/a"
+            valid = f", validation loss={p.valid_loss:.4f}" if p.valid_loss is not None else ""
             data = {"step": p.step, "total_steps": p.total_steps, "epoch": p.epoch, "train_loss": p.train_loss,
-                    "learning_rate": p.learning_rate, "tokens_per_second": p.tokens_per_second,
-                    "eta_seconds": p.eta_seconds}
+                    "valid_loss": p.valid_loss, "learning_rate": p.learning_rate,
+                    "tokens_per_second": p.tokens_per_second, "eta_seconds": p.eta_seconds}
             with self.deps.db.session() as s:
-                row = s.get(Job, job_id)
-                assert row is not None
+                row = self._owned(s, job_id)
+                if row is None:
+                    return
                 if p.eta_seconds is not None:
                     row.estimated_finish = utcnow() + timedelta(seconds=p.eta_seconds)
-                add_event(s, job_id, f"Step {p.step}/{p.total_steps}: training loss={loss}", type="metrics",
+                row.trained_tokens = p.tokens_seen
+                add_event(s, job_id, f"Step {p.step}/{p.total_steps}: training loss={loss}{valid}", type="metrics",
                           data=data)
             self.deps.publisher.publish("job.progress", trainer_pb2.JobProgress(
                 job_id=job_id, step=p.step, total_steps=p.total_steps, epoch=p.epoch,
                 train_loss=p.train_loss or 0.0, tokens_per_second=p.tokens_per_second,
-                eta_seconds=p.eta_seconds or 0.0), tenant_id, key=job_id)
+                eta_seconds=p.eta_seconds or 0.0, valid_loss=p.valid_loss or 0.0), tenant_id, key=job_id,
+                wait=False)
 
         def should_cancel() -> bool:
-            if self.shutting_down.is_set():
+            if lost_lease.is_set():
                 return True
             with self.deps.db.session() as s:
                 return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
-        out_dir = self.platform.resolved_artifacts_dir / tenant_id / job_id
         try:
             result = run_sft(base_dir, examples, out_dir, params, on_progress=on_progress,
-                             should_cancel=should_cancel)
+                             should_cancel=should_cancel, eval_examples=eval_examples,
+                             on_checkpoint=lambda c: self._record_checkpoint(job_id, c),
+                             should_pause=self.shutting_down.is_set)
+        except TrainingPaused as paused:
+            self._requeue(job_id, tenant_id, paused.step)
+            return
         except TrainingCancelled:
-            if self.shutting_down.is_set():
-                self._requeue(job_id, tenant_id)
+            if lost_lease.is_set():
+                log.warning("lost the lease on the job; stopped without finishing it", job_id=job_id)
             else:
                 self._finish(job_id, tenant_id, "cancelled", "Job cancelled.")
             return
@@ -171,11 +326,12 @@ class Worker:
             return
         name = fine_tuned_name(job)
         with self.deps.db.session() as s:
-            row = s.get(Job, job_id)
-            assert row is not None
-            row.status, row.finished_at = "succeeded", utcnow()
+            row = self._owned(s, job_id)
+            if row is None:
+                return
+            row.status, row.finished_at, row.lease_expires_at = "succeeded", utcnow(), None
             row.fine_tuned_model, row.trained_tokens = name, result.trained_tokens
-            row.adapter_uri, row.device = str(result.adapter_dir), result.device
+            row.adapter_uri, row.device, row.valid_loss = str(result.adapter_dir), result.device, result.valid_loss
             add_event(s, job_id, f"New fine-tuned model created: {name}")
             add_event(s, job_id, "The job has successfully completed.")
             self.deps.publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
@@ -184,12 +340,25 @@ class Worker:
                 target_modules=result.target_modules, final_loss=result.final_loss or 0.0,
                 training_file=job.training_file), tenant_id, key=job_id)
         JOBS_FINISHED.labels("succeeded").inc()
-        log.info("job succeeded", job_id=job_id, model=name, tokens=result.trained_tokens, steps=result.steps)
+        log.info("job succeeded", job_id=job_id, model=name, tokens=result.trained_tokens, steps=result.steps,
+                 resumed_from=result.resumed_from_step)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="coachforge-trainer-worker", description=(
+        "Trainer worker: claims fine-tuning jobs from the train.requested topic and trains them, one at a time. "
+        "Settings come from COACHFORGE_* / COACHFORGE_TRAINER_* environment variables."))
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (default: COACHFORGE_TRAINER_METRICS_PORT)")
+    parser.add_argument("--metrics-port-offset", type=int, default=0,
+                        help="added to the metrics port (the worker's index when several run on one host)")
+    args = parser.parse_args(argv)
     platform = PlatformSettings()
     settings = TrainerSettings()
+    if args.metrics_port is not None:
+        settings.metrics_port = args.metrics_port
+    if settings.metrics_port:
+        settings.metrics_port += args.metrics_port_offset
     configure_logging(platform.log_level, json=platform.log_json)
     token = internal_token(platform)
     db = Database(platform.resolved_database_url)
@@ -199,6 +368,11 @@ def main() -> None:
                        registry=InternalChannel(settings.registry_grpc_target or platform.grpc_target, token))
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     worker = Worker(deps, platform, worker_id)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port)
+    worker.requeue_expired()
+    sweeper = threading.Thread(target=worker.sweep_forever, name="lease-sweeper", daemon=True)
+    sweeper.start()
     consumer = EventConsumer(platform.kafka_bootstrap, settings.consumer_group, ["train.requested"], worker.handle,
                              db, max_poll_records=1, max_poll_interval_ms=24 * 3600 * 1000)
 
