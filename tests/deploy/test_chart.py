@@ -420,3 +420,12 @@ def apply_patches(config: dict[str, Any], patches: list[dict[str, Any]]) -> dict
         else:
             node[last] = patch["value"]
     return doc
+
+
+def test_install_notes_tell_how_to_reach_the_api_and_get_the_key(helm_env: dict[str, str]) -> None:
+    for name, args in VALUE_SETS:
+        out = helm(helm_env, "install", "coachforge", str(CHART), "--namespace", "coachforge", "--dry-run=client",
+                   *args).stdout
+        notes = out[out.index("NOTES:"):]
+        assert "/v1" in notes and "base64 -d" in notes, (name, notes)
+        assert "get secret coachforge-auth" in notes, (name, notes)  # generated, or external.yaml's own
