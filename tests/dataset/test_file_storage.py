@@ -97,3 +97,17 @@ def test_delete_removes_row_and_content(deps: DatasetDeps) -> None:
     assert not Path(row.storage_path).exists()
     with pytest.raises(NotFound):
         service.get_file(deps, "acme", row.id)
+
+
+def test_any_uploaded_format_reads_back_as_openai_chat_for_training(deps: DatasetDeps) -> None:
+    content = b"\n".join([
+        line({"conversations": [{"from": "human", "value": "How far?"}, {"from": "gpt", "value": "5 km."}]}),
+        line({"instruction": "Name a recovery day.", "input": "", "output": "Sunday."}),
+        line(GOOD),
+    ]) + b"\n"
+    row = service.store_upload(deps, "acme", "mixed.jsonl", "fine-tune", [content])
+    records = [json.loads(r) for r in b"".join(service.read_as_openai_chat(deps, "acme", row.id)).splitlines()]
+    assert [[m["role"] for m in r["messages"]] for r in records][:2] == [["user", "assistant"], ["user", "assistant"]]
+    assert records[0]["messages"][1]["content"] == "5 km."
+    assert records[1]["messages"][0]["content"].startswith("Name a recovery day.")
+    assert records[2]["messages"] == GOOD["messages"]

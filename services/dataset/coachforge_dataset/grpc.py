@@ -73,7 +73,12 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
 
     def GetFileContent(self, request: dataset_pb2.GetFileRequest,
                        context: grpc.ServicerContext) -> Iterator[dataset_pb2.FileChunk]:
-        for chunk in service.read_content(self.deps, current_principal().tenant_id, request.file_id):
+        tenant_id = current_principal().tenant_id
+        if request.as_openai_chat:
+            chunks = service.read_as_openai_chat(self.deps, tenant_id, request.file_id)
+        else:
+            chunks = service.read_content(self.deps, tenant_id, request.file_id)
+        for chunk in chunks:
             yield dataset_pb2.FileChunk(data=chunk)
 
     def CreateDatasetVersion(self, request: dataset_pb2.CreateDatasetVersionRequest,

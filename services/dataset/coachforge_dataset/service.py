@@ -18,6 +18,7 @@ from coachforge.dataset.v1 import dataset_pb2
 from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from coachforge_dataset.models import DatasetVersionFile, FileReport, StoredFile
 from coachforge_dataset.pipeline import LineIssue, parse_line
+from coachforge_dataset.pipeline.export import to_openai_record
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
@@ -402,6 +403,19 @@ def delete_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> None:
 def read_content(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
     """The file's content in chunks (nothing is loaded whole)."""
     return content_chunks(deps, get_file(deps, tenant_id, file_id))
+
+
+def read_as_openai_chat(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
+    """The file's examples as OpenAI chat JSONL lines (each ending in a newline), converted from
+    whatever format each line was uploaded in; blank lines (and lines a lenient upload dropped,
+    stored blank) are skipped."""
+    row = get_file(deps, tenant_id, file_id)
+    for line_no, raw in iter_lines(content_chunks(deps, row)):
+        if not raw.strip():
+            continue
+        example, _ = parse_line(line_no, raw)
+        if example is not None:  # stored lines were validated at upload
+            yield to_openai_record(example) + b"\n"
 
 
 def content_chunks(deps: DatasetDeps, row: StoredFile) -> Iterator[bytes]:

@@ -154,8 +154,8 @@ class Worker:
     def _load_examples(self, tenant_id: str, file_id: str) -> list[dict[str, Any]]:
         with typed_rpc_errors():
             chunks = self.deps.dataset_stub().GetFileContent(
-                dataset_pb2.GetFileRequest(file_id=file_id), metadata=self.deps.dataset.metadata(tenant_id),
-                timeout=300)
+                dataset_pb2.GetFileRequest(file_id=file_id, as_openai_chat=True),
+                metadata=self.deps.dataset.metadata(tenant_id), timeout=300)
             content = b"".join(c.data for c in chunks)
         return [json.loads(line) for line in content.splitlines() if line.strip()]
 
