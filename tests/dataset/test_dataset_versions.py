@@ -106,3 +106,13 @@ def test_strict_policy_rejects_and_lenient_reports(deps: DatasetDeps) -> None:
     report = json.loads(v.report_json)
     assert report["issues_total"] == 1 and report["issues"][0]["line"] == 6
     assert v.train_examples + v.validation_examples == 5
+
+
+def test_result_files_are_stored_as_is_and_never_become_training_data(deps: DatasetDeps) -> None:
+    csv = b"step,train_loss\n1,2.0\n"
+    row = service.store_result_file(deps, "acme", "ftjob-1-metrics.csv", csv)
+    assert (row.purpose, row.bytes, row.example_count) == ("fine-tune-results", len(csv), 0)
+    assert b"".join(service.read_content(deps, "acme", row.id)) == csv
+    with pytest.raises(InvalidArgument) as err:
+        versions.create_version(deps, "acme", CreateDatasetVersion(name="x", files=[row.id]))
+    assert err.value.param == "files"

@@ -132,6 +132,12 @@ def test_worker_killed_mid_training_is_replaced_and_the_job_resumes(client: Open
     assert resumed and int(resumed[0].split("step ")[1].split(" ")[0]) >= first
     assert sum("successfully completed" in m for m in messages) == 1
 
+    assert len(job.result_files) == 1  # the metrics CSV, one row per step across both attempts
+    assert client.files.retrieve(job.result_files[0]).purpose == "fine-tune-results"
+    rows = client.files.content(job.result_files[0]).text.splitlines()
+    assert rows[0] == "step,epoch,train_loss,valid_loss,learning_rate,tokens_per_second"
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, 10))
+
     steps = [c.step_number for c in _checkpoints(client, job.id)]
     assert steps == sorted(set(steps), reverse=True) and steps[0] == 9  # each step saved once, to the end
     deadline = time.monotonic() + 60

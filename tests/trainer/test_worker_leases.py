@@ -156,3 +156,17 @@ def test_stored_method_settings_become_training_parameters(deps: TrainerDeps) ->
     assert (params.lora_r, params.target_modules, params.checkpoint_steps) == (8, ["q_proj", "v_proj"], 5)
     assert params.lora_alpha == deps.settings.lora_alpha  # not stored: the default
     assert params.learning_rate == pytest.approx(1e-4)
+
+
+def test_metrics_csv_has_one_row_per_step_keeping_the_latest_report() -> None:
+    from coachforge_trainer.worker import metrics_csv
+
+    reports = [{"step": 1, "epoch": 0.5, "train_loss": 2.0, "learning_rate": 1e-4, "tokens_per_second": 90.0},
+               {"step": 2, "epoch": 1.0, "train_loss": 1.5, "valid_loss": 1.7},
+               {"step": 2, "epoch": 1.0, "train_loss": 1.4, "valid_loss": 1.6},  # after a resume
+               {"estimated_tokens": 10}]  # not a step report
+    assert metrics_csv(reports).decode().splitlines() == [
+        "step,epoch,train_loss,valid_loss,learning_rate,tokens_per_second",
+        "1,0.5,2.0,,0.0001,90.0",
+        "2,1.0,1.4,1.6,,",
+    ]

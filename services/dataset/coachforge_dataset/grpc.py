@@ -13,7 +13,7 @@ from coachforge_dataset.models import DatasetVersion
 from coachforge_dataset.schemas import CreateDatasetVersion
 from coachforge_dataset.service import DatasetDeps
 from coachforge_shared.auth import current_principal
-from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.errors import InvalidArgument, PermissionDenied
 from coachforge_shared.grpc_server import ServiceRegistration
 from coachforge_shared.ids import to_unix
 
@@ -23,9 +23,16 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         self.deps = deps
 
     def UploadFile(self, request: dataset_pb2.UploadFileRequest, context: grpc.ServicerContext) -> dataset_pb2.File:
+        principal = current_principal()
+        if request.purpose == service.RESULTS_PURPOSE:  # written by the platform's own services only
+            if not principal.internal:
+                raise PermissionDenied(f"Purpose {service.RESULTS_PURPOSE!r} is reserved for the platform.",
+                                       param="purpose")
+            return service.to_proto(service.store_result_file(self.deps, principal.tenant_id, request.filename,
+                                                              request.content))
         size = self.deps.settings.chunk_bytes
         chunks = (request.content[i:i + size] for i in range(0, len(request.content), size))
-        row = service.store_upload(self.deps, current_principal().tenant_id, request.filename,
+        row = service.store_upload(self.deps, principal.tenant_id, request.filename,
                                    request.purpose or "fine-tune", chunks, policy=request.policy or None)
         return service.to_proto(row)
 

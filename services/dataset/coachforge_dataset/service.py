@@ -39,6 +39,8 @@ from coachforge_shared.settings import platform_settings
 log = get_logger("coachforge.dataset")
 
 PURPOSES = {"fine-tune"}
+RESULTS_PURPOSE = "fine-tune-results"
+"""Files written by the platform itself (a job's metrics CSV); not uploaded by users, not validated."""
 
 
 @dataclass
@@ -241,6 +243,31 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
              invalid_lines=check.invalid_lines)
     if deps.publisher is not None:
         deps.publisher.publish("file.uploaded", dataset_pb2.FileUploaded(file=to_proto(row)), tenant_id)
+    return row
+
+
+def store_result_file(deps: DatasetDeps, tenant_id: str, filename: str, content: bytes) -> StoredFile:
+    """Store a file the platform produced for a tenant (purpose ``fine-tune-results``), as is."""
+    target_dir = deps.files_dir / tenant_id
+    target_dir.mkdir(parents=True, exist_ok=True)
+    file_id = new_id("file")
+    final = target_dir / file_id
+    fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".upload-")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+        row = StoredFile(id=file_id, tenant_id=tenant_id, filename=filename, purpose=RESULTS_PURPOSE,
+                         bytes=len(content), sha256=hashlib.sha256(content).hexdigest(), example_count=0,
+                         storage_path=str(final))
+        with deps.db.session() as s:
+            os.replace(tmp, final)
+            s.add(row)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        final.unlink(missing_ok=True)
+        raise
+    log.info("result file stored", file_id=file_id, tenant=tenant_id, bytes=len(content))
     return row
 
 

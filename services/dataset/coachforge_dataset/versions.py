@@ -41,6 +41,9 @@ def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple
             rows.append(service.get_file(deps, tenant_id, file_id))
         except NotFound:
             raise InvalidArgument(f"File {file_id} not found.", param="files", code="file_not_found") from None
+        if rows[-1].purpose != "fine-tune":
+            raise InvalidArgument(f"File {file_id} has purpose {rows[-1].purpose!r}; a dataset version is built from "
+                                  "'fine-tune' files.", param="files")
     sources = [{"id": r.id, "filename": r.filename, "sha256": r.sha256, "bytes": r.bytes} for r in rows]
     streams = (
         (line for _, line in service.iter_lines(service.content_chunks(deps, r))) for r in rows

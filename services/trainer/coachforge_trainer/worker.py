@@ -13,12 +13,15 @@ workers never both own a job, and a worker that lost its lease stops without tou
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -45,7 +48,7 @@ from coachforge_trainer.metrics import (
     STEP_SECONDS,
     TOKENS_PER_SECOND,
 )
-from coachforge_trainer.models import Job, JobCheckpoint
+from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 from coachforge_trainer.service import TrainerDeps, add_event, method_settings
 from coachforge_trainer.settings import TrainerSettings
 
@@ -58,6 +61,24 @@ log = get_logger("coachforge.trainer.worker")
 def fine_tuned_name(job: Job) -> str:
     """``ft:<base>:<tenant>:<suffix>:<job id tail>``, like OpenAI's fine-tuned model names."""
     return f"ft:{job.model}:{job.tenant_id}:{job.suffix or ''}:{job.id.removeprefix('ftjob-')[:8]}"
+
+
+METRICS_COLUMNS = ("step", "epoch", "train_loss", "valid_loss", "learning_rate", "tokens_per_second")
+
+
+def metrics_csv(reports: Iterable[dict[str, Any]]) -> bytes:
+    """The job's metrics as CSV, one row per step (a step reported twice, as after a resume from an
+    earlier checkpoint, keeps its latest report)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for report in reports:
+        if isinstance(report.get("step"), int):
+            by_step[report["step"]] = report
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(METRICS_COLUMNS)
+    for step in sorted(by_step):
+        writer.writerow(["" if by_step[step].get(c) is None else by_step[step][c] for c in METRICS_COLUMNS])
+    return out.getvalue().encode()
 
 
 class Worker:
@@ -215,6 +236,25 @@ class Worker:
                                                      "valid_loss": checkpoint.valid_loss})
         CHECKPOINTS.inc()
 
+    def _store_results(self, job_id: str, tenant_id: str) -> str | None:
+        """Store the job's metrics CSV as a ``fine-tune-results`` file; its id, or ``None`` if that failed
+        (the adapter is what matters: a job does not fail for want of its CSV)."""
+        with self.deps.db.session() as s:
+            rows = s.scalars(select(JobEvent.data_json).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                             .order_by(JobEvent.seq))
+            content = metrics_csv(json.loads(r) for r in rows if r)
+        try:
+            with typed_rpc_errors():
+                stored = self.deps.dataset_stub().UploadFile(dataset_pb2.UploadFileRequest(
+                    filename=f"{job_id}-metrics.csv", purpose="fine-tune-results", content=content),
+                    metadata=self.deps.dataset.metadata(tenant_id), timeout=60)
+        except Exception as err:
+            log.warning("could not store the results file", job_id=job_id, error=str(err))
+            with self.deps.db.session() as s:
+                add_event(s, job_id, f"The metrics file could not be stored: {err}", level="warn")
+            return None
+        return str(stored.id)
+
     def run(self, job_id: str, tenant_id: str) -> None:
         lost_lease = threading.Event()
         done = threading.Event()
@@ -325,11 +365,13 @@ class Worker:
                          level="error", error_code="training_failed")
             return
         name = fine_tuned_name(job)
+        result_file = self._store_results(job_id, tenant_id)
         with self.deps.db.session() as s:
             row = self._owned(s, job_id)
             if row is None:
                 return
             row.status, row.finished_at, row.lease_expires_at = "succeeded", utcnow(), None
+            row.result_file = result_file
             row.fine_tuned_model, row.trained_tokens = name, result.trained_tokens
             row.adapter_uri, row.device, row.valid_loss = str(result.adapter_dir), result.device, result.valid_loss
             add_event(s, job_id, f"New fine-tuned model created: {name}")
