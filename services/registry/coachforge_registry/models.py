@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -15,6 +15,8 @@ class ModelVersion(Base):
     """A fine-tuned adapter on top of a base model, owned by a tenant."""
 
     __tablename__ = "model_versions"
+    __table_args__ = (Index("ix_model_versions_line_version", "tenant_id", "base_model", "suffix", "version",
+                            unique=True),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
@@ -24,8 +26,25 @@ class ModelVersion(Base):
     lora_rank: Mapped[int] = mapped_column(Integer)
     target_modules_json: Mapped[str] = mapped_column(Text, default="[]")
     job_id: Mapped[str | None] = mapped_column(String(64), unique=True, nullable=True)
-    status: Mapped[str] = mapped_column(String(20), default="active")
+    # candidate -> active (an avatar answers with it) -> retired (no avatar does any more).
+    status: Mapped[str] = mapped_column(String(20), default="candidate")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # Line = (tenant, base model, suffix); version numbers count up per line from 1.
+    suffix: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    source: Mapped[str] = mapped_column(String(20), default="job", server_default="job")  # job | upload
+    # Where the registry stored the artifact ("" when it could not be read at registration).
+    artifact_uri: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    # [{"path", "sha256", "size"}] for every artifact file, their total size and one digest over them.
+    files_json: Mapped[str] = mapped_column(Text, default="[]", server_default="[]")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    artifact_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Base model identity: name (base_model) + sha256 of its config.json ("" when unknown).
+    base_config_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # Lineage (job, training file, hyperparameters, metrics) and evaluation results, JSON objects.
+    lineage_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    eval_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=utcnow)
 
 
 class Avatar(Base):
@@ -39,6 +58,11 @@ class Avatar(Base):
     name: Mapped[str] = mapped_column(String(64))
     active_model: Mapped[str] = mapped_column(String(300))
     fallback: Mapped[str] = mapped_column(String(10), default="error")
+    # Optional second version with the share of traffic (0-100) it should get (A/B, applied later).
+    candidate_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    candidate_share: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A pinned avatar refuses activate/rollback until unpinned.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -55,4 +79,6 @@ class AvatarChange(Base):
     to_model: Mapped[str] = mapped_column(String(300))
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text, default="")
+    # Other facts of the change (candidate and its share, pinned), JSON object.
+    detail_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
