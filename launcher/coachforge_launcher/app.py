@@ -33,6 +33,7 @@ import coachforge_trainer.grpc
 from coachforge_coach import service as coach_service
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
+from coachforge_inference import usage as inference_usage
 from coachforge_inference.engine import Engine
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.settings import InferenceSettings
@@ -109,7 +110,8 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     register_job_status_collector(db)
     engine = Engine(inference_settings.engine_url, inference_settings.request_timeout_s)
     inference = InferenceDeps(settings=inference_settings, engine=engine,
-                              registry=channel(inference_settings.registry_grpc_target), publisher=publisher)
+                              registry=channel(inference_settings.registry_grpc_target), publisher=publisher,
+                              db=db)
     coach = coach_service.build_deps(db, platform, channel)
     authenticator = Authenticator(db, token)
     server, _ = build_server([
@@ -124,6 +126,9 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     runtime.consumers.append(EventConsumer(
         platform.kafka_bootstrap, registry.settings.consumer_group, ["job.succeeded"],
         lambda s, env, ev: registry_service.on_job_succeeded(registry, s, env, ev), db))
+    runtime.consumers.append(EventConsumer(
+        platform.kafka_bootstrap, inference_settings.usage_consumer_group, ["usage.recorded"],
+        inference_usage.on_usage_recorded, db))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -105,6 +105,7 @@ def _registry(ctx: Context) -> Parts:
 def _inference(ctx: Context) -> Parts:
     import coachforge_inference.api
     import coachforge_inference.grpc
+    from coachforge_inference import usage
     from coachforge_inference.engine import Engine
     from coachforge_inference.service import InferenceDeps
     from coachforge_inference.settings import InferenceSettings
@@ -112,9 +113,12 @@ def _inference(ctx: Context) -> Parts:
     settings = InferenceSettings()
     engine = Engine(settings.engine_url, settings.request_timeout_s)
     deps = InferenceDeps(settings=settings, engine=engine, registry=ctx.channel(settings.registry_grpc_target),
-                         publisher=ctx.publisher)
+                         publisher=ctx.publisher, db=ctx.db)
+    consumer = EventConsumer(ctx.platform.kafka_bootstrap, settings.usage_consumer_group, ["usage.recorded"],
+                             usage.on_usage_recorded, ctx.db)
     return Parts([coachforge_inference.api.router], coachforge_inference.grpc.registration(deps),
-                 {"inference": deps}, checks={"engine": engine.healthy}, close=[engine.close])
+                 {"inference": deps}, checks={"engine": engine.healthy}, close=[engine.close],
+                 consumers=[consumer])
 
 
 def _coach(ctx: Context) -> Parts:

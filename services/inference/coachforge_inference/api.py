@@ -8,8 +8,9 @@ from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from coachforge_inference import service
+from coachforge_inference import usage as usage_mod
 from coachforge_inference.service import InferenceDeps
-from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.errors import InvalidArgument, Unavailable
 from coachforge_shared.http import CurrentPrincipal
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -50,3 +51,19 @@ def completions(request: Request, principal: CurrentPrincipal, body: dict[str, A
     if "prompt" not in body:
         raise InvalidArgument("you must provide a prompt parameter", param="prompt")
     return _answer(request, principal.tenant_id, "/v1/completions", body)
+
+
+@router.get("/usage")
+def usage(request: Request, principal: CurrentPrincipal, start_date: str | None = None,
+          end_date: str | None = None, model: str | None = None, avatar: str | None = None,
+          group_by: str | None = None) -> dict[str, Any]:
+    """Daily usage of the caller's tenant: one row per day (and model/avatar unless ``group_by`` says
+    otherwise), with messages, input/output tokens and cost. Dates are UTC, inclusive."""
+    deps = _deps(request)
+    if deps.db is None:
+        raise Unavailable("usage is not stored by this deployment")
+    q = usage_mod.make_query(start_date, end_date, model, avatar, group_by)
+    rows = usage_mod.daily_usage(deps.db, principal.tenant_id, q)
+    totals = {k: sum(r[k] for r in rows) for k in ("messages", "input_tokens", "output_tokens")}
+    totals["cost_usd"] = round(sum(r["cost_usd"] for r in rows), 10)
+    return {"object": "list", "data": rows, "totals": totals}

@@ -9,9 +9,10 @@ import grpc
 
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge_inference import service
+from coachforge_inference import usage as usage_mod
 from coachforge_inference.service import InferenceDeps
 from coachforge_shared.auth import current_principal
-from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.errors import InvalidArgument, Unavailable
 from coachforge_shared.grpc_server import ServiceRegistration
 
 
@@ -42,6 +43,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             usage=inference_pb2.Usage(prompt_tokens=usage.get("prompt_tokens", 0),
                                       completion_tokens=usage.get("completion_tokens", 0),
                                       total_tokens=usage.get("total_tokens", 0)))
+
+    def GetUsage(self, request: inference_pb2.GetUsageRequest,
+                 context: grpc.ServicerContext) -> inference_pb2.GetUsageResponse:
+        if self.deps.db is None:
+            raise Unavailable("usage is not stored by this deployment")
+        q = usage_mod.make_query(request.start_date, request.end_date, request.model,
+                                 request.avatar if request.avatar else None)
+        rows = usage_mod.daily_usage(self.deps.db, current_principal().tenant_id, q)
+        return inference_pb2.GetUsageResponse(rows=[inference_pb2.UsageRow(
+            date=r["date"], model=r["model"], avatar=r["avatar"], messages=r["messages"],
+            input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], cost_usd=r["cost_usd"])
+            for r in rows])
 
 
 def registration(deps: InferenceDeps) -> ServiceRegistration:

@@ -16,6 +16,7 @@ from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_inference.engine import Engine
 from coachforge_inference.metrics import COST, FALLBACKS, LATENCY, REQUESTS, TOKENS, TTFT
 from coachforge_inference.settings import InferenceSettings, Price
+from coachforge_shared.db import Database
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
@@ -30,6 +31,8 @@ class InferenceDeps:
     engine: Engine
     registry: InternalChannel
     publisher: EventPublisher | None = None
+    db: Database | None = None
+    """Where daily usage rows live (``GET /v1/usage``)."""
     _cache: dict[tuple[str, str], tuple[float, registry_pb2.Model]] = field(default_factory=dict)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -64,6 +67,8 @@ class Routed:
     engine_body: dict[str, Any]
     fallback_from: str | None = None
     """The model that could not be served when the base model answers instead (avatar policy "base")."""
+    avatar: str = ""
+    """The avatar alias the caller used ("" when the model was named directly)."""
 
 
 def _prepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Routed:
@@ -71,10 +76,11 @@ def _prepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Route
     if not isinstance(model_id, str) or not model_id:
         raise InvalidArgument("you must provide a model parameter", param="model")
     model = deps.resolve(tenant_id, model_id)
+    avatar = model_id if model.fallback else ""  # the registry sets a fallback policy only for avatars
     engine_body = dict(body)
     if not model.adapter_name:
         engine_body["model"] = model.id
-        return Routed(model, engine_body)
+        return Routed(model, engine_body, avatar=avatar)
     try:
         deps.engine.ensure_adapter(model.adapter_name, model.adapter_uri)
     except Unavailable:
@@ -84,13 +90,13 @@ def _prepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Route
         log.warning("adapter unavailable; answering from the base model", model=model.id, base=model.base_model)
         base = registry_pb2.Model(id=model.base_model, owned_by=model.owned_by, base_model=model.base_model)
         engine_body["model"] = model.base_model
-        return Routed(base, engine_body, fallback_from=model.id)
+        return Routed(base, engine_body, fallback_from=model.id, avatar=avatar)
     engine_body["model"] = model.adapter_name
-    return Routed(model, engine_body)
+    return Routed(model, engine_body, avatar=avatar)
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
-                 started: float) -> None:
+                 started: float, avatar: str = "") -> None:
     elapsed = time.perf_counter() - started
     LATENCY.labels(model.id).observe(elapsed)
     REQUESTS.labels(tenant_id, model.id, "ok").inc()
@@ -106,7 +112,7 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
         try:
             deps.publisher.publish("usage.recorded", inference_pb2.UsageRecorded(
                 model=model.id, base_model=model.base_model, prompt_tokens=prompt, completion_tokens=completion,
-                cost_usd=cost, latency_seconds=elapsed), tenant_id, key=model.id, wait=False)
+                cost_usd=cost, latency_seconds=elapsed, avatar=avatar), tenant_id, key=model.id, wait=False)
         except Exception:  # usage events must never fail an answered request
             log.exception("usage event not published", model=model.id)
 
@@ -133,7 +139,7 @@ def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any
         REQUESTS.labels(tenant_id, str(body.get("model"))[:100], "error").inc()
         raise
     result["model"] = routed.model.id
-    record_usage(deps, tenant_id, routed.model, result.get("usage"), started)
+    record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
     return result, routed
 
 
@@ -159,6 +165,6 @@ def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any])
                     ttft_recorded = True
                 line = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
             yield line
-        record_usage(deps, tenant_id, model, usage, started)
+        record_usage(deps, tenant_id, model, usage, started, routed.avatar)
 
     return events(), routed

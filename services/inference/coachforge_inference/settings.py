@@ -20,6 +20,9 @@ class InferenceSettings(BaseSettings):
                             description="Base URL of the vLLM OpenAI-compatible server (without /v1).")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
+    usage_consumer_group: str = Field(
+        default="coachforge-inference-usage",
+        description="Consumer group that sums usage.recorded events into daily usage rows.")
     request_timeout_s: float = Field(default=300.0, description="Timeout of one engine call, seconds.")
     resolve_cache_s: float = Field(default=5.0, description="How long a model resolution is cached, seconds.")
     prices: dict[str, Price] = Field(
