@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -66,11 +68,46 @@ def add_api_key(db: Database, tenant_id: str, key: str, name: str = "") -> None:
 
 
 class Authenticator:
-    """Resolves credentials to a :class:`Principal`."""
+    """Resolves credentials to a :class:`Principal`.
 
-    def __init__(self, db: Database, internal_token: str) -> None:
+    A valid API key is remembered for ``key_cache_s`` seconds (keyed by its hash, at most
+    ``key_cache_size`` keys), so hot paths skip the database; a revoked key therefore stops
+    working within ``key_cache_s``. Unknown or revoked keys are never cached. ``0`` disables it."""
+
+    def __init__(self, db: Database, internal_token: str, *, key_cache_s: float = 5.0,
+                 key_cache_size: int = 1024, clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
         self.internal_token = internal_token
+        self.key_cache_s = key_cache_s
+        self.key_cache_size = key_cache_size
+        self._clock = clock
+        self._keys: dict[str, tuple[float, Principal]] = {}
+        self._keys_lock = threading.Lock()
+
+    def _cached(self, digest: str) -> Principal | None:
+        if self.key_cache_s <= 0:
+            return None
+        with self._keys_lock:
+            hit = self._keys.get(digest)
+            if hit is None:
+                return None
+            if self._clock() - hit[0] >= self.key_cache_s:
+                del self._keys[digest]
+                return None
+            return hit[1]
+
+    def _remember(self, digest: str, principal: Principal) -> None:
+        if self.key_cache_s <= 0:
+            return
+        with self._keys_lock:
+            if len(self._keys) >= self.key_cache_size:
+                self._keys.pop(next(iter(self._keys)))  # the oldest entry (insertion order)
+            self._keys[digest] = (self._clock(), principal)
+
+    def forget_keys(self) -> None:
+        """Drop every cached key (e.g. right after revoking one in this process)."""
+        with self._keys_lock:
+            self._keys.clear()
 
     def authenticate(self, authorization: str | None, internal: str | None, tenant: str | None) -> Principal:
         if internal is not None:
@@ -86,11 +123,17 @@ class Authenticator:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Unauthenticated("Malformed Authorization header; expected 'Bearer <key>'.", code="invalid_api_key")
+        digest = hash_key(key.strip())
+        principal = self._cached(digest)
+        if principal is not None:
+            return principal
         with self.db.session() as s:
-            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip())))
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
             if row is None or row.revoked_at is not None:
                 raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
-            return Principal(tenant_id=row.tenant_id, key_id=row.id)
+            principal = Principal(tenant_id=row.tenant_id, key_id=row.id)
+        self._remember(digest, principal)
+        return principal
 
 
 def set_principal(principal: Principal | None) -> object:
