@@ -67,6 +67,8 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
         "COACHFORGE_GRPC_TARGET": f"{stack.host}:{stack.grpc_port}",
         "COACHFORGE_INFERENCE_ENGINE_URL": f"http://{stack.host}:{stack.engine_port}",
         "COACHFORGE_REGISTRY_BASE_MODELS": f'["{BASE_MODEL_ID}"]',
+        # The registry refuses adapters the engine would refuse (rank above its --max-lora-rank).
+        "COACHFORGE_REGISTRY_MAX_LORA_RANK": str(stack.engine_max_lora_rank),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",

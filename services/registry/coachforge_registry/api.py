@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from coachforge_registry import service
-from coachforge_registry.schemas import Activate, CreateAvatar, Rollback
+from coachforge_registry.schemas import Activate, Candidate, CreateAvatar, Pin, Rollback, Unpin
 from coachforge_registry.service import RegistryDeps
 from coachforge_shared.http import CurrentPrincipal
 
@@ -61,6 +63,50 @@ def rollback(request: Request, principal: CurrentPrincipal, name: str,
 def avatar_history(request: Request, principal: CurrentPrincipal, name: str) -> dict[str, object]:
     rows = service.history(_deps(request), principal.tenant_id, name)
     return {"object": "list", "data": [service.change_to_openai(c) for c in rows]}
+
+
+@router.post("/avatars/{name}/pin")
+def pin(request: Request, principal: CurrentPrincipal, name: str, body: Pin) -> dict[str, object]:
+    """Point the avatar at a version and keep it there (activate/rollback refused until unpinned)."""
+    a = service.pin(_deps(request), principal.tenant_id, principal.actor, name, body.model, body.reason)
+    return service.avatar_to_openai(a)
+
+
+@router.post("/avatars/{name}/unpin")
+def unpin(request: Request, principal: CurrentPrincipal, name: str, body: Unpin | None = None) -> dict[str, object]:
+    a = service.unpin(_deps(request), principal.tenant_id, principal.actor, name, body.reason if body else "")
+    return service.avatar_to_openai(a)
+
+
+@router.post("/avatars/{name}/candidate")
+def set_candidate(request: Request, principal: CurrentPrincipal, name: str, body: Candidate) -> dict[str, object]:
+    """Set (or clear, with ``model: null``) the avatar's candidate version and its traffic share."""
+    a = service.set_candidate(_deps(request), principal.tenant_id, principal.actor, name, body.model,
+                              body.traffic_share, body.reason)
+    return service.avatar_to_openai(a)
+
+
+@router.get("/models/{model_id:path}/versions")
+def list_versions(request: Request, principal: CurrentPrincipal, model_id: str) -> dict[str, object]:
+    """Versions of a fine-tuned model's line, or of every line of the tenant on a base model."""
+    rows = service.list_versions(_deps(request), principal.tenant_id, model_id)
+    return {"object": "list", "data": [service.to_openai(m) for m in rows]}
+
+
+@router.post("/models/{base_model:path}/versions")
+def upload_version(request: Request, principal: CurrentPrincipal, base_model: str,
+                   file: Annotated[list[UploadFile], File(description="Adapter files, or one .tar.gz/.tgz/.tar/.zip")],
+                   suffix: Annotated[str, Form(max_length=64)] = "") -> dict[str, object]:
+    """Register an existing PEFT LoRA adapter as a candidate version of ``base_model``."""
+    v = service.upload_version(_deps(request), principal.tenant_id, principal.actor, base_model, suffix,
+                               [(f.filename or "", f.file) for f in file])
+    return service.to_openai(service.version_proto(v))
+
+
+@router.delete("/models/{model_id:path}")
+def delete_model(request: Request, principal: CurrentPrincipal, model_id: str) -> dict[str, object]:
+    """Delete a fine-tuned version (409 while an avatar points at it)."""
+    return service.delete_model(_deps(request), principal.tenant_id, model_id)
 
 
 @router.get("/models/{model_id:path}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import grpc
 
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -49,6 +51,46 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         p = current_principal()
         return service.avatar_proto(service.rollback(self.deps, p.tenant_id, p.actor, request.avatar,
                                                      request.reason))
+
+    def PinVersion(self, request: registry_pb2.PinVersionRequest,
+                   context: grpc.ServicerContext) -> registry_pb2.Avatar:
+        p = current_principal()
+        return service.avatar_proto(service.pin(self.deps, p.tenant_id, p.actor, request.avatar, request.model,
+                                                request.reason))
+
+    def UnpinAvatar(self, request: registry_pb2.UnpinAvatarRequest,
+                    context: grpc.ServicerContext) -> registry_pb2.Avatar:
+        p = current_principal()
+        return service.avatar_proto(service.unpin(self.deps, p.tenant_id, p.actor, request.avatar, request.reason))
+
+    def SetCandidate(self, request: registry_pb2.SetCandidateRequest,
+                     context: grpc.ServicerContext) -> registry_pb2.Avatar:
+        p = current_principal()
+        return service.avatar_proto(service.set_candidate(self.deps, p.tenant_id, p.actor, request.avatar,
+                                                          request.model or None, request.traffic_share,
+                                                          request.reason))
+
+    def GetAvatarHistory(self, request: registry_pb2.GetAvatarHistoryRequest,
+                         context: grpc.ServicerContext) -> registry_pb2.AvatarHistory:
+        rows = service.history(self.deps, current_principal().tenant_id, request.avatar)
+        return registry_pb2.AvatarHistory(changes=[service.change_proto(c) for c in rows])
+
+    def ListModelVersions(self, request: registry_pb2.ListModelVersionsRequest,
+                          context: grpc.ServicerContext) -> registry_pb2.ListModelsResponse:
+        return registry_pb2.ListModelsResponse(
+            models=service.list_versions(self.deps, current_principal().tenant_id, request.model_id))
+
+    def UploadModelVersion(self, request: registry_pb2.UploadModelVersionRequest,
+                           context: grpc.ServicerContext) -> registry_pb2.Model:
+        p = current_principal()
+        v = service.upload_version(self.deps, p.tenant_id, p.actor, request.base_model, request.suffix,
+                                   [(request.filename, io.BytesIO(request.content))])
+        return service.version_proto(v)
+
+    def DeleteModel(self, request: registry_pb2.DeleteModelRequest,
+                    context: grpc.ServicerContext) -> registry_pb2.DeleteModelResponse:
+        out = service.delete_model(self.deps, current_principal().tenant_id, request.model_id)
+        return registry_pb2.DeleteModelResponse(id=str(out["id"]), object="model", deleted=True)
 
 
 def registration(deps: RegistryDeps) -> ServiceRegistration:

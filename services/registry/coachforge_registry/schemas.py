@@ -28,3 +28,24 @@ class Rollback(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+
+
+class Pin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, description="Model id to pin the avatar to.")
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+
+
+class Unpin(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="Candidate model id; null clears the candidate.")
+    traffic_share: int = Field(0, ge=0, le=100, description="Share of traffic (0-100) meant for the candidate.")
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")

@@ -1,29 +1,53 @@
-"""Registry logic: register adapters from finished jobs (idempotently), list and resolve models."""
+"""Registry logic: register adapters (from finished jobs, idempotently, or uploaded), check they
+can be served, number their versions per line, store their artifacts, and resolve models and avatars."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.registry.v1 import registry_pb2
 from coachforge.trainer.v1 import trainer_pb2
+from coachforge_registry.adapters import (
+    AdapterFacts,
+    base_config_sha256,
+    check_compatible,
+    read_adapter,
+)
 from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
 from coachforge_registry.settings import RegistrySettings
+from coachforge_registry.storage import ArtifactStore, manifest, manifest_digest
 from coachforge_shared.db import Database
-from coachforge_shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound
+from coachforge_shared.errors import (
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+)
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.registry")
 
 BASE_OWNER = "coachforge"
+SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 @dataclass
@@ -31,6 +55,17 @@ class RegistryDeps:
     db: Database
     settings: RegistrySettings
     publisher: EventPublisher | None = None
+    store: ArtifactStore | None = None
+
+    def artifact_store(self) -> ArtifactStore:
+        """Where artifacts go: ``storage_url``, else ``<artifacts_dir>/registry`` on local disk."""
+        if self.store is None:
+            url = self.settings.storage_url or str(PlatformSettings().resolved_artifacts_dir / "registry")
+            self.store = ArtifactStore(url)
+        return self.store
+
+    def models_dir(self) -> Path:
+        return self.settings.models_dir or PlatformSettings().models_dir
 
 
 def base_model_proto(model_id: str) -> registry_pb2.Model:
@@ -38,27 +73,200 @@ def base_model_proto(model_id: str) -> registry_pb2.Model:
 
 
 def version_proto(v: ModelVersion) -> registry_pb2.Model:
-    return registry_pb2.Model(id=v.model_id, owned_by=v.tenant_id, created=to_unix(v.created_at),
-                              base_model=v.base_model, adapter_uri=v.adapter_uri, adapter_name=v.id,
-                              lora_rank=v.lora_rank, job_id=v.job_id or "")
+    return registry_pb2.Model(
+        id=v.model_id, owned_by=v.tenant_id, created=to_unix(v.created_at), base_model=v.base_model,
+        adapter_uri=v.adapter_uri, adapter_name=v.id, lora_rank=v.lora_rank, job_id=v.job_id or "",
+        version=v.version, status=v.status, suffix=v.suffix, target_modules=json.loads(v.target_modules_json),
+        files=[registry_pb2.ArtifactFile(**f) for f in json.loads(v.files_json)], size_bytes=v.size_bytes,
+        artifact_sha256=v.artifact_sha256, base_config_sha256=v.base_config_sha256, artifact_uri=v.artifact_uri,
+        source=v.source, lineage_json=v.lineage_json)
+
+
+def suffix_of(model_id: str) -> str:
+    """``ft:<base>:<tenant>:<suffix>:<id>`` -> suffix."""
+    parts = model_id.split(":")
+    return parts[-2] if model_id.startswith("ft:") and len(parts) >= 5 else ""
+
+
+def _next_version(s: Session, tenant_id: str, base_model: str, suffix: str) -> int:
+    latest = s.scalar(select(func.max(ModelVersion.version)).where(
+        ModelVersion.tenant_id == tenant_id, ModelVersion.base_model == base_model, ModelVersion.suffix == suffix))
+    return int(latest or 0) + 1
+
+
+def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str, suffix: str, model_id: str,
+              facts: AdapterFacts, adapter_dir: Path | None, adapter_uri: str, source: str, job_id: str | None,
+              lineage: dict[str, Any], param: str) -> tuple[ModelVersion, str]:
+    """Check compatibility, store the artifact (when readable), insert the row as a candidate.
+    Returns the row and the stored artifact's URI ("" when none) so a caller can remove it if its
+    transaction fails."""
+    config_sha = base_config_sha256(deps.models_dir(), base_model)
+    check_compatible(base_model=base_model, adapter_base=facts.base_model_name_or_path, lora_rank=facts.lora_rank,
+                     target_modules=facts.target_modules, modules_to_save=facts.modules_to_save,
+                     base_models=deps.settings.base_models, max_lora_rank=deps.settings.max_lora_rank, param=param)
+    vid = new_id("mv")
+    files, artifact_uri = [], ""
+    if adapter_dir is not None:
+        files = manifest(adapter_dir)
+        store = deps.artifact_store()
+        artifact_uri = store.put_dir(adapter_dir, f"{tenant_id}/{vid}", files)
+        adapter_uri = artifact_uri
+    try:
+        v = ModelVersion(
+            id=vid, tenant_id=tenant_id, model_id=model_id or f"ft:{base_model}:{tenant_id}:{suffix}:{vid[-8:]}",
+            base_model=base_model, adapter_uri=adapter_uri, lora_rank=facts.lora_rank,
+            target_modules_json=json.dumps(facts.target_modules), job_id=job_id, status="candidate",
+            suffix=suffix, version=_next_version(s, tenant_id, base_model, suffix), source=source,
+            artifact_uri=artifact_uri, files_json=json.dumps([f.__dict__ for f in files]),
+            size_bytes=sum(f.size for f in files), artifact_sha256=manifest_digest(files) if files else "",
+            base_config_sha256=config_sha, lineage_json=json.dumps(lineage), updated_at=utcnow())
+        s.add(v)
+        s.flush()
+        if deps.publisher is not None:
+            deps.publisher.publish("model.registered", registry_pb2.ModelRegistered(model=version_proto(v)),
+                                   tenant_id, key=v.model_id)
+    except BaseException:
+        if artifact_uri:
+            deps.artifact_store().remove(artifact_uri)
+        raise
+    log.info("model registered", model=v.model_id, tenant=tenant_id, version=v.version, source=source,
+             job_id=job_id, size=v.size_bytes)
+    return v, artifact_uri
 
 
 def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_pb2.JobSucceeded) -> Any:
     """Register the adapter a job produced. Runs in the event's idempotency transaction; a job
-    already registered (e.g. replayed under a new event id) creates nothing new."""
+    already registered (e.g. replayed under a new event id) creates nothing new. An incompatible
+    adapter is not registered: ``model.rejected`` says which fact differs."""
     if s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == ev.job_id)) is not None:
         log.info("job already registered", job_id=ev.job_id)
         return None
-    v = ModelVersion(id=new_id("mv"), tenant_id=env.tenant_id, model_id=ev.fine_tuned_model,
-                     base_model=ev.base_model, adapter_uri=ev.adapter_uri, lora_rank=ev.lora_rank,
-                     target_modules_json=json.dumps(list(ev.target_modules)), job_id=ev.job_id)
-    s.add(v)
-    s.flush()
-    log.info("model registered", model=v.model_id, tenant=env.tenant_id, job_id=ev.job_id)
-    if deps.publisher is not None:
-        deps.publisher.publish("model.registered", registry_pb2.ModelRegistered(model=version_proto(v)),
-                               env.tenant_id, key=v.model_id)
+    adapter_dir = Path(ev.adapter_uri) if ev.adapter_uri and "://" not in ev.adapter_uri else None
+    lineage = {"job_id": ev.job_id, "training_file": ev.training_file, "trained_tokens": ev.trained_tokens,
+               "final_loss": ev.final_loss}
+    try:
+        if adapter_dir is not None and adapter_dir.is_dir():
+            facts = read_adapter(adapter_dir, param="adapter_uri")
+        else:
+            # The artifact cannot be read here: register the facts the trainer reported, without checksums.
+            log.warning("adapter not readable at registration", job_id=ev.job_id, adapter_uri=ev.adapter_uri)
+            facts = AdapterFacts(base_model_name_or_path="", lora_rank=ev.lora_rank,
+                                 target_modules=sorted(set(ev.target_modules)))
+            adapter_dir = None
+        # Every refusal (InvalidArgument) happens before anything is written.
+        _register(s, deps, tenant_id=env.tenant_id, base_model=ev.base_model, suffix=suffix_of(ev.fine_tuned_model),
+                  model_id=ev.fine_tuned_model, facts=facts, adapter_dir=adapter_dir, adapter_uri=ev.adapter_uri,
+                  source="job", job_id=ev.job_id, lineage=lineage, param="adapter_uri")
+    except InvalidArgument as err:
+        log.warning("adapter refused", job_id=ev.job_id, model=ev.fine_tuned_model, reason=err.message)
+        if deps.publisher is not None:
+            deps.publisher.publish("model.rejected", registry_pb2.ModelRejected(
+                job_id=ev.job_id, model_id=ev.fine_tuned_model, reason=err.message), env.tenant_id,
+                key=ev.fine_tuned_model)
+        return None
     return None
+
+
+# -- upload -------------------------------------------------------------------------------------
+
+def _safe_name(name: str) -> bool:
+    parts = Path(name).parts
+    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
+
+
+def _extract(archive: Path, dest: Path, limit: int) -> None:
+    """Extract regular files and folders only, no absolute or parent paths, within the size limit."""
+    name = archive.name.lower()
+    try:
+        if name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                if any(not _safe_name(i.filename) for i in infos):
+                    raise InvalidArgument("The archive holds an absolute or parent ('..') path.", param="file")
+                if sum(i.file_size for i in infos) > limit:
+                    raise PayloadTooLarge(f"The archive unpacks to more than {limit} bytes.", param="file")
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                members = tf.getmembers()
+                if any(not (m.isfile() or m.isdir()) for m in members):
+                    raise InvalidArgument("The archive holds links or special files; only files are accepted.",
+                                          param="file")
+                if any(not _safe_name(m.name) for m in members):
+                    raise InvalidArgument("The archive holds an absolute or parent ('..') path.", param="file")
+                if sum(m.size for m in members) > limit:
+                    raise PayloadTooLarge(f"The archive unpacks to more than {limit} bytes.", param="file")
+                tf.extractall(dest, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
+        raise InvalidArgument(f"The archive cannot be read: {err}", param="file") from None
+
+
+def _adapter_root(staging: Path) -> Path:
+    """The folder holding adapter_config.json: the top, or the archive's single top-level folder."""
+    if (staging / "adapter_config.json").is_file():
+        return staging
+    found = sorted(p.parent for p in staging.rglob("adapter_config.json"))
+    if len(found) == 1 and found[0].parent == staging:
+        return found[0]
+    if len(found) > 1:
+        raise InvalidArgument("The upload holds more than one adapter_config.json.", param="file")
+    raise InvalidArgument("The upload has no adapter_config.json (at its top or in one top-level folder).",
+                          param="file")
+
+
+def upload_version(deps: RegistryDeps, tenant_id: str, actor: str, base_model: str, suffix: str,
+                   uploads: list[tuple[str, IO[bytes]]]) -> ModelVersion:
+    """Register an existing PEFT LoRA adapter: files (adapter_config.json + weights) or one archive
+    (.tar.gz/.tgz/.tar/.zip). Validated, checked for compatibility, checksummed, stored, a candidate."""
+    if base_model not in deps.settings.base_models:
+        raise NotFound(f"The base model '{base_model}' does not exist.", param="base_model", code="model_not_found")
+    if suffix and not SUFFIX.match(suffix):
+        raise InvalidArgument("suffix is 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit).",
+                              param="suffix")
+    if not uploads:
+        raise InvalidArgument("Send the adapter files or one archive in 'file'.", param="file")
+    limit = deps.settings.max_upload_bytes
+    with tempfile.TemporaryDirectory(prefix="coachforge-upload-") as tmp:
+        raw, staging = Path(tmp) / "raw", Path(tmp) / "adapter"
+        raw.mkdir()
+        staging.mkdir()
+        total = 0
+        names = []
+        for filename, stream in uploads:
+            name = Path(filename or "").name
+            if not name or name in (".", "..") or name != (filename or "").replace("\\", "/").rsplit("/", 1)[-1]:
+                raise InvalidArgument(f"Bad file name {filename!r}.", param="file")
+            if name in names:
+                raise InvalidArgument(f"The file {name!r} was sent twice.", param="file")
+            names.append(name)
+            with (raw / name).open("wb") as out:
+                while chunk := stream.read(1 << 20):
+                    total += len(chunk)
+                    if total > limit:
+                        raise PayloadTooLarge(f"The upload exceeds {limit} bytes.", param="file")
+                    out.write(chunk)
+        archives = [n for n in names if n.lower().endswith(ARCHIVES)]
+        if archives:
+            if len(names) != 1:
+                raise InvalidArgument("Send either one archive or the adapter's files, not both.", param="file")
+            _extract(raw / archives[0], staging, limit)
+        else:
+            for n in names:
+                shutil.move(str(raw / n), staging / n)
+        root = _adapter_root(staging)
+        facts = read_adapter(root, param="file")
+        artifact_uri = ""
+        try:
+            with deps.db.session() as s:
+                v, artifact_uri = _register(
+                    s, deps, tenant_id=tenant_id, base_model=base_model, suffix=suffix, model_id="", facts=facts,
+                    adapter_dir=root, adapter_uri="", source="upload", job_id=None,
+                    lineage={"uploaded_by": actor, "files": names}, param="file")
+        except BaseException:
+            if artifact_uri:
+                deps.artifact_store().remove(artifact_uri)
+            raise
+    return v
 
 
 def list_models(deps: RegistryDeps, tenant_id: str) -> list[registry_pb2.Model]:
@@ -68,10 +276,15 @@ def list_models(deps: RegistryDeps, tenant_id: str) -> list[registry_pb2.Model]:
     return [base_model_proto(m) for m in deps.settings.base_models] + [version_proto(v) for v in versions]
 
 
+def _version(s: Session, tenant_id: str, model_id: str, *, lock: bool = False) -> ModelVersion | None:
+    q = select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.tenant_id == tenant_id)
+    return s.scalar(q.with_for_update() if lock else q)
+
+
 def _find_model(s: Session, deps: RegistryDeps, tenant_id: str, model_id: str) -> registry_pb2.Model | None:
     if model_id in deps.settings.base_models:
         return base_model_proto(model_id)
-    v = s.scalar(select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.tenant_id == tenant_id))
+    v = _version(s, tenant_id, model_id)
     return version_proto(v) if v is not None else None
 
 
@@ -86,19 +299,82 @@ def get_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> registry_pb2
                 if found is not None:
                     found.fallback = avatar.fallback
     if found is None:
-        raise NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
-                       param="model", code="model_not_found")
+        raise _not_found(model_id)
     return found
 
 
+def _not_found(model_id: str) -> NotFound:
+    return NotFound(f"The model '{model_id}' does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")
+
+
 def to_openai(m: registry_pb2.Model) -> dict[str, object]:
-    return {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    """OpenAI's model object; fine-tuned versions carry their registry facts as extra fields."""
+    out: dict[str, object] = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
+    if m.adapter_name:
+        out.update({
+            "base_model": m.base_model, "suffix": m.suffix, "version": m.version, "status": m.status,
+            "source": m.source, "job_id": m.job_id or None, "lora_rank": m.lora_rank,
+            "target_modules": list(m.target_modules), "size_bytes": m.size_bytes, "sha256": m.artifact_sha256,
+            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
+            "base_model_config_sha256": m.base_config_sha256, "lineage": json.loads(m.lineage_json or "{}")})
+    return out
+
+
+def list_versions(deps: RegistryDeps, tenant_id: str, model_id: str) -> list[registry_pb2.Model]:
+    """A fine-tuned model's line (same tenant, base and suffix), or every line of the tenant on a
+    base model; newest version first."""
+    with deps.db.session() as s:
+        q = select(ModelVersion).where(ModelVersion.tenant_id == tenant_id)
+        if model_id in deps.settings.base_models:
+            q = q.where(ModelVersion.base_model == model_id)
+        else:
+            v = _version(s, tenant_id, model_id)
+            if v is None:
+                raise _not_found(model_id)
+            q = q.where(ModelVersion.base_model == v.base_model, ModelVersion.suffix == v.suffix)
+        rows = list(s.scalars(q.order_by(ModelVersion.suffix, ModelVersion.version.desc())))
+    return [version_proto(v) for v in rows]
+
+
+def delete_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> dict[str, object]:
+    """Delete a fine-tuned version. Refused while an avatar points at it (active or candidate); its
+    artifact is removed only after the row is gone (committed)."""
+    if model_id in deps.settings.base_models:
+        raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model",
+                               code="model_not_deletable")
+    with deps.db.session() as s:
+        v = _version(s, tenant_id, model_id, lock=True)
+        if v is None:
+            raise _not_found(model_id)
+        users = list(s.scalars(select(Avatar).where(
+            Avatar.tenant_id == tenant_id,
+            or_(Avatar.active_model == model_id, Avatar.candidate_model == model_id)).order_by(Avatar.name)))
+        if users:
+            roles = ", ".join(f"{a.name} ({'active' if a.active_model == model_id else 'candidate'})" for a in users)
+            raise FailedPrecondition(f"The model '{model_id}' is in use by avatar(s) {roles}; point them "
+                                     "elsewhere first.", param="model", code="model_in_use")
+        artifact_uri, adapter_name = v.artifact_uri, v.id
+        s.delete(v)
+        if deps.publisher is not None:
+            deps.publisher.publish("model.deleted", registry_pb2.ModelDeleted(model_id=model_id,
+                                                                              adapter_name=adapter_name),
+                                   tenant_id, key=model_id)
+    if artifact_uri:
+        try:
+            deps.artifact_store().remove(artifact_uri)
+        except OSError as err:  # the row is gone; a leftover file is only disk space
+            log.warning("artifact not removed", model=model_id, artifact_uri=artifact_uri, error=str(err))
+    log.info("model deleted", model=model_id, tenant=tenant_id)
+    return {"id": model_id, "object": "model", "deleted": True}
 
 
 # -- avatars ------------------------------------------------------------------------------------
 
 AVATAR_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 FALLBACKS = ("error", "base")
+# Changes that moved the active model (rollback goes back along these).
+ACTIVE_CHANGES = ("created", "activated", "rolled_back", "pinned")
 
 
 def _avatar(s: Session, tenant_id: str, name: str, *, lock: bool = False) -> Avatar:
@@ -109,19 +385,57 @@ def _avatar(s: Session, tenant_id: str, name: str, *, lock: bool = False) -> Ava
     return avatar
 
 
-def _require_model(s: Session, deps: RegistryDeps, tenant_id: str, model_id: str) -> registry_pb2.Model:
-    found = _find_model(s, deps, tenant_id, model_id)
-    if found is None:
+def _require_servable(s: Session, deps: RegistryDeps, tenant_id: str, model_id: str,
+                      param: str = "model") -> registry_pb2.Model:
+    """The model exists for this tenant and the engines can serve it (checked again at activation:
+    settings or the base model may have changed since registration)."""
+    if model_id in deps.settings.base_models:
+        return base_model_proto(model_id)
+    v = _version(s, tenant_id, model_id, lock=True)  # locked: a concurrent delete waits
+    if v is None:
         raise InvalidArgument(f"The model '{model_id}' does not exist or you do not have access to it.",
-                              param="model", code="model_not_found")
-    return found
+                              param=param, code="model_not_found")
+    check_compatible(base_model=v.base_model, adapter_base="", lora_rank=v.lora_rank,
+                     target_modules=json.loads(v.target_modules_json), base_models=deps.settings.base_models,
+                     max_lora_rank=deps.settings.max_lora_rank, registered_config_sha256=v.base_config_sha256,
+                     current_config_sha256=base_config_sha256(deps.models_dir(), v.base_model), param=param)
+    return version_proto(v)
+
+
+def _sync_status(s: Session, tenant_id: str, model_ids: Iterable[str | None]) -> None:
+    """Lifecycle: a version an avatar answers with is active; an active one no avatar uses any more
+    is retired; candidates stay candidates until activated."""
+    s.flush()
+    for model_id in {m for m in model_ids if m}:
+        v = _version(s, tenant_id, model_id)
+        if v is None:
+            continue
+        used = s.scalar(select(func.count()).select_from(Avatar).where(
+            Avatar.tenant_id == tenant_id, Avatar.active_model == model_id))
+        status = "active" if used else ("retired" if v.status == "active" else v.status)
+        if status != v.status:
+            v.status, v.updated_at = status, utcnow()
 
 
 def _publish(deps: RegistryDeps, event: str, tenant_id: str, avatar: Avatar, previous: str | None) -> None:
     if deps.publisher is not None:
-        deps.publisher.publish(event, registry_pb2.AvatarChanged(avatar=avatar.name, model=avatar.active_model,
-                                                                 previous_model=previous or ""),
-                               tenant_id, key=avatar.name)
+        deps.publisher.publish(event, registry_pb2.AvatarChanged(
+            avatar=avatar.name, model=avatar.active_model, previous_model=previous or "",
+            candidate_model=avatar.candidate_model or "", candidate_share=avatar.candidate_share,
+            pinned=avatar.pinned), tenant_id, key=avatar.name)
+
+
+def _record(s: Session, avatar: Avatar, action: str, previous: str | None, actor: str, reason: str,
+            **detail: object) -> None:
+    avatar.updated_at = utcnow()
+    s.add(AvatarChange(avatar_id=avatar.id, action=action, from_model=previous, to_model=avatar.active_model,
+                       actor=actor, reason=reason, detail_json=json.dumps(detail)))
+
+
+def _not_pinned(avatar: Avatar) -> None:
+    if avatar.pinned:
+        raise FailedPrecondition(f"Avatar {avatar.name!r} is pinned to {avatar.active_model!r}; unpin it first.",
+                                 param="avatar", code="avatar_pinned")
 
 
 def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str,
@@ -135,13 +449,13 @@ def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
             raise InvalidArgument(f"{name!r} is already a model id.", param="name")
         if s.scalar(select(Avatar.id).where(Avatar.tenant_id == tenant_id, Avatar.name == name)) is not None:
             raise Conflict(f"An avatar named {name!r} already exists.", param="name", code="avatar_exists")
-        _require_model(s, deps, tenant_id, model_id)
+        _require_servable(s, deps, tenant_id, model_id)
         avatar = Avatar(id=new_id("avatar"), tenant_id=tenant_id, name=name, active_model=model_id,
-                        fallback=fallback)
+                        fallback=fallback, candidate_model=None, candidate_share=0, pinned=False)
         s.add(avatar)
         s.flush()
-        s.add(AvatarChange(avatar_id=avatar.id, action="created", from_model=None, to_model=model_id, actor=actor,
-                           reason=reason))
+        _record(s, avatar, "created", None, actor, reason)
+        _sync_status(s, tenant_id, [model_id])
         _publish(deps, "model.activated", tenant_id, avatar, None)
     return avatar
 
@@ -157,32 +471,92 @@ def list_avatars(deps: RegistryDeps, tenant_id: str) -> list[Avatar]:
 
 
 def activate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str, reason: str = "") -> Avatar:
-    """Point the avatar at ``model_id`` in one transaction, with a history row and ``model.activated``."""
+    """Point the avatar at ``model_id`` in one transaction, with a history row and ``model.activated``.
+    Activating the avatar's candidate promotes it (the candidate is cleared)."""
     with deps.db.session() as s:
         avatar = _avatar(s, tenant_id, name, lock=True)
-        _require_model(s, deps, tenant_id, model_id)
+        _not_pinned(avatar)
+        _require_servable(s, deps, tenant_id, model_id)
         previous = avatar.active_model
-        avatar.active_model, avatar.updated_at = model_id, utcnow()
-        s.add(AvatarChange(avatar_id=avatar.id, action="activated", from_model=previous, to_model=model_id,
-                           actor=actor, reason=reason))
+        avatar.active_model = model_id
+        if avatar.candidate_model == model_id:
+            avatar.candidate_model, avatar.candidate_share = None, 0
+        _record(s, avatar, "activated", previous, actor, reason)
+        _sync_status(s, tenant_id, [previous, model_id])
         _publish(deps, "model.activated", tenant_id, avatar, previous)
     return avatar
 
 
 def rollback(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str = "") -> Avatar:
-    """Point the avatar back at the model it had before its latest change."""
+    """Point the avatar back at the model it had before its latest change of active model."""
     with deps.db.session() as s:
         avatar = _avatar(s, tenant_id, name, lock=True)
-        last = s.scalar(select(AvatarChange).where(AvatarChange.avatar_id == avatar.id)
+        _not_pinned(avatar)
+        last = s.scalar(select(AvatarChange).where(AvatarChange.avatar_id == avatar.id,
+                                                   AvatarChange.action.in_(ACTIVE_CHANGES))
                         .order_by(AvatarChange.seq.desc()).limit(1))
-        if last is None or last.from_model is None:
+        if last is None or last.from_model is None or last.from_model == avatar.active_model:
             raise FailedPrecondition(f"Avatar {name!r} has no earlier model to roll back to.", param="avatar")
-        _require_model(s, deps, tenant_id, last.from_model)
+        _require_servable(s, deps, tenant_id, last.from_model)
         previous = avatar.active_model
-        avatar.active_model, avatar.updated_at = last.from_model, utcnow()
-        s.add(AvatarChange(avatar_id=avatar.id, action="rolled_back", from_model=previous, to_model=last.from_model,
-                           actor=actor, reason=reason))
+        avatar.active_model = last.from_model
+        if avatar.candidate_model == avatar.active_model:
+            avatar.candidate_model, avatar.candidate_share = None, 0
+        _record(s, avatar, "rolled_back", previous, actor, reason)
+        _sync_status(s, tenant_id, [previous, avatar.active_model])
         _publish(deps, "model.rolled_back", tenant_id, avatar, previous)
+    return avatar
+
+
+def pin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str, reason: str = "") -> Avatar:
+    """Point the avatar at ``model_id`` and keep it there: activate and rollback are refused until unpinned."""
+    with deps.db.session() as s:
+        avatar = _avatar(s, tenant_id, name, lock=True)
+        _require_servable(s, deps, tenant_id, model_id)
+        previous = avatar.active_model
+        avatar.active_model, avatar.pinned = model_id, True
+        if avatar.candidate_model == model_id:
+            avatar.candidate_model, avatar.candidate_share = None, 0
+        _record(s, avatar, "pinned", previous, actor, reason)
+        _sync_status(s, tenant_id, [previous, model_id])
+        _publish(deps, "model.activated", tenant_id, avatar, previous)
+    return avatar
+
+
+def unpin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str = "") -> Avatar:
+    with deps.db.session() as s:
+        avatar = _avatar(s, tenant_id, name, lock=True)
+        if not avatar.pinned:
+            raise FailedPrecondition(f"Avatar {name!r} is not pinned.", param="avatar", code="avatar_not_pinned")
+        avatar.pinned = False
+        _record(s, avatar, "unpinned", avatar.active_model, actor, reason)
+        _publish(deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
+    return avatar
+
+
+def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str | None,
+                  traffic_share: int = 0, reason: str = "") -> Avatar:
+    """Set (or clear, with no model) the avatar's candidate version and the share of traffic (0-100)
+    meant for it. Stored for A/B tests; requests are not split yet."""
+    if isinstance(traffic_share, bool) or not 0 <= traffic_share <= 100:
+        raise InvalidArgument("traffic_share must be between 0 and 100.", param="traffic_share")
+    with deps.db.session() as s:
+        avatar = _avatar(s, tenant_id, name, lock=True)
+        previous = avatar.candidate_model
+        if model_id:
+            if model_id == avatar.active_model:
+                raise InvalidArgument(f"{model_id!r} is already the avatar's active model.", param="model")
+            _require_servable(s, deps, tenant_id, model_id)
+            avatar.candidate_model, avatar.candidate_share = model_id, traffic_share
+            action = "candidate_set"
+        else:
+            if traffic_share:
+                raise InvalidArgument("traffic_share needs a candidate model.", param="traffic_share")
+            avatar.candidate_model, avatar.candidate_share = None, 0
+            action = "candidate_cleared"
+        _record(s, avatar, action, avatar.active_model, actor, reason, candidate_model=avatar.candidate_model,
+                traffic_share=avatar.candidate_share, previous_candidate=previous)
+        _publish(deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
     return avatar
 
 
@@ -195,14 +569,24 @@ def history(deps: RegistryDeps, tenant_id: str, name: str) -> list[AvatarChange]
 
 def avatar_to_openai(a: Avatar) -> dict[str, object]:
     return {"object": "avatar", "name": a.name, "active_model": a.active_model, "fallback": a.fallback,
+            "candidate_model": a.candidate_model, "candidate_share": a.candidate_share, "pinned": a.pinned,
             "created_at": to_unix(a.created_at), "updated_at": to_unix(a.updated_at)}
 
 
 def change_to_openai(c: AvatarChange) -> dict[str, object]:
     return {"object": "avatar.change", "action": c.action, "from_model": c.from_model, "to_model": c.to_model,
-            "actor": c.actor, "reason": c.reason, "created_at": to_unix(c.created_at)}
+            "actor": c.actor, "reason": c.reason, "detail": json.loads(c.detail_json or "{}"),
+            "created_at": to_unix(c.created_at)}
+
+
+def change_proto(c: AvatarChange) -> registry_pb2.AvatarChange:
+    return registry_pb2.AvatarChange(action=c.action, from_model=c.from_model or "", to_model=c.to_model,
+                                     actor=c.actor, reason=c.reason, created_at=to_unix(c.created_at),
+                                     detail_json=c.detail_json or "{}")
 
 
 def avatar_proto(a: Avatar) -> registry_pb2.Avatar:
     return registry_pb2.Avatar(name=a.name, active_model=a.active_model, fallback=a.fallback,
-                               created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at))
+                               created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at),
+                               candidate_model=a.candidate_model or "", candidate_share=a.candidate_share,
+                               pinned=a.pinned)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -13,3 +15,17 @@ class RegistrySettings(BaseSettings):
         default=["SmolLM2-135M-Instruct"],
         description="Base model ids the engines serve (JSON list); every tenant may use and fine-tune them.")
     consumer_group: str = Field(default="registry", description="Kafka consumer group for job.succeeded.")
+    max_lora_rank: int = Field(
+        default=16, ge=1,
+        description="The engines' max LoRA rank (vLLM --max-lora-rank, default 16); higher-rank adapters are "
+        "refused at registration and activation.")
+    storage_url: str | None = Field(
+        default=None,
+        description="fsspec URL where adapter artifacts are stored: a local directory (all-in-one), "
+        "s3://bucket/prefix (needs s3fs), memory:// (tests). Default: <artifacts_dir>/registry.")
+    models_dir: Path | None = Field(
+        default=None,
+        description="Directory of the base models (one folder per id, with config.json) whose config hash "
+        "identifies the base. Default: COACHFORGE_MODELS_DIR.")
+    max_upload_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="Largest adapter upload (all files or the archive), in bytes.")

@@ -1,0 +1,98 @@
+"""Artifact storage through fsspec: a local directory in the all-in-one mode, any fsspec URL
+(``s3://bucket/prefix`` with s3fs installed, ``memory://`` in tests) elsewhere."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ArtifactFile:
+    """One file of an artifact: path relative to the artifact's root, sha256, size in bytes."""
+
+    path: str
+    sha256: str
+    size: int
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest(local_dir: Path) -> list[ArtifactFile]:
+    """Every regular file under ``local_dir`` (sorted), with its checksum and size."""
+    files = []
+    for p in sorted(local_dir.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            files.append(ArtifactFile(p.relative_to(local_dir).as_posix(), sha256_file(p), p.stat().st_size))
+    return files
+
+
+def manifest_digest(files: list[ArtifactFile]) -> str:
+    """One digest over the whole artifact: sha256 of "<sha256>  <path>" lines, like sha256sum."""
+    return hashlib.sha256("".join(f"{f.sha256}  {f.path}\n" for f in files).encode()).hexdigest()
+
+
+class ArtifactStore:
+    """Stores adapter directories under ``url`` (one folder per key) and removes them."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+
+    @property
+    def is_local(self) -> bool:
+        """True when engines on this machine can read stored artifacts by path."""
+        return isinstance(self.fs, LocalFileSystem)
+
+    def _path(self, key: str) -> str:
+        return f"{self.root}/{key.strip('/')}"
+
+    def uri(self, key: str) -> str:
+        """Where ``key`` lies: a plain path for a local store, a URL otherwise."""
+        path = self._path(key)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def _strip(self, uri: str) -> str:
+        return uri if self.is_local else self.fs._strip_protocol(uri)
+
+    def put_dir(self, local_dir: Path, key: str, files: list[ArtifactFile]) -> str:
+        """Copy the listed files of ``local_dir`` under ``key`` and check every stored copy's sha256."""
+        dest = self._path(key)
+        try:
+            for f in files:
+                target = f"{dest}/{f.path}"
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                self.fs.put_file(str(local_dir / f.path), target)
+            for f in files:
+                h = hashlib.sha256()
+                with self.fs.open(f"{dest}/{f.path}", "rb") as stored:
+                    while chunk := stored.read(CHUNK):
+                        h.update(chunk)
+                if h.hexdigest() != f.sha256:
+                    raise OSError(f"stored copy of {f.path} does not match its sha256")
+        except BaseException:
+            self.remove(self.uri(key))
+            raise
+        return self.uri(key)
+
+    def exists(self, uri: str) -> bool:
+        return bool(self.fs.exists(self._strip(uri)))
+
+    def remove(self, uri: str) -> None:
+        """Remove a stored artifact (nothing if it is already gone)."""
+        path = self._strip(uri)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
