@@ -6,7 +6,7 @@ synthetic-example generator.
 """
 
 from .load import LoadPoint, compute_load, load_on
-from .prompt import SYSTEM_PROMPT, render_context
+from .prompt import CHAT_SYSTEM_PROMPT, SYSTEM_PROMPT, render_context
 from .rules import (
     DEFAULT_CONFIG,
     AthleteState,
@@ -34,6 +34,7 @@ from .schema import (
 from .synthetic import SyntheticExample, generate_examples, matches_expected, to_jsonl
 
 __all__ = [
+    "CHAT_SYSTEM_PROMPT",
     "DEFAULT_CONFIG",
     "SCHEMA_NAME",
     "SCHEMA_VERSION",

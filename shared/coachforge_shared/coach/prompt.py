@@ -18,6 +18,11 @@ SYSTEM_PROMPT: Final = (
     "schema: operations on the listed workout ids, then a short message to the athlete."
 )
 
+CHAT_SYSTEM_PROMPT: Final = (
+    "You are Polarize's endurance coach. Answer the athlete's question in a few plain sentences, "
+    "using their load, wellness and plan."
+)
+
 PLAN_DAYS: Final = 7
 MAX_QUESTION_CHARS: Final = 200
 

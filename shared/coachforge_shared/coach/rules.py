@@ -15,7 +15,8 @@ Branches of :func:`recommend`, by priority (see :func:`classify_state`):
               is moved back a few days instead.
 ``fresh``     TSB > 10, sleep >= 7 h, soreness <= 3, HRV not down, ramp <= 5, not tapering: the next
               non-key endurance/long session gets a modest extension (<= +10 % weekly TSS).
-``normal``    anything else: keep the plan (no operations, an encouraging message).
+``normal``    anything else: keep the plan (no operations, an encouraging message; a tapering athlete is
+              told the taper takes no extra load).
 """
 
 from __future__ import annotations
@@ -627,6 +628,11 @@ def recommend(
 
     key = next((w for w in future if w.key_session), None)
     focus = f" Make {_describe(key)} count." if key is not None else ""
+    if is_tapering(state, config):
+        return _keep(
+            f"Your race is in {state.days_to_race}d, so you're tapering: no extra load now. Stick to the plan, "
+            f"keep the intensity short and arrive fresh (TSB {state.tsb:+.0f}).{focus}"
+        )
     return _keep(
         f"Your load looks balanced (TSB {state.tsb:+.0f}): stick to the plan and keep the easy days easy.{focus}"
     )
