@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import func, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
@@ -255,18 +256,26 @@ def upload_version(deps: RegistryDeps, tenant_id: str, actor: str, base_model: s
                 shutil.move(str(raw / n), staging / n)
         root = _adapter_root(staging)
         facts = read_adapter(root, param="file")
-        artifact_uri = ""
-        try:
-            with deps.db.session() as s:
-                v, artifact_uri = _register(
-                    s, deps, tenant_id=tenant_id, base_model=base_model, suffix=suffix, model_id="", facts=facts,
-                    adapter_dir=root, adapter_uri="", source="upload", job_id=None,
-                    lineage={"uploaded_by": actor, "files": names}, param="file")
-        except BaseException:
-            if artifact_uri:
-                deps.artifact_store().remove(artifact_uri)
-            raise
-    return v
+        for attempt in range(3):
+            artifact_uri = ""
+            try:
+                with deps.db.session() as s:
+                    v, artifact_uri = _register(
+                        s, deps, tenant_id=tenant_id, base_model=base_model, suffix=suffix, model_id="",
+                        facts=facts, adapter_dir=root, adapter_uri="", source="upload", job_id=None,
+                        lineage={"uploaded_by": actor, "files": names}, param="file")
+                return v
+            except IntegrityError:  # a concurrent registration took the same version number
+                if artifact_uri:
+                    deps.artifact_store().remove(artifact_uri)
+                if attempt == 2:
+                    raise Conflict("Another version of this line was registered at the same time; retry.",
+                                   param="suffix", code="version_conflict") from None
+            except BaseException:
+                if artifact_uri:
+                    deps.artifact_store().remove(artifact_uri)
+                raise
+    raise AssertionError("unreachable")
 
 
 def list_models(deps: RegistryDeps, tenant_id: str) -> list[registry_pb2.Model]:
