@@ -147,6 +147,16 @@ def test_activation_rechecks_compatibility(deps: RegistryDeps, tmp_path: Path) -
     assert service.list_avatars(deps, "acme") == []
 
 
+def test_activation_verifies_the_stored_checksums(deps: RegistryDeps, tmp_path: Path) -> None:
+    m1 = job_done(deps, "acme", "ftjob-000001", "coach", write_adapter(tmp_path / "a1"))
+    stored = Path(service.get_model(deps, "acme", m1).artifact_uri)
+    (stored / "adapter_model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(FailedPrecondition) as err:
+        service.create_avatar(deps, "acme", "a", "coach", m1)
+    assert "adapter_model.safetensors does not match its recorded sha256" in err.value.message
+    assert err.value.code == "artifact_corrupt"
+
+
 def test_lifecycle_delete_pin_and_candidate(deps: RegistryDeps, tmp_path: Path) -> None:
     m1 = job_done(deps, "acme", "ftjob-000001", "coach", write_adapter(tmp_path / "a1"))
     m2 = job_done(deps, "acme", "ftjob-000002", "coach", write_adapter(tmp_path / "a2"))

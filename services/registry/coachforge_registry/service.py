@@ -29,7 +29,7 @@ from coachforge_registry.adapters import (
 )
 from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
 from coachforge_registry.settings import RegistrySettings
-from coachforge_registry.storage import ArtifactStore, manifest, manifest_digest
+from coachforge_registry.storage import ArtifactFile, ArtifactStore, manifest, manifest_digest
 from coachforge_shared.db import Database
 from coachforge_shared.errors import (
     Conflict,
@@ -408,6 +408,12 @@ def _require_servable(s: Session, deps: RegistryDeps, tenant_id: str, model_id: 
                      target_modules=json.loads(v.target_modules_json), base_models=deps.settings.base_models,
                      max_lora_rank=deps.settings.max_lora_rank, registered_config_sha256=v.base_config_sha256,
                      current_config_sha256=base_config_sha256(deps.models_dir(), v.base_model), param=param)
+    if v.artifact_uri:
+        files = [ArtifactFile(**f) for f in json.loads(v.files_json)]
+        problem = deps.artifact_store().verify(v.artifact_uri, files)
+        if problem:
+            raise FailedPrecondition(f"The model '{model_id}' cannot be served: {problem}.", param=param,
+                                     code="artifact_corrupt")
     return version_proto(v)
 
 

@@ -76,17 +76,28 @@ class ArtifactStore:
                 target = f"{dest}/{f.path}"
                 self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.put_file(str(local_dir / f.path), target)
-            for f in files:
-                h = hashlib.sha256()
-                with self.fs.open(f"{dest}/{f.path}", "rb") as stored:
-                    while chunk := stored.read(CHUNK):
-                        h.update(chunk)
-                if h.hexdigest() != f.sha256:
-                    raise OSError(f"stored copy of {f.path} does not match its sha256")
+            problem = self.verify(self.uri(key), files)
+            if problem:
+                raise OSError(f"stored copy: {problem}")
         except BaseException:
             self.remove(self.uri(key))
             raise
         return self.uri(key)
+
+    def verify(self, uri: str, files: list[ArtifactFile]) -> str | None:
+        """The first problem of a stored artifact (a file missing or not matching its sha256), or None."""
+        root = self._strip(uri)
+        for f in files:
+            path = f"{root}/{f.path}"
+            if not self.fs.exists(path):
+                return f"artifact file {f.path} is missing"
+            h = hashlib.sha256()
+            with self.fs.open(path, "rb") as stored:
+                while chunk := stored.read(CHUNK):
+                    h.update(chunk)
+            if h.hexdigest() != f.sha256:
+                return f"artifact file {f.path} does not match its recorded sha256"
+        return None
 
     def exists(self, uri: str) -> bool:
         return bool(self.fs.exists(self._strip(uri)))
