@@ -143,6 +143,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
         for ch in runtime.channels:
             ch.close()
         engine.close()
+        await engine.aclose()
         publisher.close()
         db.dispose()
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from fastapi import APIRouter, Body, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 
 from coachforge_inference import service
 from coachforge_inference import usage as usage_mod
@@ -29,28 +30,41 @@ def _headers(routed: service.Routed) -> dict[str, str]:
     return {FALLBACK_HEADER: f"base; from={routed.fallback_from}"} if routed.fallback_from else {}
 
 
-def _answer(request: Request, tenant_id: str, path: str, body: dict[str, Any]) -> Any:
+async def _body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, parsed once (no pydantic pass over an arbitrary dict)."""
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError as err:
+        raise InvalidArgument(f"The request body is not valid JSON: {err}", param="body") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("The request body must be a JSON object.", param="body")
+    return body
+
+
+async def _answer(request: Request, tenant_id: str, path: str, body: dict[str, Any]) -> Any:
     if body.get("stream"):
-        events, routed = service.stream(_deps(request), tenant_id, path, body)
+        events, routed = await service.astream(_deps(request), tenant_id, path, body)
         return StreamingResponse(events, media_type="text/event-stream", headers=_headers(routed))
-    result, routed = service.complete(_deps(request), tenant_id, path, body)
-    return JSONResponse(result, headers=_headers(routed))
+    content, routed = await service.acomplete(_deps(request), tenant_id, path, body)
+    return Response(content, media_type="application/json", headers=_headers(routed))
 
 
 @router.post("/chat/completions")
-def chat_completions(request: Request, principal: CurrentPrincipal,
-                     body: dict[str, Any] = Body(...)) -> Any:
+async def chat_completions(request: Request, principal: CurrentPrincipal) -> Any:
+    body = await _body(request)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidArgument("messages must be a non-empty list", param="messages")
-    return _answer(request, principal.tenant_id, "/v1/chat/completions", body)
+    return await _answer(request, principal.tenant_id, "/v1/chat/completions", body)
 
 
 @router.post("/completions")
-def completions(request: Request, principal: CurrentPrincipal, body: dict[str, Any] = Body(...)) -> Any:
+async def completions(request: Request, principal: CurrentPrincipal) -> Any:
+    body = await _body(request)
     if "prompt" not in body:
         raise InvalidArgument("you must provide a prompt parameter", param="prompt")
-    return _answer(request, principal.tenant_id, "/v1/completions", body)
+    return await _answer(request, principal.tenant_id, "/v1/completions", body)
 
 
 @router.get("/usage")

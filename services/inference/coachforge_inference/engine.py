@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 
-from coachforge_inference.metrics import ADAPTER_LOADS
+from coachforge_inference.metrics import ADAPTER_LOADS, ENGINE_UP
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.logging import get_logger
 
@@ -28,15 +29,37 @@ class Engine:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        self._timeout = httpx.Timeout(timeout_s, connect=5.0)
+        self._ahttp: httpx.AsyncClient | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
         self._loaded: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
+        self._alocks: dict[str, asyncio.Lock] = {}
         self._guard = threading.Lock()
+
+    @property
+    def ahttp(self) -> httpx.AsyncClient:
+        """The async client the REST endpoints use, bound to the running event loop (the server has
+        one; a client made in another loop, e.g. by a test harness, is replaced rather than reused)."""
+        loop = asyncio.get_running_loop()
+        if self._ahttp is None or self._aloop is not loop:
+            self._aloop = loop
+            self._alocks = {}
+            self._ahttp = httpx.AsyncClient(
+                base_url=self.base_url, timeout=self._timeout,
+                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        return self._ahttp
+
+    def _mark(self, up: bool) -> None:
+        ENGINE_UP.labels(self.base_url).set(1 if up else 0)
 
     def healthy(self) -> bool:
         try:
-            return self.http.get("/health", timeout=2).status_code == 200
+            up = self.http.get("/health", timeout=2).status_code == 200
         except httpx.HTTPError:
-            return False
+            up = False
+        self._mark(up)
+        return up
 
     def _lock(self, name: str) -> threading.Lock:
         with self._guard:
@@ -53,6 +76,29 @@ class Engine:
                 r = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
             except httpx.HTTPError as err:
                 ADAPTER_LOADS.labels("error").inc()
+                self._mark(False)
+                raise Unavailable(f"Engine unreachable while loading adapter: {err}") from None
+            if r.status_code != 200 and "already been loaded" not in r.text:
+                ADAPTER_LOADS.labels("error").inc()
+                raise Unavailable(f"Engine refused to load adapter {name}: {r.text[:300]}")
+            ADAPTER_LOADS.labels("loaded").inc()
+            log.info("adapter loaded", adapter=name, path=path)
+            self._loaded.add(name)
+
+    async def aensure_adapter(self, name: str, path: str) -> None:
+        """:meth:`ensure_adapter` for the event loop: one asyncio lock per adapter name."""
+        if name in self._loaded:
+            return
+        client = self.ahttp  # (re)binds the client and the locks to this event loop
+        lock = self._alocks.setdefault(name, asyncio.Lock())
+        async with lock:
+            if name in self._loaded:
+                return
+            try:
+                r = await client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+            except httpx.HTTPError as err:
+                ADAPTER_LOADS.labels("error").inc()
+                self._mark(False)
                 raise Unavailable(f"Engine unreachable while loading adapter: {err}") from None
             if r.status_code != 200 and "already been loaded" not in r.text:
                 ADAPTER_LOADS.labels("error").inc()
@@ -82,6 +128,7 @@ class Engine:
         try:
             r = self.http.post(path, json=body)
         except httpx.HTTPError as err:
+            self._mark(False)
             raise Unavailable(f"Engine unreachable: {err}") from None
         self._raise_for(r)
         result: dict[str, Any] = r.json()
@@ -97,7 +144,39 @@ class Engine:
                 for line in r.iter_lines():
                     yield (line + "\n").encode()
         except httpx.HTTPError as err:
+            self._mark(False)
             raise Unavailable(f"Engine unreachable: {err}") from None
+
+    async def apost(self, path: str, content: bytes) -> httpx.Response:
+        """POST an already encoded JSON body; the engine's answer (errors raised as typed errors)."""
+        try:
+            r = await self.ahttp.post(path, content=content, headers={"content-type": "application/json"})
+        except httpx.HTTPError as err:
+            self._mark(False)
+            raise Unavailable(f"Engine unreachable: {err}") from None
+        self._mark(True)
+        self._raise_for(r)
+        return r
+
+    async def astream(self, path: str, content: bytes) -> AsyncIterator[bytes]:
+        """Server-sent event lines from the engine (each ending with a newline); errors before the
+        first line are raised as typed errors."""
+        try:
+            async with self.ahttp.stream("POST", path, content=content,
+                                         headers={"content-type": "application/json"}) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    self._raise_for(r)
+                async for line in r.aiter_lines():
+                    yield (line + "\n").encode()
+        except httpx.HTTPError as err:
+            self._mark(False)
+            raise Unavailable(f"Engine unreachable: {err}") from None
+
+    async def aclose(self) -> None:
+        if self._ahttp is not None:
+            await self._ahttp.aclose()
+            self._ahttp = None
 
     def close(self) -> None:
         self.http.close()

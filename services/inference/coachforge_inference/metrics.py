@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 TOKENS = Counter("coachforge_inference_tokens_total", "Tokens processed, by kind (prompt, completion).",
                  ["tenant", "model", "kind"])
@@ -19,3 +19,6 @@ ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total", "LoRA adapte
 FALLBACKS = Counter("coachforge_inference_fallbacks_total",
                     "Requests answered by the base model because the adapter could not be served.",
                     ["tenant", "model"])
+ENGINE_UP = Gauge("coachforge_inference_engine_up",
+                  "1 while the engine answers its health check and calls, 0 after a failure (label: the "
+                  "configured engine URL, so bounded by configuration).", ["engine"])
