@@ -317,6 +317,17 @@ def test_upload_over_rest(client: TestClient, deps: RegistryDeps, tmp_path: Path
     assert client.get(f"/v1/models/{first['id']}", headers=ACME).status_code == 404
     assert client.delete(f"/v1/models/{BASE}", headers=ACME).status_code == 403
 
+    # Evaluation results kept on the version.
+    v2 = listed[1]["id"]
+    r = client.post(f"/v1/models/{v2}/evaluations", headers=ACME,
+                    json={"name": "coach-rules-v1", "metrics": {"valid_json": 0.92, "passes_safety": 0.79}})
+    assert r.status_code == 200 and r.json()["evaluations"]["coach-rules-v1"]["metrics"]["valid_json"] == 0.92
+    assert client.get(f"/v1/models/{v2}", headers=ACME).json()["evaluations"]["coach-rules-v1"]["actor"]
+    r = client.post(f"/v1/models/{v2}/evaluations", headers=ACME, json={"name": "x", "metrics": {"a": "high"}})
+    assert r.status_code == 400 and r.json()["error"]["param"].startswith("metrics")
+    assert client.post(f"/v1/models/{v2}/evaluations", headers=GLOBEX,
+                       json={"name": "x", "metrics": {"a": 1}}).status_code == 404
+
 
 def _tar_with(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
     buf = io.BytesIO()
@@ -405,5 +416,8 @@ def test_versions_over_grpc(grpc_target: str, tmp_path: Path) -> None:
             stub.ListModelVersions(registry_pb2.ListModelVersionsRequest(model_id=v1.id), metadata=globex)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         stub.SetCandidate(registry_pb2.SetCandidateRequest(avatar="g"), metadata=acme)  # clear
+        evaluated = stub.RecordEvaluation(registry_pb2.RecordEvaluationRequest(
+            model_id=v2.id, name="smoke", metrics={"valid_json": 1.0}), metadata=acme)
+        assert json.loads(evaluated.evaluations_json)["smoke"]["metrics"] == {"valid_json": 1.0}
         deleted = stub.DeleteModel(registry_pb2.DeleteModelRequest(model_id=v2.id), metadata=acme)
         assert (deleted.id, deleted.object, deleted.deleted) == (v2.id, "model", True)

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Request, UploadFile
 
 from coachforge_registry import service
-from coachforge_registry.schemas import Activate, Candidate, CreateAvatar, Pin, Rollback, Unpin
+from coachforge_registry.schemas import Activate, Candidate, CreateAvatar, Evaluation, Pin, Rollback, Unpin
 from coachforge_registry.service import RegistryDeps
 from coachforge_shared.http import CurrentPrincipal
 
@@ -101,6 +101,15 @@ def upload_version(request: Request, principal: CurrentPrincipal, base_model: st
     v = service.upload_version(_deps(request), principal.tenant_id, principal.actor, base_model, suffix,
                                [(f.filename or "", f.file) for f in file])
     return service.to_openai(service.version_proto(v))
+
+
+@router.post("/models/{model_id:path}/evaluations")
+def record_evaluation(request: Request, principal: CurrentPrincipal, model_id: str,
+                      body: Evaluation) -> dict[str, object]:
+    """Keep evaluation results on a fine-tuned version (shown under ``evaluations``)."""
+    m = service.record_evaluation(_deps(request), principal.tenant_id, principal.actor, model_id, body.name,
+                                  body.metrics)
+    return service.to_openai(m)
 
 
 @router.delete("/models/{model_id:path}")

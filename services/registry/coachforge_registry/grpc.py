@@ -92,6 +92,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         out = service.delete_model(self.deps, current_principal().tenant_id, request.model_id)
         return registry_pb2.DeleteModelResponse(id=str(out["id"]), object="model", deleted=True)
 
+    def RecordEvaluation(self, request: registry_pb2.RecordEvaluationRequest,
+                         context: grpc.ServicerContext) -> registry_pb2.Model:
+        p = current_principal()
+        return service.record_evaluation(self.deps, p.tenant_id, p.actor, request.model_id, request.name,
+                                         dict(request.metrics))
+
 
 def registration(deps: RegistryDeps) -> ServiceRegistration:
     return ServiceRegistration(registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,

@@ -49,3 +49,10 @@ class Candidate(BaseModel):
     model: str | None = Field(None, description="Candidate model id; null clears the candidate.")
     traffic_share: int = Field(0, ge=0, le=100, description="Share of traffic (0-100) meant for the candidate.")
     reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="Evaluation name, e.g. coach-rules-v1.")
+    metrics: dict[str, float] = Field(description="Metric name -> value, e.g. {\"valid_json\": 0.92}.")

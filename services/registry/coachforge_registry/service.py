@@ -80,7 +80,7 @@ def version_proto(v: ModelVersion) -> registry_pb2.Model:
         version=v.version, status=v.status, suffix=v.suffix, target_modules=json.loads(v.target_modules_json),
         files=[registry_pb2.ArtifactFile(**f) for f in json.loads(v.files_json)], size_bytes=v.size_bytes,
         artifact_sha256=v.artifact_sha256, base_config_sha256=v.base_config_sha256, artifact_uri=v.artifact_uri,
-        source=v.source, lineage_json=v.lineage_json)
+        source=v.source, lineage_json=v.lineage_json, evaluations_json=v.eval_json)
 
 
 def suffix_of(model_id: str) -> str:
@@ -326,7 +326,8 @@ def to_openai(m: registry_pb2.Model) -> dict[str, object]:
             "source": m.source, "job_id": m.job_id or None, "lora_rank": m.lora_rank,
             "target_modules": list(m.target_modules), "size_bytes": m.size_bytes, "sha256": m.artifact_sha256,
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
-            "base_model_config_sha256": m.base_config_sha256, "lineage": json.loads(m.lineage_json or "{}")})
+            "base_model_config_sha256": m.base_config_sha256, "lineage": json.loads(m.lineage_json or "{}"),
+            "evaluations": json.loads(m.evaluations_json or "{}")})
     return out
 
 
@@ -376,6 +377,32 @@ def delete_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> dict[str,
             log.warning("artifact not removed", model=model_id, artifact_uri=artifact_uri, error=str(err))
     log.info("model deleted", model=model_id, tenant=tenant_id)
     return {"id": model_id, "object": "model", "deleted": True}
+
+
+EVAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def record_evaluation(deps: RegistryDeps, tenant_id: str, actor: str, model_id: str, name: str,
+                      metrics: dict[str, float]) -> registry_pb2.Model:
+    """Keep an evaluation's metrics on the version (a repeat of the same name replaces it)."""
+    if not EVAL_NAME.match(name):
+        raise InvalidArgument("name is 1-64 letters, digits, '.', '_' or '-'.", param="name")
+    if not metrics or len(metrics) > 100:
+        raise InvalidArgument("metrics must hold 1-100 numbers.", param="metrics")
+    for key, value in metrics.items():
+        if not key or len(key) > 64 or isinstance(value, bool) or not isinstance(value, int | float) \
+                or value != value or value in (float("inf"), float("-inf")):
+            raise InvalidArgument(f"metrics.{key} must be a finite number under a 1-64 character name.",
+                                  param=f"metrics.{key}")
+    with deps.db.session() as s:
+        v = _version(s, tenant_id, model_id, lock=True)
+        if v is None:
+            raise _not_found(model_id)
+        evaluations = json.loads(v.eval_json or "{}")
+        evaluations[name] = {"metrics": {k: float(x) for k, x in metrics.items()},
+                             "recorded_at": to_unix(utcnow()), "actor": actor}
+        v.eval_json, v.updated_at = json.dumps(evaluations), utcnow()
+        return version_proto(v)
 
 
 # -- avatars ------------------------------------------------------------------------------------
