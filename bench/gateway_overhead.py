@@ -3,8 +3,13 @@
 Starts the all-in-one stack (its own data dir and free ports), then sends the same chat
 requests straight to the engine and through the inference service, in one run, at several
 concurrency levels, and prints p50/p99 latency, the added latency and the throughput ratio.
+Then it makes 8 LoRA adapters (untrained: peft's get_peft_model + save_pretrained on the base
+model), registers them through real ``job.succeeded`` events, and prints the gateway's throughput
+with traffic spread over the 8 adapters vs all on one adapter (the engine holds ``--max-loras``
+of them in a batch and swaps the rest).
 
     .venv/bin/python bench/gateway_overhead.py [--requests 64] [--concurrency 1 8 32] [--max-tokens 8]
+                                               [--adapters 8] [--adapter-concurrency 8]
 """
 
 from __future__ import annotations
@@ -31,13 +36,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def drive(url: str, headers: dict[str, str], n: int, concurrency: int, max_tokens: int) -> tuple[list[float], float]:
-    """Send ``n`` requests with ``concurrency`` in flight; return per-request seconds and wall seconds."""
-    body = {"model": BASE_MODEL_ID, "messages": [{"role": "user", "content": "Name one endurance sport."}],
-            "max_tokens": max_tokens, "temperature": 0}
+def drive(url: str, headers: dict[str, str], n: int, concurrency: int, max_tokens: int,
+          models: tuple[str, ...] = (BASE_MODEL_ID,)) -> tuple[list[float], float]:
+    """Send ``n`` requests with ``concurrency`` in flight (request i asks ``models[i % len(models)]``);
+    return per-request seconds and wall seconds."""
     with httpx.Client(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
 
-        def one(_: int) -> float:
+        def one(i: int) -> float:
+            body = {"model": models[i % len(models)], "max_tokens": max_tokens, "temperature": 0,
+                    "messages": [{"role": "user", "content": "Name one endurance sport."}]}
             t = time.perf_counter()
             r = client.post(url, json=body, headers=headers)
             r.raise_for_status()
@@ -53,17 +60,57 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def make_adapters(base_dir: Path, out: Path, count: int, kafka: str, gateway_root: str,
+                  headers: dict[str, str]) -> list[str]:
+    """``count`` untrained rank-8 adapters on the base model, registered through job.succeeded events."""
+    import secrets
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from coachforge.trainer.v1 import trainer_pb2
+    from coachforge_shared.events import EventPublisher
+
+    tag = secrets.token_hex(3)
+    publisher = EventPublisher(kafka, "bench")
+    names = []
+    for i in range(count):
+        torch.manual_seed(i)
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                                     init_lora_weights=False))
+        path = out / f"adapter-{i}"
+        peft_model.save_pretrained(path)
+        name = f"ft:{BASE_MODEL_ID}:default:bench{i}:{tag}"
+        publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
+            job_id=f"ftjob-bench-{tag}-{i}", base_model=BASE_MODEL_ID, fine_tuned_model=name,
+            adapter_uri=str(path), lora_rank=8, target_modules=["q_proj", "v_proj"]), "default")
+        names.append(name)
+    publisher.close()
+    deadline = time.monotonic() + 120
+    while True:
+        listed = {m["id"] for m in httpx.get(f"{gateway_root}/v1/models", headers=headers).json()["data"]}
+        if set(names) <= listed:
+            return names
+        if time.monotonic() > deadline:
+            raise SystemExit(f"adapters not registered: {sorted(set(names) - listed)}")
+        time.sleep(0.5)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=64, help="requests per run (default 64)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--max-tokens", type=int, default=8, help="tokens generated per request (default 8)")
+    parser.add_argument("--adapters", type=int, default=8, help="adapters for the spread test (0 skips it)")
+    parser.add_argument("--adapter-concurrency", type=int, default=8, help="concurrency of the spread test")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         platform = PlatformSettings(data_dir=Path(tmp), api_key="cf-bench")
         settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
                                  broker_port=free_port())
-        with Stack(platform, settings):
+        with Stack(platform, settings) as stack:
             direct = f"http://127.0.0.1:{settings.engine_port}/v1/chat/completions"
             gateway = f"http://127.0.0.1:{settings.http_port}/v1/chat/completions"
             auth = {"Authorization": "Bearer cf-bench"}
@@ -82,6 +129,17 @@ def main() -> None:
                               f"{(pct(g_lat, 99) - pct(d_lat, 99)) * 1e3:+.1f} ms, "
                               f"{d_wall / g_wall:.2f}x of direct", end="")
                     print()
+            if args.adapters:
+                root = gateway.removesuffix("/v1/chat/completions")
+                names = make_adapters(stack.prepared.model_dir, Path(tmp) / "bench-adapters", args.adapters,
+                                      f"{settings.host}:{settings.broker_port}", root, auth)
+                c = args.adapter_concurrency
+                drive(gateway, auth, 2 * len(names), c, args.max_tokens, tuple(names))  # first loads
+                print(f"\nthrough the gateway, {args.requests} requests at concurrency {c}:")
+                print(f"{'adapters':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
+                for label, models in (("1", (names[0],)), (str(len(names)), tuple(names))):
+                    lat, wall = drive(gateway, auth, args.requests, c, args.max_tokens, models)
+                    print(f"{label:>8} {pct(lat, 50) * 1e3:8.1f} {pct(lat, 99) * 1e3:8.1f} {len(lat) / wall:7.2f}")
 
 
 if __name__ == "__main__":
