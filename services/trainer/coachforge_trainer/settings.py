@@ -23,7 +23,9 @@ class TrainerSettings(BaseSettings):
                                 "for more are refused at creation.")
     lora_alpha: int = Field(default=32, description="LoRA alpha of new adapters.")
     lora_dropout: float = Field(default=0.05, description="LoRA dropout.")
-    max_length: int = Field(default=512, description="Examples are truncated to this many tokens.")
+    max_length: int = Field(
+        default=1024, description="Longest example in tokens when the job gives no max_length (longer ones are "
+                                  "refused at job creation); the coach prompts are 500-650 tokens.")
     default_seed: int = Field(default=42, description="Seed when the job gives none.")
     consumer_group: str = Field(default="trainer-workers", description="Kafka consumer group of the workers.")
     worker_id: str | None = Field(default=None, description="Name of this worker (default: host name + pid).")
