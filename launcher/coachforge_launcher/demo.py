@@ -4,7 +4,6 @@ Everything goes through the public API with the official ``openai`` SDK, exactly
 
 from __future__ import annotations
 
-import json
 import signal
 import sys
 import time

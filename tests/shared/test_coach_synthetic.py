@@ -3,13 +3,12 @@ the free-text mix, the serving context format, and every answer valid and safe."
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections import Counter
 
 import pytest
-
-import datetime as dt
 
 from coachforge_shared.coach.context import build_context
 from coachforge_shared.coach.load import compute_load

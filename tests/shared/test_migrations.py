@@ -9,9 +9,12 @@ from sqlalchemy import create_engine, inspect
 
 from coachforge_shared import migrate
 
-TABLES = {"tenants", "api_keys", "processed_events", "files", "fine_tuning_jobs", "fine_tuning_job_events", "fine_tuning_job_checkpoints",
-          "model_versions", "dataset_versions", "avatars", "avatar_changes", "coach_athletes", "coach_workouts",
-          "coach_wellness", "coach_recommendations", "coach_changes", "file_reports", "dataset_version_files", "usage_daily"}
+TABLES = {
+    "tenants", "api_keys", "processed_events", "files", "file_reports", "dataset_versions", "dataset_version_files",
+    "fine_tuning_jobs", "fine_tuning_job_events", "fine_tuning_job_checkpoints", "model_versions", "avatars",
+    "avatar_changes", "coach_athletes", "coach_workouts", "coach_wellness", "coach_recommendations", "coach_changes",
+    "usage_daily",
+}
 
 
 def _tables(url: str) -> set[str]:

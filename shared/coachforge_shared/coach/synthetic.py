@@ -417,7 +417,8 @@ def free_text_answer(topic: str, state: AthleteState, upcoming: Sequence[Planned
         if key is not None:
             focus = f"The key session is {weekday(key.date)}'s {key.sport} {key.type}: arrive rested for it."
         elif hard:
-            focus = f"The quality comes from {len(hard)} hard session{'s' if len(hard) > 1 else ''}; keep the rest easy."
+            plural = "s" if len(hard) > 1 else ""
+            focus = f"The quality comes from {len(hard)} hard session{plural}; keep the rest easy."
         else:
             focus = "It's an easy week: relaxed volume only."
         body = f"Your week has {len(upcoming)} sessions and about {total:.0f} TSS. {focus}"
