@@ -342,6 +342,7 @@ def _sample(rng: random.Random, scenario: Scenario, config: RuleConfig) -> _Samp
         days, sleep, soreness, hrv = _wellness(rng, a, sessions, today, scenario)
         baseline = sum(d.hrv_ms or 0.0 for d in days.values()) / len(days)
         hrv_drop = max(0.0, round((baseline - hrv) / baseline * 100, 1))
+        race_in: int | None
         if scenario == "taper":
             race_in = rng.randint(3, config.taper_days)
         else:
