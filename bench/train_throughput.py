@@ -66,7 +66,7 @@ def run_service(steps: int, micro: int, queue: mp.Queue) -> None:  # type: ignor
     marks: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory() as out:
         run_sft(model, examples, Path(out), TrainParams(batch_size=BATCH, micro_batch_size=micro, max_steps=steps,
-                                                          n_epochs=1, save_checkpoints=False),
+                                                          n_epochs=1, max_length=1024, save_checkpoints=False),
                 on_progress=lambda p: marks.append((time.perf_counter(), p.tokens_seen)))
     queue.put(_result(marks, steps, f"service (micro {micro})", _param_count(model)))
 

@@ -88,7 +88,7 @@ class TrainParams:
     lora_dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
     """Module names to adapt, or ``"all-linear"`` for every linear layer but the output head."""
-    max_length: int = 512
+    max_length: int = 1024
     """Conversations are truncated to this many tokens (the end is cut off)."""
     seed: int = 42
     logging_steps: int = 1
