@@ -49,7 +49,7 @@ from coachforge_trainer.metrics import (
     TOKENS_PER_SECOND,
 )
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
-from coachforge_trainer.service import TrainerDeps, add_event, method_settings
+from coachforge_trainer.service import TrainerDeps, add_event, method_settings, status_to_proto
 from coachforge_trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -145,10 +145,7 @@ class Worker:
                     message = (f"{lost}; the job was cancelled as requested." if cancel_requested else
                                f"{lost}; the job failed after {attempts} attempts.")
                     add_event(s, job_id, message, level="error" if status == "failed" else "info")
-                    self.deps.publisher.publish(f"job.{status}", trainer_pb2.JobFinished(
-                        job_id=job_id, status=trainer_pb2.JOB_STATUS_FAILED if status == "failed"
-                        else trainer_pb2.JOB_STATUS_CANCELLED, error_message=message), tenant_id, key=job_id)
-                    JOBS_FINISHED.labels(status).inc()
+                    self._publish_finished(job_id, tenant_id, status, message)
                 else:
                     done = s.execute(update(Job).where(*stale).values(
                         status="queued", worker_id=None, lease_expires_at=None, queued_at=now))
@@ -200,10 +197,12 @@ class Worker:
             job.error_code = error_code
             job.error_message = message if status == "failed" else None
             add_event(s, job_id, message, level=level)
-            event = "job.failed" if status == "failed" else "job.cancelled"
-            self.deps.publisher.publish(event, trainer_pb2.JobFinished(
-                job_id=job_id, status=trainer_pb2.JOB_STATUS_FAILED if status == "failed"
-                else trainer_pb2.JOB_STATUS_CANCELLED, error_message=message), tenant_id, key=job_id)
+            self._publish_finished(job_id, tenant_id, status, message)
+
+    def _publish_finished(self, job_id: str, tenant_id: str, status: str, message: str) -> None:
+        """``job.failed`` / ``job.cancelled`` (called inside the transaction that set the status)."""
+        self.deps.publisher.publish(f"job.{status}", trainer_pb2.JobFinished(
+            job_id=job_id, status=status_to_proto(status), error_message=message), tenant_id, key=job_id)
         JOBS_FINISHED.labels(status).inc()
 
     def _requeue(self, job_id: str, tenant_id: str, step: int) -> None:
