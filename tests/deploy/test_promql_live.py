@@ -2,8 +2,9 @@
 variables — evaluated by a real Prometheus that scrapes the running all-in-one stack, after real
 traffic: chat completions (plain and streamed), a request for a model that does not exist (error
 outcome), an avatar whose adapter cannot be loaded (fallback to the base model, failed adapter
-load) and a fine-tuning job cancelled right away. The expressions are read from the rendered chart
-(PrometheusRule and dashboard ConfigMaps), and the recording rules are loaded into that Prometheus."""
+load), a fine-tuning job cancelled while it runs and one that fails. The expressions are read from
+the rendered chart (PrometheusRule and dashboard ConfigMaps), and the recording rules are loaded
+into that Prometheus."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import openai
 import pytest
+import sqlalchemy
 import yaml
 from deploy_helpers import (
     dashboard_expressions,
@@ -35,14 +37,6 @@ from coachforge_launcher.models import BASE_MODEL_ID
 pytestmark = pytest.mark.stack
 
 SCRAPE_INTERVAL = "2s"
-
-#: Operands that have no series until something happens that this test cannot cheaply cause in a
-#: shared stack. Each is still sent to Prometheus (it must parse and evaluate); it may be empty.
-NO_DATA_WITHOUT = {
-    'status="failed"': "needs a failed fine-tuning job: training failures cannot be provoked without "
-                       "breaking a worker of the shared stack",
-}
-
 
 def _free_port() -> int:
     import socket
@@ -98,18 +92,41 @@ def _send_traffic(stack: Any) -> None:
     raw = client.chat.completions.with_raw_response.create(model=f"metrics-{tag}", messages=question, max_tokens=4)
     assert raw.headers["x-coachforge-fallback"].startswith("base")
 
-    # A fine-tuning job, cancelled at once (jobs created, train.requested, jobs finished, queue wait).
+    # Two fine-tuning jobs (jobs created, train.requested, jobs finished by status, queue wait):
+    # one cancelled while it runs, and one that fails because its training data vanished from
+    # storage while it waited in the queue behind the first (a real failure in the worker).
     from coachforge_shared.coach.synthetic import generate_examples, to_jsonl
 
-    uploaded = client.files.create(file=("metrics.jsonl", to_jsonl(generate_examples(12, seed=11)).encode()),
-                                   purpose="fine-tune")
-    job = client.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE_MODEL_ID,
-                                         hyperparameters={"n_epochs": 1}, suffix="metrics")
-    client.fine_tuning.jobs.cancel(job.id)
-    deadline = time.monotonic() + 600
-    while client.fine_tuning.jobs.retrieve(job.id).status not in ("cancelled", "failed", "succeeded"):
-        assert time.monotonic() < deadline, "the cancelled job never stopped"
-        time.sleep(1)
+    def upload(seed: int) -> str:
+        data = to_jsonl(generate_examples(12, seed=seed)).encode()
+        return client.files.create(file=(f"metrics-{seed}.jsonl", data), purpose="fine-tune").id
+
+    def wait_for(job_id: str, statuses: tuple[str, ...]) -> Any:
+        deadline = time.monotonic() + 600
+        while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in statuses:
+            assert time.monotonic() < deadline, f"{job_id} is still {job.status}"
+            time.sleep(0.5)
+        return job
+
+    running = client.fine_tuning.jobs.create(training_file=upload(11), model=BASE_MODEL_ID,
+                                             hyperparameters={"n_epochs": 1}, suffix="metrics")
+    wait_for(running.id, ("running", "cancelled", "failed", "succeeded"))
+    queued_file = upload(12)
+    queued = client.fine_tuning.jobs.create(training_file=queued_file, model=BASE_MODEL_ID,
+                                            hyperparameters={"n_epochs": 1}, suffix="metrics")
+    engine = sqlalchemy.create_engine(stack.database_url)
+    try:
+        with engine.connect() as conn:
+            stored = conn.execute(sqlalchemy.text("SELECT storage_path FROM files WHERE id = :id"),
+                                  {"id": queued_file}).scalar_one()
+    finally:
+        engine.dispose()
+    Path(stored).unlink()
+    client.fine_tuning.jobs.cancel(running.id)
+    assert wait_for(running.id, ("cancelled", "failed", "succeeded")).status == "cancelled"
+    failed = wait_for(queued.id, ("cancelled", "failed", "succeeded"))
+    assert failed.status == "failed" and failed.error.code == "invalid_training_file", failed.error
+    assert "missing from storage" in failed.error.message, failed.error
 
 
 def _start_prometheus(tmp_path: Path, targets: dict[str, str], rules: dict[str, Any],
@@ -168,11 +185,7 @@ def test_every_rule_and_dashboard_expression_returns_data_from_the_running_stack
     prometheus = _start_prometheus(tmp_path, targets, rules, processes)
     _send_traffic(stack)
 
-    checks: list[tuple[str, str, str | None]] = []  # where, operand, why it may be empty
-    for where, expr in expressions:
-        for operand in data_operands(expr):
-            reason = next((why for key, why in NO_DATA_WITHOUT.items() if key in operand), None)
-            checks.append((where, operand, reason))
+    checks = [(where, operand) for where, expr in expressions for operand in data_operands(expr)]
     assert len(checks) >= 60, f"only {len(checks)} operands found"
 
     # Poll until every operand has data (rates need two scrapes after the traffic, recorded series
@@ -180,16 +193,12 @@ def test_every_rule_and_dashboard_expression_returns_data_from_the_running_stack
     deadline = time.monotonic() + 120
     pending = list(checks)
     while True:
-        pending = [(where, operand, reason) for where, operand, reason in pending
-                   if not _query(prometheus, operand) and reason is None]
+        pending = [(where, operand) for where, operand in pending if not _query(prometheus, operand)]
         if not pending or time.monotonic() > deadline:
             break
         time.sleep(2)
-    for _where, operand, reason in checks:  # the excused ones still parse and evaluate
-        if reason is not None:
-            _query(prometheus, operand)
     assert not pending, "expressions without data after traffic:\n" + "\n".join(
-        f"  {where}: {operand}" for where, operand, _ in pending)
+        f"  {where}: {operand}" for where, operand in pending)
     # The targets were really scraped: every job is up.
     up = {s["metric"]["job"]: s["value"][1] for s in _query(prometheus, "up")}
     assert up == dict.fromkeys(targets, "1"), up

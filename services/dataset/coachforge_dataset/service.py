@@ -446,8 +446,12 @@ def read_as_openai_chat(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iter
 
 
 def content_chunks(deps: DatasetDeps, row: StoredFile) -> Iterator[bytes]:
-    """The content of a file already looked up, in chunks."""
+    """The content of a file already looked up, in chunks; a clear error when storage lost it."""
     path = Path(row.storage_path)
+    if not path.is_file():
+        log.error("file content missing from storage", file_id=row.id, path=str(path))
+        raise FailedPrecondition(f"The content of file {row.id} is missing from storage; upload the file again.",
+                                 param="file_id", code="file_content_missing")
 
     def chunks() -> Iterator[bytes]:
         with path.open("rb") as f:
