@@ -13,7 +13,7 @@ from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_shared.auth import create_tenant
 from coachforge_shared.db import Database
-from coachforge_shared.errors import InvalidArgument, NotFound, PayloadTooLarge
+from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound, PayloadTooLarge
 
 GOOD = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"},
                      {"role": "assistant", "content": "hello"}]}
@@ -111,3 +111,12 @@ def test_any_uploaded_format_reads_back_as_openai_chat_for_training(deps: Datase
     assert records[0]["messages"][1]["content"] == "5 km."
     assert records[1]["messages"][0]["content"].startswith("Name a recovery day.")
     assert records[2]["messages"] == GOOD["messages"]
+
+
+def test_content_lost_by_storage_is_a_clear_error_not_a_crash(deps: DatasetDeps) -> None:
+    row = service.store_upload(deps, "acme", "a.jsonl", "fine-tune", [line(GOOD) + b"\n"])
+    Path(row.storage_path).unlink()
+    for read in (service.read_content, service.read_as_openai_chat):
+        with pytest.raises(FailedPrecondition, match=f"content of file {row.id} is missing from storage") as err:
+            list(read(deps, "acme", row.id))
+        assert err.value.code == "file_content_missing" and err.value.param == "file_id"
