@@ -47,6 +47,9 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "model.registered": registry_pb2.ModelRegistered,
     "model.activated": registry_pb2.AvatarChanged,
     "model.rolled_back": registry_pb2.AvatarChanged,
+    "model.avatar_updated": registry_pb2.AvatarChanged,
+    "model.deleted": registry_pb2.ModelDeleted,
+    "model.rejected": registry_pb2.ModelRejected,
     "usage.recorded": inference_pb2.UsageRecorded,
 }
 
