@@ -111,7 +111,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
     engine = Engine(inference_settings.engine_url, inference_settings.request_timeout_s)
     inference = InferenceDeps(settings=inference_settings, engine=engine,
                               registry=channel(inference_settings.registry_grpc_target), publisher=publisher,
-                              db=db)
+                              db=db, kafka_bootstrap=platform.kafka_bootstrap)
     coach = coach_service.build_deps(db, platform, channel)
     authenticator = Authenticator(db, token)
     server, _ = build_server([
@@ -135,6 +135,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
         server.start()
         for consumer in runtime.consumers:
             consumer.start()
+        inference.start()
         log.info("services up", http=stack.http_port, grpc=stack.grpc_port)
         yield
         for consumer in runtime.consumers:
@@ -142,8 +143,8 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
         server.stop(grace=5).wait()
         for ch in runtime.channels:
             ch.close()
-        engine.close()
-        await engine.aclose()
+        inference.close()
+        await inference.aclose()
         publisher.close()
         db.dispose()
 

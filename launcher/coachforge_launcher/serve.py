@@ -10,7 +10,7 @@ makes sure the default tenant (and ``COACHFORGE_API_KEY``, when set) exist.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,8 @@ class Parts:
     consumers: list[EventConsumer] = field(default_factory=list)
     checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     close: list[Callable[[], None]] = field(default_factory=list)
+    aclose: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Closed from the server's event loop (async clients bound to it)."""
 
 
 @dataclass
@@ -113,12 +115,12 @@ def _inference(ctx: Context) -> Parts:
     settings = InferenceSettings()
     engine = Engine(settings.engine_url, settings.request_timeout_s)
     deps = InferenceDeps(settings=settings, engine=engine, registry=ctx.channel(settings.registry_grpc_target),
-                         publisher=ctx.publisher, db=ctx.db)
+                         publisher=ctx.publisher, db=ctx.db, kafka_bootstrap=ctx.platform.kafka_bootstrap)
     consumer = EventConsumer(ctx.platform.kafka_bootstrap, settings.usage_consumer_group, ["usage.recorded"],
                              usage.on_usage_recorded, ctx.db)
     return Parts([coachforge_inference.api.router], coachforge_inference.grpc.registration(deps),
-                 {"inference": deps}, checks={"engine": engine.healthy}, close=[engine.close],
-                 consumers=[consumer])
+                 {"inference": deps}, checks={"engine": deps.pool.healthy}, close=[deps.close],
+                 aclose=[deps.aclose], consumers=[consumer])
 
 
 def _coach(ctx: Context) -> Parts:
@@ -182,6 +184,8 @@ def build(service: str, platform: PlatformSettings, grpc_address: str) -> FastAP
             ch.close()
         for close in parts.close:
             close()
+        for aclose in parts.aclose:
+            await aclose()
         ctx.publisher.close()
         db.dispose()
 

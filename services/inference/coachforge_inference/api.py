@@ -23,11 +23,20 @@ def _deps(request: Request) -> InferenceDeps:
 
 
 FALLBACK_HEADER = "x-coachforge-fallback"
+MODEL_HEADER = "x-coachforge-model"
+VARIANT_HEADER = "x-coachforge-variant"
 
 
 def _headers(routed: service.Routed) -> dict[str, str]:
-    """A fallback answer says so: ``x-coachforge-fallback: base; from=<model that could not be served>``."""
-    return {FALLBACK_HEADER: f"base; from={routed.fallback_from}"} if routed.fallback_from else {}
+    """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which version
+    (``x-coachforge-variant: active|candidate``); a fallback answer says so:
+    ``x-coachforge-fallback: base; from=<model that could not be served>``."""
+    headers = {MODEL_HEADER: routed.model.id}
+    if routed.arm:
+        headers[VARIANT_HEADER] = routed.arm
+    if routed.fallback_from:
+        headers[FALLBACK_HEADER] = f"base; from={routed.fallback_from}"
+    return headers
 
 
 async def _body(request: Request) -> dict[str, Any]:

@@ -1,15 +1,20 @@
-"""Client of one vLLM OpenAI-compatible engine, with LoRA adapters loaded on demand."""
+"""Client of one vLLM OpenAI-compatible engine, with LoRA adapters loaded (and unloaded) at run time.
+
+The routing state (health, requests in flight, adapters in least-recently-used order) lives here
+too, guarded by the lock of the :class:`~coachforge_inference.pool.EnginePool` that owns the engine.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 
-from coachforge_inference.metrics import ADAPTER_LOADS, ENGINE_UP
+from coachforge_inference.metrics import ADAPTER_EVICTIONS, ADAPTER_LOADS, ENGINE_UP
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.logging import get_logger
 
@@ -24,8 +29,14 @@ class EngineError(CoachForgeError):
         self.http_status = status
 
 
+class EngineUnreachable(Unavailable):
+    """The engine could not be reached (connection refused or reset, timeout): it leaves the rotation,
+    and a request that has not streamed anything yet may be retried on another engine."""
+
+
 class Engine:
-    def __init__(self, base_url: str, timeout_s: float) -> None:
+    def __init__(self, base_url: str, timeout_s: float, max_loras: int = 4,
+                 guard: threading.RLock | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
@@ -35,7 +46,16 @@ class Engine:
         self._loaded: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
         self._alocks: dict[str, asyncio.Lock] = {}
-        self._guard = threading.Lock()
+        self.guard = guard or threading.RLock()
+        """Guards the routing state below (the pool's lock when a pool owns this engine)."""
+        self.max_loras = max_loras
+        self.up = True
+        self.inflight = 0
+        self.adapters: OrderedDict[str, int] = OrderedDict()
+        """Adapters routed here (loaded or loading), least recently used first -> requests using each now."""
+
+    def __repr__(self) -> str:
+        return f"Engine({self.base_url!r}, up={self.up}, inflight={self.inflight}, adapters={list(self.adapters)})"
 
     @property
     def ahttp(self) -> httpx.AsyncClient:
@@ -52,6 +72,16 @@ class Engine:
 
     def _mark(self, up: bool) -> None:
         ENGINE_UP.labels(self.base_url).set(1 if up else 0)
+        with self.guard:
+            if not up and self.up:
+                log.warning("engine out of rotation", engine=self.base_url)
+            if not up:
+                # Whatever it held is presumed lost (it may come back restarted): reload on demand.
+                self._loaded.clear()
+                self.adapters = OrderedDict((n, c) for n, c in self.adapters.items() if c > 0)
+            elif not self.up:
+                log.info("engine back in rotation", engine=self.base_url)
+            self.up = up
 
     def healthy(self) -> bool:
         try:
@@ -61,9 +91,24 @@ class Engine:
         self._mark(up)
         return up
 
+    def loaded(self, name: str) -> bool:
+        return name in self._loaded
+
     def _lock(self, name: str) -> threading.Lock:
-        with self._guard:
+        with self.guard:
             return self._locks.setdefault(name, threading.Lock())
+
+    def _loaded_ok(self, name: str, path: str, r: httpx.Response) -> None:
+        if r.status_code != 200 and "already been loaded" not in r.text:
+            ADAPTER_LOADS.labels(self.base_url, "error").inc()
+            raise Unavailable(f"Engine refused to load adapter {name}: {r.text[:300]}")
+        ADAPTER_LOADS.labels(self.base_url, "loaded").inc()
+        log.info("adapter loaded", adapter=name, path=path, engine=self.base_url)
+        self._loaded.add(name)
+
+    def _unreachable(self, what: str, err: Exception) -> EngineUnreachable:
+        self._mark(False)
+        return EngineUnreachable(f"Engine unreachable{what}: {type(err).__name__}: {err}")
 
     def ensure_adapter(self, name: str, path: str) -> None:
         """Load adapter ``name`` once, even under a burst of first requests (one lock per adapter)."""
@@ -75,15 +120,9 @@ class Engine:
             try:
                 r = self.http.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
             except httpx.HTTPError as err:
-                ADAPTER_LOADS.labels("error").inc()
-                self._mark(False)
-                raise Unavailable(f"Engine unreachable while loading adapter: {err}") from None
-            if r.status_code != 200 and "already been loaded" not in r.text:
-                ADAPTER_LOADS.labels("error").inc()
-                raise Unavailable(f"Engine refused to load adapter {name}: {r.text[:300]}")
-            ADAPTER_LOADS.labels("loaded").inc()
-            log.info("adapter loaded", adapter=name, path=path)
-            self._loaded.add(name)
+                ADAPTER_LOADS.labels(self.base_url, "error").inc()
+                raise self._unreachable(" while loading adapter", err) from None
+            self._loaded_ok(name, path, r)
 
     async def aensure_adapter(self, name: str, path: str) -> None:
         """:meth:`ensure_adapter` for the event loop: one asyncio lock per adapter name."""
@@ -97,15 +136,34 @@ class Engine:
             try:
                 r = await client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
             except httpx.HTTPError as err:
-                ADAPTER_LOADS.labels("error").inc()
-                self._mark(False)
-                raise Unavailable(f"Engine unreachable while loading adapter: {err}") from None
-            if r.status_code != 200 and "already been loaded" not in r.text:
-                ADAPTER_LOADS.labels("error").inc()
-                raise Unavailable(f"Engine refused to load adapter {name}: {r.text[:300]}")
-            ADAPTER_LOADS.labels("loaded").inc()
-            log.info("adapter loaded", adapter=name, path=path)
-            self._loaded.add(name)
+                ADAPTER_LOADS.labels(self.base_url, "error").inc()
+                raise self._unreachable(" while loading adapter", err) from None
+            self._loaded_ok(name, path, r)
+
+    def _unloaded(self, name: str, r: httpx.Response | None) -> None:
+        self._loaded.discard(name)
+        ok = r is not None and (r.status_code == 200 or r.status_code == 404)
+        ADAPTER_EVICTIONS.labels(self.base_url, "unloaded" if ok else "error").inc()
+        log.info("adapter unloaded (least recently used)", adapter=name, engine=self.base_url,
+                 status=None if r is None else r.status_code)
+
+    def unload_adapter(self, name: str) -> None:
+        """Unload ``name`` (to make room); an engine that no longer has it is fine."""
+        with self._lock(name):
+            try:
+                r: httpx.Response | None = self.http.post("/v1/unload_lora_adapter", json={"lora_name": name})
+            except httpx.HTTPError:
+                r = None
+            self._unloaded(name, r)
+
+    async def aunload_adapter(self, name: str) -> None:
+        client = self.ahttp
+        async with self._alocks.setdefault(name, asyncio.Lock()):
+            try:
+                r: httpx.Response | None = await client.post("/v1/unload_lora_adapter", json={"lora_name": name})
+            except httpx.HTTPError:
+                r = None
+            self._unloaded(name, r)
 
     def forget(self, name: str) -> None:
         self._loaded.discard(name)
@@ -128,8 +186,9 @@ class Engine:
         try:
             r = self.http.post(path, json=body)
         except httpx.HTTPError as err:
-            self._mark(False)
-            raise Unavailable(f"Engine unreachable: {err}") from None
+            raise self._unreachable("", err) from None
+        if not self.up:
+            self._mark(True)
         self._raise_for(r)
         result: dict[str, Any] = r.json()
         return result
@@ -144,17 +203,16 @@ class Engine:
                 for line in r.iter_lines():
                     yield (line + "\n").encode()
         except httpx.HTTPError as err:
-            self._mark(False)
-            raise Unavailable(f"Engine unreachable: {err}") from None
+            raise self._unreachable("", err) from None
 
     async def apost(self, path: str, content: bytes) -> httpx.Response:
         """POST an already encoded JSON body; the engine's answer (errors raised as typed errors)."""
         try:
             r = await self.ahttp.post(path, content=content, headers={"content-type": "application/json"})
         except httpx.HTTPError as err:
-            self._mark(False)
-            raise Unavailable(f"Engine unreachable: {err}") from None
-        self._mark(True)
+            raise self._unreachable("", err) from None
+        if not self.up:
+            self._mark(True)
         self._raise_for(r)
         return r
 
@@ -170,8 +228,7 @@ class Engine:
                 async for line in r.aiter_lines():
                     yield (line + "\n").encode()
         except httpx.HTTPError as err:
-            self._mark(False)
-            raise Unavailable(f"Engine unreachable: {err}") from None
+            raise self._unreachable("", err) from None
 
     async def aclose(self) -> None:
         if self._ahttp is not None:

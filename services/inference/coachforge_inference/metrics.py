@@ -14,8 +14,21 @@ LATENCY = Histogram("coachforge_inference_request_seconds", "Total request laten
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
 TTFT = Histogram("coachforge_inference_ttft_seconds", "Time to first token (streaming requests).", ["model"],
                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
-ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total", "LoRA adapters loaded into an engine.",
-                        ["outcome"])
+ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total",
+                        "LoRA adapter loads into an engine, by outcome (loaded, error); engine = a configured or "
+                        "discovered engine URL.", ["engine", "outcome"])
+ADAPTER_EVICTIONS = Counter("coachforge_inference_adapter_evictions_total",
+                            "Least recently used adapters unloaded from an engine to make room, by outcome "
+                            "(unloaded, error).", ["engine", "outcome"])
+RETRIES = Counter("coachforge_inference_retries_total",
+                  "Requests retried on another engine after a connection failure before anything was streamed "
+                  "(engine = the engine that failed).", ["engine"])
+ENGINES = Gauge("coachforge_inference_engines", "Engines in the pool, by state (up, down).", ["state"])
+CACHE_INVALIDATIONS = Counter("coachforge_inference_resolve_invalidations_total",
+                              "Resolution cache entries dropped by model.* events, by event type.", ["event"])
+CANDIDATE_ROUTED = Counter("coachforge_inference_candidate_requests_total",
+                           "Requests to an avatar with a candidate, by which version answered (active, candidate).",
+                           ["tenant", "avatar", "arm"])
 FALLBACKS = Counter("coachforge_inference_fallbacks_total",
                     "Requests answered by the base model because the adapter could not be served.",
                     ["tenant", "model"])

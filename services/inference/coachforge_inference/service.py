@@ -1,22 +1,27 @@
-"""Inference logic: resolve the requested model through the registry, make sure its adapter is
-loaded, call the engine, and record tokens, latency and cost."""
+"""Inference logic: resolve the requested model through the registry (cached; model.* events drop a
+tenant's entries), pick an engine, make sure the adapter is loaded there, call the engine (once
+more on another engine when the first could not be reached before anything was streamed), and
+record tokens, latency and cost."""
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
+import random
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
+import httpx
 
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
-from coachforge_inference.engine import Engine
-from coachforge_inference.metrics import COST, FALLBACKS, LATENCY, REQUESTS, TOKENS, TTFT
+from coachforge_inference.engine import Engine, EngineUnreachable
+from coachforge_inference.metrics import CANDIDATE_ROUTED, COST, FALLBACKS, LATENCY, REQUESTS, RETRIES, TOKENS, TTFT
+from coachforge_inference.pool import EnginePool
 from coachforge_inference.settings import InferenceSettings, Price
 from coachforge_shared.db import Database
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
@@ -26,19 +31,84 @@ from coachforge_shared.logging import get_logger
 
 log = get_logger("coachforge.inference")
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a requested model id resolves to: the model, and for an avatar with a candidate, the
+    candidate and its share of the traffic (0-100)."""
+
+    model: registry_pb2.Model
+    candidate: registry_pb2.Model | None = None
+    share: int = 0
+
 
 @dataclass
 class InferenceDeps:
     settings: InferenceSettings
-    engine: Engine
+    engine: Engine | None
+    """The engine built for ``engine_url`` (reused by the pool when it is one of its engines)."""
     registry: InternalChannel
     publisher: EventPublisher | None = None
     db: Database | None = None
     """Where daily usage rows live (``GET /v1/usage``)."""
-    _cache: dict[tuple[str, str], tuple[float, registry_pb2.Model]] = field(default_factory=dict)
+    engines: EnginePool | None = None
+    """The engines requests are routed to (default: the ones ``settings`` name)."""
+    kafka_bootstrap: str | None = None
+    """Where model.* events are read from to drop stale resolutions (none: only the TTL)."""
+    _cache: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict)
+    _generation: dict[str, int] = field(default_factory=dict)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    _listener: Any = None
 
-    def cached(self, tenant_id: str, model_id: str) -> registry_pb2.Model | None:
+    def __post_init__(self) -> None:
+        if self.engines is None:
+            self.engines = EnginePool.from_settings(self.settings, self.engine)
+
+    @property
+    def pool(self) -> EnginePool:
+        assert self.engines is not None
+        return self.engines
+
+    def start(self) -> None:
+        """Start the engines' health checks and the model.* event listener (idempotent; the first
+        resolution starts them too)."""
+        self.pool.start()
+        with self._cache_lock:
+            if not self.kafka_bootstrap or self._listener is not None:
+                return
+            from coachforge_inference.invalidation import ModelEventListener
+
+            self._listener = ModelEventListener(self.kafka_bootstrap, self.invalidate)
+        self._listener.start()
+
+    def close(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
+        self.pool.close()
+        if self.engine is not None:
+            self.engine.close()
+
+    async def aclose(self) -> None:
+        """Close the async engine clients (call from the event loop that used them)."""
+        await self.pool.aclose()
+        if self.engine is not None:
+            await self.engine.aclose()
+
+    # --- resolution cache ---
+
+    def invalidate(self, tenant_id: str) -> int:
+        """Drop every cached resolution of ``tenant_id`` (a model.* event arrived); how many were dropped."""
+        with self._cache_lock:
+            self._generation[tenant_id] = self._generation.get(tenant_id, 0) + 1
+            keys = [k for k in self._cache if k[0] == tenant_id]
+            for key in keys:
+                del self._cache[key]
+        return len(keys)
+
+    def cached(self, tenant_id: str, model_id: str) -> Resolution | None:
         """The cached resolution of ``model_id``, if still fresh (no registry call)."""
         with self._cache_lock:
             hit = self._cache.get((tenant_id, model_id))
@@ -46,29 +116,41 @@ class InferenceDeps:
             return hit[1]
         return None
 
-    async def aresolve(self, tenant_id: str, model_id: str) -> registry_pb2.Model:
+    async def aresolve(self, tenant_id: str, model_id: str) -> Resolution:
         """:meth:`resolve` for the event loop: a cache hit costs no thread hop, a miss asks the
         registry from a worker thread."""
-        model = self.cached(tenant_id, model_id)
-        if model is not None:
-            return model
+        hit = self.cached(tenant_id, model_id)
+        if hit is not None:
+            return hit
         return await anyio.to_thread.run_sync(self.resolve, tenant_id, model_id)
 
-    def resolve(self, tenant_id: str, model_id: str) -> registry_pb2.Model:
-        """The registry's answer for ``model_id``, cached for a few seconds."""
-        key = (tenant_id, model_id)
+    def resolve(self, tenant_id: str, model_id: str) -> Resolution:
+        """The registry's answer for ``model_id`` (and an avatar's candidate), cached."""
+        hit = self.cached(tenant_id, model_id)
+        if hit is not None:
+            return hit
+        if self._listener is None and self.kafka_bootstrap:
+            self.start()
         now = time.monotonic()
         with self._cache_lock:
-            hit = self._cache.get(key)
-        if hit is not None and now - hit[0] < self.settings.resolve_cache_s:
-            return hit[1]
+            generation = self._generation.get(tenant_id, 0)
         stub = registry_pb2_grpc.RegistryServiceStub(self.registry.channel)
+        metadata = self.registry.metadata(tenant_id)
         with typed_rpc_errors():
             model: registry_pb2.Model = stub.GetModel(registry_pb2.GetModelRequest(model_id=model_id),
-                                                      metadata=self.registry.metadata(tenant_id), timeout=10)
+                                                      metadata=metadata, timeout=10)
+            resolution = Resolution(model)
+            if model.fallback:  # the registry sets a fallback policy only for avatars
+                avatar = stub.GetAvatar(registry_pb2.GetAvatarRequest(name=model_id), metadata=metadata, timeout=10)
+                if avatar.candidate_model and avatar.candidate_share > 0:
+                    candidate: registry_pb2.Model = stub.GetModel(
+                        registry_pb2.GetModelRequest(model_id=avatar.candidate_model), metadata=metadata, timeout=10)
+                    candidate.fallback = model.fallback
+                    resolution = Resolution(model, candidate, min(100, int(avatar.candidate_share)))
         with self._cache_lock:
-            self._cache[key] = (now, model)
-        return model
+            if self._generation.get(tenant_id, 0) == generation:  # no model.* event meanwhile
+                self._cache[(tenant_id, model_id)] = (now, resolution)
+        return resolution
 
 
 def price_of(settings: InferenceSettings, model: registry_pb2.Model) -> Price:
@@ -87,6 +169,10 @@ class Routed:
     """The model that could not be served when the base model answers instead (avatar policy "base")."""
     avatar: str = ""
     """The avatar alias the caller used ("" when the model was named directly)."""
+    arm: str = ""
+    """For an avatar with a candidate: which version answers ("active" or "candidate"); "" otherwise."""
+    engine: str = ""
+    """The engine that answered (its URL)."""
 
 
 def _model_id(body: dict[str, Any]) -> str:
@@ -96,49 +182,123 @@ def _model_id(body: dict[str, Any]) -> str:
     return model_id
 
 
-def _fallback(tenant_id: str, model: registry_pb2.Model, engine_body: dict[str, Any], avatar: str) -> Routed:
-    """The adapter cannot be served: the base model answers where the avatar allows it, else the error stands."""
+def candidate_bucket(tenant_id: str, avatar: str, user: str) -> int:
+    """A stable bucket 0-99 for one user of one avatar: the same user always gets the same version."""
+    digest = hashlib.sha256(f"{tenant_id}\0{avatar}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 100
+
+
+def _route(tenant_id: str, model_id: str, body: dict[str, Any], res: Resolution) -> Routed:
+    avatar = model_id if res.model.fallback else ""  # the registry sets a fallback policy only for avatars
+    model, arm = res.model, ""
+    if res.candidate is not None and res.share > 0:
+        user = body.get("user")
+        bucket = (candidate_bucket(tenant_id, model_id, user) if isinstance(user, str) and user
+                  else random.randrange(100))
+        arm = "candidate" if bucket < res.share else "active"
+        if arm == "candidate":
+            model = res.candidate
+        CANDIDATE_ROUTED.labels(tenant_id, model_id, arm).inc()
+    engine_body = dict(body)
+    engine_body["model"] = model.adapter_name or model.id
+    return Routed(model, engine_body, avatar=avatar, arm=arm)
+
+
+def _fallback(tenant_id: str, routed: Routed) -> Routed:
+    """The adapter cannot be served: the base model answers (the avatar allows it), and says so."""
+    model = routed.model
     FALLBACKS.labels(tenant_id, model.id).inc()
     log.warning("adapter unavailable; answering from the base model", model=model.id, base=model.base_model)
     base = registry_pb2.Model(id=model.base_model, owned_by=model.owned_by, base_model=model.base_model)
+    engine_body = dict(routed.engine_body)
     engine_body["model"] = model.base_model
-    return Routed(base, engine_body, fallback_from=model.id, avatar=avatar)
+    return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm)
 
 
-async def _aprepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Routed:
-    model_id = _model_id(body)
-    model = await deps.aresolve(tenant_id, model_id)
-    avatar = model_id if model.fallback else ""
-    engine_body = dict(body)
-    if not model.adapter_name:
-        engine_body["model"] = model.id
-        return Routed(model, engine_body, avatar=avatar)
-    try:
-        await deps.engine.aensure_adapter(model.adapter_name, model.adapter_uri)
-    except Unavailable:
-        if model.fallback != "base":
+def _retry_or_raise(deps: InferenceDeps, tried: list[Engine], err: EngineUnreachable) -> None:
+    """After a connection failure before anything was streamed: retry once on another engine, if any."""
+    others = [e for e in deps.pool.engines if all(e is not t for t in tried)]
+    if len(tried) > 1 or not others:
+        raise Unavailable(f"No inference engine could serve the request: {err}") from None
+    RETRIES.labels(tried[-1].base_url).inc()
+    log.warning("engine unreachable; retrying on another engine", engine=tried[-1].base_url, error=str(err))
+
+
+async def _aengage(deps: InferenceDeps, tenant_id: str, routed: Routed,
+                   call: Callable[[Engine, bytes], Awaitable[T]]) -> tuple[T, Any, Routed]:
+    """Pick an engine, load the adapter there, and ``call`` it; returns the result, the engine lease
+    (the caller releases it when the answer is done) and the routing actually used."""
+    tried: list[Engine] = []
+    while True:
+        model = routed.model
+        adapter = model.adapter_name or None
+        lease = deps.pool.lease(adapter, tried)
+        try:
+            if adapter:
+                try:
+                    await deps.pool.aensure(lease.engine, adapter, model.adapter_uri)
+                except EngineUnreachable:
+                    raise
+                except Unavailable:
+                    if model.fallback != "base":
+                        raise
+                    lease.release()
+                    routed = _fallback(tenant_id, routed)
+                    continue
+            content = _dumps(routed.engine_body)
+            try:
+                result = await call(lease.engine, content)
+            except NotFound:
+                if not adapter:
+                    raise
+                lease.engine.forget(adapter)  # the engine lost the adapter (restart): load it again once
+                await deps.pool.aensure(lease.engine, adapter, model.adapter_uri)
+                result = await call(lease.engine, content)
+            routed.engine = lease.engine.base_url
+            return result, lease, routed
+        except EngineUnreachable as err:
+            lease.release()
+            tried.append(lease.engine)
+            _retry_or_raise(deps, tried, err)
+        except BaseException:
+            lease.release()
             raise
-        return _fallback(tenant_id, model, engine_body, avatar)
-    engine_body["model"] = model.adapter_name
-    return Routed(model, engine_body, avatar=avatar)
 
 
-def _prepare(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Routed:
-    model_id = _model_id(body)
-    model = deps.resolve(tenant_id, model_id)
-    avatar = model_id if model.fallback else ""  # the registry sets a fallback policy only for avatars
-    engine_body = dict(body)
-    if not model.adapter_name:
-        engine_body["model"] = model.id
-        return Routed(model, engine_body, avatar=avatar)
-    try:
-        deps.engine.ensure_adapter(model.adapter_name, model.adapter_uri)
-    except Unavailable:
-        if model.fallback != "base":
-            raise
-        return _fallback(tenant_id, model, engine_body, avatar)
-    engine_body["model"] = model.adapter_name
-    return Routed(model, engine_body, avatar=avatar)
+def _engage(deps: InferenceDeps, tenant_id: str, routed: Routed,
+            call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Routed]:
+    """:func:`_aengage` for threads (gRPC); the lease is released before returning."""
+    tried: list[Engine] = []
+    while True:
+        model = routed.model
+        adapter = model.adapter_name or None
+        lease = deps.pool.lease(adapter, tried)
+        try:
+            if adapter:
+                try:
+                    deps.pool.ensure(lease.engine, adapter, model.adapter_uri)
+                except EngineUnreachable:
+                    raise
+                except Unavailable:
+                    if model.fallback != "base":
+                        raise
+                    routed = _fallback(tenant_id, routed)
+                    continue
+            try:
+                result = call(lease.engine, routed.engine_body)
+            except NotFound:
+                if not adapter:
+                    raise
+                lease.engine.forget(adapter)
+                deps.pool.ensure(lease.engine, adapter, model.adapter_uri)
+                result = call(lease.engine, routed.engine_body)
+            routed.engine = lease.engine.base_url
+            return result, routed
+        except EngineUnreachable as err:
+            tried.append(lease.engine)
+            _retry_or_raise(deps, tried, err)
+        finally:
+            lease.release()
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
@@ -163,57 +323,19 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
             log.exception("usage event not published", model=model.id)
 
 
-def _call(deps: InferenceDeps, path: str, model: registry_pb2.Model, body: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return deps.engine.post(path, body)
-    except NotFound:
-        if not model.adapter_name:
-            raise
-        # The engine lost the adapter (restart): load it again once and retry.
-        deps.engine.forget(model.adapter_name)
-        deps.engine.ensure_adapter(model.adapter_name, model.adapter_uri)
-        return deps.engine.post(path, body)
-
-
 def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Routed]:
     """A non-streaming chat or text completion; ``model`` in the answer is the model that answered."""
     started = time.perf_counter()
     try:
-        routed = _prepare(deps, tenant_id, body)
-        result = _call(deps, path, routed.model, routed.engine_body)
+        model_id = _model_id(body)
+        routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
+        result, routed = _engage(deps, tenant_id, routed, lambda engine, b: engine.post(path, b))
     except CoachForgeError:
         REQUESTS.labels(tenant_id, str(body.get("model"))[:100], "error").inc()
         raise
     result["model"] = routed.model.id
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
     return result, routed
-
-
-def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[Iterator[bytes], Routed]:
-    """A streaming completion as server-sent events; errors before the first byte are raised."""
-    started = time.perf_counter()
-    routed = _prepare(deps, tenant_id, body)
-    model = routed.model
-    upstream = deps.engine.stream(path, routed.engine_body)
-    first = next(upstream)  # raises before anything was sent to the client
-
-    def events() -> Iterator[bytes]:
-        usage = None
-        ttft_recorded = False
-        for line in itertools.chain([first], upstream):
-            if line.startswith(b"data: {"):
-                chunk = json.loads(line[6:])
-                chunk["model"] = model.id
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                if not ttft_recorded and chunk.get("choices"):
-                    TTFT.labels(model.id).observe(time.perf_counter() - started)
-                    ttft_recorded = True
-                line = b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n"
-            yield line
-        record_usage(deps, tenant_id, model, usage, started, routed.avatar)
-
-    return events(), routed
 
 
 # --- The REST path: async end to end (no thread hop per request), each body encoded once. ---
@@ -231,25 +353,22 @@ def _rename_model(raw: bytes, engine_model: str, model_id: str) -> bytes | None:
     return raw.replace(needle, b'"model":' + _dumps(model_id), 1)
 
 
-async def _acall(deps: InferenceDeps, path: str, routed: Routed) -> Any:
-    content = _dumps(routed.engine_body)
-    model = routed.model
-    try:
-        return await deps.engine.apost(path, content)
-    except NotFound:
-        if not model.adapter_name:
-            raise
-        deps.engine.forget(model.adapter_name)  # the engine lost the adapter (restart): load it again once
-        await deps.engine.aensure_adapter(model.adapter_name, model.adapter_uri)
-        return await deps.engine.apost(path, content)
+async def _aroute(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Routed:
+    model_id = _model_id(body)
+    return _route(tenant_id, model_id, body, await deps.aresolve(tenant_id, model_id))
 
 
 async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[bytes, Routed]:
     """A non-streaming completion: the engine's JSON with ``model`` set to the model that answered."""
     started = time.perf_counter()
+
+    async def call(engine: Engine, content: bytes) -> httpx.Response:
+        return await engine.apost(path, content)
+
     try:
-        routed = await _aprepare(deps, tenant_id, body)
-        r = await _acall(deps, path, routed)
+        routed = await _aroute(deps, tenant_id, body)
+        r, lease, routed = await _aengage(deps, tenant_id, routed, call)
+        lease.release()
     except CoachForgeError:
         REQUESTS.labels(tenant_id, str(body.get("model"))[:100], "error").inc()
         raise
@@ -263,14 +382,33 @@ async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[s
     return renamed, routed
 
 
+def _error_event(err: CoachForgeError) -> bytes:
+    """An OpenAI-style error as the last server-sent event of a stream that broke after it began."""
+    status = int(getattr(err, "http_status", 503))
+    return b"data: " + _dumps({"error": {"message": str(err), "type": "service_unavailable", "param": None,
+                                         "code": status}}) + b"\n\n"
+
+
 async def astream(deps: InferenceDeps, tenant_id: str, path: str,
                   body: dict[str, Any]) -> tuple[AsyncIterator[bytes], Routed]:
-    """A streaming completion as server-sent events; errors before the first byte are raised."""
+    """A streaming completion as server-sent events; errors before the first byte are raised (after
+    one retry on another engine when the first could not be reached), errors after it end the
+    stream with an error event."""
     started = time.perf_counter()
-    routed = await _aprepare(deps, tenant_id, body)
+
+    async def call(engine: Engine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
+        upstream = engine.astream(path, content)
+        try:
+            return upstream, await upstream.__anext__()  # raises before anything was sent to the client
+        except StopAsyncIteration:
+            return upstream, b""
+        except BaseException:
+            await upstream.aclose()  # type: ignore[attr-defined]
+            raise
+
+    routed = await _aroute(deps, tenant_id, body)
+    (upstream, first), lease, routed = await _aengage(deps, tenant_id, routed, call)
     model = routed.model
-    upstream = deps.engine.astream(path, _dumps(routed.engine_body))
-    first = await upstream.__anext__()  # raises before anything was sent to the client
     engine_model = routed.engine_body["model"]
 
     async def events() -> AsyncIterator[bytes]:
@@ -278,7 +416,7 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str,
         ttft_recorded = False
         line = first
         try:
-            while True:
+            while line:
                 if line.startswith(b"data: {"):
                     renamed = _rename_model(line, engine_model, model.id)
                     if renamed is None or b'"usage":{' in line:
@@ -296,8 +434,14 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str,
                     line = await upstream.__anext__()
                 except StopAsyncIteration:
                     break
+        except CoachForgeError as err:
+            REQUESTS.labels(tenant_id, model.id, "error").inc()
+            log.warning("stream broken after it began", model=model.id, engine=routed.engine, error=str(err))
+            yield _error_event(err)
+            return
         finally:
-            await upstream.aclose()
+            lease.release()
+            await upstream.aclose()  # type: ignore[attr-defined]
         record_usage(deps, tenant_id, model, usage, started, routed.avatar)
 
     return events(), routed

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Price(BaseModel):
@@ -17,17 +20,47 @@ class InferenceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COACHFORGE_INFERENCE_", extra="ignore")
 
     engine_url: str = Field(default="http://127.0.0.1:8100",
-                            description="Base URL of the vLLM OpenAI-compatible server (without /v1).")
+                            description="Base URL of the vLLM OpenAI-compatible server (without /v1); the one "
+                                        "engine used when neither engine_urls nor engine_service is set.")
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Base URLs of several vLLM engines (comma-separated or a JSON list); replaces engine_url.")
+    engine_service: str | None = Field(
+        default=None,
+        description='Headless service "host:port" whose addresses are the engines (e.g. '
+                    '"coachforge-engine.ns.svc:8000"); re-resolved every engine_discovery_interval_s and '
+                    "added to engine_urls.")
+    engine_discovery_interval_s: float = Field(
+        default=15.0, description="How often engine_service is resolved again, seconds.")
+    engine_health_interval_s: float = Field(
+        default=5.0, description="How often each engine's GET /health is checked, seconds; an engine that fails "
+                                 "it (or a call) leaves the rotation until it passes again.")
+    engine_max_loras: int = Field(
+        default=4, ge=1,
+        description="Adapters kept loaded per engine (its --max-loras / --max-cpu-loras); beyond it the least "
+                    "recently used idle adapter is unloaded first.")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
     usage_consumer_group: str = Field(
         default="coachforge-inference-usage",
         description="Consumer group that sums usage.recorded events into daily usage rows.")
     request_timeout_s: float = Field(default=300.0, description="Timeout of one engine call, seconds.")
-    resolve_cache_s: float = Field(default=5.0, description="How long a model resolution is cached, seconds.")
+    resolve_cache_s: float = Field(
+        default=5.0, description="How long a model resolution is cached, seconds (a safety net: model.* events "
+                                 "drop a tenant's entries as soon as they arrive).")
     prices: dict[str, Price] = Field(
         default_factory=dict, description='Per-model prices, JSON: {"<model id>": {"input": 0.3, "output": 1.2}}.')
     base_price: Price = Field(default=Price(input=0.10, output=0.40),
                               description="Price of base models without an entry in prices.")
     fine_tuned_price: Price = Field(default=Price(input=0.30, output=1.20),
                                     description="Price of fine-tuned models without an entry in prices.")
+
+    @field_validator("engine_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [u.strip() for u in text.split(",") if u.strip()]
+        return value

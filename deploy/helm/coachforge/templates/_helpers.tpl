@@ -185,6 +185,14 @@ app.kubernetes.io/part-of: coachforge
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_INFERENCE_ENGINE_URL
   value: {{ include "coachforge.engineUrl" $root | quote }}
+{{- if $root.Values.engine.enabled }}
+# Every engine pod, from the headless Service's addresses (re-resolved periodically).
+- name: COACHFORGE_INFERENCE_ENGINE_SERVICE
+  value: {{ printf "%s:%v" (include "coachforge.componentName" (dict "root" $root "component" "engine")) $root.Values.engine.port | quote }}
+{{- end }}
+# Adapters kept loaded per engine before the least recently used is unloaded (its --max-cpu-loras, else --max-loras).
+- name: COACHFORGE_INFERENCE_ENGINE_MAX_LORAS
+  value: {{ $root.Values.engine.maxCpuLoras | default $root.Values.engine.maxLoras | quote }}
 - name: COACHFORGE_COACH_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_COACH_INFERENCE_GRPC_TARGET

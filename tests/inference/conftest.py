@@ -1,0 +1,111 @@
+"""Fixtures of the inference tests: real PEFT LoRA adapters for the small base model, and a second
+real vLLM CPU engine (same model folder and flags as the all-in-one engine, --max-loras 2)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coachforge_launcher.models import BASE_MODEL_ID
+
+SECOND_ENGINE_MAX_LORAS = 2
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def stack_engine_url(stack) -> str:  # type: ignore[no-untyped-def]
+    """The all-in-one engine's base URL, read from the stack's supervisord configuration."""
+    conf = (stack.data_dir / "supervisord.conf").read_text()
+    for section in conf.split("[program:"):
+        if section.startswith("engine]"):
+            command = next(line for line in section.splitlines() if line.startswith("command="))
+            args = shlex.split(command.removeprefix("command="))
+            return f"http://{args[args.index('--host') + 1]}:{args[args.index('--port') + 1]}"
+    raise AssertionError("no engine program in the stack's supervisord.conf")
+
+
+_MAKE_ADAPTERS = """
+import sys
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import AutoModelForCausalLM
+
+base_dir, root, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                        init_lora_weights=False, task_type="CAUSAL_LM"))
+for i in range(count):
+    torch.manual_seed(i)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.01)
+    model.save_pretrained(f"{root}/adapter-{i}")
+"""
+
+
+@pytest.fixture(scope="session")
+def lora_adapters(tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path) -> list[Path]:
+    """Five real PEFT LoRA adapters (rank 8 on q_proj/v_proj, randomly initialised, each its own
+    weights) for the base model, saved with peft (in a child process, so the model's memory is
+    given back at once)."""
+    root = tmp_path_factory.mktemp("adapters")
+    subprocess.run([sys.executable, "-c", _MAKE_ADAPTERS, str(base_model_dir), str(root), "5"], check=True,
+                   timeout=600)
+    paths = [root / f"adapter-{i}" for i in range(5)]
+    assert all((p / "adapter_model.safetensors").is_file() for p in paths)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def second_engine(stack, base_model_dir: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A second real vLLM engine on CPU, started after the stack (so never two extra engines)."""
+    port = _free_port()
+    log = open(stack.data_dir / "second-engine.log", "wb")  # noqa: SIM115
+    env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true", "VLLM_CPU_KVCACHE_SPACE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model_dir),
+        "--served-model-name", BASE_MODEL_ID, "--host", "127.0.0.1", "--port", str(port),
+        "--enable-lora", "--max-lora-rank", "16", "--max-loras", str(SECOND_ENGINE_MAX_LORAS),
+        "--max-model-len", "512", "--dtype", "float32", "--gpu-memory-utilization", "0.05",
+        "--disable-uvicorn-access-log"], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                output = (stack.data_dir / "second-engine.log").read_text()[-3000:]
+                raise RuntimeError(f"second engine exited: {output}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise TimeoutError("second engine did not start")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        log.close()

@@ -1,0 +1,234 @@
+"""The engine pool against real vLLM CPU engines (the stack's and a second one with --max-loras 2)
+and a dead URL: routing to the engine that holds an adapter, least-recently-used unloading, one
+load for a burst of first requests, a dead engine taken out of rotation with the request retried,
+an engine that lost its adapters (restart) reloading on demand."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client import REGISTRY
+
+from coachforge.registry.v1 import registry_pb2
+from coachforge_inference import service
+from coachforge_inference.pool import EnginePool
+from coachforge_inference.service import InferenceDeps, Resolution
+from coachforge_inference.settings import InferenceSettings
+from coachforge_launcher.models import BASE_MODEL_ID
+from coachforge_shared.errors import Unavailable
+from coachforge_shared.grpc_server import InternalChannel
+
+pytestmark = pytest.mark.stack
+
+TENANT = "pool-test"
+
+
+def _dead_url() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _deps(stack, urls: list[str], max_loras: int = 2, health_interval_s: float = 0) -> InferenceDeps:  # type: ignore[no-untyped-def]
+    pool = EnginePool(urls, timeout_s=120, max_loras=max_loras, health_interval_s=health_interval_s)
+    return InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600), engine=None,
+                         registry=InternalChannel(stack.grpc_target, stack.internal_token), engines=pool)
+
+
+def _seed(deps: InferenceDeps, name: str, adapter: Path | None) -> str:
+    """A resolution in the cache (the registry is not what these tests are about)."""
+    if adapter is None:
+        model = registry_pb2.Model(id=BASE_MODEL_ID, base_model=BASE_MODEL_ID)
+    else:
+        model = registry_pb2.Model(id=f"ft:{name}", base_model=BASE_MODEL_ID, adapter_name=name,
+                                   adapter_uri=str(adapter), lora_rank=8)
+    deps._cache[(TENANT, name)] = (time.monotonic(), Resolution(model))
+    return name
+
+
+def _body(model: str, **extra: object) -> dict[str, object]:
+    return {"model": model, "prompt": "Rest day:", "max_tokens": 2, "temperature": 0, **extra}
+
+
+async def _ask(deps: InferenceDeps, model: str) -> service.Routed:
+    raw, routed = await service.acomplete(deps, TENANT, "/v1/completions", _body(model))
+    assert json.loads(raw)["choices"][0]["text"] is not None
+    return routed
+
+
+def _on_engine(url: str) -> set[str]:
+    return {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]} - {BASE_MODEL_ID}
+
+
+def _metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture(scope="module")
+def engines(stack_engine_url: str, second_engine: str) -> Iterator[tuple[str, str]]:
+    yield stack_engine_url, second_engine
+
+
+def test_routing_prefers_the_holder_then_the_least_loaded(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
+                                                          lora_adapters: list[Path]) -> None:
+    first, second = engines
+    deps = _deps(stack, [first, second])
+    tag = secrets.token_hex(3)
+    a, b = _seed(deps, f"route-{tag}-a", lora_adapters[0]), _seed(deps, f"route-{tag}-b", lora_adapters[1])
+
+    async def run() -> list[str]:
+        try:
+            return [(await _ask(deps, m)).engine for m in (a, b, a, b, a)]
+        finally:
+            await deps.aclose()
+
+    try:
+        used = asyncio.run(run())
+        # a lands on the first engine; b on the other (no request in flight, fewer adapters); then each
+        # stays where it is loaded.
+        assert used == [first, second, first, second, first]
+        assert a in _on_engine(first) and a not in _on_engine(second)
+        assert b in _on_engine(second) and b not in _on_engine(first)
+        assert [e.inflight for e in deps.pool.engines] == [0, 0]
+    finally:
+        deps.close()
+
+
+def test_least_recently_used_adapter_is_unloaded_beyond_max_loras(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
+                                                                   lora_adapters: list[Path]) -> None:
+    _, second = engines
+    deps = _deps(stack, [second], max_loras=2)
+    tag = secrets.token_hex(3)
+    names = [_seed(deps, f"lru-{tag}-{i}", lora_adapters[i]) for i in range(3)]
+    evicted = _metric("coachforge_inference_adapter_evictions_total", engine=second, outcome="unloaded")
+
+    async def run() -> None:
+        try:
+            for m in (names[0], names[1], names[0]):  # names[1] is now the least recently used
+                await _ask(deps, m)
+            assert _on_engine(second) >= {names[0], names[1]}
+            await _ask(deps, names[2])
+            assert names[1] not in _on_engine(second) and {names[0], names[2]} <= _on_engine(second)
+            await _ask(deps, names[1])  # loaded again; names[0] is the oldest now
+            assert {names[1], names[2]} <= _on_engine(second) and names[0] not in _on_engine(second)
+        finally:
+            await deps.aclose()
+
+    try:
+        asyncio.run(run())
+        assert _metric("coachforge_inference_adapter_evictions_total", engine=second,
+                       outcome="unloaded") == evicted + 2
+        assert list(deps.pool.engines[0].adapters) == [names[2], names[1]]
+    finally:
+        deps.close()
+
+
+def test_a_burst_of_first_requests_loads_the_adapter_once(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
+                                                          lora_adapters: list[Path]) -> None:
+    first, second = engines
+    deps = _deps(stack, [first, second], max_loras=4)
+    name = _seed(deps, f"burst-{secrets.token_hex(3)}", lora_adapters[3])
+    loads = {u: _metric("coachforge_inference_adapter_loads_total", engine=u, outcome="loaded")
+             for u in (first, second)}
+
+    async def run() -> list[service.Routed]:
+        try:
+            return list(await asyncio.gather(*(_ask(deps, name) for _ in range(8))))
+        finally:
+            await deps.aclose()
+
+    try:
+        routed = asyncio.run(run())
+        assert len({r.engine for r in routed}) == 1
+        delta = sum(_metric("coachforge_inference_adapter_loads_total", engine=u, outcome="loaded") - loads[u]
+                    for u in (first, second))
+        assert delta == 1
+        assert sum(name in _on_engine(u) for u in (first, second)) == 1
+    finally:
+        deps.close()
+
+
+def test_a_dead_engine_leaves_the_rotation_and_requests_are_retried(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
+                                                                     lora_adapters: list[Path]) -> None:
+    first, _ = engines
+    dead = _dead_url()
+    deps = _deps(stack, [dead, first])
+    base = _seed(deps, BASE_MODEL_ID, None)
+    adapter = _seed(deps, f"retry-{secrets.token_hex(3)}", lora_adapters[4])
+    retries = _metric("coachforge_inference_retries_total", engine=dead)
+
+    async def run() -> None:
+        try:
+            routed = await _ask(deps, base)  # the dead engine is tried first (nothing in flight anywhere)
+            assert routed.engine == first
+            assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 1
+            assert _metric("coachforge_inference_engine_up", engine=dead) == 0
+            assert (await _ask(deps, adapter)).engine == first  # out of rotation: no second retry
+            assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 1
+            # Streaming: a stream whose engine cannot be reached before its first byte is retried too.
+            deps.pool.engine(dead).up = True
+            events, routed = await service.astream(deps, TENANT, "/v1/completions", _body(base, stream=True))
+            lines = [line async for line in events if line.strip()]
+            assert routed.engine == first and lines[-1].strip() == b"data: [DONE]"
+            assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 2
+        finally:
+            await deps.aclose()
+
+    try:
+        asyncio.run(run())
+        assert [e.inflight for e in deps.pool.engines] == [0, 0]
+    finally:
+        deps.close()
+
+    # Nothing reachable: a clean 503, no hang.
+    only_dead = _deps(stack, [dead, _dead_url()])
+    _seed(only_dead, BASE_MODEL_ID, None)
+    try:
+        with pytest.raises(Unavailable):
+            asyncio.run(service.acomplete(only_dead, TENANT, "/v1/completions", _body(BASE_MODEL_ID)))
+    finally:
+        only_dead.close()
+
+    # The health checks alone take a dead engine out of rotation (and put a live one in).
+    watched = EnginePool([dead, first], health_interval_s=0.2)
+    watched.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and watched.engine(dead).up:
+            time.sleep(0.1)
+        assert not watched.engine(dead).up and watched.engine(first).up
+        assert watched.acquire(None).base_url == first
+    finally:
+        watched.close()
+
+
+def test_an_engine_that_lost_its_adapters_loads_them_again(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
+                                                           lora_adapters: list[Path]) -> None:
+    _, second = engines
+    deps = _deps(stack, [second], max_loras=4)
+    name = _seed(deps, f"lost-{secrets.token_hex(3)}", lora_adapters[2])
+
+    async def run() -> None:
+        try:
+            await _ask(deps, name)
+            # As after a restart: the engine no longer knows the adapter, the pool still thinks it does.
+            r = httpx.post(f"{second}/v1/unload_lora_adapter", json={"lora_name": name}, timeout=30)
+            assert r.status_code == 200, r.text
+            assert (await _ask(deps, name)).engine == second
+            assert name in _on_engine(second)
+        finally:
+            await deps.aclose()
+
+    try:
+        asyncio.run(run())
+    finally:
+        deps.close()
