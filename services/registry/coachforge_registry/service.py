@@ -59,10 +59,14 @@ class RegistryDeps:
     store: ArtifactStore | None = None
 
     def artifact_store(self) -> ArtifactStore:
-        """Where artifacts go: ``storage_url``, else ``<artifacts_dir>/registry`` on local disk."""
+        """Where artifacts go: ``storage_url`` (with ``storage_endpoint_url`` and ``storage_options``),
+        else ``<artifacts_dir>/registry`` on local disk."""
         if self.store is None:
             url = self.settings.storage_url or str(PlatformSettings().resolved_artifacts_dir / "registry")
-            self.store = ArtifactStore(url)
+            options = dict(self.settings.storage_options)
+            if self.settings.storage_endpoint_url:
+                options["endpoint_url"] = self.settings.storage_endpoint_url
+            self.store = ArtifactStore(url, options)
         return self.store
 
     def models_dir(self) -> Path:

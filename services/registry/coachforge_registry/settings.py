@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -22,7 +23,18 @@ class RegistrySettings(BaseSettings):
     storage_url: str | None = Field(
         default=None,
         description="fsspec URL where adapter artifacts are stored: a local directory (all-in-one), "
-        "s3://bucket/prefix (needs s3fs), memory:// (tests). Default: <artifacts_dir>/registry.")
+        "s3://bucket/prefix (S3-compatible object storage through s3fs; the bucket must exist), memory:// "
+        "(tests). Default: <artifacts_dir>/registry.")
+    storage_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible server for an s3:// storage_url (MinIO, Ceph RGW, ...), "
+        "e.g. http://minio:9000. Default: AWS S3. Credentials come from storage_options (key, secret) or, "
+        "when absent, the way botocore finds them (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile, "
+        "an IAM role).")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra options of the storage filesystem, a JSON object passed to fsspec (for s3fs: "
+        'e.g. {"key": "...", "secret": "...", "client_kwargs": {"region_name": "eu-west-1"}}).')
     models_dir: Path | None = Field(
         default=None,
         description="Directory of the base models (one folder per id, with config.json) whose config hash "

@@ -1,11 +1,14 @@
-"""Artifact storage through fsspec: a local directory in the all-in-one mode, any fsspec URL
-(``s3://bucket/prefix`` with s3fs installed, ``memory://`` in tests) elsewhere."""
+"""Artifact storage through fsspec: a local directory in the all-in-one mode, S3-compatible object
+storage (``s3://bucket/prefix`` through s3fs, with an endpoint URL for MinIO, Ceph RGW, ...) in
+Kubernetes, ``memory://`` in tests."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -45,11 +48,15 @@ def manifest_digest(files: list[ArtifactFile]) -> str:
 
 
 class ArtifactStore:
-    """Stores adapter directories under ``url`` (one folder per key) and removes them."""
+    """Stores adapter directories under ``url`` (one folder per key) and removes them.
 
-    def __init__(self, url: str) -> None:
+    ``options`` go to the fsspec filesystem (for s3fs: ``endpoint_url``, ``key``, ``secret``,
+    ``client_kwargs``, ...); without credentials s3fs finds them the way botocore does
+    (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, a profile, an IAM role)."""
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        self.fs, root = fsspec.core.url_to_fs(url, **dict(options or {}))
         self.root = root.rstrip("/")
 
     @property
@@ -74,7 +81,8 @@ class ArtifactStore:
         try:
             for f in files:
                 target = f"{dest}/{f.path}"
-                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                if self.is_local:  # object stores have no folders (and s3fs would create a missing bucket)
+                    self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                 self.fs.put_file(str(local_dir / f.path), target)
             problem = self.verify(self.uri(key), files)
             if problem:
@@ -87,6 +95,7 @@ class ArtifactStore:
     def verify(self, uri: str, files: list[ArtifactFile]) -> str | None:
         """The first problem of a stored artifact (a file missing or not matching its sha256), or None."""
         root = self._strip(uri)
+        self.fs.invalidate_cache(root)  # listings cached by an object-store client may be stale
         for f in files:
             path = f"{root}/{f.path}"
             if not self.fs.exists(path):
@@ -105,5 +114,6 @@ class ArtifactStore:
     def remove(self, uri: str) -> None:
         """Remove a stored artifact (nothing if it is already gone)."""
         path = self._strip(uri)
+        self.fs.invalidate_cache(path)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
