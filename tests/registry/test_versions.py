@@ -420,3 +420,36 @@ def test_versions_over_grpc(grpc_target: str, tmp_path: Path) -> None:
         assert json.loads(evaluated.evaluations_json)["smoke"]["metrics"] == {"valid_json": 1.0}
         deleted = stub.DeleteModel(registry_pb2.DeleteModelRequest(model_id=v2.id), metadata=acme)
         assert (deleted.id, deleted.object, deleted.deleted) == (v2.id, "model", True)
+
+
+def test_job_lineage_is_kept_and_shown_over_rest_and_grpc(client: TestClient, grpc_target: str, deps: RegistryDeps,
+                                                          tmp_path: Path) -> None:
+    hyperparameters = {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0, "lora_r": 8,
+                       "lora_alpha": 16, "max_length": 1024, "seed": 42, "learning_rate": 0.0005}
+    name = f"ft:{BASE}:acme:coach:lin001"
+    event = trainer_pb2.JobSucceeded(
+        job_id="ftjob-lin001", base_model=BASE, fine_tuned_model=name, adapter_uri=str(write_adapter(tmp_path / "a")),
+        lora_rank=8, target_modules=["q_proj", "v_proj"], training_file="file-train", trained_tokens=1234,
+        final_loss=0.26, validation_file="file-valid", hyperparameters_json=json.dumps(hyperparameters),
+        valid_loss=0.0, n_epochs=3, steps=24, result_file="file-results")
+    for event_id in ("evt-1", "evt-2"):  # delivered twice, the second time under a new event id
+        with deps.db.session() as s:
+            service.on_job_succeeded(deps, s, Envelope(event_id=event_id, tenant_id="acme"), event)
+    expected = {"job_id": "ftjob-lin001", "training_file": "file-train", "trained_tokens": 1234, "final_loss": 0.26,
+                "validation_file": "file-valid", "hyperparameters": hyperparameters, "valid_loss": 0.0,
+                "n_epochs": 3, "steps": 24, "result_file": "file-results"}
+    r = client.get(f"/v1/models/{name}", headers=ACME)
+    assert r.status_code == 200 and r.json()["lineage"] == expected and r.json()["job_id"] == "ftjob-lin001"
+    listed = client.get(f"/v1/models/{name}/versions", headers=ACME).json()["data"]
+    assert [(m["id"], m["lineage"]) for m in listed] == [(name, expected)]  # one version, not two
+    assert len(deps.publisher.of("model.registered")) == 1  # type: ignore[union-attr]
+    with grpc.insecure_channel(grpc_target) as channel:
+        stub = registry_pb2_grpc.RegistryServiceStub(channel)
+        got = stub.GetModel(registry_pb2.GetModelRequest(model_id=name),
+                            metadata=(("authorization", "Bearer cf-acme"),))
+    assert json.loads(got.lineage_json) == expected
+
+    # An event from an older trainer (none of the new fields): lineage as before, no zeros invented.
+    old = job_done(deps, "acme", "ftjob-old001", "coach", write_adapter(tmp_path / "b"))
+    assert client.get(f"/v1/models/{old}", headers=ACME).json()["lineage"] == {
+        "job_id": "ftjob-old001", "training_file": "file-1", "trained_tokens": 0, "final_loss": 0.5}

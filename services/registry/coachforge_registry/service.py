@@ -139,6 +139,34 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
     return v, artifact_uri
 
 
+def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
+    """Where a job's adapter came from: job, data, hyperparameters, training metrics. Facts an older
+    trainer did not send (validation file, hyperparameters, valid loss, epochs, steps, result file)
+    are left out rather than shown as zeros."""
+    lineage: dict[str, Any] = {"job_id": ev.job_id, "training_file": ev.training_file,
+                               "trained_tokens": ev.trained_tokens, "final_loss": ev.final_loss}
+    if ev.validation_file:
+        lineage["validation_file"] = ev.validation_file
+    if ev.hyperparameters_json:
+        try:
+            hyperparameters = json.loads(ev.hyperparameters_json)
+        except ValueError:
+            hyperparameters = None
+        if isinstance(hyperparameters, dict):
+            lineage["hyperparameters"] = hyperparameters
+        else:
+            log.warning("job hyperparameters are not a JSON object", job_id=ev.job_id)
+    if ev.HasField("valid_loss"):
+        lineage["valid_loss"] = ev.valid_loss
+    if ev.n_epochs:
+        lineage["n_epochs"] = ev.n_epochs
+    if ev.steps:
+        lineage["steps"] = ev.steps
+    if ev.result_file:
+        lineage["result_file"] = ev.result_file
+    return lineage
+
+
 def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_pb2.JobSucceeded) -> Any:
     """Register the adapter a job produced. Runs in the event's idempotency transaction; a job
     already registered (e.g. replayed under a new event id) creates nothing new. An incompatible
@@ -147,8 +175,7 @@ def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_
         log.info("job already registered", job_id=ev.job_id)
         return None
     adapter_dir = Path(ev.adapter_uri) if ev.adapter_uri and "://" not in ev.adapter_uri else None
-    lineage = {"job_id": ev.job_id, "training_file": ev.training_file, "trained_tokens": ev.trained_tokens,
-               "final_loss": ev.final_loss}
+    lineage = job_lineage(ev)
     try:
         if adapter_dir is not None and adapter_dir.is_dir():
             facts = read_adapter(adapter_dir, param="adapter_uri")

@@ -50,6 +50,7 @@ from coachforge_trainer.metrics import (
 )
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 from coachforge_trainer.service import TrainerDeps, add_event, method_settings, status_to_proto
+from coachforge_trainer.service import _hyperparameters as job_hyperparameters
 from coachforge_trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -375,11 +376,14 @@ class Worker:
             row.adapter_uri, row.device, row.valid_loss = str(result.adapter_dir), result.device, result.valid_loss
             add_event(s, job_id, f"New fine-tuned model created: {name}")
             add_event(s, job_id, "The job has successfully completed.")
+            hyperparameters = {**job_hyperparameters(job), "seed": job.seed, "learning_rate": params.learning_rate}
             self.deps.publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
                 job_id=job_id, base_model=job.model, fine_tuned_model=name, adapter_uri=str(result.adapter_dir),
                 trained_tokens=result.trained_tokens, lora_rank=result.lora_r,
                 target_modules=result.target_modules, final_loss=result.final_loss or 0.0,
-                training_file=job.training_file), tenant_id, key=job_id)
+                training_file=job.training_file, validation_file=job.validation_file or "",
+                hyperparameters_json=json.dumps(hyperparameters), valid_loss=result.valid_loss,
+                n_epochs=job.n_epochs, steps=result.steps, result_file=result_file or ""), tenant_id, key=job_id)
         JOBS_FINISHED.labels("succeeded").inc()
         log.info("job succeeded", job_id=job_id, model=name, tokens=result.trained_tokens, steps=result.steps,
                  resumed_from=result.resumed_from_step)
