@@ -119,3 +119,39 @@ def test_candidate_gets_its_share_sticky_per_user(stack, lora_adapters: list[Pat
         assert time.monotonic() < deadline, "the new share was not seen"
         time.sleep(0.2)
     assert {ask().headers["x-coachforge-model"] for _ in range(4)} == {candidate}
+
+
+def test_a_deleted_model_is_unloaded_from_the_engines(  # type: ignore[no-untyped-def]
+        stack, stack_engine_url: str, lora_adapters: list[Path]) -> None:
+    version = _upload(stack, lora_adapters[3], f"del{secrets.token_hex(3)}")
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600), engine=None,
+                         registry=InternalChannel(stack.grpc_target, stack.internal_token),
+                         engines=EnginePool([stack_engine_url], health_interval_s=0),
+                         kafka_bootstrap=stack.kafka_bootstrap)
+
+    def on_engine() -> set[str]:
+        return {m["id"] for m in httpx.get(f"{stack_engine_url}/v1/models", timeout=10).json()["data"]}
+
+    try:
+        deps.start()
+        assert deps._listener.wait_ready(30)
+
+        async def ask() -> service.Routed:
+            try:
+                _, routed = await service.acomplete(deps, TENANT, "/v1/completions", {
+                    "model": version, "prompt": "Tempo:", "max_tokens": 2, "temperature": 0})
+                return routed
+            finally:
+                await deps.aclose()
+
+        adapter = asyncio.run(ask()).model.adapter_name
+        assert adapter in on_engine()
+        r = httpx.delete(f"{stack.base_url}/models/{version}", headers={"Authorization": f"Bearer {stack.api_key}"})
+        assert r.status_code == 200, r.text
+        deadline = time.monotonic() + 30
+        while adapter in on_engine():
+            assert time.monotonic() < deadline, "the deleted model's adapter is still loaded"
+            time.sleep(0.2)
+        assert deps.cached(TENANT, version) is None
+    finally:
+        deps.close()

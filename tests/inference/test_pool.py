@@ -189,6 +189,16 @@ def test_a_dead_engine_leaves_the_rotation_and_requests_are_retried(stack, engin
     finally:
         deps.close()
 
+    # The threaded path (gRPC) routes and retries the same way.
+    threaded = _deps(stack, [dead, first])
+    _seed(threaded, BASE_MODEL_ID, None)
+    try:
+        result, routed = service.complete(threaded, TENANT, "/v1/completions", _body(BASE_MODEL_ID))
+        assert routed.engine == first and result["model"] == BASE_MODEL_ID
+        assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 3
+    finally:
+        threaded.close()
+
     # Nothing reachable: a clean 503, no hang.
     only_dead = _deps(stack, [dead, _dead_url()])
     _seed(only_dead, BASE_MODEL_ID, None)

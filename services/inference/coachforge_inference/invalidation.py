@@ -5,6 +5,7 @@ cache's TTL stays as a safety net for a missed event).
 Each replica needs every event, so this reader joins no consumer group: it is assigned every
 partition of the model.* topics and starts from their end (what happened before the replica
 started is not in its cache). Topics that appear later are picked up on the next refresh.
+A deleted model's adapter is also unloaded from the engines where it sits idle.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from coachforge.common.v1.envelope_pb2 import Envelope
+from coachforge.registry.v1 import registry_pb2
 from coachforge_inference.metrics import CACHE_INVALIDATIONS
 from coachforge_shared.logging import get_logger
 
@@ -30,8 +32,12 @@ KNOWN_EVENTS = frozenset(MODEL_EVENTS)
 
 class ModelEventListener:
     def __init__(self, bootstrap: str, invalidate: Callable[[str], int], *,
-                 topics: tuple[str, ...] = MODEL_EVENTS, refresh_s: float = 30.0) -> None:
+                 deleted: Callable[[str], None] | None = None, topics: tuple[str, ...] = MODEL_EVENTS,
+                 refresh_s: float = 30.0) -> None:
+        """``invalidate(tenant_id)`` runs for every model.* event; ``deleted(adapter_name)`` also runs
+        for model.deleted (engines may drop the adapter)."""
         self.bootstrap, self.invalidate, self.topics, self.refresh_s = bootstrap, invalidate, topics, refresh_s
+        self.deleted = deleted
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -108,3 +114,10 @@ class ModelEventListener:
         dropped = self.invalidate(env.tenant_id)
         CACHE_INVALIDATIONS.labels(env.type if env.type in KNOWN_EVENTS else "other").inc()
         log.debug("resolutions dropped", type=env.type, tenant=env.tenant_id, entries=dropped)
+        if env.type == "model.deleted" and self.deleted is not None:
+            event = registry_pb2.ModelDeleted()
+            if env.payload.Unpack(event) and event.adapter_name:
+                try:
+                    self.deleted(event.adapter_name)
+                except Exception:  # the reader must survive an engine that does not answer
+                    log.exception("deleted adapter not unloaded", adapter=event.adapter_name)

@@ -18,8 +18,8 @@ ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total",
                         "LoRA adapter loads into an engine, by outcome (loaded, error); engine = a configured or "
                         "discovered engine URL.", ["engine", "outcome"])
 ADAPTER_EVICTIONS = Counter("coachforge_inference_adapter_evictions_total",
-                            "Least recently used adapters unloaded from an engine to make room, by outcome "
-                            "(unloaded, error).", ["engine", "outcome"])
+                            "Adapters unloaded from an engine (the least recently used, to make room; or a "
+                            "deleted model's), by outcome (unloaded, error).", ["engine", "outcome"])
 RETRIES = Counter("coachforge_inference_retries_total",
                   "Requests retried on another engine after a connection failure before anything was streamed "
                   "(engine = the engine that failed).", ["engine"])

@@ -218,6 +218,16 @@ class EnginePool:
             await engine.aunload_adapter(victim)
         await engine.aensure_adapter(name, path)
 
+    def drop_adapter(self, name: str) -> None:
+        """Unload ``name`` (its model was deleted) from every engine where no request is using it."""
+        with self.guard:
+            holders = [e for e in self._engines.values() if e.adapters.get(name) == 0 or
+                       (name not in e.adapters and e.loaded(name))]
+            for engine in holders:
+                engine.adapters.pop(name, None)
+        for engine in holders:
+            engine.unload_adapter(name)
+
     # --- shutdown ---
 
     def close(self) -> None:

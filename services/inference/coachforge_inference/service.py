@@ -80,7 +80,7 @@ class InferenceDeps:
                 return
             from coachforge_inference.invalidation import ModelEventListener
 
-            self._listener = ModelEventListener(self.kafka_bootstrap, self.invalidate)
+            self._listener = ModelEventListener(self.kafka_bootstrap, self.invalidate, deleted=self.pool.drop_adapter)
         self._listener.start()
 
     def close(self) -> None:
