@@ -1,9 +1,10 @@
 """FastAPI plumbing: the ONE exception handler mapping typed errors to HTTP codes with
-OpenAI-style bodies, authentication, and ``/metrics``."""
+OpenAI-style bodies, authentication, ``/metrics`` and request latency."""
 
 from __future__ import annotations
 
 import re
+import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -11,10 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coachforge_shared.auth import INTERNAL_HEADER, TENANT_HEADER, Authenticator, Principal
 from coachforge_shared.errors import CoachForgeError, InvalidArgument
 from coachforge_shared.logging import get_logger
+from coachforge_shared.metrics import HTTP_REQUESTS
 
 log = get_logger("coachforge.http")
 
@@ -63,7 +66,40 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=500)
 
 
+class RequestLatencyMiddleware:
+    """Observes ``coachforge_http_request_duration_seconds`` for every REST request, from its
+    arrival to the last byte of the response (a streamed answer counts whole), labelled with the
+    matched route template (``/v1/files/{file_id}``, never the raw path, so labels stay bounded).
+    A plain ASGI middleware: nothing is buffered, streaming passes through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client sees if the app fails before it answers
+
+        async def send_and_note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if route not in ("/metrics", "/health", "/ready"):
+                HTTP_REQUESTS.labels(route, scope["method"], str(status)).observe(time.perf_counter() - start)
+
+
 def add_metrics_route(app: FastAPI) -> None:
+    """Serve ``/metrics`` and observe every request's latency (:class:`RequestLatencyMiddleware`)."""
+    app.add_middleware(RequestLatencyMiddleware)
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
