@@ -73,8 +73,15 @@ def lora_adapters(tmp_path_factory: pytest.TempPathFactory, base_model_dir: Path
 
 
 @pytest.fixture(scope="session")
-def second_engine(stack, base_model_dir: Path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A second real vLLM engine on CPU, started after the stack (so never two extra engines)."""
+def second_engine(second_engine_process: tuple[str, subprocess.Popen[bytes]]) -> str:
+    """The second engine's base URL."""
+    return second_engine_process[0]
+
+
+@pytest.fixture(scope="session")
+def second_engine_process(stack, base_model_dir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:  # type: ignore[no-untyped-def]
+    """A second real vLLM engine on CPU, started after the stack (so never two extra engines): its
+    URL and process (a test may kill it; it is not started again)."""
     port = _free_port()
     log = open(stack.data_dir / "second-engine.log", "wb")  # noqa: SIM115
     env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true", "VLLM_CPU_KVCACHE_SPACE": "1",
@@ -100,7 +107,7 @@ def second_engine(stack, base_model_dir: Path) -> Iterator[str]:  # type: ignore
             time.sleep(1)
         else:
             raise TimeoutError("second engine did not start")
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

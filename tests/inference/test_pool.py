@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -240,5 +243,40 @@ def test_an_engine_that_lost_its_adapters_loads_them_again(stack, engines: tuple
 
     try:
         asyncio.run(run())
+    finally:
+        deps.close()
+
+
+def test_an_engine_that_dies_mid_stream_ends_it_cleanly_and_leaves_the_rotation(  # type: ignore[no-untyped-def]
+        stack, engines: tuple[str, str], second_engine_process: tuple[str, subprocess.Popen[bytes]]) -> None:
+    """Runs last: it kills the second engine (its whole process group) while a stream is running."""
+    first, second = engines
+    proc = second_engine_process[1]
+    deps = _deps(stack, [second, first])
+    base = _seed(deps, BASE_MODEL_ID, None)
+
+    async def run() -> None:
+        try:
+            events, routed = await service.astream(deps, TENANT, "/v1/completions", _body(
+                base, stream=True, max_tokens=400, ignore_eos=True))
+            assert routed.engine == second
+            lines: list[bytes] = []
+            async for line in events:
+                if line.strip():
+                    lines.append(line)
+                if len(lines) == 3:
+                    os.killpg(proc.pid, signal.SIGKILL)
+            # Bytes were sent already: no retry, the stream ends with an OpenAI-style error event.
+            error = json.loads(lines[-1][6:])["error"]
+            assert error["code"] == 503 and "unreachable" in error["message"], error
+            assert not deps.pool.engine(second).up
+            assert _metric("coachforge_inference_engine_up", engine=second) == 0
+            assert (await _ask(deps, base)).engine == first  # out of rotation
+        finally:
+            await deps.aclose()
+
+    try:
+        asyncio.run(run())
+        assert [e.inflight for e in deps.pool.engines] == [0, 0]
     finally:
         deps.close()

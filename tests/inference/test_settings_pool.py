@@ -38,6 +38,9 @@ def test_headless_service_addresses_become_engines() -> None:
     pool.service = "nonexistent.invalid:8123"
     pool.discover()  # an unresolvable name keeps the engines it had
     assert pool.engines
+    pool.service = "127.0.0.1:8124"  # the addresses changed (pods replaced): old engines leave
+    pool.discover()
+    assert [e.base_url for e in pool.engines] == ["http://127.0.0.1:8124"]
     pool.close()
 
 

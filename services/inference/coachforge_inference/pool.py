@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 from coachforge_inference.engine import Engine
-from coachforge_inference.metrics import ENGINES
+from coachforge_inference.metrics import ENGINE_UP, ENGINES
 from coachforge_inference.settings import InferenceSettings
 from coachforge_shared.errors import Unavailable
 from coachforge_shared.logging import get_logger
@@ -121,6 +121,10 @@ class EnginePool:
             for url in [u for u in self._engines if u not in wanted]:
                 log.info("engine gone from the service", engine=url)
                 self._retired.append(self._engines.pop(url))
+                try:
+                    ENGINE_UP.remove(url)  # a replaced pod's series ends (labels stay bounded)
+                except KeyError:
+                    pass
 
     def check_health(self) -> bool:
         """One health pass over every engine; whether any is up."""
