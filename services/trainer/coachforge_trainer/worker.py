@@ -127,7 +127,7 @@ class Worker:
         with self.deps.db.session() as s:
             expired = list(s.execute(select(Job.id, Job.tenant_id, Job.worker_id, Job.attempts,
                                             Job.cancel_requested)
-                                     .where(Job.status == "running", Job.lease_expires_at < now)).tuples())
+                                     .where(Job.status == "running", Job.lease_expires_at < now)))
         handled = []
         for job_id, tenant_id, worker_id, attempts, cancel_requested in expired:
             with self.deps.db.session() as s:
