@@ -256,7 +256,8 @@ def checkpoint_to_openai(job: Job, ckpt: JobCheckpoint) -> dict[str, Any]:
             "adapter_path": ckpt.path}
 
 
-def _hyperparameters(job: Job) -> dict[str, Any]:
+def job_hyperparameters(job: Job) -> dict[str, Any]:
+    """The job's hyperparameters as OpenAI reports them, plus its method settings."""
     hp: dict[str, Any] = {"n_epochs": job.n_epochs, "batch_size": job.batch_size,
                           "learning_rate_multiplier": job.learning_rate_multiplier}
     hp.update(json.loads(job.method_json or "{}"))
@@ -268,7 +269,7 @@ def to_openai(job: Job) -> dict[str, Any]:
     error = None
     if job.status == "failed":
         error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
-    hp = _hyperparameters(job)
+    hp = job_hyperparameters(job)
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": to_unix(job.created_at), "error": error,
         "fine_tuned_model": job.fine_tuned_model, "finished_at": to_unix(job.finished_at) or None,

@@ -49,8 +49,7 @@ from coachforge_trainer.metrics import (
     TOKENS_PER_SECOND,
 )
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
-from coachforge_trainer.service import TrainerDeps, add_event, method_settings, status_to_proto
-from coachforge_trainer.service import _hyperparameters as job_hyperparameters
+from coachforge_trainer.service import TrainerDeps, add_event, job_hyperparameters, method_settings, status_to_proto
 from coachforge_trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
