@@ -62,6 +62,11 @@ def test_bad_bodies_are_field_errors(stack) -> None:  # type: ignore[no-untyped-
         r = httpx.post(f"{root}{path}", headers={**headers, "content-type": "application/json"}, content=content)
         assert r.status_code == 400, (path, content, r.text)
         assert r.json()["error"]["param"] == param
+    typed = f"ft:nope-{secrets.token_hex(4)}"
     r = httpx.post(f"{root}/v1/chat/completions", headers=headers,
-                   json={"model": "ft:nope", "messages": [{"role": "user", "content": "x"}]})
+                   json={"model": typed, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
+    # What a client typed never becomes a metric label (labels stay bounded).
+    metrics = httpx.get(f"{root}/metrics").text
+    assert typed not in metrics
+    assert 'coachforge_inference_requests_total{model="unresolved",outcome="error",tenant="default"}' in metrics

@@ -8,7 +8,9 @@ TOKENS = Counter("coachforge_inference_tokens_total", "Tokens processed, by kind
                  ["tenant", "model", "kind"])
 COST = Counter("coachforge_inference_cost_usd_total", "Cost of inference in US dollars (price table).",
                ["tenant", "model"])
-REQUESTS = Counter("coachforge_inference_requests_total", "Chat/completion requests by outcome.",
+REQUESTS = Counter("coachforge_inference_requests_total",
+                   "Chat/completion requests by outcome; model is the resolved model id, or 'unresolved' "
+                   "when the requested name matched no model (it is never the raw requested name).",
                    ["tenant", "model", "outcome"])
 LATENCY = Histogram("coachforge_inference_request_seconds", "Total request latency.", ["model"],
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))

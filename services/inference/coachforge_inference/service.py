@@ -31,6 +31,10 @@ from coachforge_shared.logging import get_logger
 
 log = get_logger("coachforge.inference")
 
+#: The ``model`` label of a failed request whose model never resolved (the requested name is
+#: whatever the client typed, so it must not become a label value).
+UNRESOLVED = "unresolved"
+
 T = TypeVar("T")
 
 
@@ -326,12 +330,14 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
 def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Routed]:
     """A non-streaming chat or text completion; ``model`` in the answer is the model that answered."""
     started = time.perf_counter()
+    label = UNRESOLVED
     try:
         model_id = _model_id(body)
         routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
+        label = routed.model.id
         result, routed = _engage(deps, tenant_id, routed, lambda engine, b: engine.post(path, b))
     except CoachForgeError:
-        REQUESTS.labels(tenant_id, str(body.get("model"))[:100], "error").inc()
+        REQUESTS.labels(tenant_id, label, "error").inc()
         raise
     result["model"] = routed.model.id
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
@@ -365,12 +371,14 @@ async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[s
     async def call(engine: Engine, content: bytes) -> httpx.Response:
         return await engine.apost(path, content)
 
+    label = UNRESOLVED
     try:
         routed = await _aroute(deps, tenant_id, body)
+        label = routed.model.id
         r, lease, routed = await _aengage(deps, tenant_id, routed, call)
         lease.release()
     except CoachForgeError:
-        REQUESTS.labels(tenant_id, str(body.get("model"))[:100], "error").inc()
+        REQUESTS.labels(tenant_id, label, "error").inc()
         raise
     raw = r.content
     result = json.loads(raw)
