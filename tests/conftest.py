@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -135,3 +136,34 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
                            lease_seconds=lease_seconds)
     finally:
         running.stop()
+
+
+@dataclass
+class S3Server:
+    """Where the local S3-compatible server listens and how to reach it."""
+
+    endpoint_url: str
+    options: dict[str, Any]  # fsspec/s3fs storage options: credentials and region
+
+    def client(self) -> Any:
+        """A plain boto3 client on the same server, to look at the objects behind the registry's back."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.options["key"],
+                            aws_secret_access_key=self.options["secret"], region_name="us-east-1")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A local S3-compatible server (moto's, in a thread, on a free port), shared by the test run."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}",
+                       options={"key": "coachforge-test", "secret": "coachforge-test-secret",
+                                "client_kwargs": {"region_name": "us-east-1"}})
+    finally:
+        server.stop()

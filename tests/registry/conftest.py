@@ -1,49 +1,18 @@
-"""Registry fixtures: a local S3-compatible server (moto's, in a thread, on a free port) with an
-empty bucket per test, and a real PEFT LoRA adapter saved by peft."""
+"""Registry fixtures: an empty bucket per test on the local S3-compatible server (``s3_server``
+in tests/conftest.py), and a real PEFT LoRA adapter saved by peft."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from conftest import S3Server  # tests/conftest.py
+
 BASE = "SmolLM2-135M-Instruct"
-
-
-@dataclass
-class S3Server:
-    """Where the local S3-compatible server listens and how to reach it."""
-
-    endpoint_url: str
-    options: dict[str, Any]  # fsspec/s3fs storage options: credentials and region
-
-    def client(self) -> Any:
-        """A plain boto3 client on the same server, to look at the objects behind the registry's back."""
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint_url, aws_access_key_id=self.options["key"],
-                            aws_secret_access_key=self.options["secret"], region_name="us-east-1")
-
-
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield S3Server(endpoint_url=f"http://127.0.0.1:{port}",
-                       options={"key": "coachforge-test", "secret": "coachforge-test-secret",
-                                "client_kwargs": {"region_name": "us-east-1"}})
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -15,17 +15,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
+from coachforge_inference.adapters import AdapterCache, is_remote
 from coachforge_inference.engine import Engine
 from coachforge_inference.metrics import ENGINE_UP, ENGINES
 from coachforge_inference.settings import InferenceSettings
 from coachforge_shared.errors import Unavailable
 from coachforge_shared.logging import get_logger
+from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.inference.pool")
 
@@ -58,8 +61,10 @@ class Lease:
 class EnginePool:
     def __init__(self, urls: Iterable[str] = (), *, timeout_s: float = 300.0, max_loras: int = 4,
                  health_interval_s: float = 5.0, service: str | None = None,
-                 discovery_interval_s: float = 15.0, engines: Iterable[Engine] = ()) -> None:
+                 discovery_interval_s: float = 15.0, engines: Iterable[Engine] = (),
+                 adapters: AdapterCache | None = None) -> None:
         self.guard = threading.RLock()
+        self.adapters = adapters
         self.timeout_s, self.max_loras = timeout_s, max_loras
         self.health_interval_s, self.service, self.discovery_interval_s = (
             health_interval_s, service, discovery_interval_s)
@@ -89,9 +94,11 @@ class EnginePool:
         if not urls and not settings.engine_service:
             urls = [engine.base_url if engine is not None else settings.engine_url.rstrip("/")]
         given = [engine] if engine is not None and engine.base_url in urls else []
+        cache_dir = settings.adapter_cache_dir or PlatformSettings().data_dir / "adapter-cache"
         return cls(urls, engines=given, timeout_s=settings.request_timeout_s, max_loras=settings.engine_max_loras,
                    health_interval_s=settings.engine_health_interval_s, service=settings.engine_service,
-                   discovery_interval_s=settings.engine_discovery_interval_s)
+                   discovery_interval_s=settings.engine_discovery_interval_s,
+                   adapters=AdapterCache(cache_dir, settings.adapter_storage_options))
 
     @property
     def engines(self) -> list[Engine]:
@@ -209,15 +216,22 @@ class EnginePool:
             return victims
 
     def ensure(self, engine: Engine, name: str, path: str) -> None:
+        """Load adapter ``name`` (from ``path``: a folder, or an object-store URL fetched into the
+        local cache first) on ``engine``, unloading least recently used ones to make room."""
         if engine.loaded(name):
             return
+        if self.adapters is not None:
+            path = self.adapters.local_path(path)
         for victim in self._victims(engine, name):
             engine.unload_adapter(victim)
         engine.ensure_adapter(name, path)
 
     async def aensure(self, engine: Engine, name: str, path: str) -> None:
+        """:meth:`ensure` for the event loop (a download runs in a thread)."""
         if engine.loaded(name):
             return
+        if self.adapters is not None and is_remote(path):
+            path = await asyncio.to_thread(self.adapters.local_path, path)
         for victim in self._victims(engine, name):
             await engine.aunload_adapter(victim)
         await engine.aensure_adapter(name, path)

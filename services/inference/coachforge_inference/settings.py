@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
@@ -39,6 +40,16 @@ class InferenceSettings(BaseSettings):
         default=4, ge=1,
         description="Adapters kept loaded per engine (its --max-loras / --max-cpu-loras); beyond it the least "
                     "recently used idle adapter is unloaded first.")
+    adapter_cache_dir: Path | None = Field(
+        default=None,
+        description="Where adapters kept in object storage (s3://…) are downloaded before an engine loads them "
+                    "(default: <data_dir>/adapter-cache). Engines read the files themselves, so on Kubernetes "
+                    "this must be a volume mounted at the same path in the inference and engine pods.")
+    adapter_storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description='fsspec options for fetching remote adapters, JSON, e.g. {"endpoint_url": '
+                    '"http://minio:9000", "key": "…", "secret": "…"}; without credentials s3fs uses the usual AWS '
+                    "chain (AWS_* variables, a profile, an IAM role).")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
     usage_consumer_group: str = Field(
