@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
+from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from coachforge_dataset import service, versions
 from coachforge_dataset.pipeline import parse_line
 from coachforge_dataset.schemas import CreateDatasetVersion
@@ -14,7 +17,8 @@ from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_shared.auth import create_tenant
 from coachforge_shared.db import Database
-from coachforge_shared.errors import InvalidArgument, NotFound
+from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound
+from coachforge_shared.grpc_server import InternalChannel
 
 
 def chat(user: str, answer: str, conv: str | None = None) -> bytes:
@@ -116,3 +120,53 @@ def test_result_files_are_stored_as_is_and_never_become_training_data(deps: Data
     with pytest.raises(InvalidArgument) as err:
         versions.create_version(deps, "acme", CreateDatasetVersion(name="x", files=[row.id]))
     assert err.value.param == "files"
+
+
+class _Trainer(trainer_pb2_grpc.TrainerServiceServicer):
+    """A trainer answering ListJobs with fixed jobs (the dataset service asks it before deleting)."""
+
+    def __init__(self) -> None:
+        self.jobs: list[trainer_pb2.Job] = []
+
+    def ListJobs(self, request: trainer_pb2.ListJobsRequest,
+                 context: grpc.ServicerContext) -> trainer_pb2.ListJobsResponse:
+        return trainer_pb2.ListJobsResponse(jobs=self.jobs, has_more=False)
+
+
+def test_delete_refused_while_an_unfinished_job_uses_the_version(deps: DatasetDeps) -> None:
+    v = versions.create_version(deps, "acme", CreateDatasetVersion(name="c", files=sample_files(deps),
+                                                                   validation_fraction=0.2, seed=1))
+    trainer = _Trainer()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trainer_pb2_grpc.add_TrainerServiceServicer_to_server(trainer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    deps.trainer = InternalChannel(f"127.0.0.1:{port}", "token")
+    try:
+        for field in ("training_file", "validation_file"):  # training on it, or validating on its split
+            files = {"training_file": "file-other", field: v.id}
+            trainer.jobs = [trainer_pb2.Job(id="ftjob-live", status=trainer_pb2.JOB_STATUS_RUNNING, **files)]
+            with pytest.raises(FailedPrecondition) as err:
+                versions.delete_version(deps, "acme", v.id)
+            assert err.value.http_status == 409 and err.value.code == "dataset_version_in_use"
+            assert err.value.param == "dataset_version_id" and "ftjob-live" in err.value.message
+        assert Path(v.train_path).exists()
+        trainer.jobs = [trainer_pb2.Job(id="ftjob-done", status=trainer_pb2.JOB_STATUS_SUCCEEDED,
+                                        training_file=v.id, validation_file=v.id)]
+        versions.delete_version(deps, "acme", v.id)
+        assert not Path(v.train_path).exists()
+    finally:
+        deps.trainer.close()
+        server.stop(None)
+
+
+def test_token_check_of_one_split(deps: DatasetDeps) -> None:
+    v = versions.create_version(deps, "acme", CreateDatasetVersion(name="c", files=sample_files(deps),
+                                                                   validation_fraction=0.2, seed=1))
+    both = versions.check_tokens(deps, "acme", v.id, 10_000, "")
+    train = versions.check_tokens(deps, "acme", v.id, 10_000, "", split="train")
+    valid = versions.check_tokens(deps, "acme", v.id, 10_000, "", split="validation")
+    assert (train.examples, valid.examples) == (v.train_examples, v.validation_examples)
+    assert train.total_tokens + valid.total_tokens == both.total_tokens
+    with pytest.raises(InvalidArgument):
+        versions.check_tokens(deps, "acme", v.id, 10_000, "", split="test")

@@ -125,7 +125,7 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         if not request.id:
             raise InvalidArgument("Name a file id or a dataset version id.", param="id")
         result = versions.check_tokens(self.deps, current_principal().tenant_id, request.id, request.max_length,
-                                       request.base_model, request.max_issues or None)
+                                       request.base_model, request.max_issues or None, request.split)
         return dataset_pb2.CheckTokensResponse(
             examples=result.examples, over_limit=result.over_limit, max_tokens=result.max_tokens,
             total_tokens=result.total_tokens, message=result.message(),

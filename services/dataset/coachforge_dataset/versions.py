@@ -23,7 +23,7 @@ from coachforge_dataset.pipeline.export import EXPORT_FORMATS, ExportError
 from coachforge_dataset.schemas import CreateDatasetVersion
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.tokens import TokenCheck, token_counter
-from coachforge_shared.errors import InvalidArgument, NotFound
+from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
 
@@ -119,23 +119,37 @@ def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion)
 
 
 def delete_version(deps: DatasetDeps, tenant_id: str, version_id: str) -> None:
-    """Delete a version and its stored splits; its source files can then be deleted."""
+    """Delete a version and its stored splits; its source files can then be deleted. Refused (409)
+    while an unfinished fine-tuning job trains or validates on it (asked of the trainer)."""
     row = get_version(deps, tenant_id, version_id)
+    try:
+        jobs = service.jobs_using(deps, tenant_id, version_id)
+    except Unavailable as err:
+        raise Unavailable(err.message, param="dataset_version_id") from None
+    if jobs:
+        raise FailedPrecondition(f"Dataset version {version_id} is used by unfinished fine-tuning job(s) "
+                                 f"{', '.join(jobs)}; cancel them or wait until they finish.",
+                                 param="dataset_version_id", code="dataset_version_in_use")
     with deps.db.session() as s:
         s.execute(delete(DatasetVersionFile).where(DatasetVersionFile.version_id == row.id))
         s.delete(s.get(DatasetVersion, row.id))
     shutil.rmtree(Path(row.train_path).parent, ignore_errors=True)
 
 
-def version_examples(deps: DatasetDeps, tenant_id: str, version_id: str) -> Iterator[tuple[int, str, Example]]:
-    """Every example of a version as ``(line in its split, "<split>.messages", example)``."""
+def version_examples(deps: DatasetDeps, tenant_id: str, version_id: str,
+                     split: str = "") -> Iterator[tuple[int, str, Example]]:
+    """Every example of a version (or of one of its splits) as ``(line in its split, "<split>.messages", example)``."""
+    if split and split not in SPLITS:
+        raise InvalidArgument(f"Unknown split {split!r}; expected train or validation.", param="split")
     row = get_version(deps, tenant_id, version_id)
-    for split, path in (("train", row.train_path), ("validation", row.validation_path)):
+    for name, path in (("train", row.train_path), ("validation", row.validation_path)):
+        if split and name != split:
+            continue
         with Path(path).open("rb") as f:
             for number, raw in enumerate(f, start=1):
                 example, _ = parse_line(number, raw.rstrip(b"\n"), "openai")
                 if example is not None:
-                    yield number, f"{split}.messages", example
+                    yield number, f"{name}.messages", example
 
 
 def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[tuple[int, str, Example]]:
@@ -149,10 +163,11 @@ def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[t
 
 
 def check_tokens(deps: DatasetDeps, tenant_id: str, item_id: str, max_length: int, base_model: str,
-                 max_issues: int | None = None) -> TokenCheck:
-    """Which examples of a file or dataset version exceed ``max_length`` tokens of ``base_model``."""
+                 max_issues: int | None = None, split: str = "") -> TokenCheck:
+    """Which examples of a file or dataset version (or one of its splits) exceed ``max_length``
+    tokens of ``base_model``."""
     if item_id.startswith("dsv-"):
-        examples = version_examples(deps, tenant_id, item_id)
+        examples = version_examples(deps, tenant_id, item_id, split)
     else:
         examples = file_examples(deps, tenant_id, item_id)
     limit = max_issues or deps.settings.max_errors_in_response

@@ -49,8 +49,13 @@ class CreateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(min_length=1, description="Base model id.")
-    training_file: str = Field(min_length=1, description="Id of an uploaded file with purpose fine-tune.")
-    validation_file: str | None = None
+    training_file: str = Field(min_length=1, description=(
+        "Id of an uploaded file with purpose fine-tune, or of a dataset version (dsv-…) to train on its "
+        "train split."))
+    validation_file: str | None = Field(None, description=(
+        "Id of an uploaded file, or of a dataset version for its validation split. When omitted and "
+        "training_file is a dataset version with a validation split, that split is used (and reported "
+        "here as the version's id)."))
     suffix: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9_.-]*$",
                                description="Up to 64 characters added to the fine-tuned model name.")
     hyperparameters: Hyperparameters | None = None

@@ -106,13 +106,47 @@ def _check_file(deps: TrainerDeps, tenant_id: str, file_id: str, param: str) -> 
     return f
 
 
+def is_dataset_version(item_id: str | None) -> bool:
+    """Whether a job's training or validation "file" is a dataset version id (``dsv-…``)."""
+    return bool(item_id) and str(item_id).startswith("dsv-")
+
+
+def _check_version(deps: TrainerDeps, tenant_id: str, version_id: str, param: str) -> dataset_pb2.DatasetVersion:
+    try:
+        with typed_rpc_errors():
+            v: dataset_pb2.DatasetVersion = deps.dataset_stub().GetDatasetVersion(
+                dataset_pb2.GetDatasetVersionRequest(dataset_version_id=version_id),
+                metadata=deps.dataset.metadata(tenant_id), timeout=10)
+    except NotFound:
+        raise InvalidArgument(f"Dataset version {version_id} not found.", param=param, code="invalid_file") from None
+    return v
+
+
+@dataclass(frozen=True)
+class _Data:
+    """A job's training data as checked at creation."""
+
+    examples: int
+    description: str
+
+
+def _check_training(deps: TrainerDeps, tenant_id: str, item_id: str) -> tuple[_Data, int]:
+    """The training file or dataset version, and the version's validation examples (0 for a file)."""
+    if is_dataset_version(item_id):
+        v = _check_version(deps, tenant_id, item_id, "training_file")
+        return _Data(int(v.train_examples), f"dataset version {item_id} ({v.name}, sha256 {v.sha256[:12]}): "
+                                            f"{v.train_examples} training examples"), int(v.validation_examples)
+    f = _check_file(deps, tenant_id, item_id, "training_file")
+    return _Data(int(f.example_count), f"training file: {item_id} ({f.example_count} examples)"), 0
+
+
 def _check_tokens(deps: TrainerDeps, tenant_id: str, file_id: str, param: str, max_length: int,
-                  model: str) -> int:
-    """Refuse a file with examples longer than ``max_length`` tokens (counted by the dataset
-    service with the base model's tokenizer); return the file's total tokens."""
+                  model: str, split: str = "") -> int:
+    """Refuse a file (or a version's split) with examples longer than ``max_length`` tokens (counted
+    by the dataset service with the base model's tokenizer); return its total tokens."""
     with typed_rpc_errors():
         counted: dataset_pb2.CheckTokensResponse = deps.dataset_stub().CheckTokens(
-            dataset_pb2.CheckTokensRequest(id=file_id, max_length=max_length, base_model=model),
+            dataset_pb2.CheckTokensRequest(id=file_id, max_length=max_length, base_model=model, split=split),
             metadata=deps.dataset.metadata(tenant_id), timeout=300)
     if counted.over_limit:
         raise InvalidArgument(f"{counted.message} Raise hyperparameters.max_length or shorten those examples.",
@@ -132,13 +166,27 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
                               param="model", code="model_not_available") from None
     if model.adapter_uri:
         raise InvalidArgument(f"Model {req.model} is a fine-tuned model; fine-tune a base model.", param="model")
-    train = _check_file(deps, tenant_id, req.training_file, "training_file")
-    if req.validation_file:
-        _check_file(deps, tenant_id, req.validation_file, "validation_file")
+    train, version_validation = _check_training(deps, tenant_id, req.training_file)
+    # A dataset version as validation_file means its validation split; without a validation_file,
+    # a version's own validation split (when it has one) gives the job its validation loss.
+    validation_file = req.validation_file
+    validation_param = "validation_file"
+    if validation_file and is_dataset_version(validation_file):
+        if validation_file == req.training_file:
+            has_split = version_validation > 0
+        else:
+            has_split = _check_version(deps, tenant_id, validation_file, "validation_file").validation_examples > 0
+        if not has_split:
+            raise InvalidArgument(f"Dataset version {validation_file} has no validation split.",
+                                  param="validation_file", code="invalid_file")
+    elif validation_file:
+        _check_file(deps, tenant_id, validation_file, "validation_file")
+    elif version_validation > 0:
+        validation_file, validation_param = req.training_file, "training_file"
     hp = req.resolved_hyperparameters()
     s = deps.settings
     n_epochs = s.default_n_epochs if hp.n_epochs == "auto" else hp.n_epochs
-    batch_size = (max(1, min(s.default_batch_size, train.example_count // 4)) if hp.batch_size == "auto"
+    batch_size = (max(1, min(s.default_batch_size, train.examples // 4)) if hp.batch_size == "auto"
                   else hp.batch_size)
     lr_mult = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
     method = MethodSettings.resolve(s, hp)
@@ -146,16 +194,19 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
         raise InvalidArgument(f"lora_r={method.lora_r} exceeds the serving engines' maximum LoRA rank "
                               f"({s.max_lora_rank}); the adapter could not be served.",
                               param="hyperparameters.lora_r")
-    if method.early_stopping_patience and not req.validation_file:
-        raise InvalidArgument("Early stopping needs a validation_file to measure the validation loss on.",
+    if method.early_stopping_patience and not validation_file:
+        raise InvalidArgument("Early stopping needs a validation_file (or a dataset version with a validation "
+                              "split) to measure the validation loss on.",
                               param="hyperparameters.early_stopping_patience")
-    train_tokens = _check_tokens(deps, tenant_id, req.training_file, "training_file", method.max_length, req.model)
-    if req.validation_file:
-        _check_tokens(deps, tenant_id, req.validation_file, "validation_file", method.max_length, req.model)
+    train_tokens = _check_tokens(deps, tenant_id, req.training_file, "training_file", method.max_length, req.model,
+                                 "train" if is_dataset_version(req.training_file) else "")
+    if validation_file:
+        _check_tokens(deps, tenant_id, validation_file, validation_param, method.max_length, req.model,
+                      "validation" if is_dataset_version(validation_file) else "")
     tokens = train_tokens * n_epochs
     seconds = tokens / s.estimated_tokens_per_second
     job = Job(id=new_id("ftjob"), tenant_id=tenant_id, model=req.model, status="queued",
-              training_file=req.training_file, validation_file=req.validation_file, suffix=req.suffix,
+              training_file=req.training_file, validation_file=validation_file, suffix=req.suffix,
               n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=lr_mult,
               seed=req.seed if req.seed is not None else s.default_seed, method_json=json.dumps(asdict(method)),
               estimated_tokens=tokens, estimated_seconds=seconds,
@@ -165,7 +216,10 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
         sess.add(job)
         sess.flush()
         add_event(sess, job.id, f"Created fine-tuning job: {job.id}")
-        add_event(sess, job.id, f"Validated training file: {req.training_file} ({train.example_count} examples)")
+        add_event(sess, job.id, f"Validated {train.description}")
+        if is_dataset_version(validation_file):
+            add_event(sess, job.id, f"Validation loss is measured on the validation split of dataset version "
+                                    f"{validation_file}.")
         add_event(sess, job.id, f"Estimated {tokens} training tokens, about {seconds / 60:.0f} min and "
                                 f"${job.estimated_cost_usd:.4f}.",
                   data={"estimated_tokens": tokens, "estimated_seconds": seconds,

@@ -49,7 +49,14 @@ from coachforge_trainer.metrics import (
     TOKENS_PER_SECOND,
 )
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
-from coachforge_trainer.service import TrainerDeps, add_event, job_hyperparameters, method_settings, status_to_proto
+from coachforge_trainer.service import (
+    TrainerDeps,
+    add_event,
+    is_dataset_version,
+    job_hyperparameters,
+    method_settings,
+    status_to_proto,
+)
 from coachforge_trainer.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -169,11 +176,18 @@ class Worker:
                 log.exception("lease sweep failed")
 
     # -- running ------------------------------------------------------------------------------
-    def _load_examples(self, tenant_id: str, file_id: str) -> list[dict[str, Any]]:
+    def _load_examples(self, tenant_id: str, file_id: str, split: str = "train") -> list[dict[str, Any]]:
+        """The examples of an uploaded file, or of one split of a dataset version (``dsv-…``), as
+        OpenAI chat objects."""
+        stub = self.deps.dataset_stub()
         with typed_rpc_errors():
-            chunks = self.deps.dataset_stub().GetFileContent(
-                dataset_pb2.GetFileRequest(file_id=file_id, as_openai_chat=True),
-                metadata=self.deps.dataset.metadata(tenant_id), timeout=300)
+            if is_dataset_version(file_id):
+                chunks = stub.ExportDatasetVersion(
+                    dataset_pb2.ExportDatasetVersionRequest(dataset_version_id=file_id, format="openai", split=split),
+                    metadata=self.deps.dataset.metadata(tenant_id), timeout=300)
+            else:
+                chunks = stub.GetFileContent(dataset_pb2.GetFileRequest(file_id=file_id, as_openai_chat=True),
+                                             metadata=self.deps.dataset.metadata(tenant_id), timeout=300)
             content = b"".join(c.data for c in chunks)
         return [json.loads(line) for line in content.splitlines() if line.strip()]
 
@@ -295,8 +309,9 @@ class Worker:
                          f"worker ({base_dir}).", level="error", error_code="model_unavailable")
             return
         try:
-            examples = self._load_examples(tenant_id, job.training_file)
-            eval_examples = self._load_examples(tenant_id, job.validation_file) if job.validation_file else None
+            examples = self._load_examples(tenant_id, job.training_file, "train")
+            eval_examples = (self._load_examples(tenant_id, job.validation_file, "validation")
+                             if job.validation_file else None)
         except Exception as err:
             self._finish(job_id, tenant_id, "failed", f"Could not read the training data: {err}", level="error",
                          error_code="invalid_training_file")
@@ -382,7 +397,9 @@ class Worker:
                 target_modules=result.target_modules, final_loss=result.final_loss or 0.0,
                 training_file=job.training_file, validation_file=job.validation_file or "",
                 hyperparameters_json=json.dumps(hyperparameters), valid_loss=result.valid_loss,
-                n_epochs=job.n_epochs, steps=result.steps, result_file=result_file or ""), tenant_id, key=job_id)
+                n_epochs=job.n_epochs, steps=result.steps, result_file=result_file or "",
+                dataset_version=job.training_file if is_dataset_version(job.training_file) else ""),
+                tenant_id, key=job_id)
         JOBS_FINISHED.labels("succeeded").inc()
         log.info("job succeeded", job_id=job_id, model=name, tokens=result.trained_tokens, steps=result.steps,
                  resumed_from=result.resumed_from_step)
