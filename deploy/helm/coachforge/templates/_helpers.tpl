@@ -193,6 +193,10 @@ app.kubernetes.io/part-of: coachforge
 # Adapters kept loaded per engine before the least recently used is unloaded (its --max-cpu-loras, else --max-loras).
 - name: COACHFORGE_INFERENCE_ENGINE_MAX_LORAS
   value: {{ $root.Values.engine.maxCpuLoras | default $root.Values.engine.maxLoras | quote }}
+# Adapters the registry keeps in an object store (s3://…) are downloaded here, on the artifacts
+# volume the engines also mount, so an engine can load them by path.
+- name: COACHFORGE_INFERENCE_ADAPTER_CACHE_DIR
+  value: {{ printf "%s/adapter-cache" $root.Values.artifacts.mountPath | quote }}
 - name: COACHFORGE_COACH_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_COACH_INFERENCE_GRPC_TARGET
