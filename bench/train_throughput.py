@@ -15,7 +15,7 @@ MFU counts 4·N FLOPs per trained token for LoRA (forward 2N + backward through 
 2N; the adapter's own weight gradients are negligible), N = the base model's parameters; it is
 printed only when the peak is known (``--peak-tflops``, or an H100/H200 detected: 989 dense BF16).
 
-    .venv/bin/python bench/train_throughput.py [--steps 4] [--micro 2] [--peak-tflops X]
+    .venv/bin/python bench/train_throughput.py [--steps 4] [--micro 2,8] [--lora-dropout 0] [--peak-tflops X]
 """
 
 from __future__ import annotations
@@ -59,16 +59,20 @@ def _param_count(model_dir: Path) -> int:
     return total
 
 
-def run_service(steps: int, micro: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+def run_service(steps: int, micro: int, dropout: float | None, queue: mp.Queue) -> None:  # type: ignore[type-arg]
     from coachforge_trainer.sft import TrainParams, run_sft
 
     model, examples = _setup(steps)
     marks: list[tuple[float, int]] = []
+    params = TrainParams(batch_size=BATCH, micro_batch_size=micro, max_steps=steps, n_epochs=1, max_length=1024,
+                         save_checkpoints=False)
+    if dropout is not None:
+        params.lora_dropout = dropout
     with tempfile.TemporaryDirectory() as out:
-        run_sft(model, examples, Path(out), TrainParams(batch_size=BATCH, micro_batch_size=micro, max_steps=steps,
-                                                          n_epochs=1, max_length=1024, save_checkpoints=False),
+        run_sft(model, examples, Path(out), params,
                 on_progress=lambda p: marks.append((time.perf_counter(), p.tokens_seen)))
-    queue.put(_result(marks, steps, f"service (micro {micro})", _param_count(model)))
+    name = f"service (micro {micro}{'' if dropout is None else f', dropout {dropout:g}'})"
+    queue.put(_result(marks, steps, name, _param_count(model)))
 
 
 def run_baseline(steps: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -115,12 +119,21 @@ def _peak_tflops(given: float | None) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps of batch 8 per run (first is warm-up)")
-    parser.add_argument("--micro", type=int, default=2, help="micro-batch size of the service configuration")
+    parser.add_argument("--micro", default=None,
+                        help="micro-batch size(s) of the service configuration, comma-separated (default: the "
+                             "service's default); each is its own run")
+    parser.add_argument("--lora-dropout", type=float, default=None,
+                        help="LoRA dropout of the service runs (default: the service's default)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, for MFU")
     args = parser.parse_args()
     ctx = mp.get_context("spawn")
     rows = []
-    for target, extra in ((run_baseline, ()), (run_service, (args.micro,))):
+    from coachforge_trainer.sft import TrainParams
+
+    micros = [int(m) for m in args.micro.split(",")] if args.micro else [TrainParams().micro_batch_size]
+    runs: list[tuple[Any, tuple[Any, ...]]] = [(run_baseline, ())]
+    runs += [(run_service, (m, args.lora_dropout)) for m in micros]
+    for target, extra in runs:
         queue = ctx.Queue()
         proc = ctx.Process(target=target, args=(args.steps, *extra, queue))
         proc.start()

@@ -186,10 +186,10 @@ def _pct(n: int, total: int) -> str:
 
 def format_report(report: Report) -> str:
     lines = [f"coach eval: {report.model}", "",
-             f"{'scenario':<12} {'expected':<8} {'valid':>6} {'accepted ops':>13} {'direction':>10}  source"]
+             f"{'scenario':<14} {'expected':<8} {'valid':>6} {'accepted ops':>13} {'direction':>10}  source"]
     for c in report.cases:
         source = c.source if c.fallback is None else f"rules ({c.fallback})"
-        lines.append(f"{c.scenario + '/' + str(c.variant):<12} {c.expected:<8} {'yes' if c.valid else 'no':>6} "
+        lines.append(f"{c.scenario + '/' + str(c.variant):<14} {c.expected:<8} {'yes' if c.valid else 'no':>6} "
                      f"{f'{c.accepted}/{c.proposed}':>13} {(c.got or '-'):>6} {'ok' if c.agrees else 'x':>3}  "
                      f"{source}")
     total = len(report.cases)
