@@ -22,7 +22,10 @@ class TrainerSettings(BaseSettings):
         default=16, description="Largest LoRA rank the serving engines accept (vLLM --max-lora-rank); jobs asking "
                                 "for more are refused at creation.")
     lora_alpha: int = Field(default=32, description="LoRA alpha of new adapters.")
-    lora_dropout: float = Field(default=0.05, description="LoRA dropout.")
+    lora_dropout: float = Field(
+        default=0.0, description="LoRA dropout when the job gives none. 0 skips a dropout copy of every adapted "
+                                 "layer's input: on CPU 8% more tokens/s and 15% less memory than 0.05 "
+                                 "(bench/train_throughput.py).")
     max_length: int = Field(
         default=1024, description="Longest example in tokens when the job gives no max_length (longer ones are "
                                   "refused at job creation); the coach prompts are 500-650 tokens.")
