@@ -611,7 +611,8 @@ def unpin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str
 def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str | None,
                   traffic_share: int = 0, reason: str = "") -> Avatar:
     """Set (or clear, with no model) the avatar's candidate version and the share of traffic (0-100)
-    meant for it. Stored for A/B tests; requests are not split yet."""
+    meant for it; inference sends that share of the avatar's requests to the candidate (sticky per
+    the request's ``user``)."""
     if isinstance(traffic_share, bool) or not 0 <= traffic_share <= 100:
         raise InvalidArgument("traffic_share must be between 0 and 100.", param="traffic_share")
     with deps.db.session() as s:
