@@ -2,7 +2,10 @@
 
 Starts the all-in-one stack (its own data dir and free ports), then sends the same chat
 requests straight to the engine and through the inference service, in one run, at several
-concurrency levels, and prints p50/p99 latency, the added latency and the throughput ratio.
+concurrency levels, and prints p50/p99 latency, the added latency and the throughput ratio, plus
+the CPU time the services process spends per gateway request (user + system, read from the OS):
+on a machine where client, gateway and engine share the cores, that CPU time is what the gateway
+takes from the engine, and it does not move with the scheduling noise that latencies do.
 Then it makes 8 LoRA adapters (untrained: peft's get_peft_model + save_pretrained on the base
 model), registers them through real ``job.succeeded`` events, and prints the gateway's throughput
 with traffic spread over the 8 adapters vs all on one adapter (the engine holds ``--max-loras``
@@ -23,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 
 from coachforge_launcher.models import BASE_MODEL_ID
 from coachforge_launcher.settings import StackSettings
@@ -54,6 +58,20 @@ def drive(url: str, headers: dict[str, str], n: int, concurrency: int, max_token
         with ThreadPoolExecutor(concurrency) as pool:
             latencies = list(pool.map(one, range(n)))
         return latencies, time.perf_counter() - started
+
+
+def services_process(stack: Stack) -> psutil.Process:
+    """The stack's services process (REST gateway included), a child of its supervisord."""
+    assert stack.proc is not None
+    for child in psutil.Process(stack.proc.pid).children(recursive=True):
+        if "coachforge_launcher.app" in " ".join(child.cmdline()):
+            return child
+    raise RuntimeError("no services process under the stack's supervisord")
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return float(times.user + times.system)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -116,18 +134,26 @@ def main() -> None:
             auth = {"Authorization": "Bearer cf-bench"}
             drive(direct, {}, 8, 4, args.max_tokens)  # warm-up both paths
             drive(gateway, auth, 8, 4, args.max_tokens)
+            services = services_process(stack)
+            cpu_before, t0 = cpu_seconds(services), time.perf_counter()
+            time.sleep(10)  # what the services process burns with no traffic (consumers, health checks)
+            idle = (cpu_seconds(services) - cpu_before) / (time.perf_counter() - t0)
+            print(f"services process at rest: {idle * 1e3:.1f} ms CPU per second (subtracted below)")
             print(f"{args.requests} requests per run, {args.max_tokens} tokens each, base model {BASE_MODEL_ID}")
-            print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}   added p50 / p99, throughput")
+            print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}   added p50 / p99, throughput, "
+                  "gateway CPU per request")
             for c in args.concurrency:
                 d_lat, d_wall = drive(direct, {}, args.requests, c, args.max_tokens)
+                cpu_before = cpu_seconds(services)
                 g_lat, g_wall = drive(gateway, auth, args.requests, c, args.max_tokens)
+                cpu_ms = (cpu_seconds(services) - cpu_before - idle * g_wall) * 1e3 / len(g_lat)
                 for name, lat, wall in (("direct", d_lat, d_wall), ("gateway", g_lat, g_wall)):
                     print(f"{c:>4} {name:>8} {pct(lat, 50) * 1e3:8.1f} {pct(lat, 99) * 1e3:8.1f} "
                           f"{len(lat) / wall:7.2f}", end="")
                     if name == "gateway":
                         print(f"   {(pct(g_lat, 50) - pct(d_lat, 50)) * 1e3:+.1f} ms / "
                               f"{(pct(g_lat, 99) - pct(d_lat, 99)) * 1e3:+.1f} ms, "
-                              f"{d_wall / g_wall:.2f}x of direct", end="")
+                              f"{d_wall / g_wall:.2f}x of direct, {cpu_ms:.2f} ms CPU", end="")
                     print()
             if args.adapters:
                 root = gateway.removesuffix("/v1/chat/completions")
