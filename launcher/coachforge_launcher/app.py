@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import httpx
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -84,7 +85,16 @@ class Runtime:
         except grpc.RpcError:
             checks["grpc"] = False
         checks["consumers"] = all(c.running for c in self.consumers)
+        checks["workers"] = all(self._worker_answers(i) for i in range(self.stack.trainer_workers))
         return checks
+
+    def _worker_answers(self, index: int) -> bool:
+        """Trainer worker ``index`` is up: its metrics port (worker_metrics_port + index) answers."""
+        try:
+            r = httpx.get(f"http://{self.stack.host}:{self.stack.worker_metrics_port + index}/metrics", timeout=2)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
 
 
 def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Runtime]:

@@ -103,6 +103,13 @@ def test_unknown_model_and_bad_hyperparameters_are_field_errors(client: OpenAI) 
         client.chat.completions.create(model="ft:nope", messages=[{"role": "user", "content": "hi"}])
 
 
+def test_ready_checks_every_component_including_the_workers(stack) -> None:  # type: ignore[no-untyped-def]
+    r = httpx.get(stack.base_url.removesuffix("/v1") + "/ready", timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["checks"] == dict.fromkeys(
+        ("database", "broker", "engine", "grpc", "consumers", "workers"), True)
+
+
 def test_bad_key_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
     bad = OpenAI(base_url=stack.base_url, api_key="cf-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as err:
