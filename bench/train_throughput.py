@@ -71,7 +71,7 @@ def run_service(steps: int, micro: int, dropout: float | None, queue: mp.Queue) 
     with tempfile.TemporaryDirectory() as out:
         run_sft(model, examples, Path(out), params,
                 on_progress=lambda p: marks.append((time.perf_counter(), p.tokens_seen)))
-    name = f"service (micro {micro}{'' if dropout is None else f', dropout {dropout:g}'})"
+    name = f"service (micro {micro or 'auto'}{'' if dropout is None else f', dropout {dropout:g}'})"
     queue.put(_result(marks, steps, name, _param_count(model)))
 
 
@@ -130,7 +130,7 @@ def main() -> None:
     rows = []
     from coachforge_trainer.sft import TrainParams
 
-    micros = [int(m) for m in args.micro.split(",")] if args.micro else [TrainParams().micro_batch_size]
+    micros = [int(m) for m in args.micro.split(",")] if args.micro else [TrainParams().micro_batch_size]  # 0: auto
     runs: list[tuple[Any, tuple[Any, ...]]] = [(run_baseline, ())]
     runs += [(run_service, (m, args.lora_dropout)) for m in micros]
     for target, extra in runs:
