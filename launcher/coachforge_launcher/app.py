@@ -35,7 +35,6 @@ from coachforge_coach import service as coach_service
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_inference import usage as inference_usage
-from coachforge_inference.engine import Engine
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.settings import InferenceSettings
 from coachforge_launcher.settings import StackSettings
@@ -63,7 +62,7 @@ class Runtime:
     stack: StackSettings
     db: Database
     publisher: EventPublisher
-    engine: Engine
+    inference: InferenceDeps
     grpc_server: grpc.Server
     consumers: list[EventConsumer] = field(default_factory=list)
     channels: list[InternalChannel] = field(default_factory=list)
@@ -77,7 +76,7 @@ class Runtime:
         except Exception:
             checks["database"] = False
         checks["broker"] = self.publisher.healthy()
-        checks["engine"] = self.engine.healthy()
+        checks["engine"] = self.inference.pool.healthy()
         try:
             with grpc.insecure_channel(f"{self.stack.host}:{self.stack.grpc_port}") as ch:
                 status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=2).status
@@ -118,8 +117,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
                           dataset=channel(trainer_settings.dataset_grpc_target),
                           registry=channel(trainer_settings.registry_grpc_target))
     register_job_status_collector(db)
-    engine = Engine(inference_settings.engine_url, inference_settings.request_timeout_s)
-    inference = InferenceDeps(settings=inference_settings, engine=engine,
+    inference = InferenceDeps(settings=inference_settings, engine=None,
                               registry=channel(inference_settings.registry_grpc_target), publisher=publisher,
                               db=db, kafka_bootstrap=platform.kafka_bootstrap)
     coach = coach_service.build_deps(db, platform, channel)
@@ -131,7 +129,7 @@ def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, Ru
         coachforge_inference.grpc.registration(inference),
         coachforge_coach.grpc.registration(coach),
     ], authenticator, f"{stack.host}:{stack.grpc_port}")
-    runtime = Runtime(platform=platform, stack=stack, db=db, publisher=publisher, engine=engine,
+    runtime = Runtime(platform=platform, stack=stack, db=db, publisher=publisher, inference=inference,
                       grpc_server=server, channels=runtime_channels)
     runtime.consumers.append(EventConsumer(
         platform.kafka_bootstrap, registry.settings.consumer_group, ["job.succeeded"],

@@ -108,13 +108,11 @@ def _inference(ctx: Context) -> Parts:
     import coachforge_inference.api
     import coachforge_inference.grpc
     from coachforge_inference import usage
-    from coachforge_inference.engine import Engine
     from coachforge_inference.service import InferenceDeps
     from coachforge_inference.settings import InferenceSettings
 
     settings = InferenceSettings()
-    engine = Engine(settings.engine_url, settings.request_timeout_s)
-    deps = InferenceDeps(settings=settings, engine=engine, registry=ctx.channel(settings.registry_grpc_target),
+    deps = InferenceDeps(settings=settings, engine=None, registry=ctx.channel(settings.registry_grpc_target),
                          publisher=ctx.publisher, db=ctx.db, kafka_bootstrap=ctx.platform.kafka_bootstrap)
     consumer = EventConsumer(ctx.platform.kafka_bootstrap, settings.usage_consumer_group, ["usage.recorded"],
                              usage.on_usage_recorded, ctx.db)
