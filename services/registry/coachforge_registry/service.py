@@ -147,7 +147,8 @@ def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
                                "trained_tokens": ev.trained_tokens, "final_loss": ev.final_loss}
     if ev.validation_file:
         lineage["validation_file"] = ev.validation_file
-    lineage.update({"dataset_version": ev.dataset_version} if ev.dataset_version else {})
+    if ev.dataset_version:
+        lineage["dataset_version"] = ev.dataset_version
     if ev.hyperparameters_json:
         try:
             hyperparameters = json.loads(ev.hyperparameters_json)
