@@ -6,8 +6,8 @@ peak memory is its own), and report non-padding tokens per second measured after
 (warm-up) step, seconds per step, peak resident memory and model FLOPs utilisation:
 
 * ``service``  -- :func:`coachforge_trainer.sft.run_sft` as the trainer worker calls it
-  (micro-batches of ``--micro`` with gradient accumulation, loss on the final answer only,
-  QLoRA on CUDA).
+  (micro-batches of ``--micro`` with gradient accumulation, loss on the final answer only, the
+  output head projected only at the answer's positions on CPU, QLoRA on CUDA).
 * ``baseline`` -- ``SFTTrainer`` with its defaults (``per_device_train_batch_size=8``, loss on
   every token), ``use_cpu`` on a machine without CUDA.
 

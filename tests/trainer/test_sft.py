@@ -191,3 +191,36 @@ def test_malformed_examples_are_rejected(examples: list[dict[str, Any]], tmp_pat
     with pytest.raises(ValueError):
         run_sft(tmp_path / "no-model", examples, tmp_path / "run", _small_params())
     assert not (tmp_path / "run").exists()
+
+
+def test_answer_head_loss_equals_trl_loss(base_model_dir: Path, tmp_path: Path) -> None:
+    """The training loss that projects the output head only at labelled positions is TRL's loss,
+    for a padded batch of conversations of different lengths, and so are its gradients."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]
+
+    from coachforge_trainer.sft import _AnswerHeadSFTTrainer, _to_prompt_completion
+
+    config = SFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=3, use_cpu=True, bf16=False,
+                       report_to=[], max_length=128, model_init_kwargs={"dtype": torch.float32})
+    trainer = _AnswerHeadSFTTrainer(
+        model=str(base_model_dir), args=config, train_dataset=Dataset.from_list(_to_prompt_completion(_examples(3))),
+        peft_config=LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear",
+                               task_type="CAUSAL_LM"))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert (batch["attention_mask"] == 0).any()  # padded: the rows differ in length
+    model = trainer.model
+    model.train()
+    adapter = next(p for n, p in model.named_parameters() if "lora_A" in n)
+
+    losses, grads = [], []
+    for compute_loss in (trainer.compute_loss, lambda m, b: SFTTrainer.compute_loss(trainer, m, b)):
+        model.zero_grad()
+        loss = compute_loss(model, dict(batch))
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(adapter.grad.clone())
+
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

@@ -4,7 +4,8 @@
 (plus the tokenizer) to ``output_dir / "adapter"``, ready to be served by vLLM next to
 the unchanged base model.
 
-* **CPU** (no CUDA device): full-precision (float32) LoRA, no gradient checkpointing.
+* **CPU** (no CUDA device): full-precision (float32) LoRA, no gradient checkpointing, and
+  the output head projected only at the answer's positions (:class:`_AnswerHeadSFTTrainer`).
 * **CUDA**: QLoRA -- the base model is loaded in 4-bit NF4 with bitsandbytes (compute in
   bfloat16), training runs in bf16 with gradient checkpointing. bitsandbytes is imported
   only on this path; if it is not installed, the base model is loaded in bfloat16
@@ -206,6 +207,39 @@ def _remove_incomplete_checkpoints(output_dir: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+class _AnswerHeadSFTTrainer(SFTTrainer):  # type: ignore[misc]  # trl is untyped
+    """``SFTTrainer`` whose training loss on the CPU projects the output head only where a label is.
+
+    The loss covers the final answer only, yet on devices without Triton (the CPU) TRL's fused
+    head scores every position: with a 49k-token vocabulary that is a fifth of the model's FLOPs,
+    spent mostly on prompt tokens. Here the backbone's last hidden states are sliced to the
+    positions whose next token is labelled (``logits_to_keep``) before the head, and the loss is
+    the token-level mean TRL computes (tests/trainer/test_sft.py checks loss and gradients
+    against TRL's). On the coach data (prompts of 500-650 tokens, short answers) it took the
+    service from 1.04x to 1.8-2.1x the tokens/s of a plain ``SFTTrainer`` in
+    bench/train_throughput.py. On CUDA, TRL's chunked head already scores only labelled
+    positions, without materialising the logits: it is kept there, as it is for evaluation.
+    """
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        labels = inputs.get("labels")
+        if return_outputs or not model.training or labels is None or labels.device.type != "cpu":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        targets = labels[:, 1:]  # position p predicts token p + 1
+        keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+        forward = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = model(**forward, use_cache=False, logits_to_keep=keep).logits
+        targets = targets[:, keep]
+        per_token = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                                      ignore_index=-100, reduction="sum")
+        count = (targets != -100).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token / torch.as_tensor(count).clamp(min=1)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes  # as TRL does: DDP averages the gradients
+        return loss
+
+
 def micro_batch_for(params: TrainParams, cuda: bool) -> int:
     """The micro-batch size a run uses: ``params.micro_batch_size``, or the device's default."""
     chosen = params.micro_batch_size or (8 if cuda else 1)
@@ -318,7 +352,7 @@ def run_sft(
         callbacks: list[TrainerCallback] = [callback]
         if early_stopping:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
-        trainer = SFTTrainer(
+        trainer = _AnswerHeadSFTTrainer(
             model=str(base_model_dir),
             args=config,
             train_dataset=dataset,
