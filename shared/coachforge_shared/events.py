@@ -209,22 +209,32 @@ class EventConsumer:
         EVENTS_CONSUMED.labels(self.group, env.type, "handled").inc()
         return "handled", follow_up
 
+    def _commit(self, record: Any) -> None:
+        tp = TopicPartition(record.topic, record.partition)
+        self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, None, -1)})
+
     def run(self) -> None:
-        """Poll until :meth:`stop`. Each record's offset is committed once its transaction
-        committed, before its follow-up runs (the database, not the offset, tracks long work)."""
+        """Poll until :meth:`stop`. A record's offset is committed after its transaction committed:
+        before its follow-up runs (the database, not the offset, tracks long work), else once for
+        the records of a partition that one poll returned (one broker round trip, not one per
+        event; a redelivery after a crash is caught by the idempotency table)."""
         log.info("consumer started", consumer=self.group, topics=self.topics)
         try:
             while not self._stop.is_set():
                 batches = self._consumer.poll(timeout_ms=500)
                 for records in batches.values():
+                    uncommitted = None
                     for record in records:
                         _, follow_up = self.handle(record.value)
-                        tp = TopicPartition(record.topic, record.partition)
-                        self._consumer.commit({tp: OffsetAndMetadata(record.offset + 1, None, -1)})
+                        uncommitted = record
                         if follow_up is not None:
+                            self._commit(record)
+                            uncommitted = None
                             follow_up()
                         if self._stop.is_set():
                             break
+                    if uncommitted is not None:
+                        self._commit(uncommitted)
         finally:
             self._consumer.close()
             log.info("consumer stopped", consumer=self.group)

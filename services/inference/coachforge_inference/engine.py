@@ -1,5 +1,10 @@
 """Client of one vLLM OpenAI-compatible engine, with LoRA adapters loaded (and unloaded) at run time.
 
+The REST path calls the engine with aiohttp: measured against a local HTTP server at concurrency 8,
+an httpx ``AsyncClient`` POST cost 1.05-1.08 ms of CPU and an aiohttp one 0.11-0.13 ms, on a
+gateway whose goal is under 2 ms added in all. The threads of the gRPC path and the health checks
+keep a blocking httpx client.
+
 The routing state (health, requests in flight, adapters in least-recently-used order) lives here
 too, guarded by the lock of the :class:`~coachforge_inference.pool.EnginePool` that owns the engine.
 """
@@ -7,11 +12,13 @@ too, guarded by the lock of the :class:`~coachforge_inference.pool.EnginePool` t
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import httpx
 
 from coachforge_inference.metrics import ADAPTER_EVICTIONS, ADAPTER_LOADS, ENGINE_UP
@@ -34,14 +41,19 @@ class EngineUnreachable(Unavailable):
     and a request that has not streamed anything yet may be retried on another engine."""
 
 
+_ASYNC_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+"""What an aiohttp call raises when the engine cannot be reached or stops answering."""
+_JSON = {"content-type": "application/json"}
+
+
 class Engine:
     def __init__(self, base_url: str, timeout_s: float, max_loras: int = 4,
                  guard: threading.RLock | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.http = httpx.Client(base_url=self.base_url, timeout=httpx.Timeout(timeout_s, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
-        self._timeout = httpx.Timeout(timeout_s, connect=5.0)
-        self._ahttp: httpx.AsyncClient | None = None
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
+        self._ahttp: aiohttp.ClientSession | None = None
         self._aloop: asyncio.AbstractEventLoop | None = None
         self._loaded: set[str] = set()
         self._locks: dict[str, threading.Lock] = {}
@@ -58,16 +70,17 @@ class Engine:
         return f"Engine({self.base_url!r}, up={self.up}, inflight={self.inflight}, adapters={list(self.adapters)})"
 
     @property
-    def ahttp(self) -> httpx.AsyncClient:
+    def ahttp(self) -> aiohttp.ClientSession:
         """The async client the REST endpoints use, bound to the running event loop (the server has
         one; a client made in another loop, e.g. by a test harness, is replaced rather than reused)."""
         loop = asyncio.get_running_loop()
         if self._ahttp is None or self._aloop is not loop:
             self._aloop = loop
             self._alocks = {}
-            self._ahttp = httpx.AsyncClient(
-                base_url=self.base_url, timeout=self._timeout,
-                limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+            # read_bufsize: a server-sent event line may be up to twice this long (long logprobs).
+            self._ahttp = aiohttp.ClientSession(
+                self.base_url, timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256),
+                read_bufsize=2**20, auto_decompress=False)
         return self._ahttp
 
     def _mark(self, up: bool) -> None:
@@ -98,10 +111,10 @@ class Engine:
         with self.guard:
             return self._locks.setdefault(name, threading.Lock())
 
-    def _loaded_ok(self, name: str, path: str, r: httpx.Response) -> None:
-        if r.status_code != 200 and "already been loaded" not in r.text:
+    def _loaded_ok(self, name: str, path: str, status: int, text: str) -> None:
+        if status != 200 and "already been loaded" not in text:
             ADAPTER_LOADS.labels(self.base_url, "error").inc()
-            raise Unavailable(f"Engine refused to load adapter {name}: {r.text[:300]}")
+            raise Unavailable(f"Engine refused to load adapter {name}: {text[:300]}")
         ADAPTER_LOADS.labels(self.base_url, "loaded").inc()
         log.info("adapter loaded", adapter=name, path=path, engine=self.base_url)
         self._loaded.add(name)
@@ -122,7 +135,7 @@ class Engine:
             except httpx.HTTPError as err:
                 ADAPTER_LOADS.labels(self.base_url, "error").inc()
                 raise self._unreachable(" while loading adapter", err) from None
-            self._loaded_ok(name, path, r)
+            self._loaded_ok(name, path, r.status_code, r.text)
 
     async def aensure_adapter(self, name: str, path: str) -> None:
         """:meth:`ensure_adapter` for the event loop: one asyncio lock per adapter name."""
@@ -134,53 +147,55 @@ class Engine:
             if name in self._loaded:
                 return
             try:
-                r = await client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
-            except httpx.HTTPError as err:
+                async with client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}) as r:
+                    status, text = r.status, await r.text()
+            except _ASYNC_ERRORS as err:
                 ADAPTER_LOADS.labels(self.base_url, "error").inc()
                 raise self._unreachable(" while loading adapter", err) from None
-            self._loaded_ok(name, path, r)
+            self._loaded_ok(name, path, status, text)
 
-    def _unloaded(self, name: str, r: httpx.Response | None) -> None:
+    def _unloaded(self, name: str, status: int | None) -> None:
         self._loaded.discard(name)
-        ok = r is not None and (r.status_code == 200 or r.status_code == 404)
+        ok = status in (200, 404)
         ADAPTER_EVICTIONS.labels(self.base_url, "unloaded" if ok else "error").inc()
-        log.info("adapter unloaded (least recently used)", adapter=name, engine=self.base_url,
-                 status=None if r is None else r.status_code)
+        log.info("adapter unloaded (least recently used)", adapter=name, engine=self.base_url, status=status)
 
     def unload_adapter(self, name: str) -> None:
         """Unload ``name`` (to make room); an engine that no longer has it is fine."""
         with self._lock(name):
             try:
-                r: httpx.Response | None = self.http.post("/v1/unload_lora_adapter", json={"lora_name": name})
+                status: int | None = self.http.post("/v1/unload_lora_adapter", json={"lora_name": name}).status_code
             except httpx.HTTPError:
-                r = None
-            self._unloaded(name, r)
+                status = None
+            self._unloaded(name, status)
 
     async def aunload_adapter(self, name: str) -> None:
         client = self.ahttp
         async with self._alocks.setdefault(name, asyncio.Lock()):
             try:
-                r: httpx.Response | None = await client.post("/v1/unload_lora_adapter", json={"lora_name": name})
-            except httpx.HTTPError:
-                r = None
-            self._unloaded(name, r)
+                async with client.post("/v1/unload_lora_adapter", json={"lora_name": name}) as r:
+                    status: int | None = r.status
+            except _ASYNC_ERRORS:
+                status = None
+            self._unloaded(name, status)
 
     def forget(self, name: str) -> None:
         self._loaded.discard(name)
 
     @staticmethod
-    def _raise_for(r: httpx.Response) -> None:
-        if r.status_code < 400:
+    def _raise_for(status: int, text: str) -> None:
+        """Raise the engine's error answer (``status`` >= 400, body ``text``) as a typed error."""
+        if status < 400:
             return
         try:
-            message = r.json().get("error", {}).get("message") or r.text
-        except ValueError:
-            message = r.text
-        if r.status_code == 404:
+            message = json.loads(text).get("error", {}).get("message") or text
+        except (ValueError, AttributeError):
+            message = text
+        if status == 404:
             raise NotFound(message, param="model")
-        if r.status_code == 400:
+        if status == 400:
             raise InvalidArgument(message)
-        raise EngineError(r.status_code if r.status_code < 600 else 502, message)
+        raise EngineError(status if status < 600 else 502, message)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -189,7 +204,7 @@ class Engine:
             raise self._unreachable("", err) from None
         if not self.up:
             self._mark(True)
-        self._raise_for(r)
+        self._raise_for(r.status_code, r.text)
         result: dict[str, Any] = r.json()
         return result
 
@@ -199,40 +214,39 @@ class Engine:
             with self.http.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
                     r.read()
-                    self._raise_for(r)
+                    self._raise_for(r.status_code, r.text)
                 for line in r.iter_lines():
                     yield (line + "\n").encode()
         except httpx.HTTPError as err:
             raise self._unreachable("", err) from None
 
-    async def apost(self, path: str, content: bytes) -> httpx.Response:
-        """POST an already encoded JSON body; the engine's answer (errors raised as typed errors)."""
+    async def apost(self, path: str, content: bytes) -> bytes:
+        """POST an already encoded JSON body; the engine's answer body (errors raised as typed errors)."""
         try:
-            r = await self.ahttp.post(path, content=content, headers={"content-type": "application/json"})
-        except httpx.HTTPError as err:
+            async with self.ahttp.post(path, data=content, headers=_JSON) as r:
+                status, raw = r.status, await r.read()
+        except _ASYNC_ERRORS as err:
             raise self._unreachable("", err) from None
         if not self.up:
             self._mark(True)
-        self._raise_for(r)
-        return r
+        self._raise_for(status, raw.decode(errors="replace"))
+        return raw
 
     async def astream(self, path: str, content: bytes) -> AsyncIterator[bytes]:
         """Server-sent event lines from the engine (each ending with a newline); errors before the
         first line are raised as typed errors."""
         try:
-            async with self.ahttp.stream("POST", path, content=content,
-                                         headers={"content-type": "application/json"}) as r:
-                if r.status_code >= 400:
-                    await r.aread()
-                    self._raise_for(r)
-                async for line in r.aiter_lines():
-                    yield (line + "\n").encode()
-        except httpx.HTTPError as err:
+            async with self.ahttp.post(path, data=content, headers=_JSON) as r:
+                if r.status >= 400:
+                    self._raise_for(r.status, await r.text(errors="replace"))
+                async for line in r.content:
+                    yield line if line.endswith(b"\n") else line + b"\n"
+        except _ASYNC_ERRORS as err:
             raise self._unreachable("", err) from None
 
     async def aclose(self) -> None:
         if self._ahttp is not None:
-            await self._ahttp.aclose()
+            await self._ahttp.close()
             self._ahttp = None
 
     def close(self) -> None:

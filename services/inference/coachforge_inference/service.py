@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
-import httpx
 
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -368,19 +367,18 @@ async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[s
     """A non-streaming completion: the engine's JSON with ``model`` set to the model that answered."""
     started = time.perf_counter()
 
-    async def call(engine: Engine, content: bytes) -> httpx.Response:
+    async def call(engine: Engine, content: bytes) -> bytes:
         return await engine.apost(path, content)
 
     label = UNRESOLVED
     try:
         routed = await _aroute(deps, tenant_id, body)
         label = routed.model.id
-        r, lease, routed = await _aengage(deps, tenant_id, routed, call)
+        raw, lease, routed = await _aengage(deps, tenant_id, routed, call)
         lease.release()
     except CoachForgeError:
         REQUESTS.labels(tenant_id, label, "error").inc()
         raise
-    raw = r.content
     result = json.loads(raw)
     renamed = _rename_model(raw, routed.engine_body["model"], routed.model.id)
     if renamed is None:
