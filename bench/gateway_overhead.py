@@ -11,13 +11,19 @@ model), registers them through real ``job.succeeded`` events, and prints the gat
 with traffic spread over the 8 adapters vs all on one adapter (the engine holds ``--max-loras``
 of them in a batch and swaps the rest).
 
+With ``--engine-cpus`` (e.g. ``0``) the engine's threads are bound to those CPUs and the services
+process and this client to the others, as in production where the engine has its own device: the
+CPU engine's busy threads then no longer preempt the gateway, and the added latency is the
+gateway's own.
+
     .venv/bin/python bench/gateway_overhead.py [--requests 64] [--concurrency 1 8 32] [--max-tokens 8]
-                                               [--adapters 8] [--adapter-concurrency 8]
+                                               [--adapters 8] [--adapter-concurrency 8] [--engine-cpus 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import statistics
 import tempfile
@@ -67,6 +73,12 @@ def services_process(stack: Stack) -> psutil.Process:
         if "coachforge_launcher.app" in " ".join(child.cmdline()):
             return child
     raise RuntimeError("no services process under the stack's supervisord")
+
+
+def pin(proc: psutil.Process, cpus: set[int]) -> None:
+    """Bind every thread of ``proc`` to ``cpus`` (threads started later inherit it from theirs)."""
+    for thread in proc.threads():
+        os.sched_setaffinity(thread.id, cpus)
 
 
 def cpu_seconds(proc: psutil.Process) -> float:
@@ -123,18 +135,33 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8, help="tokens generated per request (default 8)")
     parser.add_argument("--adapters", type=int, default=8, help="adapters for the spread test (0 skips it)")
     parser.add_argument("--adapter-concurrency", type=int, default=8, help="concurrency of the spread test")
+    parser.add_argument("--engine-cpus", default=None,
+                        help="bind the engine to these CPUs (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. 0 or 0-1) "
+                             "and the gateway and this client to the others")
     args = parser.parse_args()
+    env: dict[str, str] = {}
+    if args.engine_cpus:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cpus
+        lo, _, hi = args.engine_cpus.partition("-")
+        rest = os.sched_getaffinity(0) - set(range(int(lo), int(hi or lo) + 1))
+        if not rest:
+            raise SystemExit(f"--engine-cpus {args.engine_cpus} leaves no CPU for the gateway")
+        os.sched_setaffinity(0, rest)
     with tempfile.TemporaryDirectory() as tmp:
         platform = PlatformSettings(data_dir=Path(tmp), api_key="cf-bench")
         settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
                                  broker_port=free_port())
-        with Stack(platform, settings) as stack:
+        with Stack(platform, settings, env) as stack:
             direct = f"http://127.0.0.1:{settings.engine_port}/v1/chat/completions"
             gateway = f"http://127.0.0.1:{settings.http_port}/v1/chat/completions"
             auth = {"Authorization": "Bearer cf-bench"}
             drive(direct, {}, 8, 4, args.max_tokens)  # warm-up both paths
             drive(gateway, auth, 8, 4, args.max_tokens)
             services = services_process(stack)
+            if args.engine_cpus:
+                pin(services, os.sched_getaffinity(0))
+                print(f"engine on CPUs {args.engine_cpus}; services and client on CPUs "
+                      f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
             cpu_before, t0 = cpu_seconds(services), time.perf_counter()
             time.sleep(10)  # what the services process burns with no traffic (consumers, health checks)
             idle = (cpu_seconds(services) - cpu_before) / (time.perf_counter() - t0)

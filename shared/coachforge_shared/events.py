@@ -18,7 +18,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata, TopicPartition
-from sqlalchemy import select
+from sqlalchemy import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -191,13 +191,9 @@ class EventConsumer:
         follow_up = None
         try:
             with self.db.session() as s:
-                seen = s.scalar(select(ProcessedEvent.id).where(
-                    ProcessedEvent.consumer == self.group, ProcessedEvent.event_id == env.event_id))
-                if seen is not None:
-                    EVENTS_CONSUMED.labels(self.group, env.type, "duplicate").inc()
-                    return "duplicate", None
-                s.add(ProcessedEvent(consumer=self.group, event_id=env.event_id, event_type=env.type))
-                s.flush()
+                # The unique (consumer, event_id) constraint refuses a redelivered event.
+                s.execute(insert(ProcessedEvent), {"consumer": self.group, "event_id": env.event_id,
+                                                   "event_type": env.type})
                 follow_up = self.handler(s, env, payload)
         except IntegrityError:
             EVENTS_CONSUMED.labels(self.group, env.type, "duplicate").inc()
