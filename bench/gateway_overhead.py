@@ -16,16 +16,24 @@ process and this client to the others, as in production where the engine has its
 CPU engine's busy threads then no longer preempt the gateway, and the added latency is the
 gateway's own.
 
+With ``--by-thread``, a last run at concurrency 1 splits the services process's CPU per request
+by thread (names read with ``py-spy dump``): the request path (the event loop) apart from the work
+each request causes elsewhere (the usage consumer, the event producer's network thread).
+
     .venv/bin/python bench/gateway_overhead.py [--requests 64] [--concurrency 1 8 32] [--max-tokens 8]
                                                [--adapters 8] [--adapter-concurrency 8] [--engine-cpus 0]
+                                               [--by-thread]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +94,40 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def thread_cpu(proc: psutil.Process) -> dict[int, float]:
+    return {t.id: t.user_time + t.system_time for t in proc.threads()}
+
+
+def thread_names(proc: psutil.Process) -> dict[int, str]:
+    """Python thread names by OS thread id, from ``py-spy dump``."""
+    spy = Path(sys.executable).with_name("py-spy")
+    out = subprocess.run([str(spy), "dump", "--pid", str(proc.pid)], capture_output=True, text=True).stdout
+    names = {}
+    for line in out.splitlines():
+        if m := re.match(r'Thread (0x[0-9A-Fa-f]+|\d+) \(\w+\): "([^"]*)"', line):
+            names[int(m.group(1), 0)] = m.group(2)
+    return names
+
+
+def cpu_by_thread(services: psutil.Process, gateway: str, auth: dict[str, str], n: int, max_tokens: int) -> None:
+    """CPU per request of each thread of the services process, at concurrency 1, idle burn subtracted."""
+    rest0, t0 = thread_cpu(services), time.perf_counter()
+    time.sleep(15)
+    rest1, rest_wall = thread_cpu(services), time.perf_counter() - t0
+    _, wall = drive(gateway, auth, n, 1, max_tokens)
+    after = thread_cpu(services)
+    names = thread_names(services)
+    rows = sorted(((after[t] - rest1.get(t, 0.0) - (rest1.get(t, 0.0) - rest0.get(t, 0.0)) / rest_wall * wall)
+                   * 1e3 / n, names.get(t, f"thread {t}")) for t in after)
+    rows.reverse()
+    print(f"\nservices process CPU per request by thread ({n} requests at concurrency 1; clock ticks of 10 ms, "
+          f"so +-{10 / n:.2f} ms each):")
+    for ms, name in rows:
+        if ms >= 0.05:
+            print(f"{ms:8.2f} ms  {name}")
+    print(f"{sum(r[0] for r in rows):8.2f} ms  in all")
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
@@ -138,6 +180,8 @@ def main() -> None:
     parser.add_argument("--engine-cpus", default=None,
                         help="bind the engine to these CPUs (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. 0 or 0-1) "
                              "and the gateway and this client to the others")
+    parser.add_argument("--by-thread", action="store_true",
+                        help="also split the services process's CPU per request by thread (needs py-spy)")
     args = parser.parse_args()
     env: dict[str, str] = {}
     if args.engine_cpus:
@@ -193,6 +237,8 @@ def main() -> None:
                 for label, models in (("1", (names[0],)), (str(len(names)), tuple(names))):
                     lat, wall = drive(gateway, auth, args.requests, c, args.max_tokens, models)
                     print(f"{label:>8} {pct(lat, 50) * 1e3:8.1f} {pct(lat, 99) * 1e3:8.1f} {len(lat) / wall:7.2f}")
+            if args.by_thread:
+                cpu_by_thread(services, gateway, auth, max(args.requests, 100), args.max_tokens)
 
 
 if __name__ == "__main__":

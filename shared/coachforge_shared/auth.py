@@ -110,6 +110,24 @@ class Authenticator:
             self._keys.clear()
 
     def authenticate(self, authorization: str | None, internal: str | None, tenant: str | None) -> Principal:
+        """The caller of a request with these headers; raises :class:`Unauthenticated`."""
+        principal = self.authenticate_cached(authorization, internal, tenant)
+        if principal is not None:
+            return principal
+        assert authorization is not None  # authenticate_cached refused a request without one
+        digest = hash_key(authorization.partition(" ")[2].strip())
+        with self.db.session() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+            if row is None or row.revoked_at is not None:
+                raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
+            principal = Principal(tenant_id=row.tenant_id, key_id=row.id)
+        self._remember(digest, principal)
+        return principal
+
+    def authenticate_cached(self, authorization: str | None, internal: str | None,
+                            tenant: str | None) -> Principal | None:
+        """:meth:`authenticate` without the database: the caller, or ``None`` when its API key must
+        be looked up (not cached); cheap enough for an event loop. Raises for a bad request."""
         if internal is not None:
             if not hmac.compare_digest(internal, self.internal_token):
                 raise Unauthenticated("Invalid internal token.", code="invalid_api_key")
@@ -123,17 +141,7 @@ class Authenticator:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Unauthenticated("Malformed Authorization header; expected 'Bearer <key>'.", code="invalid_api_key")
-        digest = hash_key(key.strip())
-        principal = self._cached(digest)
-        if principal is not None:
-            return principal
-        with self.db.session() as s:
-            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-            if row is None or row.revoked_at is not None:
-                raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
-            principal = Principal(tenant_id=row.tenant_id, key_id=row.id)
-        self._remember(digest, principal)
-        return principal
+        return self._cached(hash_key(key.strip()))
 
 
 def set_principal(principal: Principal | None) -> object:

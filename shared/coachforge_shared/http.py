@@ -11,6 +11,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -105,11 +106,17 @@ def add_metrics_route(app: FastAPI) -> None:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def get_principal(request: Request) -> Principal:
-    """Authenticate the caller with the app's :class:`Authenticator` (``app.state.authenticator``)."""
+async def get_principal(request: Request) -> Principal:
+    """Authenticate the caller with the app's :class:`Authenticator` (``app.state.authenticator``):
+    on the event loop when its key is cached (most requests: no thread hop), else from a worker
+    thread that asks the database."""
     authenticator: Authenticator = request.app.state.authenticator
     h = request.headers
-    return authenticator.authenticate(h.get("authorization"), h.get(INTERNAL_HEADER), h.get(TENANT_HEADER))
+    headers = (h.get("authorization"), h.get(INTERNAL_HEADER), h.get(TENANT_HEADER))
+    principal = authenticator.authenticate_cached(*headers)
+    if principal is not None:
+        return principal
+    return await run_in_threadpool(authenticator.authenticate, *headers)
 
 
 #: Declare ``principal: CurrentPrincipal`` on every endpoint: it authenticates the call.
