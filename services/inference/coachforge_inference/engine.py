@@ -78,9 +78,8 @@ class Engine:
             self._aloop = loop
             self._alocks = {}
             # read_bufsize: a server-sent event line may be up to twice this long (long logprobs).
-            self._ahttp = aiohttp.ClientSession(
-                self.base_url, timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256),
-                read_bufsize=2**20, auto_decompress=False)
+            self._ahttp = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256),
+                                                read_bufsize=2**20, auto_decompress=False)
         return self._ahttp
 
     def _mark(self, up: bool) -> None:
@@ -147,7 +146,8 @@ class Engine:
             if name in self._loaded:
                 return
             try:
-                async with client.post("/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path}) as r:
+                async with client.post(f"{self.base_url}/v1/load_lora_adapter",
+                                       json={"lora_name": name, "lora_path": path}) as r:
                     status, text = r.status, await r.text()
             except _ASYNC_ERRORS as err:
                 ADAPTER_LOADS.labels(self.base_url, "error").inc()
@@ -173,7 +173,7 @@ class Engine:
         client = self.ahttp
         async with self._alocks.setdefault(name, asyncio.Lock()):
             try:
-                async with client.post("/v1/unload_lora_adapter", json={"lora_name": name}) as r:
+                async with client.post(f"{self.base_url}/v1/unload_lora_adapter", json={"lora_name": name}) as r:
                     status: int | None = r.status
             except _ASYNC_ERRORS:
                 status = None
@@ -223,7 +223,7 @@ class Engine:
     async def apost(self, path: str, content: bytes) -> bytes:
         """POST an already encoded JSON body; the engine's answer body (errors raised as typed errors)."""
         try:
-            async with self.ahttp.post(path, data=content, headers=_JSON) as r:
+            async with self.ahttp.post(self.base_url + path, data=content, headers=_JSON) as r:
                 status, raw = r.status, await r.read()
         except _ASYNC_ERRORS as err:
             raise self._unreachable("", err) from None
@@ -236,7 +236,7 @@ class Engine:
         """Server-sent event lines from the engine (each ending with a newline); errors before the
         first line are raised as typed errors."""
         try:
-            async with self.ahttp.post(path, data=content, headers=_JSON) as r:
+            async with self.ahttp.post(self.base_url + path, data=content, headers=_JSON) as r:
                 if r.status >= 400:
                     self._raise_for(r.status, await r.text(errors="replace"))
                 async for line in r.content:
