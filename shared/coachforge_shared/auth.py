@@ -111,23 +111,31 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None, internal: str | None, tenant: str | None) -> Principal:
         """The caller of a request with these headers; raises :class:`Unauthenticated`."""
-        principal = self.authenticate_cached(authorization, internal, tenant)
+        found = self._principal_or_digest(authorization, internal, tenant)
+        if isinstance(found, Principal):
+            return found
+        principal = self._cached(found)
         if principal is not None:
             return principal
-        assert authorization is not None  # authenticate_cached refused a request without one
-        digest = hash_key(authorization.partition(" ")[2].strip())
         with self.db.session() as s:
-            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == found))
             if row is None or row.revoked_at is not None:
                 raise Unauthenticated("Incorrect API key provided.", code="invalid_api_key")
             principal = Principal(tenant_id=row.tenant_id, key_id=row.id)
-        self._remember(digest, principal)
+        self._remember(found, principal)
         return principal
 
     def authenticate_cached(self, authorization: str | None, internal: str | None,
                             tenant: str | None) -> Principal | None:
         """:meth:`authenticate` without the database: the caller, or ``None`` when its API key must
         be looked up (not cached); cheap enough for an event loop. Raises for a bad request."""
+        found = self._principal_or_digest(authorization, internal, tenant)
+        return found if isinstance(found, Principal) else self._cached(found)
+
+    def _principal_or_digest(self, authorization: str | None, internal: str | None,
+                             tenant: str | None) -> Principal | str:
+        """The caller of an internal call, or the digest of the API key to look up; raises for a
+        request that can never authenticate."""
         if internal is not None:
             if not hmac.compare_digest(internal, self.internal_token):
                 raise Unauthenticated("Invalid internal token.", code="invalid_api_key")
@@ -141,7 +149,7 @@ class Authenticator:
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key:
             raise Unauthenticated("Malformed Authorization header; expected 'Bearer <key>'.", code="invalid_api_key")
-        return self._cached(hash_key(key.strip()))
+        return hash_key(key.strip())
 
 
 def set_principal(principal: Principal | None) -> object:

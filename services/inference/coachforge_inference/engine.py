@@ -183,19 +183,18 @@ class Engine:
         self._loaded.discard(name)
 
     @staticmethod
-    def _raise_for(status: int, text: str) -> None:
-        """Raise the engine's error answer (``status`` >= 400, body ``text``) as a typed error."""
-        if status < 400:
-            return
+    def _error(status: int, text: str) -> CoachForgeError:
+        """The engine's error answer (``status`` >= 400, body ``text``) as a typed error; the body
+        is decoded only for errors, never on the hot path of a successful answer."""
         try:
             message = json.loads(text).get("error", {}).get("message") or text
         except (ValueError, AttributeError):
             message = text
         if status == 404:
-            raise NotFound(message, param="model")
+            return NotFound(message, param="model")
         if status == 400:
-            raise InvalidArgument(message)
-        raise EngineError(status if status < 600 else 502, message)
+            return InvalidArgument(message)
+        return EngineError(status if status < 600 else 502, message)
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -204,7 +203,8 @@ class Engine:
             raise self._unreachable("", err) from None
         if not self.up:
             self._mark(True)
-        self._raise_for(r.status_code, r.text)
+        if r.status_code >= 400:
+            raise self._error(r.status_code, r.text)
         result: dict[str, Any] = r.json()
         return result
 
@@ -214,7 +214,7 @@ class Engine:
             with self.http.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
                     r.read()
-                    self._raise_for(r.status_code, r.text)
+                    raise self._error(r.status_code, r.text)
                 for line in r.iter_lines():
                     yield (line + "\n").encode()
         except httpx.HTTPError as err:
@@ -229,7 +229,8 @@ class Engine:
             raise self._unreachable("", err) from None
         if not self.up:
             self._mark(True)
-        self._raise_for(status, raw.decode(errors="replace"))
+        if status >= 400:
+            raise self._error(status, raw.decode(errors="replace"))
         return raw
 
     async def astream(self, path: str, content: bytes) -> AsyncIterator[bytes]:
@@ -238,7 +239,7 @@ class Engine:
         try:
             async with self.ahttp.post(self.base_url + path, data=content, headers=_JSON) as r:
                 if r.status >= 400:
-                    self._raise_for(r.status, await r.text(errors="replace"))
+                    raise self._error(r.status, await r.text(errors="replace"))
                 async for line in r.content:
                     yield line if line.endswith(b"\n") else line + b"\n"
         except _ASYNC_ERRORS as err:
