@@ -2,10 +2,16 @@
 
 Starts the all-in-one stack (its own data dir and free ports), then sends the same chat
 requests straight to the engine and through the inference service, in one run, at several
-concurrency levels, and prints p50/p99 latency, the added latency and the throughput ratio, plus
-the CPU time the services process spends per gateway request (user + system, read from the OS):
-on a machine where client, gateway and engine share the cores, that CPU time is what the gateway
-takes from the engine, and it does not move with the scheduling noise that latencies do.
+concurrency levels, and prints:
+
+* p50/p99 latency of both paths, the added latency and the throughput ratio;
+* the gateway's own time per request, as its ``server-timing`` header reports it: from the
+  request's arrival in the application (after the HTTP server parsed its headers) to the answer
+  ready, apart from waiting for the engine; the extra loopback hop is not in it;
+* the CPU time the services process spends per gateway request (user + system, read from the
+  OS): on a machine where client, gateway and engine share the cores, that CPU time is what the
+  gateway takes from the engine, and it does not move with the scheduling noise that latencies do.
+
 Then it makes 8 LoRA adapters (untrained: peft's get_peft_model + save_pretrained on the base
 model), registers them through real ``job.succeeded`` events, and prints the gateway's throughput
 with traffic spread over the 8 adapters vs all on one adapter (the engine holds ``--max-loras``
@@ -55,23 +61,27 @@ def free_port() -> int:
 
 
 def drive(url: str, headers: dict[str, str], n: int, concurrency: int, max_tokens: int,
-          models: tuple[str, ...] = (BASE_MODEL_ID,)) -> tuple[list[float], float]:
+          models: tuple[str, ...] = (BASE_MODEL_ID,)) -> tuple[list[float], float, list[float]]:
     """Send ``n`` requests with ``concurrency`` in flight (request i asks ``models[i % len(models)]``);
-    return per-request seconds and wall seconds."""
+    return per-request seconds, wall seconds and, from the gateway's ``server-timing`` header, the
+    seconds each request spent in the gateway apart from the engine (empty for the engine)."""
     with httpx.Client(timeout=300, limits=httpx.Limits(max_connections=concurrency)) as client:
 
-        def one(i: int) -> float:
+        def one(i: int) -> tuple[float, float | None]:
             body = {"model": models[i % len(models)], "max_tokens": max_tokens, "temperature": 0,
                     "messages": [{"role": "user", "content": "Name one endurance sport."}]}
             t = time.perf_counter()
             r = client.post(url, json=body, headers=headers)
             r.raise_for_status()
-            return time.perf_counter() - t
+            elapsed = time.perf_counter() - t
+            timing = re.search(r"gateway;dur=([0-9.]+)", r.headers.get("server-timing", ""))
+            return elapsed, float(timing.group(1)) / 1e3 if timing else None
 
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            latencies = list(pool.map(one, range(n)))
-        return latencies, time.perf_counter() - started
+            results = list(pool.map(one, range(n)))
+        wall = time.perf_counter() - started
+        return [r[0] for r in results], wall, [r[1] for r in results if r[1] is not None]
 
 
 def services_process(stack: Stack) -> psutil.Process:
@@ -114,7 +124,7 @@ def cpu_by_thread(services: psutil.Process, gateway: str, auth: dict[str, str], 
     rest0, t0 = thread_cpu(services), time.perf_counter()
     time.sleep(15)
     rest1, rest_wall = thread_cpu(services), time.perf_counter() - t0
-    _, wall = drive(gateway, auth, n, 1, max_tokens)
+    _, wall, _ = drive(gateway, auth, n, 1, max_tokens)
     after = thread_cpu(services)
     names = thread_names(services)
     rows = sorted(((after[t] - rest1.get(t, 0.0) - (rest1.get(t, 0.0) - rest0.get(t, 0.0)) / rest_wall * wall)
@@ -211,19 +221,22 @@ def main() -> None:
             idle = (cpu_seconds(services) - cpu_before) / (time.perf_counter() - t0)
             print(f"services process at rest: {idle * 1e3:.1f} ms CPU per second (subtracted below)")
             print(f"{args.requests} requests per run, {args.max_tokens} tokens each, base model {BASE_MODEL_ID}")
-            print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}   added p50 / p99, throughput, "
-                  "gateway CPU per request")
+            print("added: gateway minus direct, end to end; own: the gateway's time apart from waiting for the "
+                  "engine, as its server-timing header reports it (from the request's arrival to the answer ready)")
+            print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}   added p50 / p99, own p50 / p99, "
+                  "throughput, gateway CPU per request")
             for c in args.concurrency:
-                d_lat, d_wall = drive(direct, {}, args.requests, c, args.max_tokens)
+                d_lat, d_wall, _ = drive(direct, {}, args.requests, c, args.max_tokens)
                 cpu_before = cpu_seconds(services)
-                g_lat, g_wall = drive(gateway, auth, args.requests, c, args.max_tokens)
+                g_lat, g_wall, own = drive(gateway, auth, args.requests, c, args.max_tokens)
                 cpu_ms = (cpu_seconds(services) - cpu_before - idle * g_wall) * 1e3 / len(g_lat)
                 for name, lat, wall in (("direct", d_lat, d_wall), ("gateway", g_lat, g_wall)):
                     print(f"{c:>4} {name:>8} {pct(lat, 50) * 1e3:8.1f} {pct(lat, 99) * 1e3:8.1f} "
                           f"{len(lat) / wall:7.2f}", end="")
                     if name == "gateway":
-                        print(f"   {(pct(g_lat, 50) - pct(d_lat, 50)) * 1e3:+.1f} ms / "
+                        print(f"   {(pct(g_lat, 50) - pct(d_lat, 50)) * 1e3:+.1f} / "
                               f"{(pct(g_lat, 99) - pct(d_lat, 99)) * 1e3:+.1f} ms, "
+                              f"{pct(own, 50) * 1e3:.2f} / {pct(own, 99) * 1e3:.2f} ms, "
                               f"{d_wall / g_wall:.2f}x of direct, {cpu_ms:.2f} ms CPU", end="")
                     print()
             if args.adapters:
@@ -235,7 +248,7 @@ def main() -> None:
                 print(f"\nthrough the gateway, {args.requests} requests at concurrency {c}:")
                 print(f"{'adapters':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}")
                 for label, models in (("1", (names[0],)), (str(len(names)), tuple(names))):
-                    lat, wall = drive(gateway, auth, args.requests, c, args.max_tokens, models)
+                    lat, wall, _ = drive(gateway, auth, args.requests, c, args.max_tokens, models)
                     print(f"{label:>8} {pct(lat, 50) * 1e3:8.1f} {pct(lat, 99) * 1e3:8.1f} {len(lat) / wall:7.2f}")
             if args.by_thread:
                 cpu_by_thread(services, gateway, auth, max(args.requests, 100), args.max_tokens)

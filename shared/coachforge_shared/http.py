@@ -67,11 +67,17 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=500)
 
 
+ARRIVED = "coachforge.arrived"
+"""The ASGI scope key under which :class:`RequestLatencyMiddleware` notes when a request arrived
+(``time.perf_counter()``), for handlers that report where the time went."""
+
+
 class RequestLatencyMiddleware:
     """Observes ``coachforge_http_request_duration_seconds`` for every REST request, from its
     arrival to the last byte of the response (a streamed answer counts whole), labelled with the
     matched route template (``/v1/files/{file_id}``, never the raw path, so labels stay bounded).
-    A plain ASGI middleware: nothing is buffered, streaming passes through untouched."""
+    A plain ASGI middleware: nothing is buffered, streaming passes through untouched. The arrival
+    time is left in the scope under :data:`ARRIVED`."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -80,7 +86,7 @@ class RequestLatencyMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = time.perf_counter()
+        start = scope[ARRIVED] = time.perf_counter()
         status = 500  # what the client sees if the app fails before it answers
 
         async def send_and_note_status(message: Message) -> None:

@@ -12,7 +12,7 @@ from coachforge_inference import service
 from coachforge_inference import usage as usage_mod
 from coachforge_inference.service import InferenceDeps
 from coachforge_shared.errors import InvalidArgument, Unavailable
-from coachforge_shared.http import CurrentPrincipal
+from coachforge_shared.http import ARRIVED, CurrentPrincipal
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -20,23 +20,6 @@ router = APIRouter(prefix="/v1", tags=["inference"])
 def _deps(request: Request) -> InferenceDeps:
     deps: InferenceDeps = request.app.state.inference
     return deps
-
-
-FALLBACK_HEADER = "x-coachforge-fallback"
-MODEL_HEADER = "x-coachforge-model"
-VARIANT_HEADER = "x-coachforge-variant"
-
-
-def _headers(routed: service.Routed) -> dict[str, str]:
-    """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which version
-    (``x-coachforge-variant: active|candidate``); a fallback answer says so:
-    ``x-coachforge-fallback: base; from=<model that could not be served>``."""
-    headers = {MODEL_HEADER: routed.model.id}
-    if routed.arm:
-        headers[VARIANT_HEADER] = routed.arm
-    if routed.fallback_from:
-        headers[FALLBACK_HEADER] = f"base; from={routed.fallback_from}"
-    return headers
 
 
 async def _body(request: Request) -> dict[str, Any]:
@@ -52,11 +35,12 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 async def _answer(request: Request, tenant_id: str, path: str, body: dict[str, Any]) -> Any:
+    arrived = request.scope.get(ARRIVED)
     if body.get("stream"):
-        events, routed = await service.astream(_deps(request), tenant_id, path, body)
-        return StreamingResponse(events, media_type="text/event-stream", headers=_headers(routed))
-    content, routed = await service.acomplete(_deps(request), tenant_id, path, body)
-    return Response(content, media_type="application/json", headers=_headers(routed))
+        events, routed = await service.astream(_deps(request), tenant_id, path, body, arrived)
+        return StreamingResponse(events, media_type="text/event-stream", headers=routed.headers())
+    content, routed = await service.acomplete(_deps(request), tenant_id, path, body, arrived)
+    return Response(content, media_type="application/json", headers=routed.headers())
 
 
 @router.post("/chat/completions")

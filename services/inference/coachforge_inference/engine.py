@@ -15,7 +15,7 @@ import asyncio
 import json
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import aiohttp
@@ -208,7 +208,7 @@ class Engine:
         result: dict[str, Any] = r.json()
         return result
 
-    def stream(self, path: str, body: dict[str, Any]) -> Iterator[bytes]:
+    def stream(self, path: str, body: dict[str, Any]) -> Generator[bytes, None, None]:
         """Server-sent event lines from the engine (each ending with a newline)."""
         try:
             with self.http.stream("POST", path, json=body) as r:

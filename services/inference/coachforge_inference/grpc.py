@@ -1,8 +1,10 @@
-"""gRPC ``InferenceService``: the same semantics as the REST chat endpoint."""
+"""gRPC ``InferenceService``: the semantics of the REST ``/v1/chat/completions`` and ``/v1/completions``,
+streaming included (each gRPC request is turned into the REST body it stands for)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -16,33 +18,96 @@ from coachforge_shared.errors import InvalidArgument, Unavailable
 from coachforge_shared.grpc_server import ServiceRegistration
 
 
+def _body(request: inference_pb2.ChatCompletionRequest | inference_pb2.CompletionRequest) -> dict[str, Any]:
+    """The REST body a gRPC chat or text completion request stands for (unset fields are left out,
+    so the engine's defaults apply as over REST)."""
+    body: dict[str, Any] = {"model": request.model}
+    for name in ("max_tokens", "n"):
+        if getattr(request, name):
+            body[name] = getattr(request, name)
+    for name in ("temperature", "top_p", "seed", "max_completion_tokens"):
+        if name in request.DESCRIPTOR.fields_by_name and request.HasField(name):
+            body[name] = getattr(request, name)
+    if request.stop:
+        body["stop"] = list(request.stop)
+    if request.user:
+        body["user"] = request.user
+    if request.response_format_json:
+        try:
+            body["response_format"] = json.loads(request.response_format_json)
+        except json.JSONDecodeError as err:
+            raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
+    if isinstance(request, inference_pb2.ChatCompletionRequest):
+        if not request.messages:
+            raise InvalidArgument("messages must be a non-empty list", param="messages")
+        body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+    else:
+        if not request.prompt:
+            raise InvalidArgument("you must provide a prompt parameter", param="prompt")
+        body["prompt"] = request.prompt
+    return body
+
+
+def _choice(choice: dict[str, Any]) -> inference_pb2.Choice:
+    """A chat message, a chat delta or a text completion choice as a :class:`Choice`."""
+    part = choice.get("message") or choice.get("delta")
+    content = part.get("content") if isinstance(part, dict) else choice.get("text")
+    return inference_pb2.Choice(index=int(choice.get("index") or 0), content=content or "",
+                                finish_reason=choice.get("finish_reason") or "")
+
+
+def _usage(usage: dict[str, Any] | None) -> inference_pb2.Usage | None:
+    if not usage:
+        return None
+    return inference_pb2.Usage(prompt_tokens=usage.get("prompt_tokens") or 0,
+                               completion_tokens=usage.get("completion_tokens") or 0,
+                               total_tokens=usage.get("total_tokens") or 0)
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, deps: InferenceDeps) -> None:
         self.deps = deps
 
+    def _complete(self, path: str, body: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
+        result, routed = service.complete(self.deps, current_principal().tenant_id, path, body)
+        context.send_initial_metadata(tuple(routed.headers().items()))
+        return result
+
+    def _stream(self, path: str, body: dict[str, Any], include_usage: bool,
+                context: grpc.ServicerContext) -> Iterator[inference_pb2.CompletionChunk]:
+        body["stream"] = True
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        chunks, routed = service.stream(self.deps, current_principal().tenant_id, path, body)
+        context.send_initial_metadata(tuple(routed.headers().items()))
+        for chunk in chunks:
+            yield inference_pb2.CompletionChunk(
+                id=chunk.get("id", ""), model=chunk["model"], created=int(chunk.get("created") or 0),
+                choices=[_choice(c) for c in chunk.get("choices") or ()], usage=_usage(chunk.get("usage")))
+
     def CreateChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
                              context: grpc.ServicerContext) -> inference_pb2.ChatCompletionResponse:
-        body: dict[str, Any] = {"model": request.model,
-                                "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
-        if request.max_tokens:
-            body["max_tokens"] = request.max_tokens
-        for name in ("temperature", "top_p", "seed"):
-            if request.HasField(name):
-                body[name] = getattr(request, name)
-        if request.response_format_json:
-            try:
-                body["response_format"] = json.loads(request.response_format_json)
-            except json.JSONDecodeError as err:
-                raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
-        result, _ = service.complete(self.deps, current_principal().tenant_id, "/v1/chat/completions", body)
-        choice = result["choices"][0]
-        usage = result.get("usage") or {}
+        result = self._complete("/v1/chat/completions", _body(request), context)
+        choices = [_choice(c) for c in result["choices"]]
         return inference_pb2.ChatCompletionResponse(
-            id=result.get("id", ""), model=result["model"], content=choice["message"].get("content") or "",
-            finish_reason=choice.get("finish_reason") or "", created=int(result.get("created", 0)),
-            usage=inference_pb2.Usage(prompt_tokens=usage.get("prompt_tokens", 0),
-                                      completion_tokens=usage.get("completion_tokens", 0),
-                                      total_tokens=usage.get("total_tokens", 0)))
+            id=result.get("id", ""), model=result["model"], content=choices[0].content,
+            finish_reason=choices[0].finish_reason, created=int(result.get("created", 0)),
+            usage=_usage(result.get("usage")), choices=choices)
+
+    def StreamChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
+                             context: grpc.ServicerContext) -> Iterator[inference_pb2.CompletionChunk]:
+        yield from self._stream("/v1/chat/completions", _body(request), request.include_usage, context)
+
+    def CreateCompletion(self, request: inference_pb2.CompletionRequest,
+                         context: grpc.ServicerContext) -> inference_pb2.CompletionResponse:
+        result = self._complete("/v1/completions", _body(request), context)
+        return inference_pb2.CompletionResponse(
+            id=result.get("id", ""), model=result["model"], created=int(result.get("created", 0)),
+            choices=[_choice(c) for c in result["choices"]], usage=_usage(result.get("usage")))
+
+    def StreamCompletion(self, request: inference_pb2.CompletionRequest,
+                         context: grpc.ServicerContext) -> Iterator[inference_pb2.CompletionChunk]:
+        yield from self._stream("/v1/completions", _body(request), request.include_usage, context)
 
     def GetUsage(self, request: inference_pb2.GetUsageRequest,
                  context: grpc.ServicerContext) -> inference_pb2.GetUsageResponse:

@@ -16,6 +16,11 @@ LATENCY = Histogram("coachforge_inference_request_seconds", "Total request laten
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120))
 TTFT = Histogram("coachforge_inference_ttft_seconds", "Time to first token (streaming requests).", ["model"],
                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10))
+GATEWAY = Histogram("coachforge_inference_gateway_seconds",
+                    "Time a request spends in the inference service apart from waiting for the engine, from its "
+                    "arrival to the answer ready (mode=stream: to the first chunk): authentication, resolution, "
+                    "routing, adapter loads, encoding.", ["mode"],
+                    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30))
 ADAPTER_LOADS = Counter("coachforge_inference_adapter_loads_total",
                         "LoRA adapter loads into an engine, by outcome (loaded, error); engine = a configured or "
                         "discovered engine URL.", ["engine", "outcome"])

@@ -6,11 +6,12 @@ record tokens, latency and cost."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -19,7 +20,17 @@ import anyio
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_inference.engine import Engine, EngineUnreachable
-from coachforge_inference.metrics import CANDIDATE_ROUTED, COST, FALLBACKS, LATENCY, REQUESTS, RETRIES, TOKENS, TTFT
+from coachforge_inference.metrics import (
+    CANDIDATE_ROUTED,
+    COST,
+    FALLBACKS,
+    GATEWAY,
+    LATENCY,
+    REQUESTS,
+    RETRIES,
+    TOKENS,
+    TTFT,
+)
 from coachforge_inference.pool import EnginePool
 from coachforge_inference.settings import InferenceSettings, Price
 from coachforge_shared.db import Database
@@ -35,6 +46,11 @@ log = get_logger("coachforge.inference")
 UNRESOLVED = "unresolved"
 
 T = TypeVar("T")
+
+FALLBACK_HEADER = "x-coachforge-fallback"
+MODEL_HEADER = "x-coachforge-model"
+VARIANT_HEADER = "x-coachforge-variant"
+TIMING_HEADER = "server-timing"
 
 
 @dataclass(frozen=True)
@@ -176,6 +192,33 @@ class Routed:
     """For an avatar with a candidate: which version answers ("active" or "candidate"); "" otherwise."""
     engine: str = ""
     """The engine that answered (its URL)."""
+    engine_seconds: float = 0.0
+    """Time spent waiting for the engine's answer (for a stream: its first chunk)."""
+    gateway_seconds: float = 0.0
+    """Time spent in this service apart from that, from the request's arrival to the answer ready
+    (for a stream: its first chunk): authentication, resolution, routing, adapter loads, encoding."""
+
+    def headers(self) -> dict[str, str]:
+        """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which
+        version (``x-coachforge-variant: active|candidate``); a fallback answer says so:
+        ``x-coachforge-fallback: base; from=<model that could not be served>``; where the time went
+        (``server-timing: gateway;dur=<ms>, engine;dur=<ms>``, up to the first chunk for a stream).
+        REST sends these as response headers, gRPC as initial metadata."""
+        headers = {MODEL_HEADER: self.model.id,
+                   TIMING_HEADER: f"gateway;dur={self.gateway_seconds * 1e3:.2f}, "
+                                  f"engine;dur={self.engine_seconds * 1e3:.2f}"}
+        if self.arm:
+            headers[VARIANT_HEADER] = self.arm
+        if self.fallback_from:
+            headers[FALLBACK_HEADER] = f"base; from={self.fallback_from}"
+        return headers
+
+    def timed(self, mode: str, started: float, waited: float) -> None:
+        """Note the engine's and the gateway's share of the time since ``started`` (``waited``: the
+        engine's) and observe the gateway's in ``coachforge_inference_gateway_seconds{mode}``."""
+        self.engine_seconds = waited
+        self.gateway_seconds = max(0.0, time.perf_counter() - started - waited)
+        GATEWAY.labels(mode).observe(self.gateway_seconds)
 
 
 def _model_id(body: dict[str, Any]) -> str:
@@ -269,8 +312,9 @@ async def _aengage(deps: InferenceDeps, tenant_id: str, routed: Routed,
 
 
 def _engage(deps: InferenceDeps, tenant_id: str, routed: Routed,
-            call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Routed]:
-    """:func:`_aengage` for threads (gRPC); the lease is released before returning."""
+            call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Any, Routed]:
+    """:func:`_aengage` for threads (gRPC): the result, the engine lease (the caller releases it
+    when the answer is done) and the routing actually used."""
     tried: list[Engine] = []
     while True:
         model = routed.model
@@ -285,6 +329,7 @@ def _engage(deps: InferenceDeps, tenant_id: str, routed: Routed,
                 except Unavailable:
                     if model.fallback != "base":
                         raise
+                    lease.release()
                     routed = _fallback(tenant_id, routed)
                     continue
             try:
@@ -296,12 +341,14 @@ def _engage(deps: InferenceDeps, tenant_id: str, routed: Routed,
                 deps.pool.ensure(lease.engine, adapter, model.adapter_uri)
                 result = call(lease.engine, routed.engine_body)
             routed.engine = lease.engine.base_url
-            return result, routed
+            return result, lease, routed
         except EngineUnreachable as err:
+            lease.release()
             tried.append(lease.engine)
             _retry_or_raise(deps, tried, err)
-        finally:
+        except BaseException:
             lease.release()
+            raise
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
@@ -329,18 +376,111 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
 def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Routed]:
     """A non-streaming chat or text completion; ``model`` in the answer is the model that answered."""
     started = time.perf_counter()
+    waited = 0.0
+
+    def call(engine: Engine, engine_body: dict[str, Any]) -> dict[str, Any]:
+        nonlocal waited
+        t = time.perf_counter()
+        try:
+            return engine.post(path, engine_body)
+        finally:
+            waited += time.perf_counter() - t
+
     label = UNRESOLVED
     try:
         model_id = _model_id(body)
         routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
         label = routed.model.id
-        result, routed = _engage(deps, tenant_id, routed, lambda engine, b: engine.post(path, b))
+        result, lease, routed = _engage(deps, tenant_id, routed, call)
+        lease.release()
     except CoachForgeError:
         REQUESTS.labels(tenant_id, label, "error").inc()
         raise
     result["model"] = routed.model.id
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
+    routed.timed("unary", started, waited)
     return result, routed
+
+
+def _bill_stream(routed: Routed) -> bool:
+    """Make the engine end a stream with its usage chunk, so that every streamed answer is billed;
+    returns whether the caller asked for that chunk (``stream_options.include_usage``), i.e.
+    whether it is passed on."""
+    options = routed.engine_body.get("stream_options")
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict):
+        return False  # not an object: the engine refuses it with a 400 that names the field
+    wanted = bool(options.get("include_usage"))
+    routed.engine_body["stream_options"] = {**options, "include_usage": True}
+    return wanted
+
+
+def _usage_only(chunk: dict[str, Any]) -> bool:
+    """The stream's last chunk that only carries the usage (no choices)."""
+    return bool(chunk.get("usage")) and not chunk.get("choices")
+
+
+def stream(deps: InferenceDeps, tenant_id: str, path: str,
+           body: dict[str, Any]) -> tuple[Iterator[dict[str, Any]], Routed]:
+    """:func:`astream` for threads (gRPC): the chunks as objects, ``model`` set to the model that
+    answered, the usage-only chunk passed on only when ``stream_options.include_usage`` asked for
+    it; errors before the first chunk are raised here (after one retry on another engine when the
+    first could not be reached), errors after it from the iterator."""
+    started = time.perf_counter()
+    waited = 0.0
+    label = UNRESOLVED
+
+    def call(engine: Engine, engine_body: dict[str, Any]) -> tuple[Generator[bytes, None, None], bytes]:
+        nonlocal waited
+        t = time.perf_counter()
+        upstream = engine.stream(path, engine_body)
+        try:
+            return upstream, next(upstream, b"")  # raises before anything was sent to the client
+        except BaseException:
+            upstream.close()
+            raise
+        finally:
+            waited += time.perf_counter() - t
+
+    try:
+        model_id = _model_id(body)
+        routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
+        label = routed.model.id
+        wanted = _bill_stream(routed)
+        (upstream, first), lease, routed = _engage(deps, tenant_id, routed, call)
+    except CoachForgeError:
+        REQUESTS.labels(tenant_id, label, "error").inc()
+        raise
+    routed.timed("stream", started, waited)
+    model = routed.model
+
+    def chunks() -> Iterator[dict[str, Any]]:
+        usage = None
+        ttft_recorded = False
+        try:
+            for line in itertools.chain((first,), upstream):
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                chunk["model"] = model.id
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                if not ttft_recorded and chunk.get("choices"):
+                    TTFT.labels(model.id).observe(time.perf_counter() - started)
+                    ttft_recorded = True
+                if wanted or not _usage_only(chunk):
+                    yield chunk
+        except CoachForgeError as err:
+            REQUESTS.labels(tenant_id, model.id, "error").inc()
+            log.warning("stream broken after it began", model=model.id, engine=routed.engine, error=str(err))
+            raise
+        finally:
+            lease.release()
+            upstream.close()
+        record_usage(deps, tenant_id, model, usage, started, routed.avatar)
+
+    return chunks(), routed
 
 
 # --- The REST path: async end to end (no thread hop per request), each body encoded once. ---
@@ -363,12 +503,20 @@ async def _aroute(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> 
     return _route(tenant_id, model_id, body, await deps.aresolve(tenant_id, model_id))
 
 
-async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[bytes, Routed]:
-    """A non-streaming completion: the engine's JSON with ``model`` set to the model that answered."""
-    started = time.perf_counter()
+async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
+                    arrived: float | None = None) -> tuple[bytes, Routed]:
+    """A non-streaming completion: the engine's JSON with ``model`` set to the model that answered
+    (``arrived``: when the request arrived, by ``time.perf_counter``; default now)."""
+    started = time.perf_counter() if arrived is None else arrived
+    waited = 0.0
 
     async def call(engine: Engine, content: bytes) -> bytes:
-        return await engine.apost(path, content)
+        nonlocal waited
+        t = time.perf_counter()
+        try:
+            return await engine.apost(path, content)
+        finally:
+            waited += time.perf_counter() - t
 
     label = UNRESOLVED
     try:
@@ -385,6 +533,7 @@ async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[s
         result["model"] = routed.model.id
         renamed = _dumps(result)
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
+    routed.timed("unary", started, waited)
     return renamed, routed
 
 
@@ -395,14 +544,17 @@ def _error_event(err: CoachForgeError) -> bytes:
                                          "code": status}}) + b"\n\n"
 
 
-async def astream(deps: InferenceDeps, tenant_id: str, path: str,
-                  body: dict[str, Any]) -> tuple[AsyncIterator[bytes], Routed]:
+async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
+                  arrived: float | None = None) -> tuple[AsyncIterator[bytes], Routed]:
     """A streaming completion as server-sent events; errors before the first byte are raised (after
     one retry on another engine when the first could not be reached), errors after it end the
-    stream with an error event."""
-    started = time.perf_counter()
+    stream with an error event (``arrived`` as in :func:`acomplete`)."""
+    started = time.perf_counter() if arrived is None else arrived
+    waited = 0.0
 
     async def call(engine: Engine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
+        nonlocal waited
+        t = time.perf_counter()
         upstream = engine.astream(path, content)
         try:
             return upstream, await upstream.__anext__()  # raises before anything was sent to the client
@@ -411,15 +563,26 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str,
         except BaseException:
             await upstream.aclose()  # type: ignore[attr-defined]
             raise
+        finally:
+            waited += time.perf_counter() - t
 
-    routed = await _aroute(deps, tenant_id, body)
-    (upstream, first), lease, routed = await _aengage(deps, tenant_id, routed, call)
+    label = UNRESOLVED
+    try:
+        routed = await _aroute(deps, tenant_id, body)
+        label = routed.model.id
+        wanted = _bill_stream(routed)
+        (upstream, first), lease, routed = await _aengage(deps, tenant_id, routed, call)
+    except CoachForgeError:
+        REQUESTS.labels(tenant_id, label, "error").inc()
+        raise
+    routed.timed("stream", started, waited)
     model = routed.model
     engine_model = routed.engine_body["model"]
 
     async def events() -> AsyncIterator[bytes]:
         usage = None
         ttft_recorded = False
+        dropped = False  # the usage-only chunk the caller did not ask for (its blank line goes too)
         line = first
         try:
             while line:
@@ -430,12 +593,16 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str,
                         chunk["model"] = model.id
                         if chunk.get("usage"):
                             usage = chunk["usage"]
+                        dropped = not wanted and _usage_only(chunk)
                         renamed = b"data: " + _dumps(chunk) + b"\n"
                     if not ttft_recorded and b'"choices":[{' in line:
                         TTFT.labels(model.id).observe(time.perf_counter() - started)
                         ttft_recorded = True
                     line = renamed
-                yield line
+                if not dropped:
+                    yield line
+                elif not line.startswith(b"data: {"):
+                    dropped = line.strip() != b""  # skip up to the event's closing blank line
                 try:
                     line = await upstream.__anext__()
                 except StopAsyncIteration:
