@@ -4,6 +4,7 @@ real vLLM CPU engine (same model folder and flags as the all-in-one engine, --ma
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import subprocess
 import sys
@@ -25,6 +26,16 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def base_avatar(stack) -> str:  # type: ignore[no-untyped-def]
+    """A new avatar of the stack's default tenant on the base model, created over REST (its name)."""
+    name = f"avatar-{secrets.token_hex(4)}"
+    r = httpx.post(f"{stack.base_url}/avatars", headers={"Authorization": f"Bearer {stack.api_key}"},
+                   json={"name": name, "model": BASE_MODEL_ID})
+    assert r.status_code == 200, r.text
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -16,12 +16,10 @@ from coachforge_launcher.models import BASE_MODEL_ID
 pytestmark = pytest.mark.stack
 
 
-def test_streaming_renames_the_model_and_ends_with_usage(stack) -> None:  # type: ignore[no-untyped-def]
+def test_streaming_renames_the_model_and_ends_with_usage(stack, base_avatar: str) -> None:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     root = stack.base_url.removesuffix("/v1")
-    avatar = f"usage-{secrets.token_hex(3)}"
-    r = httpx.post(f"{root}/v1/avatars", headers=headers, json={"name": avatar, "model": BASE_MODEL_ID})
-    assert r.status_code == 200, r.text
+    avatar = base_avatar
     body = {"model": avatar, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     chunks = []

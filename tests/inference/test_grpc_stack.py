@@ -109,14 +109,12 @@ def test_bad_requests_are_field_errors(stack) -> None:  # type: ignore[no-untype
             assert dict(err.value.trailing_metadata())["x-error-param"] == param
 
 
-def test_every_stream_is_billed(stack) -> None:  # type: ignore[no-untyped-def]
+def test_every_stream_is_billed(stack, base_avatar: str) -> None:  # type: ignore[no-untyped-def]
     """A stream whose caller did not ask for the usage chunk still records its tokens and cost;
     the caller does not get the chunk."""
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     root = stack.base_url.removesuffix("/v1")
-    avatar = f"billed-{secrets.token_hex(3)}"
-    r = httpx.post(f"{root}/v1/avatars", headers=headers, json={"name": avatar, "model": BASE_MODEL_ID})
-    assert r.status_code == 200, r.text
+    avatar = base_avatar
 
     body = {"model": avatar, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
             "temperature": 0, "stream": True}

@@ -155,3 +155,34 @@ def test_a_deleted_model_is_unloaded_from_the_engines(  # type: ignore[no-untype
         assert deps.cached(TENANT, version) is None
     finally:
         deps.close()
+
+
+def test_a_resolution_in_use_is_refreshed_before_it_expires(  # type: ignore[no-untyped-def]
+        stack, lora_adapters: list[Path]) -> None:
+    """With no model.* events (no listener here), a resolution used past half its lifetime is
+    fetched again in the background: a model in steady use never waits for the registry on a
+    request's path, a change is still seen within the TTL, and a deleted model's entry goes."""
+    ttl = 4.0
+    tag = secrets.token_hex(3)
+    version, doomed = (_upload(stack, lora_adapters[0], f"{prefix}{tag}") for prefix in ("ra", "rd"))
+    avatar = f"ra-{tag}"
+    _post(stack, "/avatars", {"name": avatar, "model": BASE_MODEL_ID})
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=ttl), engine=None,
+                         registry=InternalChannel(stack.grpc_target, stack.internal_token),
+                         engines=EnginePool([], health_interval_s=0))
+    try:
+        assert deps.resolve(TENANT, avatar).model.id == BASE_MODEL_ID
+        _post(stack, f"/avatars/{avatar}/activate", {"model": version})
+        while (hit := deps.cached(TENANT, avatar)) is not None and hit.model.id == BASE_MODEL_ID:
+            time.sleep(0.05)
+        assert hit is not None and hit.model.id == version  # refreshed while in use: it never expired
+
+        fetched = time.monotonic()
+        assert deps.resolve(TENANT, doomed).model.id == doomed
+        r = httpx.delete(f"{stack.base_url}/models/{doomed}", headers={"Authorization": f"Bearer {stack.api_key}"})
+        assert r.status_code == 200, r.text
+        while deps.cached(TENANT, doomed) is not None:
+            time.sleep(0.05)
+        assert time.monotonic() - fetched < ttl  # dropped by the refresh (NotFound), not by expiry
+    finally:
+        deps.close()

@@ -47,6 +47,10 @@ UNRESOLVED = "unresolved"
 
 T = TypeVar("T")
 
+REFRESH_AHEAD = 0.5
+"""A cached resolution older than this share of ``resolve_cache_s`` is fetched again in the
+background when it is used (refresh-ahead: a model in steady use never expires)."""
+
 FALLBACK_HEADER = "x-coachforge-fallback"
 MODEL_HEADER = "x-coachforge-model"
 VARIANT_HEADER = "x-coachforge-variant"
@@ -79,6 +83,7 @@ class InferenceDeps:
     _cache: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict)
     _generation: dict[str, int] = field(default_factory=dict)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock)
+    _refreshing: set[tuple[str, str]] = field(default_factory=set)
     _listener: Any = None
 
     def __post_init__(self) -> None:
@@ -128,12 +133,35 @@ class InferenceDeps:
         return len(keys)
 
     def cached(self, tenant_id: str, model_id: str) -> Resolution | None:
-        """The cached resolution of ``model_id``, if still fresh (no registry call)."""
+        """The cached resolution of ``model_id``, if still fresh (no registry call). One past half
+        its lifetime is fetched again from a background thread meanwhile, so that a model in steady
+        use is never waited for on a request's path."""
+        key = (tenant_id, model_id)
         with self._cache_lock:
-            hit = self._cache.get((tenant_id, model_id))
-        if hit is not None and time.monotonic() - hit[0] < self.settings.resolve_cache_s:
-            return hit[1]
-        return None
+            hit = self._cache.get(key)
+            if hit is None:
+                return None
+            age = time.monotonic() - hit[0]
+            if age >= self.settings.resolve_cache_s:
+                return None
+            refresh = age >= self.settings.resolve_cache_s * REFRESH_AHEAD and key not in self._refreshing
+            if refresh:
+                self._refreshing.add(key)
+        if refresh:
+            threading.Thread(target=self._refresh, args=key, name="resolve-refresh", daemon=True).start()
+        return hit[1]
+
+    def _refresh(self, tenant_id: str, model_id: str) -> None:
+        try:
+            self._fetch(tenant_id, model_id)
+        except NotFound:  # gone: the next request gets the error
+            with self._cache_lock:
+                self._cache.pop((tenant_id, model_id), None)
+        except Exception as err:  # the entry stays until it expires; then a request asks the registry itself
+            log.warning("model resolution not refreshed", model=model_id, error=str(err))
+        finally:
+            with self._cache_lock:
+                self._refreshing.discard((tenant_id, model_id))
 
     async def aresolve(self, tenant_id: str, model_id: str) -> Resolution:
         """:meth:`resolve` for the event loop: a cache hit costs no thread hop, a miss asks the
@@ -148,6 +176,10 @@ class InferenceDeps:
         hit = self.cached(tenant_id, model_id)
         if hit is not None:
             return hit
+        return self._fetch(tenant_id, model_id)
+
+    def _fetch(self, tenant_id: str, model_id: str) -> Resolution:
+        """Ask the registry, and cache its answer unless a model.* event arrived meanwhile."""
         if self._listener is None and self.kafka_bootstrap:
             self.start()
         now = time.monotonic()

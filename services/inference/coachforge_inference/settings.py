@@ -58,7 +58,8 @@ class InferenceSettings(BaseSettings):
     request_timeout_s: float = Field(default=300.0, description="Timeout of one engine call, seconds.")
     resolve_cache_s: float = Field(
         default=5.0, description="How long a model resolution is cached, seconds (a safety net: model.* events "
-                                 "drop a tenant's entries as soon as they arrive).")
+                                 "drop a tenant's entries as soon as they arrive); one used past half of it is "
+                                 "fetched again in the background.")
     prices: dict[str, Price] = Field(
         default_factory=dict, description='Per-model prices, JSON: {"<model id>": {"input": 0.3, "output": 1.2}}.')
     base_price: Price = Field(default=Price(input=0.10, output=0.40),
