@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +37,22 @@ def base_avatar(stack) -> str:  # type: ignore[no-untyped-def]
                    json={"name": name, "model": BASE_MODEL_ID})
     assert r.status_code == 200, r.text
     return name
+
+
+@pytest.fixture
+def avatar_usage(stack):  # type: ignore[no-untyped-def]
+    """``avatar_usage(avatar, messages)``: the avatar's daily usage rows (``GET /v1/usage``) once
+    they count ``messages`` answers, or as they stand after 60 s."""
+    def rows_for(avatar: str, messages: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 60
+        while True:
+            rows: list[dict[str, Any]] = httpx.get(
+                f"{stack.base_url}/usage", headers={"Authorization": f"Bearer {stack.api_key}"},
+                params={"avatar": avatar}).json()["data"]
+            if (rows and rows[0]["messages"] == messages) or time.monotonic() > deadline:
+                return rows
+            time.sleep(0.5)
+    return rows_for
 
 
 @pytest.fixture(scope="session")

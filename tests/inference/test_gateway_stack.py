@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from coachforge_launcher.models import BASE_MODEL_ID
 pytestmark = pytest.mark.stack
 
 
-def test_streaming_renames_the_model_and_ends_with_usage(stack, base_avatar: str) -> None:  # type: ignore[no-untyped-def]
+def test_streaming_renames_the_model_and_ends_with_usage(stack, base_avatar: str, avatar_usage) -> None:  # type: ignore[no-untyped-def]
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     root = stack.base_url.removesuffix("/v1")
     avatar = base_avatar
@@ -35,13 +34,7 @@ def test_streaming_renames_the_model_and_ends_with_usage(stack, base_avatar: str
                         json={"model": avatar, "prompt": "One sport:", "max_tokens": 3, "temperature": 0}).json()
     assert answer["model"] == BASE_MODEL_ID and answer["usage"]["prompt_tokens"] > 0
 
-    deadline = time.monotonic() + 60
-    rows: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        rows = httpx.get(f"{root}/v1/usage", headers=headers, params={"avatar": avatar}).json()["data"]
-        if rows and rows[0]["messages"] == 2:
-            break
-        time.sleep(0.5)
+    rows = avatar_usage(avatar, 2)
     assert len(rows) == 1 and rows[0]["model"] == BASE_MODEL_ID and rows[0]["messages"] == 2, rows
     assert rows[0]["input_tokens"] > 0 and rows[0]["cost_usd"] > 0
 

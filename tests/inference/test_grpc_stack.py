@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 
 import grpc
 import httpx
@@ -109,7 +108,7 @@ def test_bad_requests_are_field_errors(stack) -> None:  # type: ignore[no-untype
             assert dict(err.value.trailing_metadata())["x-error-param"] == param
 
 
-def test_every_stream_is_billed(stack, base_avatar: str) -> None:  # type: ignore[no-untyped-def]
+def test_every_stream_is_billed(stack, base_avatar: str, avatar_usage) -> None:  # type: ignore[no-untyped-def]
     """A stream whose caller did not ask for the usage chunk still records its tokens and cost;
     the caller does not get the chunk."""
     headers = {"Authorization": f"Bearer {stack.api_key}"}
@@ -135,13 +134,7 @@ def test_every_stream_is_billed(stack, base_avatar: str) -> None:  # type: ignor
                                                   metadata=(("authorization", f"Bearer {stack.api_key}"),)))
         assert streamed and not any(c.HasField("usage") for c in streamed)
 
-    deadline = time.monotonic() + 60
-    rows: list[dict[str, object]] = []
-    while time.monotonic() < deadline:
-        rows = httpx.get(f"{root}/v1/usage", headers=headers, params={"avatar": avatar}).json()["data"]
-        if rows and rows[0]["messages"] == 2:
-            break
-        time.sleep(0.5)
+    rows = avatar_usage(avatar, 2)
     assert len(rows) == 1 and rows[0]["messages"] == 2, rows
     assert 0 < rows[0]["output_tokens"] <= 2 * 4  # type: ignore[operator]
     assert rows[0]["input_tokens"] > 0 and rows[0]["cost_usd"] > 0  # type: ignore[operator]

@@ -245,11 +245,10 @@ class Routed:
             headers[FALLBACK_HEADER] = f"base; from={self.fallback_from}"
         return headers
 
-    def timed(self, mode: str, started: float, waited: float) -> None:
-        """Note the engine's and the gateway's share of the time since ``started`` (``waited``: the
-        engine's) and observe the gateway's in ``coachforge_inference_gateway_seconds{mode}``."""
-        self.engine_seconds = waited
-        self.gateway_seconds = max(0.0, time.perf_counter() - started - waited)
+    def timed(self, mode: str, started: float) -> None:
+        """Note the gateway's share of the time since ``started`` (all but ``engine_seconds``) and
+        observe it in ``coachforge_inference_gateway_seconds{mode}``."""
+        self.gateway_seconds = max(0.0, time.perf_counter() - started - self.engine_seconds)
         GATEWAY.labels(mode).observe(self.gateway_seconds)
 
 
@@ -302,10 +301,43 @@ def _retry_or_raise(deps: InferenceDeps, tried: list[Engine], err: EngineUnreach
     log.warning("engine unreachable; retrying on another engine", engine=tried[-1].base_url, error=str(err))
 
 
-async def _aengage(deps: InferenceDeps, tenant_id: str, routed: Routed,
+def _timed(routed: Routed, call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``, its time added to ``routed.engine_seconds``."""
+    t = time.perf_counter()
+    try:
+        return call(*args)
+    finally:
+        routed.engine_seconds += time.perf_counter() - t
+
+
+async def _atimed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """:func:`_timed` for a coroutine function."""
+    t = time.perf_counter()
+    try:
+        return await call(*args)
+    finally:
+        routed.engine_seconds += time.perf_counter() - t
+
+
+async def _aengage(deps: InferenceDeps, tenant_id: str, body: dict[str, Any],
                    call: Callable[[Engine, bytes], Awaitable[T]]) -> tuple[T, Any, Routed]:
-    """Pick an engine, load the adapter there, and ``call`` it; returns the result, the engine lease
-    (the caller releases it when the answer is done) and the routing actually used."""
+    """Resolve and route ``body``'s model, pick an engine, load the adapter there, and ``call`` it;
+    returns the result, the engine lease (the caller releases it when the answer is done) and the
+    routing actually used, with the time spent in ``call`` as its ``engine_seconds``. A failure
+    counts in ``coachforge_inference_requests_total{outcome="error"}``."""
+    label = UNRESOLVED
+    try:
+        model_id = _model_id(body)
+        routed = _route(tenant_id, model_id, body, await deps.aresolve(tenant_id, model_id))
+        label = routed.model.id
+        return await _aengage_routed(deps, tenant_id, routed, call)
+    except CoachForgeError:
+        REQUESTS.labels(tenant_id, label, "error").inc()
+        raise
+
+
+async def _aengage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
+                          call: Callable[[Engine, bytes], Awaitable[T]]) -> tuple[T, Any, Routed]:
     tried: list[Engine] = []
     while True:
         model = routed.model
@@ -325,13 +357,13 @@ async def _aengage(deps: InferenceDeps, tenant_id: str, routed: Routed,
                     continue
             content = _dumps(routed.engine_body)
             try:
-                result = await call(lease.engine, content)
+                result = await _atimed(routed, call, lease.engine, content)
             except NotFound:
                 if not adapter:
                     raise
                 lease.engine.forget(adapter)  # the engine lost the adapter (restart): load it again once
                 await deps.pool.aensure(lease.engine, adapter, model.adapter_uri)
-                result = await call(lease.engine, content)
+                result = await _atimed(routed, call, lease.engine, content)
             routed.engine = lease.engine.base_url
             return result, lease, routed
         except EngineUnreachable as err:
@@ -343,10 +375,22 @@ async def _aengage(deps: InferenceDeps, tenant_id: str, routed: Routed,
             raise
 
 
-def _engage(deps: InferenceDeps, tenant_id: str, routed: Routed,
+def _engage(deps: InferenceDeps, tenant_id: str, body: dict[str, Any],
             call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Any, Routed]:
-    """:func:`_aengage` for threads (gRPC): the result, the engine lease (the caller releases it
-    when the answer is done) and the routing actually used."""
+    """:func:`_aengage` for threads (gRPC)."""
+    label = UNRESOLVED
+    try:
+        model_id = _model_id(body)
+        routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
+        label = routed.model.id
+        return _engage_routed(deps, tenant_id, routed, call)
+    except CoachForgeError:
+        REQUESTS.labels(tenant_id, label, "error").inc()
+        raise
+
+
+def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
+                   call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Any, Routed]:
     tried: list[Engine] = []
     while True:
         model = routed.model
@@ -365,13 +409,13 @@ def _engage(deps: InferenceDeps, tenant_id: str, routed: Routed,
                     routed = _fallback(tenant_id, routed)
                     continue
             try:
-                result = call(lease.engine, routed.engine_body)
+                result = _timed(routed, call, lease.engine, routed.engine_body)
             except NotFound:
                 if not adapter:
                     raise
                 lease.engine.forget(adapter)
                 deps.pool.ensure(lease.engine, adapter, model.adapter_uri)
-                result = call(lease.engine, routed.engine_body)
+                result = _timed(routed, call, lease.engine, routed.engine_body)
             routed.engine = lease.engine.base_url
             return result, lease, routed
         except EngineUnreachable as err:
@@ -408,44 +452,24 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
 def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Routed]:
     """A non-streaming chat or text completion; ``model`` in the answer is the model that answered."""
     started = time.perf_counter()
-    waited = 0.0
-
-    def call(engine: Engine, engine_body: dict[str, Any]) -> dict[str, Any]:
-        nonlocal waited
-        t = time.perf_counter()
-        try:
-            return engine.post(path, engine_body)
-        finally:
-            waited += time.perf_counter() - t
-
-    label = UNRESOLVED
-    try:
-        model_id = _model_id(body)
-        routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
-        label = routed.model.id
-        result, lease, routed = _engage(deps, tenant_id, routed, call)
-        lease.release()
-    except CoachForgeError:
-        REQUESTS.labels(tenant_id, label, "error").inc()
-        raise
+    result, lease, routed = _engage(deps, tenant_id, body, lambda engine, b: engine.post(path, b))
+    lease.release()
     result["model"] = routed.model.id
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
-    routed.timed("unary", started, waited)
+    routed.timed("unary", started)
     return result, routed
 
 
-def _bill_stream(routed: Routed) -> bool:
-    """Make the engine end a stream with its usage chunk, so that every streamed answer is billed;
-    returns whether the caller asked for that chunk (``stream_options.include_usage``), i.e.
-    whether it is passed on."""
-    options = routed.engine_body.get("stream_options")
+def _bill_stream(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """Whether the caller asked for the usage chunk (``stream_options.include_usage``), i.e.
+    whether it is passed on, and ``body`` asking the engine for it anyway, so that every streamed
+    answer is billed."""
+    options = body.get("stream_options")
     if options is None:
         options = {}
     elif not isinstance(options, dict):
-        return False  # not an object: the engine refuses it with a 400 that names the field
-    wanted = bool(options.get("include_usage"))
-    routed.engine_body["stream_options"] = {**options, "include_usage": True}
-    return wanted
+        return False, body  # not an object: the engine refuses it with a 400 that names the field
+    return bool(options.get("include_usage")), {**body, "stream_options": {**options, "include_usage": True}}
 
 
 def _usage_only(chunk: dict[str, Any]) -> bool:
@@ -460,31 +484,18 @@ def stream(deps: InferenceDeps, tenant_id: str, path: str,
     it; errors before the first chunk are raised here (after one retry on another engine when the
     first could not be reached), errors after it from the iterator."""
     started = time.perf_counter()
-    waited = 0.0
-    label = UNRESOLVED
 
     def call(engine: Engine, engine_body: dict[str, Any]) -> tuple[Generator[bytes, None, None], bytes]:
-        nonlocal waited
-        t = time.perf_counter()
         upstream = engine.stream(path, engine_body)
         try:
             return upstream, next(upstream, b"")  # raises before anything was sent to the client
         except BaseException:
             upstream.close()
             raise
-        finally:
-            waited += time.perf_counter() - t
 
-    try:
-        model_id = _model_id(body)
-        routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
-        label = routed.model.id
-        wanted = _bill_stream(routed)
-        (upstream, first), lease, routed = _engage(deps, tenant_id, routed, call)
-    except CoachForgeError:
-        REQUESTS.labels(tenant_id, label, "error").inc()
-        raise
-    routed.timed("stream", started, waited)
+    wanted, body = _bill_stream(body)
+    (upstream, first), lease, routed = _engage(deps, tenant_id, body, call)
+    routed.timed("stream", started)
     model = routed.model
 
     def chunks() -> Iterator[dict[str, Any]]:
@@ -530,42 +541,24 @@ def _rename_model(raw: bytes, engine_model: str, model_id: str) -> bytes | None:
     return raw.replace(needle, b'"model":' + _dumps(model_id), 1)
 
 
-async def _aroute(deps: InferenceDeps, tenant_id: str, body: dict[str, Any]) -> Routed:
-    model_id = _model_id(body)
-    return _route(tenant_id, model_id, body, await deps.aresolve(tenant_id, model_id))
-
-
 async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
                     arrived: float | None = None) -> tuple[bytes, Routed]:
     """A non-streaming completion: the engine's JSON with ``model`` set to the model that answered
     (``arrived``: when the request arrived, by ``time.perf_counter``; default now)."""
     started = time.perf_counter() if arrived is None else arrived
-    waited = 0.0
 
     async def call(engine: Engine, content: bytes) -> bytes:
-        nonlocal waited
-        t = time.perf_counter()
-        try:
-            return await engine.apost(path, content)
-        finally:
-            waited += time.perf_counter() - t
+        return await engine.apost(path, content)
 
-    label = UNRESOLVED
-    try:
-        routed = await _aroute(deps, tenant_id, body)
-        label = routed.model.id
-        raw, lease, routed = await _aengage(deps, tenant_id, routed, call)
-        lease.release()
-    except CoachForgeError:
-        REQUESTS.labels(tenant_id, label, "error").inc()
-        raise
+    raw, lease, routed = await _aengage(deps, tenant_id, body, call)
+    lease.release()
     result = json.loads(raw)
     renamed = _rename_model(raw, routed.engine_body["model"], routed.model.id)
     if renamed is None:
         result["model"] = routed.model.id
         renamed = _dumps(result)
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
-    routed.timed("unary", started, waited)
+    routed.timed("unary", started)
     return renamed, routed
 
 
@@ -582,11 +575,8 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
     one retry on another engine when the first could not be reached), errors after it end the
     stream with an error event (``arrived`` as in :func:`acomplete`)."""
     started = time.perf_counter() if arrived is None else arrived
-    waited = 0.0
 
     async def call(engine: Engine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
-        nonlocal waited
-        t = time.perf_counter()
         upstream = engine.astream(path, content)
         try:
             return upstream, await upstream.__anext__()  # raises before anything was sent to the client
@@ -595,19 +585,10 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
         except BaseException:
             await upstream.aclose()  # type: ignore[attr-defined]
             raise
-        finally:
-            waited += time.perf_counter() - t
 
-    label = UNRESOLVED
-    try:
-        routed = await _aroute(deps, tenant_id, body)
-        label = routed.model.id
-        wanted = _bill_stream(routed)
-        (upstream, first), lease, routed = await _aengage(deps, tenant_id, routed, call)
-    except CoachForgeError:
-        REQUESTS.labels(tenant_id, label, "error").inc()
-        raise
-    routed.timed("stream", started, waited)
+    wanted, body = _bill_stream(body)
+    (upstream, first), lease, routed = await _aengage(deps, tenant_id, body, call)
+    routed.timed("stream", started)
     model = routed.model
     engine_model = routed.engine_body["model"]
 
