@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := shared services/dataset services/trainer services/registry services/inference services/coach launcher
+PACKAGES := shared shared/polarize services/dataset services/trainer services/registry services/inference services/coach launcher
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/tools/.installed
@@ -36,9 +36,9 @@ proto: ## Generate Python and type stubs from protos/ into shared/coachforge/
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=shared --grpc_python_out=shared \
 	  --mypy_out=shared --mypy_grpc_out=shared $(PROTOS)
 
-lint: install ## ruff on everything, mypy --strict on shared/
+lint: install ## ruff on everything, mypy --strict on shared/ (coachforge_shared and polarize)
 	$(BIN)/ruff check .
-	$(BIN)/mypy shared/coachforge_shared
+	$(BIN)/mypy shared/coachforge_shared shared/polarize/polarize
 
 test: install tools ## Run the test suite (unit + integration against real services)
 	$(BIN)/python -m pytest

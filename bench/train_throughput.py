@@ -34,8 +34,8 @@ BATCH = 8
 
 def _setup(steps: int) -> tuple[Path, list[dict[str, Any]]]:
     from coachforge_launcher.models import prepare_base_model
-    from coachforge_shared.coach.synthetic import generate_examples
     from coachforge_shared.settings import PlatformSettings
+    from polarize.synthetic import generate_examples
 
     model = prepare_base_model(PlatformSettings().models_dir, progress=False)
     return model, [e.chat for e in generate_examples(BATCH * steps, seed=11)]

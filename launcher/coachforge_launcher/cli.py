@@ -7,6 +7,7 @@ import os
 import sys
 
 from coachforge_launcher.settings import StackSettings
+from coachforge_shared import runtime
 from coachforge_shared.logging import configure_logging
 from coachforge_shared.settings import PlatformSettings
 
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=cmd_demo)
     serve = sub.add_parser("serve", help="run one service (REST, gRPC, its event consumers) in this process, "
                                          "as on Kubernetes")
-    serve.add_argument("service", choices=("dataset", "trainer", "registry", "inference", "coach"))
+    serve.add_argument("service", choices=sorted(runtime.available()),
+                       help="an installed service (entry point group coachforge.services)")
     serve.add_argument("--host", default="0.0.0.0", help="interface to bind (default 0.0.0.0)")
     serve.add_argument("--http-port", type=int, default=8000, help="REST port (default 8000)")
     serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (default 50051)")

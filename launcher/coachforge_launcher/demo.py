@@ -17,10 +17,10 @@ from tqdm import tqdm
 from coachforge_launcher.models import BASE_MODEL_ID
 from coachforge_launcher.settings import StackSettings
 from coachforge_launcher.stack import Stack
-from coachforge_shared.coach.rules import check_operation
-from coachforge_shared.coach.schema import InvalidModification, parse_modification
-from coachforge_shared.coach.synthetic import SyntheticExample, generate_examples, matches_expected, to_jsonl
 from coachforge_shared.settings import PlatformSettings
+from polarize.rules import check_operation
+from polarize.schema import InvalidModification, parse_modification
+from polarize.synthetic import SyntheticExample, generate_examples, matches_expected, to_jsonl
 
 
 @dataclass

@@ -4,8 +4,11 @@ present the internal token, and typed errors back from ``grpc.RpcError``."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,73 +35,144 @@ log = get_logger("coachforge.grpc")
 PUBLIC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-class ErrorAndAuthInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Authenticates each call (API key or internal token) and turns :class:`CoachForgeError`
-    into the matching status code; anything else becomes INTERNAL without leaking details."""
+    into the matching status code; anything else becomes INTERNAL without leaking details.
+
+    The server is a ``grpc.aio`` one: a servicer written with ``async def`` methods runs on the
+    event loop; one with plain methods runs in the server's thread pool. Both get the caller as
+    :func:`~coachforge_shared.auth.current_principal` for the length of the call."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 
-    def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
         method: str = details.method
         if handler is None or method.startswith(PUBLIC_PREFIXES):
             return handler
+        kind = ("unary_unary" if handler.unary_unary else "unary_stream" if handler.unary_stream
+                else "stream_unary" if handler.stream_unary else "stream_stream")
+        inner = getattr(handler, kind)
+        streams = kind.endswith("_stream")
+        if inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner):
+            behaviour = self._async_stream(method, inner) if streams else self._async_unary(method, inner)
+        else:
+            behaviour = self._sync_stream(method, inner) if streams else self._sync_unary(method, inner)
+        factory = getattr(grpc, f"{kind}_rpc_method_handler")
+        return factory(behaviour, handler.request_deserializer, handler.response_serializer)
 
-        def enter(context: grpc.ServicerContext) -> object:
-            md = dict(context.invocation_metadata())
-            principal = self.authenticator.authenticate(
-                md.get("authorization"), md.get(INTERNAL_HEADER), md.get(TENANT_HEADER)
-            )
-            return set_principal(principal)
+    @staticmethod
+    def _headers(context: Any) -> tuple[str | None, str | None, str | None]:
+        md = dict(context.invocation_metadata() or ())
+        return md.get("authorization"), md.get(INTERNAL_HEADER), md.get(TENANT_HEADER)
 
-        def fail(context: grpc.ServicerContext, err: Exception) -> None:
-            if isinstance(err, CoachForgeError):
-                GRPC_REQUESTS.labels(method, err.grpc_code.name).inc()
-                if err.param:
-                    context.set_trailing_metadata((("x-error-param", err.param),))
-                context.abort(err.grpc_code, err.message)
-            GRPC_REQUESTS.labels(method, "INTERNAL").inc()
-            log.exception("unhandled error in gRPC method", method=method)
-            context.abort(grpc.StatusCode.INTERNAL, "Internal error.")
+    @staticmethod
+    def _failure(method: str, err: Exception) -> tuple[grpc.StatusCode, str, str | None]:
+        """The status, message and ``x-error-param`` an error ends the call with (counted)."""
+        if isinstance(err, CoachForgeError):
+            GRPC_REQUESTS.labels(method, err.grpc_code.name).inc()
+            return err.grpc_code, err.message, err.param
+        GRPC_REQUESTS.labels(method, "INTERNAL").inc()
+        log.error("unhandled error in gRPC method", method=method, exc_info=err)
+        return grpc.StatusCode.INTERNAL, "Internal error.", None
 
-        if handler.unary_unary or handler.stream_unary:
-            inner = handler.unary_unary or handler.stream_unary
+    # --- plain servicers (run in the server's thread pool) ---
 
-            def unary(request: Any, context: grpc.ServicerContext) -> Any:
-                token = None
-                try:
-                    token = enter(context)
-                    result = inner(request, context)
-                    GRPC_REQUESTS.labels(method, "OK").inc()
-                    return result
-                except Exception as err:
-                    fail(context, err)
-                finally:
-                    if token is not None:
-                        reset_principal(token)
+    def _sync_enter(self, context: Any) -> object:
+        return set_principal(self.authenticator.authenticate(*self._headers(context)))
 
-            factory = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
-                       else grpc.stream_unary_rpc_method_handler)
-            return factory(unary, handler.request_deserializer, handler.response_serializer)
+    def _sync_fail(self, method: str, context: Any, err: Exception) -> None:
+        code, message, param = self._failure(method, err)
+        if param:
+            context.set_trailing_metadata((("x-error-param", param),))
+        context.abort(code, message)
 
-        inner_stream = handler.unary_stream or handler.stream_stream
-
-        def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+    def _sync_unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        def unary(request: Any, context: Any) -> Any:
             token = None
             try:
-                token = enter(context)
-                yield from inner_stream(request, context)
+                token = self._sync_enter(context)
+                result = inner(request, context)
                 GRPC_REQUESTS.labels(method, "OK").inc()
+                return result
+            except grpc.aio.AbortError:
+                raise
             except Exception as err:
-                fail(context, err)
+                self._sync_fail(method, context, err)
             finally:
                 if token is not None:
                     reset_principal(token)
 
-        factory = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
-                   else grpc.stream_stream_rpc_method_handler)
-        return factory(streaming, handler.request_deserializer, handler.response_serializer)
+        return unary
+
+    def _sync_stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        def streaming(request: Any, context: Any) -> Iterator[Any]:
+            token = None
+            try:
+                token = self._sync_enter(context)
+                yield from inner(request, context)
+                GRPC_REQUESTS.labels(method, "OK").inc()
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                self._sync_fail(method, context, err)
+            finally:
+                if token is not None:
+                    reset_principal(token)
+
+        return streaming
+
+    # --- async servicers (run on the event loop) ---
+
+    async def _async_enter(self, context: Any) -> object:
+        headers = self._headers(context)
+        principal = self.authenticator.authenticate_cached(*headers)
+        if principal is None:  # not cached: the database is asked from a worker thread
+            principal = await asyncio.to_thread(self.authenticator.authenticate, *headers)
+        return set_principal(principal)
+
+    async def _async_fail(self, method: str, context: Any, err: Exception) -> None:
+        code, message, param = self._failure(method, err)
+        if param:
+            context.set_trailing_metadata((("x-error-param", param),))
+        await context.abort(code, message)
+
+    def _async_unary(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        async def unary(request: Any, context: Any) -> Any:
+            token = None
+            try:
+                token = await self._async_enter(context)
+                result = await inner(request, context)
+                GRPC_REQUESTS.labels(method, "OK").inc()
+                return result
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await self._async_fail(method, context, err)
+            finally:
+                if token is not None:
+                    reset_principal(token)
+
+        return unary
+
+    def _async_stream(self, method: str, inner: Callable[..., Any]) -> Callable[..., Any]:
+        async def streaming(request: Any, context: Any) -> AsyncIterator[Any]:
+            token = None
+            try:
+                token = await self._async_enter(context)
+                async for reply in inner(request, context):
+                    yield reply
+                GRPC_REQUESTS.labels(method, "OK").inc()
+            except grpc.aio.AbortError:
+                raise
+            except Exception as err:
+                await self._async_fail(method, context, err)
+            finally:
+                if token is not None:
+                    reset_principal(token)
+
+        return streaming
 
 
 @dataclass
@@ -107,7 +181,7 @@ class ServiceRegistration:
 
     name: str
     servicer: Any
-    add: Callable[[Any, grpc.Server], None]
+    add: Callable[[Any, Any], None]
 
 
 def build_server(
@@ -115,25 +189,66 @@ def build_server(
     authenticator: Authenticator,
     address: str,
     max_workers: int = 32,
-) -> tuple[grpc.Server, health.HealthServicer]:
-    """A started-ready (not yet started) server with health, reflection and the interceptor."""
-    server = grpc.server(
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A ``grpc.aio`` server (not yet started; build it inside the event loop that will run it)
+    with health, reflection and the interceptor. Servicers with plain methods run in a pool of
+    ``max_workers`` threads, ``async def`` ones on the loop."""
+    server = grpc.aio.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         interceptors=[ErrorAndAuthInterceptor(authenticator)],
         options=[("grpc.max_receive_message_length", 64 * 1024 * 1024),
                  ("grpc.max_send_message_length", 64 * 1024 * 1024)],
     )
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
     for reg in registrations:
         reg.add(reg.servicer, server)
         names.append(reg.name)
-        health_servicer.set(reg.name, health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
-    server.add_insecure_port(address)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"gRPC server cannot listen on {address}")
     return server, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
+    """Report the server and each of ``names`` as SERVING to health checks."""
+    for name in ("", *names):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+class GrpcServerThread:
+    """A :func:`build_server` server on an event loop of its own thread, for processes (and tests)
+    that have no event loop of their own: ``start()`` returns once it listens, ``stop()`` ends it."""
+
+    def __init__(self, registrations: Iterable[ServiceRegistration], authenticator: Authenticator,
+                 address: str, max_workers: int = 32) -> None:
+        self._args = (list(registrations), authenticator, address, max_workers)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self.server: grpc.aio.Server | None = None
+
+    def _run(self, coro: Any, timeout: float = 30) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> GrpcServerThread:
+        self._thread.start()
+
+        async def start() -> None:
+            regs, authenticator, address, max_workers = self._args
+            self.server, health_servicer = build_server(regs, authenticator, address, max_workers)
+            await self.server.start()
+            await mark_serving(health_servicer, [r.name for r in regs])
+
+        self._run(start())
+        return self
+
+    def stop(self, grace: float = 1) -> None:
+        if self.server is not None:
+            self._run(self.server.stop(grace))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        self._loop.close()
 
 
 class InternalChannel:

@@ -10,8 +10,8 @@ from conftest import TODAY, ScriptedModels, answer, athlete_batch, workout  # ty
 from coachforge_coach import service
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.service import CoachDeps
-from coachforge_shared.coach.prompt import render_context
 from coachforge_shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from polarize.prompt import render_context
 
 
 def rec_in(**kw: object) -> RecommendIn:
@@ -294,4 +294,4 @@ def test_the_rule_based_fallback_for_a_sick_athlete_matches_the_shared_rules(dep
     assert [o["operation"]["op"] for o in rec["operations"]] == ["add_rest_day"] * 3
     assert {o["operation"]["workout_id"] for o in rec["operations"]} == {"p-mon", "p-tue", "p-wed"}
     # the minimal context is exactly the synthetic training prompt's form
-    assert render_context.__module__ == "coachforge_shared.coach.prompt"
+    assert render_context.__module__ == "polarize.prompt"

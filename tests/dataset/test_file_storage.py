@@ -24,7 +24,7 @@ def deps(db: Database, tmp_path: Path) -> DatasetDeps:
     create_tenant(db, "acme")
     create_tenant(db, "globex")
     return DatasetDeps(db=db, settings=DatasetSettings(max_upload_bytes=10_000, chunk_bytes=7, trainer_grpc_target=""),
-                       files_dir=tmp_path / "files")
+                       files_dir=tmp_path / "files", models_dir=tmp_path / "models")
 
 
 def line(obj: object) -> bytes:

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from coachforge_dataset.pipeline import Example, Message, detect_file_format, detect_format, parse_line
-from coachforge_shared.coach.prompt import SYSTEM_PROMPT
-from coachforge_shared.coach.schema import parse_modification
+from polarize.prompt import SYSTEM_PROMPT
+from polarize.schema import parse_modification
 
 MOD = {"operations": [{"op": "reduce_intensity", "workout_id": "w3", "new_zone": 2, "reason": "TSB -24",
                        "confidence": 0.8}], "message": "Easy today, you are tired."}

@@ -20,7 +20,7 @@ from coachforge_dataset.settings import DatasetSettings
 from coachforge_shared.auth import Authenticator, create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from coachforge_shared.grpc_server import InternalChannel, ServiceRegistration, build_server
+from coachforge_shared.grpc_server import GrpcServerThread, InternalChannel, ServiceRegistration
 
 GOOD = {"messages": [{"role": "user", "content": "How hard should Tuesday's session be?"},
                      {"role": "assistant", "content": "Keep it in zone 2 and stop if your legs feel heavy."}]}
@@ -182,12 +182,11 @@ def rpc(deps: DatasetDeps, db: Database) -> Iterator[tuple[dataset_pb2_grpc.Data
         port = sock.getsockname()[1]
     token = "internal-test-token"
     trainer = FakeTrainer()
-    server, _ = build_server([
+    server = GrpcServerThread([
         dataset_grpc.registration(deps),
         ServiceRegistration(trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name, trainer,
                             trainer_pb2_grpc.add_TrainerServiceServicer_to_server),
-    ], Authenticator(db, token), f"127.0.0.1:{port}")
-    server.start()
+    ], Authenticator(db, token), f"127.0.0.1:{port}").start()
     channel = InternalChannel(f"127.0.0.1:{port}", token)
     deps.trainer = InternalChannel(f"127.0.0.1:{port}", token)
     try:
@@ -195,7 +194,7 @@ def rpc(deps: DatasetDeps, db: Database) -> Iterator[tuple[dataset_pb2_grpc.Data
     finally:
         channel.close()
         deps.trainer.close()
-        server.stop(grace=None)
+        server.stop()
 
 
 def test_grpc_uploads_reports_tokens_and_delete_rules(rpc: tuple[dataset_pb2_grpc.DatasetServiceStub,

@@ -66,7 +66,7 @@ def test_pipeline_never_crashes(body: list[bytes]) -> None:
 def deps(db: Database, tmp_path: Path) -> DatasetDeps:
     create_tenant(db, "acme")
     return DatasetDeps(db=db, settings=DatasetSettings(chunk_bytes=13, trainer_grpc_target=""),
-                       files_dir=tmp_path / "files")
+                       files_dir=tmp_path / "files", models_dir=tmp_path / "models")
 
 
 LINE_REF = re.compile(r"line (\d+): ")

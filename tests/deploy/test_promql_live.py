@@ -95,7 +95,7 @@ def _send_traffic(stack: Any) -> None:
     # Two fine-tuning jobs (jobs created, train.requested, jobs finished by status, queue wait):
     # one cancelled while it runs, and one that fails because its training data vanished from
     # storage while it waited in the queue behind the first (a real failure in the worker).
-    from coachforge_shared.coach.synthetic import generate_examples, to_jsonl
+    from polarize.synthetic import generate_examples, to_jsonl
 
     def upload(seed: int) -> str:
         data = to_jsonl(generate_examples(12, seed=seed)).encode()

@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from coachforge_launcher.models import BASE_MODEL_ID
-from coachforge_shared.coach.synthetic import generate_examples, to_jsonl
+from polarize.synthetic import generate_examples, to_jsonl
 
 pytestmark = pytest.mark.stack
 
@@ -161,8 +161,8 @@ def test_tenants_are_isolated_over_rest_and_grpc(client: OpenAI, stack) -> None:
 
 
 def test_coach_schema_is_published(stack) -> None:  # type: ignore[no-untyped-def]
-    from coachforge_shared.coach.rules import recommend
-    from coachforge_shared.coach.synthetic import generate_examples as gen
+    from polarize.rules import recommend
+    from polarize.synthetic import generate_examples as gen
 
     headers = {"Authorization": f"Bearer {stack.api_key}"}
     root = stack.base_url.removesuffix("/v1")

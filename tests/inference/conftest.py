@@ -1,8 +1,12 @@
-"""Fixtures of the inference tests: real PEFT LoRA adapters for the small base model, and a second
-real vLLM CPU engine (same model folder and flags as the all-in-one engine, --max-loras 2)."""
+"""Fixtures of the inference tests: real PEFT LoRA adapters for the small base model, a second
+real vLLM CPU engine (same model folder and flags as the all-in-one engine, --max-loras 2), and
+small local HTTP servers that answer like a vLLM engine (:class:`FakeEngine`) for the routing
+tests that need no model."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import shlex
@@ -15,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 
 from coachforge_launcher.models import BASE_MODEL_ID
 
@@ -144,3 +149,139 @@ def second_engine_process(stack, base_model_dir: Path) -> Iterator[tuple[str, su
             os.killpg(proc.pid, 9)
             proc.wait()
         log.close()
+
+
+class FakeEngine:
+    """A local HTTP server that speaks the parts of vLLM's OpenAI server the gateway uses (health,
+    runtime LoRA load/unload, chat and text completions, streamed or not, with the usage chunk),
+    standing in for a GPU engine in the routing tests. Run it inside the test's event loop:
+    ``async with FakeEngine() as engine``. Its attributes say what it was asked and steer it."""
+
+    BASE = "fake-base"
+    """The base model it serves."""
+
+    def __init__(self, *, load_delay: float = 0.0, chunks: int = 3) -> None:
+        self.load_delay, self.chunks = load_delay, chunks
+        self.healthy = True
+        self.dead = False
+        """Every request (health included) has its connection cut, as by a killed process."""
+        self.die_after: int | None = None
+        """Cut the connection (and die) after this many chunks of a stream."""
+        self.error_after: int | None = None
+        """Send vLLM's error event after this many chunks of a stream."""
+        self.refuse: set[str] = set()
+        """Adapters whose load is refused (400)."""
+        self.loaded: set[str] = set()
+        self.loads: list[str] = []
+        self.unloads: list[str] = []
+        self.bodies: list[dict[str, Any]] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> FakeEngine:
+        app = web.Application()
+        app.router.add_get("/health", self._health)
+        app.router.add_post("/v1/load_lora_adapter", self._load)
+        app.router.add_post("/v1/unload_lora_adapter", self._unload)
+        app.router.add_post("/v1/completions", self._complete)
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+    def _cut(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()
+
+    async def _health(self, request: web.Request) -> web.StreamResponse:
+        if self.dead:
+            return self._cut(request)
+        return web.Response(status=200 if self.healthy else 503)
+
+    async def _load(self, request: web.Request) -> web.StreamResponse:
+        if self.dead:
+            return self._cut(request)
+        body = await request.json()
+        name = body["lora_name"]
+        await asyncio.sleep(self.load_delay)
+        if name in self.refuse:
+            return web.json_response({"error": {"message": f"cannot load {name}", "code": 400}}, status=400)
+        if name in self.loaded:
+            return web.json_response({"error": {"message": f"The lora adapter '{name}' has already been loaded.",
+                                                "code": 400}}, status=400)
+        self.loads.append(name)
+        self.loaded.add(name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload(self, request: web.Request) -> web.StreamResponse:
+        if self.dead:
+            return self._cut(request)
+        name = (await request.json())["lora_name"]
+        self.unloads.append(name)
+        if name not in self.loaded:
+            return web.json_response({"error": {"message": f"{name} not found", "code": 404}}, status=404)
+        self.loaded.discard(name)
+        return web.Response(text="Success")
+
+    def _chunk(self, model: str, chat: bool, i: int, last: bool) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0, "finish_reason": "length" if last else None}
+        if chat:
+            choice["delta"] = {"content": f"t{i}"}
+        else:
+            choice["text"] = f"t{i}"
+        return {"id": "cmpl-fake", "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": 1, "model": model, "choices": [choice]}
+
+    async def _complete(self, request: web.Request) -> web.StreamResponse:
+        if self.dead:
+            return self._cut(request)
+        body = await request.json()
+        self.bodies.append(body)
+        model, chat = body["model"], request.path.endswith("/chat/completions")
+        if model != self.BASE and model not in self.loaded:
+            return web.json_response({"error": {"object": "error", "message": f"The model `{model}` does not exist.",
+                                                "type": "NotFoundError", "param": None, "code": 404}}, status=404)
+        usage = {"prompt_tokens": 3, "completion_tokens": self.chunks, "total_tokens": 3 + self.chunks}
+        if not body.get("stream"):
+            text = "".join(f"t{i}" for i in range(self.chunks))
+            choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+                      if chat else {"index": 0, "text": text, "finish_reason": "length"})
+            return web.json_response({"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion",
+                                      "created": 1, "model": model, "choices": [choice], "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(self.chunks):
+            if i == self.die_after:
+                self.dead = True
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if i == self.error_after:
+                error = {"error": {"object": "error", "message": "engine failed mid-stream",
+                                   "type": "InternalServerError", "param": None, "code": 500}}
+                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await response.write(b"data: [DONE]\n\n")
+                return response
+            chunk = self._chunk(model, chat, i, i == self.chunks - 1)
+            await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
+            await asyncio.sleep(0)
+        if (body.get("stream_options") or {}).get("include_usage"):
+            last = {"id": "cmpl-fake", "object": "text_completion", "created": 1, "model": model, "choices": [],
+                    "usage": usage}
+            await response.write(b"data: " + json.dumps(last, separators=(",", ":")).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+
+@pytest.fixture
+def fake_engine() -> type[FakeEngine]:
+    """:class:`FakeEngine`, to start inside a test's event loop: ``async with fake_engine() as e``."""
+    return FakeEngine

@@ -1,6 +1,6 @@
 """The engine health gauge: a small real HTTP server stands in for the engine's /health (a real
 vLLM engine cannot be stopped and restarted inside this test's budget); an engine that does not
-answer reads 0 and a failed call raises a typed Unavailable error."""
+answer reads 0 (and leaves the rotation) and a failed call raises a typed Unavailable error."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from coachforge_inference.engine import Engine
+from coachforge_inference.pool import EnginePool
 from coachforge_shared.errors import Unavailable
 
 
@@ -47,21 +48,22 @@ def _closed_port() -> int:
 
 
 def test_engine_up_gauge_follows_health_and_failed_calls(health_server: str) -> None:
-    up = Engine(health_server, 5)
-    assert up.healthy() and _gauge(health_server) == 1
-
     dead_url = f"http://127.0.0.1:{_closed_port()}"
-    dead = Engine(dead_url, 5)
-    assert not dead.healthy() and _gauge(dead_url) == 0
 
-    async def call() -> None:
+    async def run() -> None:
+        assert await Engine(health_server, 5).health() and not await Engine(dead_url, 5).health()
+        pool = EnginePool([health_server, dead_url], timeout_s=5, health_interval_s=0)
         try:
-            await dead.apost("/v1/chat/completions", b"{}")
-        finally:
-            await dead.aclose()
+            assert await pool.healthy()  # one is up
+            assert pool.engine(health_server).up and _gauge(health_server) == 1
+            assert not pool.engine(dead_url).up and _gauge(dead_url) == 0
 
-    with pytest.raises(Unavailable):
-        asyncio.run(call())
-    assert _gauge(dead_url) == 0
-    up.close()
-    dead.close()
+            dead = pool.engine(dead_url)
+            dead.up = True
+            with pytest.raises(Unavailable):
+                await pool.post(dead, "/v1/chat/completions", b"{}")
+            assert not dead.up and _gauge(dead_url) == 0
+        finally:
+            await pool.close()
+
+    asyncio.run(run())

@@ -47,41 +47,39 @@ def test_activation_and_rollback_reach_a_running_service_before_the_ttl(  # type
     version = _upload(stack, lora_adapters[0], f"inv{tag}")
     avatar = f"inv-{tag}"
     _post(stack, "/avatars", {"name": avatar, "model": BASE_MODEL_ID})
-    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600), engine=None,
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token),
                          engines=EnginePool([stack_engine_url], health_interval_s=0),
                          kafka_bootstrap=stack.kafka_bootstrap)
-    try:
-        deps.start()
-        assert deps._listener.wait_ready(30)
-        assert deps.resolve(TENANT, avatar).model.id == BASE_MODEL_ID
-        assert deps.cached(TENANT, avatar) is not None
 
-        def wait_for(model_id: str) -> float:
-            started = time.monotonic()
-            while time.monotonic() - started < 30:
-                if deps.resolve(TENANT, avatar).model.id == model_id:
-                    return time.monotonic() - started
-                time.sleep(0.1)
-            raise AssertionError(f"{avatar} still resolves to {deps.resolve(TENANT, avatar).model.id}")
+    async def run() -> None:
+        try:
+            await deps.start()
+            assert await asyncio.to_thread(deps._listener.wait_ready, 30)
+            assert (await deps.resolve(TENANT, avatar)).model.id == BASE_MODEL_ID
+            assert deps.cached(TENANT, avatar) is not None
 
-        _post(stack, f"/avatars/{avatar}/activate", {"model": version})
-        assert wait_for(version) < 30  # the cache entry lives an hour: only the event could drop it
+            async def wait_for(model_id: str) -> float:
+                started = time.monotonic()
+                while time.monotonic() - started < 30:
+                    if (await deps.resolve(TENANT, avatar)).model.id == model_id:
+                        return time.monotonic() - started
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"{avatar} still resolves to {(await deps.resolve(TENANT, avatar)).model.id}")
 
-        async def ask() -> str:
-            try:
-                _, routed = await service.acomplete(deps, TENANT, "/v1/completions", {
-                    "model": avatar, "prompt": "Easy run:", "max_tokens": 2, "temperature": 0})
-                return routed.model.id
-            finally:
-                await deps.aclose()
+            _post(stack, f"/avatars/{avatar}/activate", {"model": version})
+            assert await wait_for(version) < 30  # the cache entry lives an hour: only the event could drop it
 
-        assert asyncio.run(ask()) == version  # the activated adapter answers, loaded from the registry's copy
+            _, routed = await service.complete(deps, TENANT, "/v1/completions", {
+                "model": avatar, "prompt": "Easy run:", "max_tokens": 2, "temperature": 0})
+            assert routed.model.id == version  # the activated adapter answers, loaded from the registry's copy
 
-        _post(stack, f"/avatars/{avatar}/rollback", {"reason": "test"})
-        wait_for(BASE_MODEL_ID)
-    finally:
-        deps.close()
+            _post(stack, f"/avatars/{avatar}/rollback", {"reason": "test"})
+            await wait_for(BASE_MODEL_ID)
+        finally:
+            await deps.close()
+
+    asyncio.run(run())
 
 
 def test_candidate_gets_its_share_sticky_per_user(stack, lora_adapters: list[Path]) -> None:  # type: ignore[no-untyped-def]
@@ -124,7 +122,7 @@ def test_candidate_gets_its_share_sticky_per_user(stack, lora_adapters: list[Pat
 def test_a_deleted_model_is_unloaded_from_the_engines(  # type: ignore[no-untyped-def]
         stack, stack_engine_url: str, lora_adapters: list[Path]) -> None:
     version = _upload(stack, lora_adapters[3], f"del{secrets.token_hex(3)}")
-    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600), engine=None,
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token),
                          engines=EnginePool([stack_engine_url], health_interval_s=0),
                          kafka_bootstrap=stack.kafka_bootstrap)
@@ -132,29 +130,26 @@ def test_a_deleted_model_is_unloaded_from_the_engines(  # type: ignore[no-untype
     def on_engine() -> set[str]:
         return {m["id"] for m in httpx.get(f"{stack_engine_url}/v1/models", timeout=10).json()["data"]}
 
-    try:
-        deps.start()
-        assert deps._listener.wait_ready(30)
+    async def run() -> None:
+        try:
+            await deps.start()
+            assert await asyncio.to_thread(deps._listener.wait_ready, 30)
+            _, routed = await service.complete(deps, TENANT, "/v1/completions", {
+                "model": version, "prompt": "Tempo:", "max_tokens": 2, "temperature": 0})
+            adapter = routed.model.adapter_name
+            assert adapter in on_engine()
+            r = httpx.delete(f"{stack.base_url}/models/{version}",
+                             headers={"Authorization": f"Bearer {stack.api_key}"})
+            assert r.status_code == 200, r.text
+            deadline = time.monotonic() + 30
+            while adapter in on_engine():  # the listener's thread hands the unload to this event loop
+                assert time.monotonic() < deadline, "the deleted model's adapter is still loaded"
+                await asyncio.sleep(0.2)
+            assert deps.cached(TENANT, version) is None
+        finally:
+            await deps.close()
 
-        async def ask() -> service.Routed:
-            try:
-                _, routed = await service.acomplete(deps, TENANT, "/v1/completions", {
-                    "model": version, "prompt": "Tempo:", "max_tokens": 2, "temperature": 0})
-                return routed
-            finally:
-                await deps.aclose()
-
-        adapter = asyncio.run(ask()).model.adapter_name
-        assert adapter in on_engine()
-        r = httpx.delete(f"{stack.base_url}/models/{version}", headers={"Authorization": f"Bearer {stack.api_key}"})
-        assert r.status_code == 200, r.text
-        deadline = time.monotonic() + 30
-        while adapter in on_engine():
-            assert time.monotonic() < deadline, "the deleted model's adapter is still loaded"
-            time.sleep(0.2)
-        assert deps.cached(TENANT, version) is None
-    finally:
-        deps.close()
+    asyncio.run(run())
 
 
 def test_a_resolution_in_use_is_refreshed_before_it_expires(  # type: ignore[no-untyped-def]
@@ -167,22 +162,27 @@ def test_a_resolution_in_use_is_refreshed_before_it_expires(  # type: ignore[no-
     version, doomed = (_upload(stack, lora_adapters[0], f"{prefix}{tag}") for prefix in ("ra", "rd"))
     avatar = f"ra-{tag}"
     _post(stack, "/avatars", {"name": avatar, "model": BASE_MODEL_ID})
-    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=ttl), engine=None,
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=ttl),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token),
                          engines=EnginePool([], health_interval_s=0))
-    try:
-        assert deps.resolve(TENANT, avatar).model.id == BASE_MODEL_ID
-        _post(stack, f"/avatars/{avatar}/activate", {"model": version})
-        while (hit := deps.cached(TENANT, avatar)) is not None and hit.model.id == BASE_MODEL_ID:
-            time.sleep(0.05)
-        assert hit is not None and hit.model.id == version  # refreshed while in use: it never expired
 
-        fetched = time.monotonic()
-        assert deps.resolve(TENANT, doomed).model.id == doomed
-        r = httpx.delete(f"{stack.base_url}/models/{doomed}", headers={"Authorization": f"Bearer {stack.api_key}"})
-        assert r.status_code == 200, r.text
-        while deps.cached(TENANT, doomed) is not None:
-            time.sleep(0.05)
-        assert time.monotonic() - fetched < ttl  # dropped by the refresh (NotFound), not by expiry
-    finally:
-        deps.close()
+    async def run() -> None:
+        try:
+            assert (await deps.resolve(TENANT, avatar)).model.id == BASE_MODEL_ID
+            _post(stack, f"/avatars/{avatar}/activate", {"model": version})
+            while (hit := deps.cached(TENANT, avatar)) is not None and hit.model.id == BASE_MODEL_ID:
+                await asyncio.sleep(0.05)
+            assert hit is not None and hit.model.id == version  # refreshed while in use: it never expired
+
+            fetched = time.monotonic()
+            assert (await deps.resolve(TENANT, doomed)).model.id == doomed
+            r = httpx.delete(f"{stack.base_url}/models/{doomed}",
+                             headers={"Authorization": f"Bearer {stack.api_key}"})
+            assert r.status_code == 200, r.text
+            while deps.cached(TENANT, doomed) is not None:
+                await asyncio.sleep(0.05)
+            assert time.monotonic() - fetched < ttl  # dropped by the refresh (NotFound), not by expiry
+        finally:
+            await deps.close()
+
+    asyncio.run(run())

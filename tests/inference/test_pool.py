@@ -43,7 +43,7 @@ def _dead_url() -> str:
 
 def _deps(stack, urls: list[str], max_loras: int = 2, health_interval_s: float = 0) -> InferenceDeps:  # type: ignore[no-untyped-def]
     pool = EnginePool(urls, timeout_s=120, max_loras=max_loras, health_interval_s=health_interval_s)
-    return InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600), engine=None,
+    return InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token), engines=pool)
 
 
@@ -63,7 +63,7 @@ def _body(model: str, **extra: object) -> dict[str, object]:
 
 
 async def _ask(deps: InferenceDeps, model: str) -> service.Routed:
-    raw, routed = await service.acomplete(deps, TENANT, "/v1/completions", _body(model))
+    raw, routed = await service.complete(deps, TENANT, "/v1/completions", _body(model))
     assert json.loads(raw)["choices"][0]["text"] is not None
     return routed
 
@@ -92,18 +92,15 @@ def test_routing_prefers_the_holder_then_the_least_loaded(stack, engines: tuple[
         try:
             return [(await _ask(deps, m)).engine for m in (a, b, a, b, a)]
         finally:
-            await deps.aclose()
+            await deps.close()
 
-    try:
-        used = asyncio.run(run())
-        # a lands on the first engine; b on the other (no request in flight, fewer adapters); then each
-        # stays where it is loaded.
-        assert used == [first, second, first, second, first]
-        assert a in _on_engine(first) and a not in _on_engine(second)
-        assert b in _on_engine(second) and b not in _on_engine(first)
-        assert [e.inflight for e in deps.pool.engines] == [0, 0]
-    finally:
-        deps.close()
+    used = asyncio.run(run())
+    # a lands on the first engine; b on the other (no request in flight, fewer adapters); then each
+    # stays where it is loaded.
+    assert used == [first, second, first, second, first]
+    assert a in _on_engine(first) and a not in _on_engine(second)
+    assert b in _on_engine(second) and b not in _on_engine(first)
+    assert [e.inflight for e in deps.pool.engines] == [0, 0]
 
 
 def test_least_recently_used_adapter_is_unloaded_beyond_max_loras(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
@@ -124,15 +121,12 @@ def test_least_recently_used_adapter_is_unloaded_beyond_max_loras(stack, engines
             await _ask(deps, names[1])  # loaded again; names[0] is the oldest now
             assert {names[1], names[2]} <= _on_engine(second) and names[0] not in _on_engine(second)
         finally:
-            await deps.aclose()
+            await deps.close()
 
-    try:
-        asyncio.run(run())
-        assert _metric("coachforge_inference_adapter_evictions_total", engine=second,
-                       outcome="unloaded") == evicted + 2
-        assert list(deps.pool.engines[0].adapters) == [names[2], names[1]]
-    finally:
-        deps.close()
+    asyncio.run(run())
+    assert _metric("coachforge_inference_adapter_evictions_total", engine=second,
+                   outcome="unloaded") == evicted + 2
+    assert list(deps.pool.engines[0].adapters) == [names[2], names[1]]
 
 
 def test_a_burst_of_first_requests_loads_the_adapter_once(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
@@ -147,17 +141,14 @@ def test_a_burst_of_first_requests_loads_the_adapter_once(stack, engines: tuple[
         try:
             return list(await asyncio.gather(*(_ask(deps, name) for _ in range(8))))
         finally:
-            await deps.aclose()
+            await deps.close()
 
-    try:
-        routed = asyncio.run(run())
-        assert len({r.engine for r in routed}) == 1
-        delta = sum(_metric("coachforge_inference_adapter_loads_total", engine=u, outcome="loaded") - loads[u]
-                    for u in (first, second))
-        assert delta == 1
-        assert sum(name in _on_engine(u) for u in (first, second)) == 1
-    finally:
-        deps.close()
+    routed = asyncio.run(run())
+    assert len({r.engine for r in routed}) == 1
+    delta = sum(_metric("coachforge_inference_adapter_loads_total", engine=u, outcome="loaded") - loads[u]
+                for u in (first, second))
+    assert delta == 1
+    assert sum(name in _on_engine(u) for u in (first, second)) == 1
 
 
 def test_a_dead_engine_leaves_the_rotation_and_requests_are_retried(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
@@ -179,49 +170,39 @@ def test_a_dead_engine_leaves_the_rotation_and_requests_are_retried(stack, engin
             assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 1
             # Streaming: a stream whose engine cannot be reached before its first byte is retried too.
             deps.pool.engine(dead).up = True
-            events, routed = await service.astream(deps, TENANT, "/v1/completions", _body(base, stream=True))
+            events, routed = await service.stream(deps, TENANT, "/v1/completions", _body(base, stream=True))
             lines = [line async for line in events if line.strip()]
             assert routed.engine == first and lines[-1].strip() == b"data: [DONE]"
             assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 2
         finally:
-            await deps.aclose()
-
-    try:
-        asyncio.run(run())
+            await deps.close()
         assert [e.inflight for e in deps.pool.engines] == [0, 0]
-    finally:
-        deps.close()
 
-    # The threaded path (gRPC) routes and retries the same way.
-    threaded = _deps(stack, [dead, first])
-    _seed(threaded, BASE_MODEL_ID, None)
-    try:
-        result, routed = service.complete(threaded, TENANT, "/v1/completions", _body(BASE_MODEL_ID))
-        assert routed.engine == first and result["model"] == BASE_MODEL_ID
-        assert _metric("coachforge_inference_retries_total", engine=dead) == retries + 3
-    finally:
-        threaded.close()
+        # Nothing reachable: a clean 503, no hang.
+        only_dead = _deps(stack, [dead, _dead_url()])
+        _seed(only_dead, BASE_MODEL_ID, None)
+        try:
+            with pytest.raises(Unavailable):
+                await service.complete(only_dead, TENANT, "/v1/completions", _body(BASE_MODEL_ID))
+        finally:
+            await only_dead.close()
 
-    # Nothing reachable: a clean 503, no hang.
-    only_dead = _deps(stack, [dead, _dead_url()])
-    _seed(only_dead, BASE_MODEL_ID, None)
-    try:
-        with pytest.raises(Unavailable):
-            asyncio.run(service.acomplete(only_dead, TENANT, "/v1/completions", _body(BASE_MODEL_ID)))
-    finally:
-        only_dead.close()
+        # The health checks alone (a task on this loop) take a dead engine out of rotation (and put a
+        # live one in).
+        watched = EnginePool([dead, first], health_interval_s=0.2)
+        await watched.start()
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and watched.engine(dead).up:
+                await asyncio.sleep(0.1)
+            assert not watched.engine(dead).up and watched.engine(first).up
+            lease = watched.lease(None)
+            assert lease.engine.url == first
+            lease.release()
+        finally:
+            await watched.close()
 
-    # The health checks alone take a dead engine out of rotation (and put a live one in).
-    watched = EnginePool([dead, first], health_interval_s=0.2)
-    watched.start()
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and watched.engine(dead).up:
-            time.sleep(0.1)
-        assert not watched.engine(dead).up and watched.engine(first).up
-        assert watched.acquire(None).base_url == first
-    finally:
-        watched.close()
+    asyncio.run(run())
 
 
 def test_an_engine_that_lost_its_adapters_loads_them_again(stack, engines: tuple[str, str],  # type: ignore[no-untyped-def]
@@ -239,12 +220,9 @@ def test_an_engine_that_lost_its_adapters_loads_them_again(stack, engines: tuple
             assert (await _ask(deps, name)).engine == second
             assert name in _on_engine(second)
         finally:
-            await deps.aclose()
+            await deps.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        deps.close()
+    asyncio.run(run())
 
 
 def test_an_engine_that_dies_mid_stream_ends_it_cleanly_and_leaves_the_rotation(  # type: ignore[no-untyped-def]
@@ -257,7 +235,7 @@ def test_an_engine_that_dies_mid_stream_ends_it_cleanly_and_leaves_the_rotation(
 
     async def run() -> None:
         try:
-            events, routed = await service.astream(deps, TENANT, "/v1/completions", _body(
+            events, routed = await service.stream(deps, TENANT, "/v1/completions", _body(
                 base, stream=True, max_tokens=400, ignore_eos=True))
             assert routed.engine == second
             lines: list[bytes] = []
@@ -266,17 +244,15 @@ def test_an_engine_that_dies_mid_stream_ends_it_cleanly_and_leaves_the_rotation(
                     lines.append(line)
                 if len(lines) == 3:
                     os.killpg(proc.pid, signal.SIGKILL)
-            # Bytes were sent already: no retry, the stream ends with an OpenAI-style error event.
-            error = json.loads(lines[-1][6:])["error"]
-            assert error["code"] == 503 and "unreachable" in error["message"], error
+            # Bytes were sent already: no retry, the stream ends with the typed error's own body.
+            error = json.loads(lines[-1][6:])
+            assert isinstance(routed.error, Unavailable) and error == routed.error.to_body()
+            assert error["error"]["type"] == "server_error" and "unreachable" in error["error"]["message"], error
             assert not deps.pool.engine(second).up
             assert _metric("coachforge_inference_engine_up", engine=second) == 0
             assert (await _ask(deps, base)).engine == first  # out of rotation
         finally:
-            await deps.aclose()
+            await deps.close()
 
-    try:
-        asyncio.run(run())
-        assert [e.inflight for e in deps.pool.engines] == [0, 0]
-    finally:
-        deps.close()
+    asyncio.run(run())
+    assert [e.inflight for e in deps.pool.engines] == [0, 0]

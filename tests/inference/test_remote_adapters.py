@@ -50,7 +50,7 @@ def test_adapter_in_object_storage_is_fetched_once_and_served(stack, stack_engin
 
     cache = AdapterCache(tmp_path / "cache", {**s3_server.options, "endpoint_url": s3_server.endpoint_url})
     pool = EnginePool([stack_engine_url], timeout_s=120, health_interval_s=0, adapters=cache)
-    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600), engine=None,
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token), engines=pool)
     adapter = f"remote-{secrets.token_hex(3)}"
     model = registry_pb2.Model(id=f"ft:{adapter}", base_model=BASE_MODEL_ID, adapter_name=adapter,
@@ -63,17 +63,14 @@ def test_adapter_in_object_storage_is_fetched_once_and_served(stack, stack_engin
 
     async def run() -> None:
         try:
-            raw, routed = await service.acomplete(deps, TENANT, "/v1/completions", {**body, "model": adapter})
+            raw, routed = await service.complete(deps, TENANT, "/v1/completions", {**body, "model": adapter})
             assert json.loads(raw)["model"] == f"ft:{adapter}" and routed.engine == stack_engine_url
             with pytest.raises(Unavailable, match=r"no adapter_config\.json"):
-                await service.acomplete(deps, TENANT, "/v1/completions", {**body, "model": "missing"})
+                await service.complete(deps, TENANT, "/v1/completions", {**body, "model": "missing"})
         finally:
-            await deps.aclose()
+            await deps.close()
 
-    try:
-        asyncio.run(run())
-    finally:
-        deps.close()
+    asyncio.run(run())
     # The engine loaded the downloaded copy: the same files, byte for byte, in one cache folder.
     (fetched,) = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
     assert _digests(fetched) == _digests(source)

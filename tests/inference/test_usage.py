@@ -18,14 +18,13 @@ from google.protobuf import timestamp_pb2
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge_inference import api, usage
 from coachforge_inference import grpc as inference_grpc
-from coachforge_inference.engine import Engine
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.settings import InferenceSettings
 from coachforge_shared import migrate
 from coachforge_shared.auth import Authenticator, add_api_key, create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.events import EventConsumer, EventPublisher, encode, ensure_topics
-from coachforge_shared.grpc_server import InternalChannel, build_server, wait_for_health
+from coachforge_shared.grpc_server import GrpcServerThread, InternalChannel, wait_for_health
 from coachforge_shared.http import install_error_handlers
 
 FT = "ft:SmolLM2-135M-Instruct:acme:coach:1"
@@ -109,10 +108,9 @@ def _wait_rows(db: Database, tenant: str, messages: int, timeout: float = 60) ->
 @pytest.fixture
 def served(db: Database, tmp_path: Path) -> Iterator[InferenceDeps]:
     _tenants(db)
-    deps = InferenceDeps(settings=InferenceSettings(), engine=Engine("http://127.0.0.1:9", 5),
+    deps = InferenceDeps(settings=InferenceSettings(engine_url="http://127.0.0.1:9"),
                          registry=InternalChannel("127.0.0.1:9", "internal"), db=db)
     yield deps
-    deps.engine.close()
     deps.registry.close()
 
 
@@ -166,9 +164,8 @@ def test_consumer_over_the_broker_then_rest_and_grpc(broker: str, served: Infere
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server, _ = build_server([inference_grpc.registration(served)], app.state.authenticator,
-                             f"127.0.0.1:{port}", max_workers=4)
-    server.start()
+    server = GrpcServerThread([inference_grpc.registration(served)], app.state.authenticator,
+                              f"127.0.0.1:{port}", max_workers=4).start()
     try:
         wait_for_health(f"127.0.0.1:{port}")
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -181,4 +178,4 @@ def test_consumer_over_the_broker_then_rest_and_grpc(broker: str, served: Infere
                 stub.GetUsage(inference_pb2.GetUsageRequest(start_date="soon"), metadata=key)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
-        server.stop(None)
+        server.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from coachforge.common.v1.envelope_pb2 import Envelope
@@ -17,10 +19,11 @@ BASE = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture
-def deps(db: Database) -> RegistryDeps:
+def deps(db: Database, tmp_path: Path) -> RegistryDeps:
     for tenant in ("acme", "globex"):
         create_tenant(db, tenant)
-    return RegistryDeps(db=db, settings=RegistrySettings(base_models=[BASE]))
+    return RegistryDeps(db=db, settings=RegistrySettings(base_models=[BASE]), artifacts_dir=tmp_path / "store",
+                        platform_models_dir=tmp_path / "models")
 
 
 def register(deps: RegistryDeps, tenant: str, job_id: str, name: str) -> None:

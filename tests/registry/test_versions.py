@@ -32,7 +32,7 @@ from coachforge_registry.storage import ArtifactStore
 from coachforge_shared.auth import Authenticator, add_api_key, create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from coachforge_shared.grpc_server import build_server, wait_for_health
+from coachforge_shared.grpc_server import GrpcServerThread, wait_for_health
 from coachforge_shared.http import install_error_handlers
 
 BASE = "SmolLM2-135M-Instruct"
@@ -371,12 +371,11 @@ def grpc_target(deps: RegistryDeps, auth: Authenticator) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server, _ = build_server([registration(deps)], auth, f"127.0.0.1:{port}", max_workers=4)
-    server.start()
+    server = GrpcServerThread([registration(deps)], auth, f"127.0.0.1:{port}", max_workers=4).start()
     target = f"127.0.0.1:{port}"
     wait_for_health(target)
     yield target
-    server.stop(None)
+    server.stop()
 
 
 def test_versions_over_grpc(grpc_target: str, tmp_path: Path) -> None:

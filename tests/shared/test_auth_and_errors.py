@@ -7,6 +7,7 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,10 +17,12 @@ from pydantic import BaseModel, Field
 
 from coachforge.coach.v1 import coach_pb2, coach_pb2_grpc
 from coachforge_coach.grpc import registration as coach_registration
-from coachforge_shared.auth import Authenticator, add_api_key, create_tenant, read_or_create_secret
+from coachforge_coach.service import CoachDeps
+from coachforge_coach.settings import CoachSettings
+from coachforge_shared.auth import Authenticator, add_api_key, create_tenant, current_principal, read_or_create_secret
 from coachforge_shared.db import Database
 from coachforge_shared.errors import Conflict, NotFound, Unauthenticated
-from coachforge_shared.grpc_server import build_server, wait_for_health
+from coachforge_shared.grpc_server import GrpcServerThread, ServiceRegistration, wait_for_health
 from coachforge_shared.http import CurrentPrincipal, install_error_handlers
 
 
@@ -105,16 +108,63 @@ def test_http_errors_are_openai_shaped(auth: Authenticator) -> None:
 
 
 @pytest.fixture
-def grpc_target(auth: Authenticator) -> Iterator[str]:
+def grpc_target(auth: Authenticator, tmp_path: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server, _ = build_server([coach_registration()], auth, f"127.0.0.1:{port}", max_workers=4)
-    server.start()
+    deps = CoachDeps(db=auth.db, settings=CoachSettings(), models_dir=tmp_path / "models")
+    server = GrpcServerThread([coach_registration(deps)], auth, f"127.0.0.1:{port}", max_workers=4).start()
     target = f"127.0.0.1:{port}"
     wait_for_health(target)
     yield target
-    server.stop(None)
+    server.stop()
+
+
+class AsyncCoach(coach_pb2_grpc.CoachServiceServicer):
+    """A servicer with ``async def`` methods (as inference's): it runs on the server's event loop."""
+
+    async def GetModificationSchema(self, request: Any, context: Any) -> coach_pb2.ModificationSchema:
+        tenant = current_principal().tenant_id
+        if tenant == "globex":
+            raise NotFound("no schema for globex", param="version")
+        return coach_pb2.ModificationSchema(schema_json=json.dumps({"tenant": tenant}))
+
+    async def ValidateModification(self, request: Any, context: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+
+@pytest.fixture
+def async_grpc_target(auth: Authenticator) -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registration = ServiceRegistration("coachforge.coach.v1.CoachService", AsyncCoach(),
+                                       coach_pb2_grpc.add_CoachServiceServicer_to_server)
+    server = GrpcServerThread([registration], auth, f"127.0.0.1:{port}", max_workers=4).start()
+    target = f"127.0.0.1:{port}"
+    wait_for_health(target)
+    yield target
+    server.stop()
+
+
+def test_async_servicers_are_authenticated_and_their_errors_mapped(async_grpc_target: str) -> None:
+    with grpc.insecure_channel(async_grpc_target) as channel:
+        stub = coach_pb2_grpc.CoachServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetModificationSchema(coach_pb2.GetModificationSchemaRequest())
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        doc = stub.GetModificationSchema(coach_pb2.GetModificationSchemaRequest(),
+                                         metadata=(("authorization", "Bearer cf-acme-key"),))
+        assert json.loads(doc.schema_json) == {"tenant": "acme"}  # the caller, seen inside the async method
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetModificationSchema(coach_pb2.GetModificationSchemaRequest(),
+                                       metadata=(("authorization", "Bearer cf-globex-key"),))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and err.value.details() == "no schema for globex"
+        assert dict(err.value.trailing_metadata())["x-error-param"] == "version"
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ValidateModification(coach_pb2.ValidateModificationRequest(modification_json="{}"),
+                                      metadata=(("authorization", "Bearer cf-acme-key"),))
+        assert err.value.code() == grpc.StatusCode.INTERNAL and "secret" not in (err.value.details() or "")
 
 
 def test_grpc_calls_are_authenticated(grpc_target: str) -> None:

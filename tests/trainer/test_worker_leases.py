@@ -147,7 +147,7 @@ def test_a_cancel_requested_while_the_worker_was_lost_cancels(deps: TrainerDeps,
 
 
 def test_stored_method_settings_become_training_parameters(deps: TrainerDeps) -> None:
-    from coachforge_trainer.service import method_settings
+    from coachforge_trainer.spec import method_settings
 
     job_id = _job(deps, method_json=json.dumps({"lora_r": 8, "target_modules": ["q_proj", "v_proj"],
                                                 "checkpoint_steps": 5}))

@@ -16,8 +16,8 @@ router = APIRouter(prefix="/v1/coach", tags=["coach"])
 
 
 def _deps(request: Request) -> CoachDeps:
-    deps: CoachDeps | None = getattr(request.app.state, "coach", None)
-    return deps if deps is not None else service.default_deps()
+    deps: CoachDeps = request.app.state.coach
+    return deps
 
 
 def _list(data: list[dict[str, Any]]) -> dict[str, Any]:

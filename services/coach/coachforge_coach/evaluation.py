@@ -31,7 +31,7 @@ from typing import Any, Final, Literal
 
 import httpx
 
-from coachforge_shared.coach.schema import parse_modification
+from polarize.schema import parse_modification
 
 Direction = Literal["up", "down", "same"]
 Expected = Literal["up", "down", "same", "not_up"]

@@ -201,8 +201,7 @@ class CoachServicer(coach_pb2_grpc.CoachServiceServicer):
         return coach_pb2.ListChangesResponse(changes=[change_proto(c) for c in rows])
 
 
-def registration(deps: CoachDeps | None = None) -> ServiceRegistration:
-    """The servicer to mount; without ``deps`` it builds them from the environment."""
+def registration(deps: CoachDeps) -> ServiceRegistration:
     return ServiceRegistration(coach_pb2.DESCRIPTOR.services_by_name["CoachService"].full_name,
-                               CoachServicer(deps or service.default_deps()),
+                               CoachServicer(deps),
                                coach_pb2_grpc.add_CoachServiceServicer_to_server)

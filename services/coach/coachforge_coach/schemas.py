@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from coachforge_shared.coach.schema import WorkoutType
+from polarize.schema import WorkoutType
 
 ExternalId = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
                                   description="The app's own id (letters, digits, '.', '_', ':', '-').")]

@@ -2,7 +2,7 @@
 apply with an audit row, undo, history. Stateless: every function gets its dependencies.
 
 The model proposes; deterministic code decides. Every operation is checked by the shared
-safety rules (:mod:`coachforge_shared.coach.rules`, the same ones the synthetic data generator
+safety rules (:mod:`polarize.rules`, the same ones the synthetic data generator
 uses) before anything changes.
 """
 
@@ -11,9 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +20,19 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coachforge_coach import repository as repo
-from coachforge_coach.clients import GrpcModelClient, ModelClient, token_counter
+from coachforge_coach.clients import ModelClient, token_counter
 from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, RECOMMENDATIONS
 from coachforge_coach.models import Athlete, PlanChange, Recommendation, Wellness, Workout
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.settings import CoachSettings
-from coachforge_shared.bootstrap import internal_token
-from coachforge_shared.coach.context import Day, DoneWorkout, Profile, build_context
-from coachforge_shared.coach.load import LoadPoint, compute_load
-from coachforge_shared.coach.prompt import SYSTEM_PROMPT
-from coachforge_shared.coach.rules import (
+from coachforge_shared.db import Database
+from coachforge_shared.errors import CoachForgeError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from coachforge_shared.ids import new_id, to_unix, utcnow
+from coachforge_shared.logging import get_logger
+from polarize.context import Day, DoneWorkout, Profile, build_context
+from polarize.load import LoadPoint, compute_load
+from polarize.prompt import SYSTEM_PROMPT
+from polarize.rules import (
     PAST_WORKOUT,
     UNKNOWN_WORKOUT,
     AthleteState,
@@ -44,10 +45,10 @@ from coachforge_shared.coach.rules import (
     partition_operations,
     weekly_tss,
 )
-from coachforge_shared.coach.rules import (
+from polarize.rules import (
     recommend as rule_based,
 )
-from coachforge_shared.coach.schema import (
+from polarize.schema import (
     SCHEMA_VERSION,
     InvalidModification,
     Modification,
@@ -55,12 +56,6 @@ from coachforge_shared.coach.schema import (
     parse_modification,
     response_format,
 )
-from coachforge_shared.db import Database
-from coachforge_shared.errors import CoachForgeError, Conflict, FailedPrecondition, InvalidArgument, NotFound
-from coachforge_shared.grpc_server import InternalChannel
-from coachforge_shared.ids import new_id, to_unix, utcnow
-from coachforge_shared.logging import get_logger
-from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.coach")
 
@@ -81,25 +76,6 @@ class CoachDeps:
 
     def __post_init__(self) -> None:
         self.config = RuleConfig(tss_band=self.settings.tss_band, max_hard_in_a_row=self.settings.max_hard_in_a_row)
-
-
-def build_deps(db: Database, platform: PlatformSettings,
-               channel: Callable[[str | None], InternalChannel] | None = None) -> CoachDeps:
-    """The coach's dependencies from its settings; ``channel(target)`` opens an internal channel
-    (``None``: the platform's gRPC target)."""
-    settings = CoachSettings()
-    token = internal_token(platform)
-    open_channel = channel or (lambda target: InternalChannel(target or platform.grpc_target, token))
-    return CoachDeps(db=db, settings=settings, models_dir=settings.models_dir or platform.models_dir,
-                     models=GrpcModelClient(open_channel(settings.registry_grpc_target),
-                                            open_channel(settings.inference_grpc_target)))
-
-
-@lru_cache(maxsize=1)
-def default_deps() -> CoachDeps:
-    """Dependencies built from the environment, for a process that did not pass its own."""
-    platform = PlatformSettings()
-    return build_deps(Database(platform.resolved_database_url), platform)
 
 
 def schema() -> dict[str, Any]:

@@ -20,7 +20,6 @@ from coachforge_dataset.models import DatasetVersionFile, FileReport, StoredFile
 from coachforge_dataset.pipeline import LineIssue, parse_line
 from coachforge_dataset.pipeline.export import to_openai_record
 from coachforge_dataset.settings import DatasetSettings
-from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
 from coachforge_shared.errors import (
     FailedPrecondition,
@@ -34,7 +33,7 @@ from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
-from coachforge_shared.settings import platform_settings
+from coachforge_shared.plugins import synthetic_generator
 
 log = get_logger("coachforge.dataset")
 
@@ -50,19 +49,12 @@ class DatasetDeps:
     db: Database
     settings: DatasetSettings
     files_dir: Path
-    publisher: EventPublisher | None = None
-    models_dir: Path = field(default_factory=lambda: platform_settings().models_dir)
+    models_dir: Path
     """Prepared base models; their tokenizers count tokens."""
+    publisher: EventPublisher | None = None
     trainer: InternalChannel | None = None
-    """Channel to the trainer (asked whether a job uses a file before it is deleted); when unset,
-    one is opened on first use from ``settings.trainer_grpc_target``."""
-
-    def trainer_channel(self) -> InternalChannel | None:
-        if self.trainer is None and self.settings.trainer_grpc_target != "":
-            platform = platform_settings()
-            self.trainer = InternalChannel(self.settings.trainer_grpc_target or platform.grpc_target,
-                                           internal_token(platform))
-        return self.trainer
+    """Channel to the trainer, asked whether a job uses a file before it is deleted (none: no
+    job is asked about, e.g. a dataset service deployed without a trainer)."""
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
@@ -384,7 +376,7 @@ def versions_using(deps: DatasetDeps, tenant_id: str, file_id: str) -> list[str]
 def jobs_using(deps: DatasetDeps, tenant_id: str, file_id: str) -> list[str]:
     """Ids of the tenant's unfinished fine-tuning jobs that train or validate on the file, asked
     of the trainer over gRPC (no trainer configured: none)."""
-    channel = deps.trainer_channel()
+    channel = deps.trainer
     if channel is None:
         return []
     stub = trainer_pb2_grpc.TrainerServiceStub(channel.channel)
@@ -508,12 +500,16 @@ def report_to_openai(report: FileReport) -> dict[str, object]:
             "created_at": to_unix(report.created_at)}
 
 
-def synthetic_jsonl(count: int, seed: int) -> str:
-    """``count`` synthetic Polarize coach examples for ``seed`` as OpenAI chat JSONL (the shared
-    generator: athlete load, wellness, the week's plan and the rule-based modification)."""
-    from coachforge_shared.coach.synthetic import generate_examples, to_jsonl
+SYNTHETIC_GENERATOR = "coach"
+"""The synthetic data generator plug-in behind ``/v1/datasets/synthetic`` (Polarize's coach examples)."""
 
-    return to_jsonl(generate_examples(count, seed))
+
+def synthetic_jsonl(count: int, seed: int, generator: str = SYNTHETIC_GENERATOR) -> str:
+    """``count`` synthetic examples for ``seed`` as OpenAI chat JSONL, from the generator plug-in
+    ``generator`` (:func:`coachforge_shared.plugins.synthetic_generator`; ``coach``: athlete load,
+    wellness, the week's plan and the rule-based modification). Unknown generator: ``NotFound``."""
+    records = synthetic_generator(generator).generate(count, seed)
+    return "".join(json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n" for r in records)
 
 
 def generate_synthetic(deps: DatasetDeps, tenant_id: str, count: int, seed: int,

@@ -11,6 +11,7 @@ from fastapi.responses import Response, StreamingResponse
 from coachforge_inference import service
 from coachforge_inference import usage as usage_mod
 from coachforge_inference.service import InferenceDeps
+from coachforge_inference.validation import CHAT, COMPLETIONS
 from coachforge_shared.errors import InvalidArgument, Unavailable
 from coachforge_shared.http import ARRIVED, CurrentPrincipal
 
@@ -34,30 +35,27 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-async def _answer(request: Request, tenant_id: str, path: str, body: dict[str, Any]) -> Any:
+async def _answer(request: Request, tenant_id: str, path: str) -> Any:
+    body = await _body(request)
     arrived = request.scope.get(ARRIVED)
     if body.get("stream"):
-        events, routed = await service.astream(_deps(request), tenant_id, path, body, arrived)
+        events, routed = await service.stream(_deps(request), tenant_id, path, body, arrived)
         return StreamingResponse(events, media_type="text/event-stream", headers=routed.headers())
-    content, routed = await service.acomplete(_deps(request), tenant_id, path, body, arrived)
+    content, routed = await service.complete(_deps(request), tenant_id, path, body, arrived)
     return Response(content, media_type="application/json", headers=routed.headers())
 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, principal: CurrentPrincipal) -> Any:
-    body = await _body(request)
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise InvalidArgument("messages must be a non-empty list", param="messages")
-    return await _answer(request, principal.tenant_id, "/v1/chat/completions", body)
+    """OpenAI chat completions (``stream`` for server-sent events); checked by
+    :func:`coachforge_inference.validation.validate` like the gRPC ones."""
+    return await _answer(request, principal.tenant_id, CHAT)
 
 
 @router.post("/completions")
 async def completions(request: Request, principal: CurrentPrincipal) -> Any:
-    body = await _body(request)
-    if "prompt" not in body:
-        raise InvalidArgument("you must provide a prompt parameter", param="prompt")
-    return await _answer(request, principal.tenant_id, "/v1/completions", body)
+    """OpenAI text completions (``stream`` for server-sent events)."""
+    return await _answer(request, principal.tenant_id, COMPLETIONS)
 
 
 @router.get("/usage")

@@ -1,10 +1,12 @@
 """gRPC ``InferenceService``: the semantics of the REST ``/v1/chat/completions`` and ``/v1/completions``,
-streaming included (each gRPC request is turned into the REST body it stands for)."""
+streaming included (each gRPC request is turned into the REST body it stands for, and answered by
+the same async path, on the server's event loop)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,8 +15,9 @@ from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge_inference import service
 from coachforge_inference import usage as usage_mod
 from coachforge_inference.service import InferenceDeps
+from coachforge_inference.validation import CHAT, COMPLETIONS
 from coachforge_shared.auth import current_principal
-from coachforge_shared.errors import InvalidArgument, Unavailable
+from coachforge_shared.errors import Internal, InvalidArgument, Unavailable
 from coachforge_shared.grpc_server import ServiceRegistration
 
 
@@ -38,12 +41,8 @@ def _body(request: inference_pb2.ChatCompletionRequest | inference_pb2.Completio
         except json.JSONDecodeError as err:
             raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
     if isinstance(request, inference_pb2.ChatCompletionRequest):
-        if not request.messages:
-            raise InvalidArgument("messages must be a non-empty list", param="messages")
         body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
-    else:
-        if not request.prompt:
-            raise InvalidArgument("you must provide a prompt parameter", param="prompt")
+    elif request.prompt:  # proto3 cannot tell an empty prompt from none: both are refused
         body["prompt"] = request.prompt
     return body
 
@@ -64,58 +63,74 @@ def _usage(usage: dict[str, Any] | None) -> inference_pb2.Usage | None:
                                total_tokens=usage.get("total_tokens") or 0)
 
 
+def _chunk(chunk: dict[str, Any]) -> inference_pb2.CompletionChunk:
+    return inference_pb2.CompletionChunk(
+        id=chunk.get("id", ""), model=chunk["model"], created=int(chunk.get("created") or 0),
+        choices=[_choice(c) for c in chunk.get("choices") or ()], usage=_usage(chunk.get("usage")))
+
+
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, deps: InferenceDeps) -> None:
         self.deps = deps
 
-    def _complete(self, path: str, body: dict[str, Any], context: grpc.ServicerContext) -> dict[str, Any]:
-        result, routed = service.complete(self.deps, current_principal().tenant_id, path, body)
-        context.send_initial_metadata(tuple(routed.headers().items()))
+    async def _complete(self, path: str, body: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        raw, routed = await service.complete(self.deps, current_principal().tenant_id, path, body)
+        await context.send_initial_metadata(tuple(routed.headers().items()))
+        result: dict[str, Any] = json.loads(raw)
         return result
 
-    def _stream(self, path: str, body: dict[str, Any], include_usage: bool,
-                context: grpc.ServicerContext) -> Iterator[inference_pb2.CompletionChunk]:
-        body["stream"] = True
+    async def _stream(self, path: str, body: dict[str, Any], include_usage: bool,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.CompletionChunk]:
+        """The answer's server-sent events as chunks; an error after the first one ends the call with
+        that error's status (raised here, mapped by the server's interceptor)."""
         if include_usage:
             body["stream_options"] = {"include_usage": True}
-        chunks, routed = service.stream(self.deps, current_principal().tenant_id, path, body)
-        context.send_initial_metadata(tuple(routed.headers().items()))
-        for chunk in chunks:
-            yield inference_pb2.CompletionChunk(
-                id=chunk.get("id", ""), model=chunk["model"], created=int(chunk.get("created") or 0),
-                choices=[_choice(c) for c in chunk.get("choices") or ()], usage=_usage(chunk.get("usage")))
+        events, routed = await service.stream(self.deps, current_principal().tenant_id, path, body)
+        try:
+            await context.send_initial_metadata(tuple(routed.headers().items()))
+            async for line in events:
+                if not line.startswith(b"data: {"):
+                    continue
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    raise routed.error or Internal(str(chunk["error"].get("message")))
+                yield _chunk(chunk)
+        finally:
+            await events.aclose()  # type: ignore[attr-defined]
 
-    def CreateChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
-                             context: grpc.ServicerContext) -> inference_pb2.ChatCompletionResponse:
-        result = self._complete("/v1/chat/completions", _body(request), context)
+    async def CreateChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
+                                   context: grpc.aio.ServicerContext) -> inference_pb2.ChatCompletionResponse:
+        result = await self._complete(CHAT, _body(request), context)
         choices = [_choice(c) for c in result["choices"]]
         return inference_pb2.ChatCompletionResponse(
             id=result.get("id", ""), model=result["model"], content=choices[0].content,
             finish_reason=choices[0].finish_reason, created=int(result.get("created", 0)),
             usage=_usage(result.get("usage")), choices=choices)
 
-    def StreamChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
-                             context: grpc.ServicerContext) -> Iterator[inference_pb2.CompletionChunk]:
-        yield from self._stream("/v1/chat/completions", _body(request), request.include_usage, context)
+    async def StreamChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
+                                   context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.CompletionChunk]:
+        async for chunk in self._stream(CHAT, _body(request), request.include_usage, context):
+            yield chunk
 
-    def CreateCompletion(self, request: inference_pb2.CompletionRequest,
-                         context: grpc.ServicerContext) -> inference_pb2.CompletionResponse:
-        result = self._complete("/v1/completions", _body(request), context)
+    async def CreateCompletion(self, request: inference_pb2.CompletionRequest,
+                               context: grpc.aio.ServicerContext) -> inference_pb2.CompletionResponse:
+        result = await self._complete(COMPLETIONS, _body(request), context)
         return inference_pb2.CompletionResponse(
             id=result.get("id", ""), model=result["model"], created=int(result.get("created", 0)),
             choices=[_choice(c) for c in result["choices"]], usage=_usage(result.get("usage")))
 
-    def StreamCompletion(self, request: inference_pb2.CompletionRequest,
-                         context: grpc.ServicerContext) -> Iterator[inference_pb2.CompletionChunk]:
-        yield from self._stream("/v1/completions", _body(request), request.include_usage, context)
+    async def StreamCompletion(self, request: inference_pb2.CompletionRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.CompletionChunk]:
+        async for chunk in self._stream(COMPLETIONS, _body(request), request.include_usage, context):
+            yield chunk
 
-    def GetUsage(self, request: inference_pb2.GetUsageRequest,
-                 context: grpc.ServicerContext) -> inference_pb2.GetUsageResponse:
+    async def GetUsage(self, request: inference_pb2.GetUsageRequest,
+                       context: grpc.aio.ServicerContext) -> inference_pb2.GetUsageResponse:
         if self.deps.db is None:
             raise Unavailable("usage is not stored by this deployment")
         q = usage_mod.make_query(request.start_date, request.end_date, request.model,
                                  request.avatar if request.avatar else None)
-        rows = usage_mod.daily_usage(self.deps.db, current_principal().tenant_id, q)
+        rows = await asyncio.to_thread(usage_mod.daily_usage, self.deps.db, current_principal().tenant_id, q)
         return inference_pb2.GetUsageResponse(rows=[inference_pb2.UsageRow(
             date=r["date"], model=r["model"], avatar=r["avatar"], messages=r["messages"],
             input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], cost_usd=r["cost_usd"])

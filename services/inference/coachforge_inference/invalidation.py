@@ -5,14 +5,18 @@ cache's TTL stays as a safety net for a missed event).
 Each replica needs every event, so this reader joins no consumer group: it is assigned every
 partition of the model.* topics and starts from their end (what happened before the replica
 started is not in its cache). Topics that appear later are picked up on the next refresh.
-A deleted model's adapter is also unloaded from the engines where it sits idle.
+A deleted model's adapter is also unloaded from the engines where it sits idle: the reader's
+thread hands that coroutine to the event loop that started it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any
 
 from kafka import KafkaConsumer
 from kafka.errors import KafkaError
@@ -32,17 +36,22 @@ KNOWN_EVENTS = frozenset(MODEL_EVENTS)
 
 class ModelEventListener:
     def __init__(self, bootstrap: str, invalidate: Callable[[str], int], *,
-                 deleted: Callable[[str], None] | None = None, topics: tuple[str, ...] = MODEL_EVENTS,
-                 refresh_s: float = 30.0) -> None:
-        """``invalidate(tenant_id)`` runs for every model.* event; ``deleted(adapter_name)`` also runs
-        for model.deleted (engines may drop the adapter)."""
+                 deleted: Callable[[str], Coroutine[Any, Any, None]] | None = None,
+                 topics: tuple[str, ...] = MODEL_EVENTS, refresh_s: float = 30.0) -> None:
+        """``invalidate(tenant_id)`` runs (in the reader's thread) for every model.* event;
+        ``deleted(adapter_name)``, a coroutine function, also runs for model.deleted (engines may drop
+        the adapter), on the event loop that called :meth:`start`."""
         self.bootstrap, self.invalidate, self.topics, self.refresh_s = bootstrap, invalidate, topics, refresh_s
         self.deleted = deleted
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start reading (call it from the event loop ``deleted`` runs on, when it is given)."""
+        if self.deleted is not None:
+            self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="model-events", daemon=True)
         self._thread.start()
 
@@ -117,7 +126,21 @@ class ModelEventListener:
         if env.type == "model.deleted" and self.deleted is not None:
             event = registry_pb2.ModelDeleted()
             if env.payload.Unpack(event) and event.adapter_name:
-                try:
-                    self.deleted(event.adapter_name)
-                except Exception:  # the reader must survive an engine that does not answer
-                    log.exception("deleted adapter not unloaded", adapter=event.adapter_name)
+                self._on_deleted(event.adapter_name)
+
+    def _on_deleted(self, adapter: str) -> None:
+        """Hand ``deleted(adapter)`` to the event loop (not waited for: the reader goes on)."""
+        if self.deleted is None or self._loop is None or self._loop.is_closed():
+            return
+        coro = self.deleted(adapter)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        except RuntimeError:  # the loop closed meanwhile
+            coro.close()
+            return
+
+        def done(f: Future[None]) -> None:
+            if not f.cancelled() and f.exception() is not None:  # e.g. an engine that does not answer
+                log.error("deleted adapter not unloaded", adapter=adapter, exc_info=f.exception())
+
+        future.add_done_callback(done)

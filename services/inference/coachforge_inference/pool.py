@@ -2,42 +2,47 @@
 
 * Engines come from ``engine_urls`` (or the one ``engine_url``) and, optionally, from the
   addresses of a headless service (``engine_service``), resolved again periodically.
-* A background thread checks each engine's ``GET /health``; a failed check or a failed call
-  takes the engine out of rotation (and forgets its adapters: a restarted engine has none) until
-  a check passes again.
+* A task on the server's event loop (started by :meth:`EnginePool.start`) checks each engine's
+  ``GET /health``; a failed check or a failed call takes the engine out of rotation (and forgets
+  its adapters: a restarted engine has none) until a check or a call succeeds again.
 * Routing: a healthy engine that already holds (or is loading) the adapter, least in flight
-  first; otherwise the least loaded healthy engine. Selection and bookkeeping happen under one
-  lock, so a burst of first requests for an adapter picks one engine and loads it once there
-  (one load lock per engine and adapter).
+  first; otherwise the least loaded healthy engine. Every engine down: they are tried anyway
+  (the marks may be stale; the call will tell).
 * Each engine keeps at most ``max_loras`` adapters: before loading another, the least recently
-  used adapters no request is using are unloaded (``POST /v1/unload_lora_adapter``).
+  used adapters no request is using are unloaded (``POST /v1/unload_lora_adapter``). A burst of
+  first requests for an adapter picks one engine and loads it once there (one lock per engine
+  and adapter).
+
+The pool alone changes the routing state (:class:`PooledEngine`), always on the event loop and
+never across an ``await`` between a read and the write that depends on it, so it needs no lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
-import threading
 import time
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from coachforge_inference.adapters import AdapterCache, is_remote
-from coachforge_inference.engine import Engine
+from coachforge_inference.engine import Engine, EngineUnreachable
 from coachforge_inference.metrics import ENGINE_UP, ENGINES
 from coachforge_inference.settings import InferenceSettings
 from coachforge_shared.errors import Unavailable
 from coachforge_shared.logging import get_logger
-from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.inference.pool")
 
 
-def resolve_service(service: str) -> list[str]:
+async def resolve_service(service: str) -> list[str]:
     """Engine base URLs for a headless service ``host:port`` (or ``http://host:port``): one per A/AAAA record."""
     parts = urlsplit(service if "://" in service else f"http://{service}")
     host, port, scheme = parts.hostname or "", parts.port or 8000, parts.scheme or "http"
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     urls = []
     for family, *_, addr in infos:
         ip = str(addr[0])
@@ -45,14 +50,43 @@ def resolve_service(service: str) -> list[str]:
     return sorted(set(urls))
 
 
+class PooledEngine:
+    """One engine as the pool sees it: its client and its routing state."""
+
+    def __init__(self, client: Engine) -> None:
+        self.client = client
+        self.url = client.base_url
+        self.up = True
+        self.inflight = 0
+        """Requests using the engine now."""
+        self.adapters: OrderedDict[str, int] = OrderedDict()
+        """Adapters routed here (loaded or loading), least recently used first -> requests using each now."""
+        self.loaded: set[str] = set()
+        """Adapters the engine has (as far as this service knows)."""
+        self.locks: dict[str, asyncio.Lock] = {}
+        """One lock per adapter: one load (or unload) of it at a time on this engine."""
+
+    def __repr__(self) -> str:
+        return f"PooledEngine({self.url!r}, up={self.up}, inflight={self.inflight}, adapters={list(self.adapters)})"
+
+    def lock(self, adapter: str) -> asyncio.Lock:
+        lock = self.locks.get(adapter)
+        if lock is None:
+            lock = self.locks[adapter] = asyncio.Lock()
+        return lock
+
+
 class Lease:
     """One request's hold on an engine (counted in flight until released)."""
 
-    def __init__(self, pool: EnginePool, engine: Engine, adapter: str | None) -> None:
+    __slots__ = ("_released", "adapter", "engine", "pool")
+
+    def __init__(self, pool: EnginePool, engine: PooledEngine, adapter: str | None) -> None:
         self.pool, self.engine, self.adapter = pool, engine, adapter
         self._released = False
 
     def release(self) -> None:
+        """Give the engine back (idempotent)."""
         if not self._released:
             self._released = True
             self.pool.release(self.engine, self.adapter)
@@ -61,200 +95,247 @@ class Lease:
 class EnginePool:
     def __init__(self, urls: Iterable[str] = (), *, timeout_s: float = 300.0, max_loras: int = 4,
                  health_interval_s: float = 5.0, service: str | None = None,
-                 discovery_interval_s: float = 15.0, engines: Iterable[Engine] = (),
-                 adapters: AdapterCache | None = None) -> None:
-        self.guard = threading.RLock()
+                 discovery_interval_s: float = 15.0, adapters: AdapterCache | None = None) -> None:
+        """``urls``: the engines always in the pool; ``service``: a headless service whose addresses
+        join them (at :meth:`start`, then every ``discovery_interval_s``); ``adapters``: where remote
+        adapters are fetched to (none: only local adapter paths can be loaded)."""
         self.adapters = adapters
         self.timeout_s, self.max_loras = timeout_s, max_loras
         self.health_interval_s, self.service, self.discovery_interval_s = (
             health_interval_s, service, discovery_interval_s)
-        self._static: list[str] = []
-        self._engines: dict[str, Engine] = {}
-        for engine in engines:
-            engine.guard, engine.max_loras = self.guard, max_loras
-            self._engines[engine.base_url] = engine
-            self._static.append(engine.base_url)
+        self._engines: dict[str, PooledEngine] = {}
         for url in urls:
             url = url.rstrip("/")
             if url not in self._engines:
-                self._engines[url] = Engine(url, timeout_s, max_loras, self.guard)
-                self._static.append(url)
+                self._engines[url] = PooledEngine(Engine(url, timeout_s))
+        self._static = set(self._engines)
         self._retired: list[Engine] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if service:
-            self.discover()
+        self._discovered_at = float("-inf")
+        self._started = False
+        self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: InferenceSettings, engine: Engine | None = None) -> EnginePool:
-        """The pool ``settings`` describe; ``engine`` (already built, normally for ``engine_url``) is
-        the one engine when neither ``engine_urls`` nor ``engine_service`` is set, and is reused when
-        it is one of ``engine_urls``."""
-        urls = [u.rstrip("/") for u in settings.engine_urls]
+    def from_settings(cls, settings: InferenceSettings, adapter_cache_dir: Path | None = None) -> EnginePool:
+        """The pool ``settings`` describe: ``engine_urls`` (or the one ``engine_url`` when neither they
+        nor ``engine_service`` are set) and ``engine_service``. Remote adapters are fetched into
+        ``adapter_cache_dir`` (default: ``settings.adapter_cache_dir``; neither: local adapters only)."""
+        urls = list(settings.engine_urls)
         if not urls and not settings.engine_service:
-            urls = [engine.base_url if engine is not None else settings.engine_url.rstrip("/")]
-        given = [engine] if engine is not None and engine.base_url in urls else []
-        cache_dir = settings.adapter_cache_dir or PlatformSettings().data_dir / "adapter-cache"
-        return cls(urls, engines=given, timeout_s=settings.request_timeout_s, max_loras=settings.engine_max_loras,
+            urls = [settings.engine_url]
+        cache_dir = adapter_cache_dir if adapter_cache_dir is not None else settings.adapter_cache_dir
+        return cls(urls, timeout_s=settings.request_timeout_s, max_loras=settings.engine_max_loras,
                    health_interval_s=settings.engine_health_interval_s, service=settings.engine_service,
                    discovery_interval_s=settings.engine_discovery_interval_s,
-                   adapters=AdapterCache(cache_dir, settings.adapter_storage_options))
+                   adapters=AdapterCache(cache_dir, settings.adapter_storage_options) if cache_dir else None)
 
     @property
-    def engines(self) -> list[Engine]:
-        with self.guard:
-            return list(self._engines.values())
+    def engines(self) -> list[PooledEngine]:
+        return list(self._engines.values())
 
-    def engine(self, url: str) -> Engine:
+    def engine(self, url: str) -> PooledEngine:
         return self._engines[url.rstrip("/")]
 
     # --- discovery and health ---
 
-    def discover(self) -> None:
-        """Resolve ``service`` again: new addresses join the pool, vanished ones leave it."""
+    async def discover(self) -> None:
+        """Resolve ``service`` again: new addresses join the pool, vanished ones leave it (an
+        unresolvable name keeps the engines it had)."""
         if not self.service:
             return
+        self._discovered_at = time.monotonic()
         try:
-            found = resolve_service(self.service)
+            found = await resolve_service(self.service)
         except OSError as err:
             log.warning("engine service not resolvable", service=self.service, error=str(err))
             return
-        with self.guard:
-            wanted = set(found) | set(self._static)
-            for url in found:
-                if url not in self._engines:
-                    log.info("engine discovered", engine=url)
-                    self._engines[url] = Engine(url, self.timeout_s, self.max_loras, self.guard)
-            for url in [u for u in self._engines if u not in wanted]:
-                log.info("engine gone from the service", engine=url)
-                self._retired.append(self._engines.pop(url))
-                try:
-                    ENGINE_UP.remove(url)  # a replaced pod's series ends (labels stay bounded)
-                except KeyError:
-                    pass
+        for url in found:
+            if url not in self._engines:
+                log.info("engine discovered", engine=url)
+                self._engines[url] = PooledEngine(Engine(url, self.timeout_s))
+        wanted = set(found) | self._static
+        for url in [u for u in self._engines if u not in wanted]:
+            log.info("engine gone from the service", engine=url)
+            self._retired.append(self._engines.pop(url).client)  # closed with the pool (requests may use it)
+            with contextlib.suppress(KeyError):
+                ENGINE_UP.remove(url)  # a replaced pod's series ends (labels stay bounded)
 
-    def check_health(self) -> bool:
-        """One health pass over every engine; whether any is up."""
-        ups = [engine.healthy() for engine in self.engines]
+    async def check_health(self) -> bool:
+        """One health pass over every engine (concurrently); whether any is up."""
+        engines = self.engines
+        ups = await asyncio.gather(*(e.client.health() for e in engines))
+        for engine, up in zip(engines, ups, strict=True):
+            self.mark(engine, up)
         ENGINES.labels("up").set(sum(ups))
         ENGINES.labels("down").set(len(ups) - sum(ups))
         return any(ups)
 
-    def healthy(self) -> bool:
-        """Readiness: at least one engine answers its health check."""
-        return self.check_health()
+    async def healthy(self) -> bool:
+        """Readiness: at least one engine answers its health check now."""
+        return await self.check_health()
 
-    def _watch(self) -> None:
-        next_discovery = 0.0
-        while not self._stop.is_set():
-            if self.service and time.monotonic() >= next_discovery:
-                self.discover()
-                next_discovery = time.monotonic() + self.discovery_interval_s
+    def mark(self, engine: PooledEngine, up: bool) -> None:
+        """Put ``engine`` in or out of rotation; out, it forgets its adapters (it may come back
+        restarted, without them: they are loaded again on demand)."""
+        if self._engines.get(engine.url) is engine:
+            ENGINE_UP.labels(engine.url).set(1 if up else 0)
+        if not up:
+            if engine.up:
+                log.warning("engine out of rotation", engine=engine.url)
+            engine.loaded.clear()
+            engine.adapters = OrderedDict((n, c) for n, c in engine.adapters.items() if c > 0)
+        elif not engine.up:
+            log.info("engine back in rotation", engine=engine.url)
+        engine.up = up
+
+    async def _watch(self) -> None:
+        while True:
             try:
-                self.check_health()
+                if self.service and time.monotonic() >= self._discovered_at + self.discovery_interval_s:
+                    await self.discover()
+                await self.check_health()
             except Exception:  # the watcher must survive anything
                 log.exception("engine health pass failed")
-            self._stop.wait(self.health_interval_s)
+            await asyncio.sleep(self.health_interval_s)
 
-    def start(self) -> None:
-        """Start the background health checks (idempotent; also started by the first request)."""
-        with self.guard:
-            if self._thread is not None or self.health_interval_s <= 0:
-                return
-            self._thread = threading.Thread(target=self._watch, name="engine-health", daemon=True)
-            self._thread.start()
+    async def start(self) -> None:
+        """Resolve the engine service (if any) and start the health checks on the running event
+        loop (idempotent; the first request starts the checks too)."""
+        if self._started:
+            return
+        self._started = True
+        await self.discover()
+        self._watch_soon()
+
+    def _watch_soon(self) -> None:
+        if self.health_interval_s > 0 and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self._watch(), name="engine-health")
 
     # --- routing ---
 
-    def acquire(self, adapter: str | None, exclude: Iterable[Engine] = ()) -> Engine:
-        """The engine that serves the next request (counted in flight until :meth:`release`)."""
-        if self._thread is None:
-            self.start()
-        excluded = {id(e) for e in exclude}
-        with self.guard:
-            pool = [e for e in self._engines.values() if id(e) not in excluded]
-            if not pool:
-                raise Unavailable("No inference engine is available.")
-            # Every engine marked down: try them anyway (the marks may be stale; the call will tell).
-            candidates = [e for e in pool if e.up] or pool
-            holders = [e for e in candidates if adapter is not None and adapter in e.adapters]
-            if holders:
-                engine = min(holders, key=lambda e: e.inflight)
-            else:
-                engine = min(candidates, key=lambda e: (e.inflight, len(e.adapters)))
-            engine.inflight += 1
-            if adapter is not None:
-                engine.adapters[adapter] = engine.adapters.get(adapter, 0) + 1
-                engine.adapters.move_to_end(adapter)
-            return engine
+    def lease(self, adapter: str | None, exclude: Iterable[PooledEngine] = ()) -> Lease:
+        """The engine that serves the next request (counted in flight until the lease is released)."""
+        self._watch_soon()
+        pool = [e for e in self._engines.values() if all(e is not x for x in exclude)]
+        if not pool:
+            raise Unavailable("No inference engine is available.")
+        # Every engine marked down: try them anyway (the marks may be stale; the call will tell).
+        candidates = [e for e in pool if e.up] or pool
+        holders = [e for e in candidates if adapter is not None and adapter in e.adapters]
+        if holders:
+            engine = min(holders, key=lambda e: e.inflight)
+        else:
+            engine = min(candidates, key=lambda e: (e.inflight, len(e.adapters)))
+        engine.inflight += 1
+        if adapter is not None:
+            engine.adapters[adapter] = engine.adapters.get(adapter, 0) + 1
+            engine.adapters.move_to_end(adapter)
+        return Lease(self, engine, adapter)
 
-    def lease(self, adapter: str | None, exclude: Iterable[Engine] = ()) -> Lease:
-        """:meth:`acquire` as a lease whose :meth:`Lease.release` may be called more than once."""
-        return Lease(self, self.acquire(adapter, exclude), adapter)
+    def release(self, engine: PooledEngine, adapter: str | None) -> None:
+        engine.inflight = max(0, engine.inflight - 1)
+        if adapter is not None and adapter in engine.adapters:
+            engine.adapters[adapter] = max(0, engine.adapters[adapter] - 1)
+            if engine.adapters[adapter] == 0 and adapter not in engine.loaded:
+                del engine.adapters[adapter]  # its load failed: do not prefer this engine for it
 
-    def release(self, engine: Engine, adapter: str | None) -> None:
-        with self.guard:
-            engine.inflight = max(0, engine.inflight - 1)
-            if adapter is not None and adapter in engine.adapters:
-                engine.adapters[adapter] = max(0, engine.adapters[adapter] - 1)
-                if engine.adapters[adapter] == 0 and not engine.loaded(adapter):
-                    del engine.adapters[adapter]  # its load failed: do not prefer this engine for it
+    def _victims(self, engine: PooledEngine, adapter: str) -> list[str]:
+        """Idle adapters to unload from ``engine`` (least recently used first) so that ``adapter``
+        fits; they leave its routing state at once (a concurrent load does not pick them again)."""
+        victims: list[str] = []
+        over = len(engine.adapters) - self.max_loras
+        for name, users in engine.adapters.items():
+            if over <= 0:
+                break
+            if name != adapter and users == 0:
+                victims.append(name)
+                over -= 1
+        for name in victims:
+            del engine.adapters[name]
+        return victims
 
-    def _victims(self, engine: Engine, adapter: str) -> list[str]:
-        """Idle adapters to unload from ``engine`` (least recently used first) so that ``adapter`` fits."""
-        with self.guard:
-            victims: list[str] = []
-            over = len(engine.adapters) - engine.max_loras
-            for name, users in engine.adapters.items():
-                if over <= 0:
-                    break
-                if name != adapter and users == 0:
-                    victims.append(name)
-                    over -= 1
-            for name in victims:
-                del engine.adapters[name]
-            return victims
-
-    def ensure(self, engine: Engine, name: str, path: str) -> None:
-        """Load adapter ``name`` (from ``path``: a folder, or an object-store URL fetched into the
-        local cache first) on ``engine``, unloading least recently used ones to make room."""
-        if engine.loaded(name):
-            return
+    async def _local_path(self, uri: str) -> str:
+        """A path the engines can load ``uri`` from (an object-store URL is fetched into the cache
+        first, in a worker thread)."""
         if self.adapters is not None:
-            path = self.adapters.local_path(path)
-        for victim in self._victims(engine, name):
-            engine.unload_adapter(victim)
-        engine.ensure_adapter(name, path)
+            if is_remote(uri):
+                return await asyncio.to_thread(self.adapters.local_path, uri)
+            return self.adapters.local_path(uri)
+        if is_remote(uri):
+            raise Unavailable(f"Adapter {uri} cannot be fetched: no adapter cache directory is configured.")
+        return uri.removeprefix("file://")
 
-    async def aensure(self, engine: Engine, name: str, path: str) -> None:
-        """:meth:`ensure` for the event loop (a download runs in a thread)."""
-        if engine.loaded(name):
+    async def ensure(self, engine: PooledEngine, name: str, uri: str) -> None:
+        """Load adapter ``name`` (from ``uri``: a folder, or an object-store URL) on ``engine``,
+        unloading least recently used ones to make room; once, however many requests wait for it."""
+        if name in engine.loaded:
             return
-        if self.adapters is not None and is_remote(path):
-            path = await asyncio.to_thread(self.adapters.local_path, path)
+        path = await self._local_path(uri)
         for victim in self._victims(engine, name):
-            await engine.aunload_adapter(victim)
-        await engine.aensure_adapter(name, path)
+            await self._unload(engine, victim)
+        async with engine.lock(name):
+            if name in engine.loaded:
+                return
+            try:
+                await engine.client.load_adapter(name, path)
+            except EngineUnreachable:
+                self.mark(engine, False)
+                raise
+            engine.loaded.add(name)
 
-    def drop_adapter(self, name: str) -> None:
+    async def _unload(self, engine: PooledEngine, name: str) -> None:
+        async with engine.lock(name):  # a request for it meanwhile waits, then loads it again
+            engine.loaded.discard(name)
+            await engine.client.unload_adapter(name)
+
+    def forget(self, engine: PooledEngine, name: str) -> None:
+        """``engine`` no longer has adapter ``name`` (it answered 404 for it: restarted)."""
+        engine.loaded.discard(name)
+
+    async def drop_adapter(self, name: str) -> None:
         """Unload ``name`` (its model was deleted) from every engine where no request is using it."""
-        with self.guard:
-            holders = [e for e in self._engines.values() if e.adapters.get(name) == 0 or
-                       (name not in e.adapters and e.loaded(name))]
-            for engine in holders:
-                engine.adapters.pop(name, None)
+        holders = [e for e in self._engines.values() if e.adapters.get(name) == 0 or
+                   (name not in e.adapters and name in e.loaded)]
         for engine in holders:
-            engine.unload_adapter(name)
+            engine.adapters.pop(name, None)
+        await asyncio.gather(*(self._unload(engine, name) for engine in holders))
+
+    # --- calls (a connection failure takes the engine out of rotation, an answer puts it back) ---
+
+    async def post(self, engine: PooledEngine, path: str, content: bytes) -> bytes:
+        """:meth:`Engine.post` on ``engine``."""
+        try:
+            raw = await engine.client.post(path, content)
+        except EngineUnreachable:
+            self.mark(engine, False)
+            raise
+        if not engine.up:
+            self.mark(engine, True)
+        return raw
+
+    async def stream(self, engine: PooledEngine, path: str, content: bytes) -> AsyncIterator[bytes]:
+        """:meth:`Engine.stream` on ``engine``."""
+        upstream = engine.client.stream(path, content)
+        try:
+            async for line in upstream:
+                if not engine.up:
+                    self.mark(engine, True)
+                yield line
+        except EngineUnreachable:
+            self.mark(engine, False)
+            raise
+        finally:
+            await upstream.aclose()  # type: ignore[attr-defined]
 
     # --- shutdown ---
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-        for engine in self.engines + self._retired:
-            engine.close()
-
-    async def aclose(self) -> None:
-        for engine in self.engines + self._retired:
-            await engine.aclose()
+    async def close(self) -> None:
+        """Stop the health checks and close the engines' sessions."""
+        task, self._task = self._task, None
+        self._started = False
+        if task is not None and not task.done():
+            task.cancel()
+            if task.get_loop() is asyncio.get_running_loop():
+                await asyncio.wait([task])
+        for client in [e.client for e in self.engines] + self._retired:
+            await client.close()
+        self._retired.clear()

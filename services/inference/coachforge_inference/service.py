@@ -1,25 +1,27 @@
 """Inference logic: resolve the requested model through the registry (cached; model.* events drop a
 tenant's entries), pick an engine, make sure the adapter is loaded there, call the engine (once
 more on another engine when the first could not be reached before anything was streamed), and
-record tokens, latency and cost."""
+record tokens, latency and cost. One async path, on the server's event loop, for REST and gRPC;
+each body is encoded once and the engine's answer renamed at the byte level where it can be."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import itertools
 import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
-from coachforge_inference.engine import Engine, EngineUnreachable
+from coachforge_inference.engine import EngineUnreachable, engine_error
 from coachforge_inference.metrics import (
     CANDIDATE_ROUTED,
     COST,
@@ -31,10 +33,11 @@ from coachforge_inference.metrics import (
     TOKENS,
     TTFT,
 )
-from coachforge_inference.pool import EnginePool
+from coachforge_inference.pool import EnginePool, Lease, PooledEngine
 from coachforge_inference.settings import InferenceSettings, Price
+from coachforge_inference.validation import validate
 from coachforge_shared.db import Database
-from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
+from coachforge_shared.errors import CoachForgeError, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.logging import get_logger
@@ -70,56 +73,58 @@ class Resolution:
 @dataclass
 class InferenceDeps:
     settings: InferenceSettings
-    engine: Engine | None
-    """The engine built for ``engine_url`` (reused by the pool when it is one of its engines)."""
     registry: InternalChannel
     publisher: EventPublisher | None = None
     db: Database | None = None
     """Where daily usage rows live (``GET /v1/usage``)."""
-    engines: EnginePool | None = None
-    """The engines requests are routed to (default: the ones ``settings`` name)."""
     kafka_bootstrap: str | None = None
     """Where model.* events are read from to drop stale resolutions (none: only the TTL)."""
-    _cache: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict)
-    _generation: dict[str, int] = field(default_factory=dict)
-    _cache_lock: threading.Lock = field(default_factory=threading.Lock)
-    _refreshing: set[tuple[str, str]] = field(default_factory=set)
-    _listener: Any = None
+    engines: EnginePool | None = None
+    """The engines requests are routed to (default: the ones ``settings`` name)."""
+    adapter_cache_dir: Path | None = None
+    """Where adapters kept in object storage are fetched to before an engine loads them (for the
+    default pool; none: only local adapter paths can be served)."""
+    _cache: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict, init=False, repr=False)
+    _generation: dict[str, int] = field(default_factory=dict, init=False, repr=False)
+    _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    """Guards the cache: the model.* listener and the refresh-ahead threads change it too."""
+    _refreshing: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
+    _listener: Any = field(default=None, init=False, repr=False)
+    _started: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.engines is None:
-            self.engines = EnginePool.from_settings(self.settings, self.engine)
+            self.engines = EnginePool.from_settings(self.settings, self.adapter_cache_dir)
 
     @property
     def pool(self) -> EnginePool:
         assert self.engines is not None
         return self.engines
 
-    def start(self) -> None:
-        """Start the engines' health checks and the model.* event listener (idempotent; the first
-        resolution starts them too)."""
-        self.pool.start()
-        with self._cache_lock:
-            if not self.kafka_bootstrap or self._listener is not None:
-                return
+    async def start(self) -> None:
+        """Start the engines' health checks and the model.* event listener, on the running event
+        loop (idempotent; the first registry lookup starts them too)."""
+        if self._started:
+            return
+        self._started = True
+        await self.pool.start()
+        if self.kafka_bootstrap:
             from coachforge_inference.invalidation import ModelEventListener
 
             self._listener = ModelEventListener(self.kafka_bootstrap, self.invalidate, deleted=self.pool.drop_adapter)
-        self._listener.start()
+            self._listener.start()
 
-    def close(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-        self.pool.close()
-        if self.engine is not None:
-            self.engine.close()
+    async def close(self) -> None:
+        """Stop the listener and the health checks; close the engines' sessions."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await asyncio.to_thread(listener.stop)
+        await self.pool.close()
+        self._started = False
 
-    async def aclose(self) -> None:
-        """Close the async engine clients (call from the event loop that used them)."""
-        await self.pool.aclose()
-        if self.engine is not None:
-            await self.engine.aclose()
+    async def healthy(self) -> bool:
+        """Readiness: at least one engine answers its health check now."""
+        return await self.pool.healthy()
 
     # --- resolution cache ---
 
@@ -163,25 +168,19 @@ class InferenceDeps:
             with self._cache_lock:
                 self._refreshing.discard((tenant_id, model_id))
 
-    async def aresolve(self, tenant_id: str, model_id: str) -> Resolution:
-        """:meth:`resolve` for the event loop: a cache hit costs no thread hop, a miss asks the
-        registry from a worker thread."""
+    async def resolve(self, tenant_id: str, model_id: str) -> Resolution:
+        """The registry's answer for ``model_id`` (and an avatar's candidate), cached: a cache hit
+        costs no thread hop, a miss asks the registry from a worker thread."""
         hit = self.cached(tenant_id, model_id)
         if hit is not None:
             return hit
-        return await anyio.to_thread.run_sync(self.resolve, tenant_id, model_id)
-
-    def resolve(self, tenant_id: str, model_id: str) -> Resolution:
-        """The registry's answer for ``model_id`` (and an avatar's candidate), cached."""
-        hit = self.cached(tenant_id, model_id)
-        if hit is not None:
-            return hit
-        return self._fetch(tenant_id, model_id)
+        if not self._started:
+            await self.start()
+        return await anyio.to_thread.run_sync(self._fetch, tenant_id, model_id)
 
     def _fetch(self, tenant_id: str, model_id: str) -> Resolution:
-        """Ask the registry, and cache its answer unless a model.* event arrived meanwhile."""
-        if self._listener is None and self.kafka_bootstrap:
-            self.start()
+        """Ask the registry (blocking: from a worker thread), and cache its answer unless a model.*
+        event arrived meanwhile."""
         now = time.monotonic()
         with self._cache_lock:
             generation = self._generation.get(tenant_id, 0)
@@ -229,6 +228,8 @@ class Routed:
     gateway_seconds: float = 0.0
     """Time spent in this service apart from that, from the request's arrival to the answer ready
     (for a stream: its first chunk): authentication, resolution, routing, adapter loads, encoding."""
+    error: CoachForgeError | None = None
+    """The error that ended a stream after it began (its body is the stream's last event)."""
 
     def headers(self) -> dict[str, str]:
         """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which
@@ -250,13 +251,6 @@ class Routed:
         observe it in ``coachforge_inference_gateway_seconds{mode}``."""
         self.gateway_seconds = max(0.0, time.perf_counter() - started - self.engine_seconds)
         GATEWAY.labels(mode).observe(self.gateway_seconds)
-
-
-def _model_id(body: dict[str, Any]) -> str:
-    model_id = body.get("model")
-    if not isinstance(model_id, str) or not model_id:
-        raise InvalidArgument("you must provide a model parameter", param="model")
-    return model_id
 
 
 def candidate_bucket(tenant_id: str, avatar: str, user: str) -> int:
@@ -292,26 +286,17 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm)
 
 
-def _retry_or_raise(deps: InferenceDeps, tried: list[Engine], err: EngineUnreachable) -> None:
+def _retry_or_raise(deps: InferenceDeps, tried: list[PooledEngine], err: EngineUnreachable) -> None:
     """After a connection failure before anything was streamed: retry once on another engine, if any."""
     others = [e for e in deps.pool.engines if all(e is not t for t in tried)]
     if len(tried) > 1 or not others:
         raise Unavailable(f"No inference engine could serve the request: {err}") from None
-    RETRIES.labels(tried[-1].base_url).inc()
-    log.warning("engine unreachable; retrying on another engine", engine=tried[-1].base_url, error=str(err))
+    RETRIES.labels(tried[-1].url).inc()
+    log.warning("engine unreachable; retrying on another engine", engine=tried[-1].url, error=str(err))
 
 
-def _timed(routed: Routed, call: Callable[..., T], *args: Any) -> T:
-    """``call(*args)``, its time added to ``routed.engine_seconds``."""
-    t = time.perf_counter()
-    try:
-        return call(*args)
-    finally:
-        routed.engine_seconds += time.perf_counter() - t
-
-
-async def _atimed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any) -> T:
-    """:func:`_timed` for a coroutine function."""
+async def _timed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``await call(*args)``, its time added to ``routed.engine_seconds``."""
     t = time.perf_counter()
     try:
         return await call(*args)
@@ -319,34 +304,35 @@ async def _atimed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any)
         routed.engine_seconds += time.perf_counter() - t
 
 
-async def _aengage(deps: InferenceDeps, tenant_id: str, body: dict[str, Any],
-                   call: Callable[[Engine, bytes], Awaitable[T]]) -> tuple[T, Any, Routed]:
-    """Resolve and route ``body``'s model, pick an engine, load the adapter there, and ``call`` it;
-    returns the result, the engine lease (the caller releases it when the answer is done) and the
-    routing actually used, with the time spent in ``call`` as its ``engine_seconds``. A failure
-    counts in ``coachforge_inference_requests_total{outcome="error"}``."""
+async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
+                  call: Callable[[PooledEngine, bytes], Awaitable[T]]) -> tuple[T, Lease, Routed]:
+    """Check ``body``, resolve and route its model, pick an engine, load the adapter there, and
+    ``call`` it; returns the result, the engine lease (the caller releases it when the answer is
+    done) and the routing actually used, with the time spent in ``call`` as its ``engine_seconds``.
+    A failure counts in ``coachforge_inference_requests_total{outcome="error"}``."""
     label = UNRESOLVED
     try:
-        model_id = _model_id(body)
-        routed = _route(tenant_id, model_id, body, await deps.aresolve(tenant_id, model_id))
+        model_id = validate(path, body)
+        routed = _route(tenant_id, model_id, body, await deps.resolve(tenant_id, model_id))
         label = routed.model.id
-        return await _aengage_routed(deps, tenant_id, routed, call)
+        return await _engage_routed(deps, tenant_id, routed, call)
     except CoachForgeError:
         REQUESTS.labels(tenant_id, label, "error").inc()
         raise
 
 
-async def _aengage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
-                          call: Callable[[Engine, bytes], Awaitable[T]]) -> tuple[T, Any, Routed]:
-    tried: list[Engine] = []
+async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
+                         call: Callable[[PooledEngine, bytes], Awaitable[T]]) -> tuple[T, Lease, Routed]:
+    pool = deps.pool
+    tried: list[PooledEngine] = []
     while True:
         model = routed.model
         adapter = model.adapter_name or None
-        lease = deps.pool.lease(adapter, tried)
+        lease = pool.lease(adapter, tried)
         try:
             if adapter:
                 try:
-                    await deps.pool.aensure(lease.engine, adapter, model.adapter_uri)
+                    await pool.ensure(lease.engine, adapter, model.adapter_uri)
                 except EngineUnreachable:
                     raise
                 except Unavailable:
@@ -357,66 +343,14 @@ async def _aengage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
                     continue
             content = _dumps(routed.engine_body)
             try:
-                result = await _atimed(routed, call, lease.engine, content)
+                result = await _timed(routed, call, lease.engine, content)
             except NotFound:
                 if not adapter:
                     raise
-                lease.engine.forget(adapter)  # the engine lost the adapter (restart): load it again once
-                await deps.pool.aensure(lease.engine, adapter, model.adapter_uri)
-                result = await _atimed(routed, call, lease.engine, content)
-            routed.engine = lease.engine.base_url
-            return result, lease, routed
-        except EngineUnreachable as err:
-            lease.release()
-            tried.append(lease.engine)
-            _retry_or_raise(deps, tried, err)
-        except BaseException:
-            lease.release()
-            raise
-
-
-def _engage(deps: InferenceDeps, tenant_id: str, body: dict[str, Any],
-            call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Any, Routed]:
-    """:func:`_aengage` for threads (gRPC)."""
-    label = UNRESOLVED
-    try:
-        model_id = _model_id(body)
-        routed = _route(tenant_id, model_id, body, deps.resolve(tenant_id, model_id))
-        label = routed.model.id
-        return _engage_routed(deps, tenant_id, routed, call)
-    except CoachForgeError:
-        REQUESTS.labels(tenant_id, label, "error").inc()
-        raise
-
-
-def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
-                   call: Callable[[Engine, dict[str, Any]], T]) -> tuple[T, Any, Routed]:
-    tried: list[Engine] = []
-    while True:
-        model = routed.model
-        adapter = model.adapter_name or None
-        lease = deps.pool.lease(adapter, tried)
-        try:
-            if adapter:
-                try:
-                    deps.pool.ensure(lease.engine, adapter, model.adapter_uri)
-                except EngineUnreachable:
-                    raise
-                except Unavailable:
-                    if model.fallback != "base":
-                        raise
-                    lease.release()
-                    routed = _fallback(tenant_id, routed)
-                    continue
-            try:
-                result = _timed(routed, call, lease.engine, routed.engine_body)
-            except NotFound:
-                if not adapter:
-                    raise
-                lease.engine.forget(adapter)
-                deps.pool.ensure(lease.engine, adapter, model.adapter_uri)
-                result = _timed(routed, call, lease.engine, routed.engine_body)
-            routed.engine = lease.engine.base_url
+                pool.forget(lease.engine, adapter)  # the engine lost the adapter (restart): load it again once
+                await pool.ensure(lease.engine, adapter, model.adapter_uri)
+                result = await _timed(routed, call, lease.engine, content)
+            routed.engine = lease.engine.url
             return result, lease, routed
         except EngineUnreachable as err:
             lease.release()
@@ -449,17 +383,6 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
             log.exception("usage event not published", model=model.id)
 
 
-def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any]) -> tuple[dict[str, Any], Routed]:
-    """A non-streaming chat or text completion; ``model`` in the answer is the model that answered."""
-    started = time.perf_counter()
-    result, lease, routed = _engage(deps, tenant_id, body, lambda engine, b: engine.post(path, b))
-    lease.release()
-    result["model"] = routed.model.id
-    record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
-    routed.timed("unary", started)
-    return result, routed
-
-
 def _bill_stream(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     """Whether the caller asked for the usage chunk (``stream_options.include_usage``), i.e.
     whether it is passed on, and ``body`` asking the engine for it anyway, so that every streamed
@@ -468,65 +391,15 @@ def _bill_stream(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     if options is None:
         options = {}
     elif not isinstance(options, dict):
-        return False, body  # not an object: the engine refuses it with a 400 that names the field
-    return bool(options.get("include_usage")), {**body, "stream_options": {**options, "include_usage": True}}
+        return False, body  # not an object: validation refuses it
+    return bool(options.get("include_usage")), {**body, "stream": True,
+                                                 "stream_options": {**options, "include_usage": True}}
 
 
 def _usage_only(chunk: dict[str, Any]) -> bool:
     """The stream's last chunk that only carries the usage (no choices)."""
     return bool(chunk.get("usage")) and not chunk.get("choices")
 
-
-def stream(deps: InferenceDeps, tenant_id: str, path: str,
-           body: dict[str, Any]) -> tuple[Iterator[dict[str, Any]], Routed]:
-    """:func:`astream` for threads (gRPC): the chunks as objects, ``model`` set to the model that
-    answered, the usage-only chunk passed on only when ``stream_options.include_usage`` asked for
-    it; errors before the first chunk are raised here (after one retry on another engine when the
-    first could not be reached), errors after it from the iterator."""
-    started = time.perf_counter()
-
-    def call(engine: Engine, engine_body: dict[str, Any]) -> tuple[Generator[bytes, None, None], bytes]:
-        upstream = engine.stream(path, engine_body)
-        try:
-            return upstream, next(upstream, b"")  # raises before anything was sent to the client
-        except BaseException:
-            upstream.close()
-            raise
-
-    wanted, body = _bill_stream(body)
-    (upstream, first), lease, routed = _engage(deps, tenant_id, body, call)
-    routed.timed("stream", started)
-    model = routed.model
-
-    def chunks() -> Iterator[dict[str, Any]]:
-        usage = None
-        ttft_recorded = False
-        try:
-            for line in itertools.chain((first,), upstream):
-                if not line.startswith(b"data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                chunk["model"] = model.id
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                if not ttft_recorded and chunk.get("choices"):
-                    TTFT.labels(model.id).observe(time.perf_counter() - started)
-                    ttft_recorded = True
-                if wanted or not _usage_only(chunk):
-                    yield chunk
-        except CoachForgeError as err:
-            REQUESTS.labels(tenant_id, model.id, "error").inc()
-            log.warning("stream broken after it began", model=model.id, engine=routed.engine, error=str(err))
-            raise
-        finally:
-            lease.release()
-            upstream.close()
-        record_usage(deps, tenant_id, model, usage, started, routed.avatar)
-
-    return chunks(), routed
-
-
-# --- The REST path: async end to end (no thread hop per request), each body encoded once. ---
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
@@ -541,16 +414,18 @@ def _rename_model(raw: bytes, engine_model: str, model_id: str) -> bytes | None:
     return raw.replace(needle, b'"model":' + _dumps(model_id), 1)
 
 
-async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                    arrived: float | None = None) -> tuple[bytes, Routed]:
-    """A non-streaming completion: the engine's JSON with ``model`` set to the model that answered
-    (``arrived``: when the request arrived, by ``time.perf_counter``; default now)."""
+async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
+                   arrived: float | None = None) -> tuple[bytes, Routed]:
+    """A non-streaming chat (``path`` ``/v1/chat/completions``) or text (``/v1/completions``)
+    completion: the engine's JSON with ``model`` set to the model that answered (``arrived``: when
+    the request arrived, by ``time.perf_counter``; default now)."""
     started = time.perf_counter() if arrived is None else arrived
+    pool = deps.pool
 
-    async def call(engine: Engine, content: bytes) -> bytes:
-        return await engine.apost(path, content)
+    def call(engine: PooledEngine, content: bytes) -> Awaitable[bytes]:
+        return pool.post(engine, path, content)
 
-    raw, lease, routed = await _aengage(deps, tenant_id, body, call)
+    raw, lease, routed = await _engage(deps, tenant_id, path, body, call)
     lease.release()
     result = json.loads(raw)
     renamed = _rename_model(raw, routed.engine_body["model"], routed.model.id)
@@ -562,22 +437,28 @@ async def acomplete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[s
     return renamed, routed
 
 
-def _error_event(err: CoachForgeError) -> bytes:
-    """An OpenAI-style error as the last server-sent event of a stream that broke after it began."""
-    status = int(getattr(err, "http_status", 503))
-    return b"data: " + _dumps({"error": {"message": str(err), "type": "service_unavailable", "param": None,
-                                         "code": status}}) + b"\n\n"
+def _stream_error(line: bytes) -> CoachForgeError:
+    """An error event the engine sent in the middle of a stream (``data: {"error": …}``) as a typed error."""
+    try:
+        code = json.loads(line[6:])["error"].get("code")
+    except (ValueError, KeyError, AttributeError):
+        code = None
+    return engine_error(code if isinstance(code, int) else 500, line[6:].decode(errors="replace"))
 
 
-async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                  arrived: float | None = None) -> tuple[AsyncIterator[bytes], Routed]:
-    """A streaming completion as server-sent events; errors before the first byte are raised (after
-    one retry on another engine when the first could not be reached), errors after it end the
-    stream with an error event (``arrived`` as in :func:`acomplete`)."""
+async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
+                 arrived: float | None = None) -> tuple[AsyncIterator[bytes], Routed]:
+    """A streaming completion as server-sent event lines (each ending with a newline), ``model``
+    set to the model that answered, the usage-only chunk passed on only when
+    ``stream_options.include_usage`` asked for it (the engine is always asked for it: every stream
+    is billed). Errors before the first byte are raised (after one retry on another engine when the
+    first could not be reached); an error after it ends the stream with the error's own body as
+    the last event, and is kept as ``Routed.error`` (``arrived`` as in :func:`complete`)."""
     started = time.perf_counter() if arrived is None else arrived
+    pool = deps.pool
 
-    async def call(engine: Engine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
-        upstream = engine.astream(path, content)
+    async def call(engine: PooledEngine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
+        upstream = pool.stream(engine, path, content)
         try:
             return upstream, await upstream.__anext__()  # raises before anything was sent to the client
         except StopAsyncIteration:
@@ -587,7 +468,7 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
             raise
 
     wanted, body = _bill_stream(body)
-    (upstream, first), lease, routed = await _aengage(deps, tenant_id, body, call)
+    (upstream, first), lease, routed = await _engage(deps, tenant_id, path, body, call)
     routed.timed("stream", started)
     model = routed.model
     engine_model = routed.engine_body["model"]
@@ -596,10 +477,13 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
         usage = None
         ttft_recorded = False
         dropped = False  # the usage-only chunk the caller did not ask for (its blank line goes too)
+        open_event = False  # the last line sent was not an event's closing blank line
         line = first
         try:
             while line:
                 if line.startswith(b"data: {"):
+                    if line.startswith(b'data: {"error"'):
+                        raise _stream_error(line)
                     renamed = _rename_model(line, engine_model, model.id)
                     if renamed is None or b'"usage":{' in line:
                         chunk = json.loads(line[6:])
@@ -614,6 +498,7 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
                     line = renamed
                 if not dropped:
                     yield line
+                    open_event = line != b"\n"
                 elif not line.startswith(b"data: {"):
                     dropped = line.strip() != b""  # skip up to the event's closing blank line
                 try:
@@ -623,7 +508,10 @@ async def astream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
         except CoachForgeError as err:
             REQUESTS.labels(tenant_id, model.id, "error").inc()
             log.warning("stream broken after it began", model=model.id, engine=routed.engine, error=str(err))
-            yield _error_event(err)
+            routed.error = err
+            if open_event:
+                yield b"\n"
+            yield b"data: " + _dumps(err.to_body()) + b"\n\n"
             return
         finally:
             lease.release()

@@ -8,9 +8,24 @@ import grpc
 
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_registry import service
+from coachforge_registry.models import Avatar, AvatarChange
 from coachforge_registry.service import RegistryDeps
 from coachforge_shared.auth import current_principal
 from coachforge_shared.grpc_server import ServiceRegistration
+from coachforge_shared.ids import to_unix
+
+
+def change_proto(c: AvatarChange) -> registry_pb2.AvatarChange:
+    return registry_pb2.AvatarChange(action=c.action, from_model=c.from_model or "", to_model=c.to_model,
+                                     actor=c.actor, reason=c.reason, created_at=to_unix(c.created_at),
+                                     detail_json=c.detail_json or "{}")
+
+
+def avatar_proto(a: Avatar) -> registry_pb2.Avatar:
+    return registry_pb2.Avatar(name=a.name, active_model=a.active_model, fallback=a.fallback,
+                               created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at),
+                               candidate_model=a.candidate_model or "", candidate_share=a.candidate_share,
+                               pinned=a.pinned)
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -28,52 +43,52 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def CreateAvatar(self, request: registry_pb2.CreateAvatarRequest,
                      context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
-        return service.avatar_proto(service.create_avatar(self.deps, p.tenant_id, p.actor, request.name,
+        return avatar_proto(service.create_avatar(self.deps, p.tenant_id, p.actor, request.name,
                                                           request.model, request.fallback or "error",
                                                           request.reason))
 
     def GetAvatar(self, request: registry_pb2.GetAvatarRequest, context: grpc.ServicerContext) -> registry_pb2.Avatar:
-        return service.avatar_proto(service.get_avatar(self.deps, current_principal().tenant_id, request.name))
+        return avatar_proto(service.get_avatar(self.deps, current_principal().tenant_id, request.name))
 
     def ListAvatars(self, request: registry_pb2.ListAvatarsRequest,
                     context: grpc.ServicerContext) -> registry_pb2.ListAvatarsResponse:
         rows = service.list_avatars(self.deps, current_principal().tenant_id)
-        return registry_pb2.ListAvatarsResponse(avatars=[service.avatar_proto(a) for a in rows])
+        return registry_pb2.ListAvatarsResponse(avatars=[avatar_proto(a) for a in rows])
 
     def ActivateModel(self, request: registry_pb2.ActivateModelRequest,
                       context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
-        return service.avatar_proto(service.activate(self.deps, p.tenant_id, p.actor, request.avatar, request.model,
+        return avatar_proto(service.activate(self.deps, p.tenant_id, p.actor, request.avatar, request.model,
                                                      request.reason))
 
     def RollbackAvatar(self, request: registry_pb2.RollbackAvatarRequest,
                        context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
-        return service.avatar_proto(service.rollback(self.deps, p.tenant_id, p.actor, request.avatar,
+        return avatar_proto(service.rollback(self.deps, p.tenant_id, p.actor, request.avatar,
                                                      request.reason))
 
     def PinVersion(self, request: registry_pb2.PinVersionRequest,
                    context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
-        return service.avatar_proto(service.pin(self.deps, p.tenant_id, p.actor, request.avatar, request.model,
+        return avatar_proto(service.pin(self.deps, p.tenant_id, p.actor, request.avatar, request.model,
                                                 request.reason))
 
     def UnpinAvatar(self, request: registry_pb2.UnpinAvatarRequest,
                     context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
-        return service.avatar_proto(service.unpin(self.deps, p.tenant_id, p.actor, request.avatar, request.reason))
+        return avatar_proto(service.unpin(self.deps, p.tenant_id, p.actor, request.avatar, request.reason))
 
     def SetCandidate(self, request: registry_pb2.SetCandidateRequest,
                      context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
-        return service.avatar_proto(service.set_candidate(self.deps, p.tenant_id, p.actor, request.avatar,
+        return avatar_proto(service.set_candidate(self.deps, p.tenant_id, p.actor, request.avatar,
                                                           request.model or None, request.traffic_share,
                                                           request.reason))
 
     def GetAvatarHistory(self, request: registry_pb2.GetAvatarHistoryRequest,
                          context: grpc.ServicerContext) -> registry_pb2.AvatarHistory:
         rows = service.history(self.deps, current_principal().tenant_id, request.avatar)
-        return registry_pb2.AvatarHistory(changes=[service.change_proto(c) for c in rows])
+        return registry_pb2.AvatarHistory(changes=[change_proto(c) for c in rows])
 
     def ListModelVersions(self, request: registry_pb2.ListModelVersionsRequest,
                           context: grpc.ServicerContext) -> registry_pb2.ListModelsResponse:

@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.registry.v1 import registry_pb2
 from coachforge.trainer.v1 import trainer_pb2
+from coachforge_registry import repository
 from coachforge_registry.adapters import (
     AdapterFacts,
     base_config_sha256,
@@ -42,7 +42,6 @@ from coachforge_shared.errors import (
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
-from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.registry")
 
@@ -57,12 +56,19 @@ class RegistryDeps:
     settings: RegistrySettings
     publisher: EventPublisher | None = None
     store: ArtifactStore | None = None
+    artifacts_dir: Path | None = None
+    """Local folder for artifacts when ``settings.storage_url`` is unset (the wiring passes
+    ``<artifacts_dir>/registry``)."""
+    platform_models_dir: Path | None = None
+    """Prepared base models when ``settings.models_dir`` is unset (the platform's)."""
 
     def artifact_store(self) -> ArtifactStore:
         """Where artifacts go: ``storage_url`` (with ``storage_endpoint_url`` and ``storage_options``),
-        else ``<artifacts_dir>/registry`` on local disk."""
+        else :attr:`artifacts_dir` on local disk."""
         if self.store is None:
-            url = self.settings.storage_url or str(PlatformSettings().resolved_artifacts_dir / "registry")
+            url = self.settings.storage_url or (str(self.artifacts_dir) if self.artifacts_dir else None)
+            if url is None:
+                raise RuntimeError("the registry has no artifact store: set storage_url or artifacts_dir")
             options = dict(self.settings.storage_options)
             if self.settings.storage_endpoint_url:
                 options["endpoint_url"] = self.settings.storage_endpoint_url
@@ -70,7 +76,10 @@ class RegistryDeps:
         return self.store
 
     def models_dir(self) -> Path:
-        return self.settings.models_dir or PlatformSettings().models_dir
+        found = self.settings.models_dir or self.platform_models_dir
+        if found is None:
+            raise RuntimeError("the registry has no models folder: set models_dir or platform_models_dir")
+        return found
 
 
 def base_model_proto(model_id: str) -> registry_pb2.Model:
@@ -94,9 +103,8 @@ def suffix_of(model_id: str) -> str:
 
 
 def _next_version(s: Session, tenant_id: str, base_model: str, suffix: str) -> int:
-    latest = s.scalar(select(func.max(ModelVersion.version)).where(
-        ModelVersion.tenant_id == tenant_id, ModelVersion.base_model == base_model, ModelVersion.suffix == suffix))
-    return int(latest or 0) + 1
+    """Version numbers count up per line (tenant, base model, suffix) from 1."""
+    return repository.latest_version(s, tenant_id, base_model, suffix) + 1
 
 
 def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str, suffix: str, model_id: str,
@@ -125,8 +133,7 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
             artifact_uri=artifact_uri, files_json=json.dumps([f.__dict__ for f in files]),
             size_bytes=sum(f.size for f in files), artifact_sha256=manifest_digest(files) if files else "",
             base_config_sha256=config_sha, lineage_json=json.dumps(lineage), updated_at=utcnow())
-        s.add(v)
-        s.flush()
+        repository.add_version(s, v)
         if deps.publisher is not None:
             deps.publisher.publish("model.registered", registry_pb2.ModelRegistered(model=version_proto(v)),
                                    tenant_id, key=v.model_id)
@@ -173,7 +180,7 @@ def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_
     """Register the adapter a job produced. Runs in the event's idempotency transaction; a job
     already registered (e.g. replayed under a new event id) creates nothing new. An incompatible
     adapter is not registered: ``model.rejected`` says which fact differs."""
-    if s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == ev.job_id)) is not None:
+    if repository.job_registered(s, ev.job_id):
         log.info("job already registered", job_id=ev.job_id)
         return None
     adapter_dir = Path(ev.adapter_uri) if ev.adapter_uri and "://" not in ev.adapter_uri else None
@@ -313,20 +320,14 @@ def upload_version(deps: RegistryDeps, tenant_id: str, actor: str, base_model: s
 
 def list_models(deps: RegistryDeps, tenant_id: str) -> list[registry_pb2.Model]:
     with deps.db.session() as s:
-        versions = list(s.scalars(select(ModelVersion).where(ModelVersion.tenant_id == tenant_id)
-                                  .order_by(ModelVersion.created_at.desc())))
+        versions = repository.versions(s, tenant_id)
     return [base_model_proto(m) for m in deps.settings.base_models] + [version_proto(v) for v in versions]
-
-
-def _version(s: Session, tenant_id: str, model_id: str, *, lock: bool = False) -> ModelVersion | None:
-    q = select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.tenant_id == tenant_id)
-    return s.scalar(q.with_for_update() if lock else q)
 
 
 def _find_model(s: Session, deps: RegistryDeps, tenant_id: str, model_id: str) -> registry_pb2.Model | None:
     if model_id in deps.settings.base_models:
         return base_model_proto(model_id)
-    v = _version(s, tenant_id, model_id)
+    v = repository.version(s, tenant_id, model_id)
     return version_proto(v) if v is not None else None
 
 
@@ -335,7 +336,7 @@ def get_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> registry_pb2
     with deps.db.session() as s:
         found = _find_model(s, deps, tenant_id, model_id)
         if found is None:
-            avatar = s.scalar(select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.name == model_id))
+            avatar = repository.find_avatar(s, tenant_id, model_id)
             if avatar is not None:
                 found = _find_model(s, deps, tenant_id, avatar.active_model)
                 if found is not None:
@@ -350,33 +351,17 @@ def _not_found(model_id: str) -> NotFound:
                     param="model", code="model_not_found")
 
 
-def to_openai(m: registry_pb2.Model) -> dict[str, object]:
-    """OpenAI's model object; fine-tuned versions carry their registry facts as extra fields."""
-    out: dict[str, object] = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
-    if m.adapter_name:
-        out.update({
-            "base_model": m.base_model, "suffix": m.suffix, "version": m.version, "status": m.status,
-            "source": m.source, "job_id": m.job_id or None, "lora_rank": m.lora_rank,
-            "target_modules": list(m.target_modules), "size_bytes": m.size_bytes, "sha256": m.artifact_sha256,
-            "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
-            "base_model_config_sha256": m.base_config_sha256, "lineage": json.loads(m.lineage_json or "{}"),
-            "evaluations": json.loads(m.evaluations_json or "{}")})
-    return out
-
-
 def list_versions(deps: RegistryDeps, tenant_id: str, model_id: str) -> list[registry_pb2.Model]:
     """A fine-tuned model's line (same tenant, base and suffix), or every line of the tenant on a
     base model; newest version first."""
     with deps.db.session() as s:
-        q = select(ModelVersion).where(ModelVersion.tenant_id == tenant_id)
         if model_id in deps.settings.base_models:
-            q = q.where(ModelVersion.base_model == model_id)
+            rows = repository.versions_on_base(s, tenant_id, model_id)
         else:
-            v = _version(s, tenant_id, model_id)
+            v = repository.version(s, tenant_id, model_id)
             if v is None:
                 raise _not_found(model_id)
-            q = q.where(ModelVersion.base_model == v.base_model, ModelVersion.suffix == v.suffix)
-        rows = list(s.scalars(q.order_by(ModelVersion.suffix, ModelVersion.version.desc())))
+            rows = repository.versions_of_line(s, tenant_id, v.base_model, v.suffix)
     return [version_proto(v) for v in rows]
 
 
@@ -387,18 +372,16 @@ def delete_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> dict[str,
         raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model",
                                code="model_not_deletable")
     with deps.db.session() as s:
-        v = _version(s, tenant_id, model_id, lock=True)
+        v = repository.version(s, tenant_id, model_id, lock=True)
         if v is None:
             raise _not_found(model_id)
-        users = list(s.scalars(select(Avatar).where(
-            Avatar.tenant_id == tenant_id,
-            or_(Avatar.active_model == model_id, Avatar.candidate_model == model_id)).order_by(Avatar.name)))
+        users = repository.avatars_using(s, tenant_id, model_id)
         if users:
             roles = ", ".join(f"{a.name} ({'active' if a.active_model == model_id else 'candidate'})" for a in users)
             raise FailedPrecondition(f"The model '{model_id}' is in use by avatar(s) {roles}; point them "
                                      "elsewhere first.", param="model", code="model_in_use")
         artifact_uri, adapter_name = v.artifact_uri, v.id
-        s.delete(v)
+        repository.delete_version(s, v)
         if deps.publisher is not None:
             deps.publisher.publish("model.deleted", registry_pb2.ModelDeleted(model_id=model_id,
                                                                               adapter_name=adapter_name),
@@ -428,7 +411,7 @@ def record_evaluation(deps: RegistryDeps, tenant_id: str, actor: str, model_id: 
             raise InvalidArgument(f"metrics.{key} must be a finite number under a 1-64 character name.",
                                   param=f"metrics.{key}")
     with deps.db.session() as s:
-        v = _version(s, tenant_id, model_id, lock=True)
+        v = repository.version(s, tenant_id, model_id, lock=True)
         if v is None:
             raise _not_found(model_id)
         evaluations = json.loads(v.eval_json or "{}")
@@ -446,21 +429,13 @@ FALLBACKS = ("error", "base")
 ACTIVE_CHANGES = ("created", "activated", "rolled_back", "pinned")
 
 
-def _avatar(s: Session, tenant_id: str, name: str, *, lock: bool = False) -> Avatar:
-    q = select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.name == name)
-    avatar = s.scalar(q.with_for_update() if lock else q)
-    if avatar is None:
-        raise NotFound(f"No avatar named {name!r}.", param="avatar", code="avatar_not_found")
-    return avatar
-
-
 def _require_servable(s: Session, deps: RegistryDeps, tenant_id: str, model_id: str,
                       param: str = "model") -> registry_pb2.Model:
     """The model exists for this tenant and the engines can serve it (checked again at activation:
     settings or the base model may have changed since registration)."""
     if model_id in deps.settings.base_models:
         return base_model_proto(model_id)
-    v = _version(s, tenant_id, model_id, lock=True)  # locked: a concurrent delete waits
+    v = repository.version(s, tenant_id, model_id, lock=True)  # locked: a concurrent delete waits
     if v is None:
         raise InvalidArgument(f"The model '{model_id}' does not exist or you do not have access to it.",
                               param=param, code="model_not_found")
@@ -482,11 +457,10 @@ def _sync_status(s: Session, tenant_id: str, model_ids: Iterable[str | None]) ->
     is retired; candidates stay candidates until activated."""
     s.flush()
     for model_id in {m for m in model_ids if m}:
-        v = _version(s, tenant_id, model_id)
+        v = repository.version(s, tenant_id, model_id)
         if v is None:
             continue
-        used = s.scalar(select(func.count()).select_from(Avatar).where(
-            Avatar.tenant_id == tenant_id, Avatar.active_model == model_id))
+        used = repository.count_active_on(s, tenant_id, model_id)
         status = "active" if used else ("retired" if v.status == "active" else v.status)
         if status != v.status:
             v.status, v.updated_at = status, utcnow()
@@ -503,8 +477,9 @@ def _publish(deps: RegistryDeps, event: str, tenant_id: str, avatar: Avatar, pre
 def _record(s: Session, avatar: Avatar, action: str, previous: str | None, actor: str, reason: str,
             **detail: object) -> None:
     avatar.updated_at = utcnow()
-    s.add(AvatarChange(avatar_id=avatar.id, action=action, from_model=previous, to_model=avatar.active_model,
-                       actor=actor, reason=reason, detail_json=json.dumps(detail)))
+    repository.add_change(s, AvatarChange(avatar_id=avatar.id, action=action, from_model=previous,
+                                          to_model=avatar.active_model, actor=actor, reason=reason,
+                                          detail_json=json.dumps(detail)))
 
 
 def _not_pinned(avatar: Avatar) -> None:
@@ -522,13 +497,12 @@ def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
     with deps.db.session() as s:
         if _find_model(s, deps, tenant_id, name) is not None:
             raise InvalidArgument(f"{name!r} is already a model id.", param="name")
-        if s.scalar(select(Avatar.id).where(Avatar.tenant_id == tenant_id, Avatar.name == name)) is not None:
+        if repository.avatar_exists(s, tenant_id, name):
             raise Conflict(f"An avatar named {name!r} already exists.", param="name", code="avatar_exists")
         _require_servable(s, deps, tenant_id, model_id)
         avatar = Avatar(id=new_id("avatar"), tenant_id=tenant_id, name=name, active_model=model_id,
                         fallback=fallback, candidate_model=None, candidate_share=0, pinned=False)
-        s.add(avatar)
-        s.flush()
+        repository.add_avatar(s, avatar)
         _record(s, avatar, "created", None, actor, reason)
         _sync_status(s, tenant_id, [model_id])
         _publish(deps, "model.activated", tenant_id, avatar, None)
@@ -537,19 +511,19 @@ def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
 
 def get_avatar(deps: RegistryDeps, tenant_id: str, name: str) -> Avatar:
     with deps.db.session() as s:
-        return _avatar(s, tenant_id, name)
+        return repository.avatar(s, tenant_id, name)
 
 
 def list_avatars(deps: RegistryDeps, tenant_id: str) -> list[Avatar]:
     with deps.db.session() as s:
-        return list(s.scalars(select(Avatar).where(Avatar.tenant_id == tenant_id).order_by(Avatar.name)))
+        return repository.avatars(s, tenant_id)
 
 
 def activate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str, reason: str = "") -> Avatar:
     """Point the avatar at ``model_id`` in one transaction, with a history row and ``model.activated``.
     Activating the avatar's candidate promotes it (the candidate is cleared)."""
     with deps.db.session() as s:
-        avatar = _avatar(s, tenant_id, name, lock=True)
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
         _not_pinned(avatar)
         _require_servable(s, deps, tenant_id, model_id)
         previous = avatar.active_model
@@ -565,11 +539,9 @@ def activate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id
 def rollback(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str = "") -> Avatar:
     """Point the avatar back at the model it had before its latest change of active model."""
     with deps.db.session() as s:
-        avatar = _avatar(s, tenant_id, name, lock=True)
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
         _not_pinned(avatar)
-        last = s.scalar(select(AvatarChange).where(AvatarChange.avatar_id == avatar.id,
-                                                   AvatarChange.action.in_(ACTIVE_CHANGES))
-                        .order_by(AvatarChange.seq.desc()).limit(1))
+        last = repository.last_change(s, avatar.id, ACTIVE_CHANGES)
         if last is None or last.from_model is None or last.from_model == avatar.active_model:
             raise FailedPrecondition(f"Avatar {name!r} has no earlier model to roll back to.", param="avatar")
         _require_servable(s, deps, tenant_id, last.from_model)
@@ -586,7 +558,7 @@ def rollback(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: 
 def pin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str, reason: str = "") -> Avatar:
     """Point the avatar at ``model_id`` and keep it there: activate and rollback are refused until unpinned."""
     with deps.db.session() as s:
-        avatar = _avatar(s, tenant_id, name, lock=True)
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
         _require_servable(s, deps, tenant_id, model_id)
         previous = avatar.active_model
         avatar.active_model, avatar.pinned = model_id, True
@@ -600,7 +572,7 @@ def pin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str
 
 def unpin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str = "") -> Avatar:
     with deps.db.session() as s:
-        avatar = _avatar(s, tenant_id, name, lock=True)
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
         if not avatar.pinned:
             raise FailedPrecondition(f"Avatar {name!r} is not pinned.", param="avatar", code="avatar_not_pinned")
         avatar.pinned = False
@@ -617,7 +589,7 @@ def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
     if isinstance(traffic_share, bool) or not 0 <= traffic_share <= 100:
         raise InvalidArgument("traffic_share must be between 0 and 100.", param="traffic_share")
     with deps.db.session() as s:
-        avatar = _avatar(s, tenant_id, name, lock=True)
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
         previous = avatar.candidate_model
         if model_id:
             if model_id == avatar.active_model:
@@ -638,31 +610,5 @@ def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
 
 def history(deps: RegistryDeps, tenant_id: str, name: str) -> list[AvatarChange]:
     with deps.db.session() as s:
-        avatar = _avatar(s, tenant_id, name)
-        return list(s.scalars(select(AvatarChange).where(AvatarChange.avatar_id == avatar.id)
-                              .order_by(AvatarChange.seq.desc())))
-
-
-def avatar_to_openai(a: Avatar) -> dict[str, object]:
-    return {"object": "avatar", "name": a.name, "active_model": a.active_model, "fallback": a.fallback,
-            "candidate_model": a.candidate_model, "candidate_share": a.candidate_share, "pinned": a.pinned,
-            "created_at": to_unix(a.created_at), "updated_at": to_unix(a.updated_at)}
-
-
-def change_to_openai(c: AvatarChange) -> dict[str, object]:
-    return {"object": "avatar.change", "action": c.action, "from_model": c.from_model, "to_model": c.to_model,
-            "actor": c.actor, "reason": c.reason, "detail": json.loads(c.detail_json or "{}"),
-            "created_at": to_unix(c.created_at)}
-
-
-def change_proto(c: AvatarChange) -> registry_pb2.AvatarChange:
-    return registry_pb2.AvatarChange(action=c.action, from_model=c.from_model or "", to_model=c.to_model,
-                                     actor=c.actor, reason=c.reason, created_at=to_unix(c.created_at),
-                                     detail_json=c.detail_json or "{}")
-
-
-def avatar_proto(a: Avatar) -> registry_pb2.Avatar:
-    return registry_pb2.Avatar(name=a.name, active_model=a.active_model, fallback=a.fallback,
-                               created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at),
-                               candidate_model=a.candidate_model or "", candidate_share=a.candidate_share,
-                               pinned=a.pinned)
+        avatar = repository.avatar(s, tenant_id, name)
+        return repository.changes(s, avatar.id)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 
 from coachforge_shared.http import CurrentPrincipal
+from coachforge_shared.ids import to_unix
 from coachforge_trainer import service
+from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 from coachforge_trainer.schemas import CreateJobRequest
 from coachforge_trainer.service import TrainerDeps
+from coachforge_trainer.spec import job_hyperparameters
 
 router = APIRouter(prefix="/v1/fine_tuning", tags=["fine-tuning"])
 
@@ -21,31 +25,31 @@ def _deps(request: Request) -> TrainerDeps:
 
 @router.post("/jobs")
 def create_job(request: Request, principal: CurrentPrincipal, body: CreateJobRequest) -> dict[str, Any]:
-    return service.to_openai(service.create_job(_deps(request), principal.tenant_id, body))
+    return to_openai(service.create_job(_deps(request), principal.tenant_id, body))
 
 
 @router.get("/jobs")
 def list_jobs(request: Request, principal: CurrentPrincipal, after: str | None = None,
               limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
     jobs, more = service.list_jobs(_deps(request), principal.tenant_id, after, limit)
-    return {"object": "list", "data": [service.to_openai(j) for j in jobs], "has_more": more}
+    return {"object": "list", "data": [to_openai(j) for j in jobs], "has_more": more}
 
 
 @router.get("/jobs/{job_id}")
 def retrieve_job(request: Request, principal: CurrentPrincipal, job_id: str) -> dict[str, Any]:
-    return service.to_openai(service.get_job(_deps(request), principal.tenant_id, job_id))
+    return to_openai(service.get_job(_deps(request), principal.tenant_id, job_id))
 
 
 @router.get("/jobs/{job_id}/events")
 def list_events(request: Request, principal: CurrentPrincipal, job_id: str, after: str | None = None,
                 limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
     events, more = service.list_events(_deps(request), principal.tenant_id, job_id, after, limit)
-    return {"object": "list", "data": [service.event_to_openai(e) for e in events], "has_more": more}
+    return {"object": "list", "data": [event_to_openai(e) for e in events], "has_more": more}
 
 
 @router.post("/jobs/{job_id}/cancel")
 def cancel_job(request: Request, principal: CurrentPrincipal, job_id: str) -> dict[str, Any]:
-    return service.to_openai(service.cancel_job(_deps(request), principal.tenant_id, job_id))
+    return to_openai(service.cancel_job(_deps(request), principal.tenant_id, job_id))
 
 
 @router.get("/jobs/{job_id}/checkpoints")
@@ -54,5 +58,42 @@ def list_checkpoints(request: Request, principal: CurrentPrincipal, job_id: str,
     deps = _deps(request)
     job = service.get_job(deps, principal.tenant_id, job_id)
     rows, more = service.list_checkpoints(deps, principal.tenant_id, job_id, after, limit)
-    return {"object": "list", "data": [service.checkpoint_to_openai(job, c) for c in rows], "has_more": more,
+    return {"object": "list", "data": [checkpoint_to_openai(job, c) for c in rows], "has_more": more,
             "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}
+
+
+def to_openai(job: Job) -> dict[str, Any]:
+    """The OpenAI ``fine_tuning.job`` object, plus ``estimate``, ``valid_loss``, ``device`` and ``attempts``."""
+    error = None
+    if job.status == "failed":
+        error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
+    hp = job_hyperparameters(job)
+    return {
+        "id": job.id, "object": "fine_tuning.job", "created_at": to_unix(job.created_at), "error": error,
+        "fine_tuned_model": job.fine_tuned_model, "finished_at": to_unix(job.finished_at) or None,
+        "hyperparameters": hp, "model": job.model, "organization_id": job.tenant_id,
+        "result_files": [job.result_file] if job.result_file else [],
+        "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
+        "training_file": job.training_file, "validation_file": job.validation_file, "suffix": job.suffix,
+        "estimated_finish": to_unix(job.estimated_finish) or None, "integrations": [], "metadata": None,
+        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "estimate": {"trained_tokens": job.estimated_tokens, "seconds": job.estimated_seconds,
+                     "cost_usd": job.estimated_cost_usd},
+        "valid_loss": job.valid_loss, "device": job.device, "attempts": job.attempts,
+    }
+
+
+def event_to_openai(ev: JobEvent) -> dict[str, Any]:
+    return {"id": ev.id, "object": "fine_tuning.job.event", "created_at": to_unix(ev.created_at),
+            "level": ev.level, "message": ev.message, "type": ev.type,
+            "data": json.loads(ev.data_json) if ev.data_json else None}
+
+
+def checkpoint_to_openai(job: Job, ckpt: JobCheckpoint) -> dict[str, Any]:
+    """The OpenAI ``fine_tuning.job.checkpoint`` object."""
+    return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": to_unix(ckpt.created_at),
+            "fine_tuned_model_checkpoint": f"{job.fine_tuned_model or job.id}:ckpt-step-{ckpt.step}",
+            "fine_tuning_job_id": job.id, "step_number": ckpt.step,
+            "metrics": {"step": ckpt.step, "epoch": ckpt.epoch, "train_loss": ckpt.train_loss,
+                        "valid_loss": ckpt.valid_loss},
+            "adapter_path": ckpt.path}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 from pydantic import ValidationError
 
@@ -11,7 +13,8 @@ from coachforge_shared.errors import InvalidArgument
 from coachforge_shared.grpc_server import ServiceRegistration
 from coachforge_shared.ids import to_unix
 from coachforge_trainer import service
-from coachforge_trainer.models import JobCheckpoint
+from coachforge_trainer.lifecycle import status_to_proto
+from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
 from coachforge_trainer.service import TrainerDeps
 
@@ -42,27 +45,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             field = ".".join(str(part) for part in first["loc"])
             raise InvalidArgument(f"{field}: {first['msg']}", param=field) from None
         job = service.create_job(self.deps, current_principal().tenant_id, body)
-        return service.to_proto(job)
+        return to_proto(job)
 
     def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
-        return service.to_proto(service.get_job(self.deps, current_principal().tenant_id, request.job_id))
+        return to_proto(service.get_job(self.deps, current_principal().tenant_id, request.job_id))
 
     def ListJobs(self, request: trainer_pb2.ListJobsRequest,
                  context: grpc.ServicerContext) -> trainer_pb2.ListJobsResponse:
         jobs, more = service.list_jobs(self.deps, current_principal().tenant_id, request.after or None,
                                        request.limit or 20)
-        return trainer_pb2.ListJobsResponse(jobs=[service.to_proto(j) for j in jobs], has_more=more)
+        return trainer_pb2.ListJobsResponse(jobs=[to_proto(j) for j in jobs], has_more=more)
 
     def ListJobEvents(self, request: trainer_pb2.ListJobEventsRequest,
                       context: grpc.ServicerContext) -> trainer_pb2.ListJobEventsResponse:
         events, more = service.list_events(self.deps, current_principal().tenant_id, request.job_id,
                                            request.after or None, request.limit or 20)
-        return trainer_pb2.ListJobEventsResponse(has_more=more, events=[
-            trainer_pb2.JobEvent(id=e.id, created_at=int(e.created_at.timestamp()), level=e.level,
-                                 message=e.message, type=e.type, data_json=e.data_json or "") for e in events])
+        return trainer_pb2.ListJobEventsResponse(has_more=more, events=[_event_to_proto(e) for e in events])
 
     def CancelJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
-        return service.to_proto(service.cancel_job(self.deps, current_principal().tenant_id, request.job_id))
+        return to_proto(service.cancel_job(self.deps, current_principal().tenant_id, request.job_id))
 
     def ListJobCheckpoints(self, request: trainer_pb2.ListJobCheckpointsRequest,
                            context: grpc.ServicerContext) -> trainer_pb2.ListJobCheckpointsResponse:
@@ -81,3 +82,30 @@ def _checkpoint_to_proto(c: JobCheckpoint) -> trainer_pb2.JobCheckpoint:
     return trainer_pb2.JobCheckpoint(id=c.id, created_at=to_unix(c.created_at), job_id=c.job_id, step=c.step,
                                      epoch=c.epoch, train_loss=c.train_loss or 0.0, valid_loss=c.valid_loss or 0.0,
                                      path=c.path)
+
+
+def _event_to_proto(e: JobEvent) -> trainer_pb2.JobEvent:
+    return trainer_pb2.JobEvent(id=e.id, created_at=int(e.created_at.timestamp()), level=e.level, message=e.message,
+                                type=e.type, data_json=e.data_json or "")
+
+
+def to_proto(job: Job) -> trainer_pb2.Job:
+    method = json.loads(job.method_json or "{}")
+    modules = method.get("target_modules", [])
+    return trainer_pb2.Job(
+        id=job.id, model=job.model, status=status_to_proto(job.status), training_file=job.training_file,
+        validation_file=job.validation_file or "", suffix=job.suffix or "",
+        hyperparameters=trainer_pb2.Hyperparameters(
+            n_epochs=job.n_epochs, batch_size=job.batch_size, learning_rate_multiplier=job.learning_rate_multiplier,
+            lora_r=method.get("lora_r", 0), lora_alpha=method.get("lora_alpha", 0),
+            lora_dropout=method.get("lora_dropout"), max_length=method.get("max_length", 0),
+            target_modules=[modules] if isinstance(modules, str) else modules,
+            early_stopping_patience=method.get("early_stopping_patience", 0),
+            checkpoint_steps=method.get("checkpoint_steps")),
+        estimated_tokens=job.estimated_tokens or 0, estimated_seconds=job.estimated_seconds or 0.0,
+        estimated_cost_usd=job.estimated_cost_usd or 0.0, valid_loss=job.valid_loss or 0.0, device=job.device or "",
+        attempts=job.attempts or 0, result_files=[job.result_file] if job.result_file else [],
+        fine_tuned_model=job.fine_tuned_model or "", trained_tokens=job.trained_tokens or 0,
+        created_at=to_unix(job.created_at), finished_at=to_unix(job.finished_at), error_code=job.error_code or "",
+        error_message=job.error_message or "", seed=job.seed, tenant_id=job.tenant_id,
+        estimated_finish=to_unix(job.estimated_finish))

@@ -6,8 +6,9 @@ Run it as ``coachforge-trainer-worker`` (or ``python -m coachforge_trainer.worke
 Failure model: a worker holds a lease on its running job and renews it every
 ``lease_seconds / 3``. Every worker also sweeps for running jobs whose lease expired (their
 worker was killed, lost its node, ...) and queues them again; the next worker resumes from
-the job's last complete checkpoint. All status changes are conditional updates, so two
-workers never both own a job, and a worker that lost its lease stops without touching it.
+the job's last complete checkpoint. All status changes are conditional updates (made by
+:mod:`coachforge_trainer.lifecycle`), so two workers never both own a job, and a worker that
+lost its lease stops without touching it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
-from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
@@ -37,27 +37,16 @@ from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
 from coachforge_shared.events import EventConsumer, EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
-from coachforge_shared.ids import new_id, utcnow
+from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import configure_logging, get_logger
 from coachforge_shared.settings import PlatformSettings
-from coachforge_trainer.metrics import (
-    CHECKPOINTS,
-    JOBS_FINISHED,
-    JOBS_REQUEUED,
-    QUEUE_WAIT,
-    STEP_SECONDS,
-    TOKENS_PER_SECOND,
-)
-from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
-from coachforge_trainer.service import (
-    TrainerDeps,
-    add_event,
-    is_dataset_version,
-    job_hyperparameters,
-    method_settings,
-    status_to_proto,
-)
+from coachforge_trainer import lifecycle, repository
+from coachforge_trainer.lifecycle import IllegalTransition
+from coachforge_trainer.metrics import STEP_SECONDS, TOKENS_PER_SECOND
+from coachforge_trainer.models import Job
+from coachforge_trainer.service import TrainerDeps
 from coachforge_trainer.settings import TrainerSettings
+from coachforge_trainer.spec import is_dataset_version, method_settings
 
 if TYPE_CHECKING:
     from coachforge_trainer.sft import Checkpoint
@@ -102,19 +91,11 @@ class Worker:
     def handle(self, s: Session, env: Envelope, payload: trainer_pb2.TrainRequested) -> Any:
         """Claim the job inside the event's transaction (a conditional update, so exactly one
         worker wins); train after it committed."""
-        claimed = s.execute(
-            update(Job).where(Job.id == payload.job_id, Job.tenant_id == env.tenant_id, Job.status == "queued",
-                              Job.cancel_requested.is_(False))
-            .values(status="running", worker_id=self.worker_id, lease_expires_at=self._lease_until(),
-                    attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, utcnow())))
-        if claimed.rowcount != 1:
+        try:
+            job = lifecycle.claim(s, payload.job_id, env.tenant_id, self.worker_id, self._lease_until())
+        except IllegalTransition:
             log.info("skipping job that is not queued", job_id=payload.job_id)
             return None
-        job = s.get(Job, payload.job_id)
-        assert job is not None
-        QUEUE_WAIT.observe(max((utcnow() - (job.queued_at or job.created_at)).total_seconds(), 0.0))
-        attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
-        add_event(s, job.id, f"Fine-tuning job started on worker {self.worker_id}{attempt}.")
         job_id, tenant_id = job.id, job.tenant_id
         return lambda: self.run(job_id, tenant_id)
 
@@ -122,49 +103,22 @@ class Worker:
     def renew_lease(self, job_id: str) -> bool:
         """Extend this worker's lease on ``job_id``; ``False`` if the job is no longer ours."""
         with self.deps.db.session() as s:
-            renewed = s.execute(update(Job).where(Job.id == job_id, Job.worker_id == self.worker_id,
-                                                  Job.status == "running")
-                                .values(lease_expires_at=self._lease_until()))
-            return bool(renewed.rowcount == 1)
+            return lifecycle.renew_lease(s, job_id, self.worker_id, self._lease_until())
 
     def requeue_expired(self) -> list[str]:
         """Queue again (or fail, after ``max_attempts``) every running job whose lease expired."""
         now = utcnow()
         with self.deps.db.session() as s:
-            expired = list(s.execute(select(Job.id, Job.tenant_id, Job.worker_id, Job.attempts,
-                                            Job.cancel_requested)
-                                     .where(Job.status == "running", Job.lease_expires_at < now)))
+            expired = repository.expired_leases(s, now)
         handled = []
-        for job_id, tenant_id, worker_id, attempts, cancel_requested in expired:
-            with self.deps.db.session() as s:
-                stale = (Job.id == job_id, Job.status == "running", Job.worker_id == worker_id,
-                         Job.lease_expires_at < now)
-                lost = f"Worker {worker_id} stopped renewing its lease"
-                if cancel_requested or attempts >= self.deps.settings.max_attempts:
-                    status = "cancelled" if cancel_requested else "failed"
-                    done = s.execute(update(Job).where(*stale).values(
-                        status=status, finished_at=now, lease_expires_at=None,
-                        error_code=None if cancel_requested else "worker_lost",
-                        error_message=None if cancel_requested else
-                        f"{lost}; the job was given up after {attempts} attempts."))
-                    if done.rowcount != 1:
-                        continue
-                    message = (f"{lost}; the job was cancelled as requested." if cancel_requested else
-                               f"{lost}; the job failed after {attempts} attempts.")
-                    add_event(s, job_id, message, level="error" if status == "failed" else "info")
-                    self._publish_finished(job_id, tenant_id, status, message)
-                else:
-                    done = s.execute(update(Job).where(*stale).values(
-                        status="queued", worker_id=None, lease_expires_at=None, queued_at=now))
-                    if done.rowcount != 1:
-                        continue
-                    add_event(s, job_id, f"{lost}; the job was queued again and resumes from its last "
-                                         "checkpoint.", level="warn")
-                    self.deps.publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job_id),
-                                                tenant_id, key=job_id)
-                    JOBS_REQUEUED.labels("lease_expired").inc()
-                log.warning("job lease expired", job_id=job_id, worker=worker_id, attempts=attempts)
-                handled.append(job_id)
+        for lost in expired:
+            try:
+                with self.deps.db.session() as s:
+                    lifecycle.recover(s, self.deps.publisher, lost, now, self.deps.settings.max_attempts)
+            except IllegalTransition:
+                continue  # renewed, finished or recovered by someone else meanwhile
+            log.warning("job lease expired", job_id=lost.job_id, worker=lost.worker_id, attempts=lost.attempts)
+            handled.append(lost.job_id)
         return handled
 
     def sweep_forever(self) -> None:
@@ -191,71 +145,38 @@ class Worker:
             content = b"".join(c.data for c in chunks)
         return [json.loads(line) for line in content.splitlines() if line.strip()]
 
-    def _owned(self, s: Session, job_id: str) -> Job | None:
-        """The job, locked, if this worker still owns it (running under our lease)."""
-        job = s.scalar(select(Job).where(Job.id == job_id).with_for_update())
-        if job is None or job.status != "running" or job.worker_id != self.worker_id:
+    def _as_holder(self, job_id: str, move: Callable[[Session], None]) -> bool:
+        """Make a lifecycle move on our running job in a transaction of its own; ``False`` (and nothing
+        written) when the job is no longer ours."""
+        try:
+            with self.deps.db.session() as s:
+                move(s)
+        except IllegalTransition:
             log.warning("job is no longer ours; leaving it", job_id=job_id)
-            return None
-        return job
+            return False
+        return True
 
-    def _finish(self, job_id: str, tenant_id: str, status: str, message: str, *, level: str = "info",
-                error_code: str | None = None) -> None:
-        with self.deps.db.session() as s:
-            job = self._owned(s, job_id)
-            if job is None:
-                return
-            job.status = status
-            job.finished_at = utcnow()
-            job.lease_expires_at = None
-            job.error_code = error_code
-            job.error_message = message if status == "failed" else None
-            add_event(s, job_id, message, level=level)
-            self._publish_finished(job_id, tenant_id, status, message)
+    def _fail(self, job_id: str, tenant_id: str, message: str, error_code: str) -> None:
+        self._as_holder(job_id, lambda s: lifecycle.fail(s, self.deps.publisher, job_id, tenant_id, self.worker_id,
+                                                         message, error_code))
 
-    def _publish_finished(self, job_id: str, tenant_id: str, status: str, message: str) -> None:
-        """``job.failed`` / ``job.cancelled`` (called inside the transaction that set the status)."""
-        self.deps.publisher.publish(f"job.{status}", trainer_pb2.JobFinished(
-            job_id=job_id, status=status_to_proto(status), error_message=message), tenant_id, key=job_id)
-        JOBS_FINISHED.labels(status).inc()
+    def _cancel(self, job_id: str, tenant_id: str) -> None:
+        self._as_holder(job_id, lambda s: lifecycle.cancel(s, self.deps.publisher, job_id, tenant_id,
+                                                           self.worker_id))
 
     def _requeue(self, job_id: str, tenant_id: str, step: int) -> None:
-        with self.deps.db.session() as s:
-            job = self._owned(s, job_id)
-            if job is None:
-                return
-            job.status, job.worker_id, job.lease_expires_at, job.queued_at = "queued", None, None, utcnow()
-            add_event(s, job_id, f"Worker shut down at step {step}; a checkpoint was saved and the job was queued "
-                                 "again.", level="warn")
-            self.deps.publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job_id), tenant_id,
-                                        key=job_id)
-        JOBS_REQUEUED.labels("shutdown").inc()
+        self._as_holder(job_id, lambda s: lifecycle.requeue(s, self.deps.publisher, job_id, tenant_id,
+                                                            self.worker_id, step))
 
     def _record_checkpoint(self, job_id: str, checkpoint: Checkpoint) -> None:
         with self.deps.db.session() as s:
-            if self._owned(s, job_id) is None:
-                return
-            exists = s.scalar(select(JobCheckpoint.id).where(JobCheckpoint.job_id == job_id,
-                                                             JobCheckpoint.step == checkpoint.step))
-            if exists is not None:
-                return
-            s.add(JobCheckpoint(id=new_id("ftckpt"), job_id=job_id, step=checkpoint.step, epoch=checkpoint.epoch,
-                                train_loss=checkpoint.train_loss, valid_loss=checkpoint.valid_loss,
-                                path=str(checkpoint.path)))
-            valid = f", validation loss={checkpoint.valid_loss:.4f}" if checkpoint.valid_loss is not None else ""
-            add_event(s, job_id, f"Checkpoint saved at step {checkpoint.step} (epoch {checkpoint.epoch:.2f})"
-                                 f"{valid}.", data={"step": checkpoint.step, "epoch": checkpoint.epoch,
-                                                     "train_loss": checkpoint.train_loss,
-                                                     "valid_loss": checkpoint.valid_loss})
-        CHECKPOINTS.inc()
+            lifecycle.record_checkpoint(s, job_id, self.worker_id, checkpoint)
 
     def _store_results(self, job_id: str, tenant_id: str) -> str | None:
         """Store the job's metrics CSV as a ``fine-tune-results`` file; its id, or ``None`` if that failed
         (the adapter is what matters: a job does not fail for want of its CSV)."""
         with self.deps.db.session() as s:
-            rows = s.scalars(select(JobEvent.data_json).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
-                             .order_by(JobEvent.seq))
-            content = metrics_csv(json.loads(r) for r in rows if r)
+            content = metrics_csv(repository.metrics_reports(s, job_id))
         try:
             with typed_rpc_errors():
                 stored = self.deps.dataset_stub().UploadFile(dataset_pb2.UploadFileRequest(
@@ -264,7 +185,7 @@ class Worker:
         except Exception as err:
             log.warning("could not store the results file", job_id=job_id, error=str(err))
             with self.deps.db.session() as s:
-                add_event(s, job_id, f"The metrics file could not be stored: {err}", level="warn")
+                lifecycle.add_event(s, job_id, f"The metrics file could not be stored: {err}", level="warn")
             return None
         return str(stored.id)
 
@@ -299,22 +220,21 @@ class Worker:
         )
 
         with self.deps.db.session() as s:
-            job = s.get(Job, job_id)
+            job = repository.job_by_id(s, job_id)
             assert job is not None
             s.expunge(job)
         log.info("training", job_id=job_id, model=job.model, epochs=job.n_epochs, attempt=job.attempts)
         base_dir = self.platform.models_dir / job.model
         if not (base_dir / "config.json").exists():
-            self._finish(job_id, tenant_id, "failed", f"Base model files for {job.model} are missing on this "
-                         f"worker ({base_dir}).", level="error", error_code="model_unavailable")
+            self._fail(job_id, tenant_id, f"Base model files for {job.model} are missing on this worker "
+                       f"({base_dir}).", "model_unavailable")
             return
         try:
             examples = self._load_examples(tenant_id, job.training_file, "train")
             eval_examples = (self._load_examples(tenant_id, job.validation_file, "validation")
                              if job.validation_file else None)
         except Exception as err:
-            self._finish(job_id, tenant_id, "failed", f"Could not read the training data: {err}", level="error",
-                         error_code="invalid_training_file")
+            self._fail(job_id, tenant_id, f"Could not read the training data: {err}", "invalid_training_file")
             return
         params = method_settings(self.deps.settings, job).train_params(job, self.deps.settings.base_learning_rate)
         out_dir = self.platform.resolved_artifacts_dir / tenant_id / job_id
@@ -323,8 +243,8 @@ class Worker:
             self._record_checkpoint(job_id, checkpoint)
         if existing:
             with self.deps.db.session() as s:
-                add_event(s, job_id, f"Resuming from the checkpoint at step {existing[-1].step} "
-                                     f"(epoch {existing[-1].epoch:.2f}).")
+                lifecycle.add_event(s, job_id, f"Resuming from the checkpoint at step {existing[-1].step} "
+                                               f"(epoch {existing[-1].epoch:.2f}).")
         last = {"t": time.monotonic(), "step": existing[-1].step if existing else 0}
 
         def on_progress(p: Progress) -> None:
@@ -333,31 +253,16 @@ class Worker:
                 STEP_SECONDS.observe((now - last["t"]) / (p.step - last["step"]))
             last.update(t=now, step=p.step)
             TOKENS_PER_SECOND.set(p.tokens_per_second)
-            loss = f"{p.train_loss:.4f}" if p.train_loss is not None else "n/a"
-            valid = f", validation loss={p.valid_loss:.4f}" if p.valid_loss is not None else ""
-            data = {"step": p.step, "total_steps": p.total_steps, "epoch": p.epoch, "train_loss": p.train_loss,
-                    "valid_loss": p.valid_loss, "learning_rate": p.learning_rate,
-                    "tokens_per_second": p.tokens_per_second, "eta_seconds": p.eta_seconds}
             with self.deps.db.session() as s:
-                row = self._owned(s, job_id)
-                if row is None:
-                    return
-                if p.eta_seconds is not None:
-                    row.estimated_finish = utcnow() + timedelta(seconds=p.eta_seconds)
-                row.trained_tokens = p.tokens_seen
-                add_event(s, job_id, f"Step {p.step}/{p.total_steps}: training loss={loss}{valid}", type="metrics",
-                          data=data)
-            self.deps.publisher.publish("job.progress", trainer_pb2.JobProgress(
-                job_id=job_id, step=p.step, total_steps=p.total_steps, epoch=p.epoch,
-                train_loss=p.train_loss or 0.0, tokens_per_second=p.tokens_per_second,
-                eta_seconds=p.eta_seconds or 0.0, valid_loss=p.valid_loss or 0.0), tenant_id, key=job_id,
-                wait=False)
+                recorded = lifecycle.record_progress(s, job_id, self.worker_id, p)
+            if recorded:
+                lifecycle.publish_progress(self.deps.publisher, job_id, tenant_id, p)
 
         def should_cancel() -> bool:
             if lost_lease.is_set():
                 return True
             with self.deps.db.session() as s:
-                return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+                return repository.cancel_requested(s, job_id)
 
         try:
             result = run_sft(base_dir, examples, out_dir, params, on_progress=on_progress,
@@ -371,36 +276,18 @@ class Worker:
             if lost_lease.is_set():
                 log.warning("lost the lease on the job; stopped without finishing it", job_id=job_id)
             else:
-                self._finish(job_id, tenant_id, "cancelled", "Job cancelled.")
+                self._cancel(job_id, tenant_id)
             return
         except Exception as err:
             log.exception("training failed", job_id=job_id)
-            self._finish(job_id, tenant_id, "failed", f"Training failed: {type(err).__name__}: {err}",
-                         level="error", error_code="training_failed")
+            self._fail(job_id, tenant_id, f"Training failed: {type(err).__name__}: {err}", "training_failed")
             return
         name = fine_tuned_name(job)
         result_file = self._store_results(job_id, tenant_id)
-        with self.deps.db.session() as s:
-            row = self._owned(s, job_id)
-            if row is None:
-                return
-            row.status, row.finished_at, row.lease_expires_at = "succeeded", utcnow(), None
-            row.result_file = result_file
-            row.fine_tuned_model, row.trained_tokens = name, result.trained_tokens
-            row.adapter_uri, row.device, row.valid_loss = str(result.adapter_dir), result.device, result.valid_loss
-            add_event(s, job_id, f"New fine-tuned model created: {name}")
-            add_event(s, job_id, "The job has successfully completed.")
-            hyperparameters = {**job_hyperparameters(job), "seed": job.seed, "learning_rate": params.learning_rate}
-            self.deps.publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
-                job_id=job_id, base_model=job.model, fine_tuned_model=name, adapter_uri=str(result.adapter_dir),
-                trained_tokens=result.trained_tokens, lora_rank=result.lora_r,
-                target_modules=result.target_modules, final_loss=result.final_loss or 0.0,
-                training_file=job.training_file, validation_file=job.validation_file or "",
-                hyperparameters_json=json.dumps(hyperparameters), valid_loss=result.valid_loss,
-                n_epochs=job.n_epochs, steps=result.steps, result_file=result_file or "",
-                dataset_version=job.training_file if is_dataset_version(job.training_file) else ""),
-                tenant_id, key=job_id)
-        JOBS_FINISHED.labels("succeeded").inc()
+        if not self._as_holder(job_id, lambda s: lifecycle.succeed(
+                s, self.deps.publisher, job, self.worker_id, result, fine_tuned_model=name, result_file=result_file,
+                learning_rate=params.learning_rate)):
+            return
         log.info("job succeeded", job_id=job_id, model=name, tokens=result.trained_tokens, steps=result.steps,
                  resumed_from=result.resumed_from_step)
 

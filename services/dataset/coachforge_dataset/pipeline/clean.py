@@ -9,7 +9,6 @@ changed) examples, identified by their index in the stage's input.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -18,9 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from datasketch import MinHash, MinHashLSH
 
-from coachforge_shared.coach.schema import InvalidModification, parse_modification
-
-from .formats import COACH, Example, Message
+from .formats import PLUGIN_FORMATS, Example, Message
 
 MAX_SAMPLES: Final = 5
 PREVIEW_CHARS: Final = 120
@@ -175,10 +172,11 @@ class Quality:
       characters, falling linearly (ratio / 0.1, or 10 / ratio) outside that band; 0 without text.
     * ``repetition``: the share of repeated word 3-grams in the assistant text (0 = none).
     * ``boilerplate``: the assistant text contains a refusal/boilerplate phrase.
-    * ``schema_valid``: ``None`` when not a coach answer; otherwise whether the last assistant
-      turn parses with ``parse_modification``.  An example is a coach answer when its source
-      format is ``coach`` or its last assistant turn (ignoring a Markdown fence) is a JSON object
-      with an ``"operations"`` key.
+    * ``schema_valid``: whether the last assistant turn is a valid structured answer of a format
+      plug-in (``check_answer``: first the plug-in of the example's own format, then the others
+      by name; Polarize's ``coach`` plug-in checks answers of coach lines and any JSON object
+      with an ``"operations"`` key as workout modifications); ``None`` when no plug-in claims it.
+      ``answer_schema`` is then that plug-in's ``answer_label``.
 
     ``score = (length_balance + (1 - repetition)) / 2``, times 0.2 with boilerplate, and 0 when
     ``schema_valid`` is ``False``; rounded to 4 decimals.
@@ -189,29 +187,18 @@ class Quality:
     repetition: float
     boilerplate: bool
     schema_valid: bool | None
+    answer_schema: str | None = None
 
 
-def _strip_fence(text: str) -> str:
-    """The text without surrounding whitespace and a Markdown code fence (as ``parse_modification`` does)."""
-    body = text.strip()
-    if body.startswith("```"):
-        newline = body.find("\n")
-        body = body[newline + 1 :] if newline != -1 else body[3:]
-        body = body.rstrip().removesuffix("```")
-    return body.strip()
-
-
-def _is_coach_answer(example: Example, answer: str) -> bool:
-    if example.source_format == COACH:
-        return True
-    body = _strip_fence(answer)
-    if not body.startswith("{"):
-        return False
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError:
-        return False
-    return isinstance(obj, dict) and "operations" in obj
+def check_answer(example: Example, answer: str) -> tuple[bool | None, str | None]:
+    """``(valid, answer_label)`` from the first format plug-in that claims the answer, else ``(None, None)``."""
+    own = example.source_format
+    for name in sorted(PLUGIN_FORMATS, key=lambda n: (n != own, n)):
+        plugin = PLUGIN_FORMATS[name]
+        valid = plugin.check_answer(answer, own_format=name == own)
+        if valid is not None:
+            return valid, plugin.answer_label
+    return None, None
 
 
 def repetition_ratio(text: str, n: int = 3) -> float:
@@ -237,20 +224,14 @@ def quality(example: Example) -> Quality:
     lowered = " ".join(assistant.lower().replace("\u2019", "'").split())
     boilerplate = any(phrase in lowered for phrase in BOILERPLATE_PHRASES)
     last = next((m.content for m in reversed(example.messages) if m.role == "assistant"), "")
-    schema_valid: bool | None = None
-    if _is_coach_answer(example, last):
-        try:
-            parse_modification(last)
-            schema_valid = True
-        except InvalidModification:
-            schema_valid = False
+    schema_valid, answer_schema = check_answer(example, last)
     score = (balance + (1.0 - repetition)) / 2.0
     if boilerplate:
         score *= BOILERPLATE_FACTOR
     if schema_valid is False:
         score = 0.0
     return Quality(round(min(max(score, 0.0), 1.0), 4), round(balance, 4), round(repetition, 4), boilerplate,
-                   schema_valid)
+                   schema_valid, answer_schema)
 
 
 def quality_score(example: Example) -> float:
@@ -264,7 +245,7 @@ def quality_reason(q: Quality, min_quality: float) -> str:
     if q.boilerplate:
         parts.append("refusal/boilerplate phrase")
     if q.schema_valid is False:
-        parts.append("invalid workout modification")
+        parts.append(f"invalid {q.answer_schema or 'structured answer'}")
     if q.repetition > 0.3:
         parts.append(f"repetition {q.repetition:.2f}")
     if q.length_balance < 0.5:

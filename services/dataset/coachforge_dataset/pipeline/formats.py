@@ -14,10 +14,12 @@ The internal form is :class:`Example`, a frozen dataclass holding a tuple of :cl
     :mod:`.export` writes) also yields a leading system turn.
 ``chatml``
     ``{"text": "<|im_start|>user\\n...<|im_end|>\\n<|im_start|>assistant\\n...<|im_end|>"}``
-``coach``
-    ``{"athlete_context": str, "question": str|None, "modification": {...}}``: system is the
-    coach ``SYSTEM_PROMPT``, user the context (plus ``"\\nAthlete: <question>"`` like
-    ``render_context`` writes it), assistant the modification's compact JSON.
+
+Other formats (e.g. Polarize's ``coach`` format) are plug-ins found through entry points
+(:func:`coachforge_shared.plugins.dataset_formats`): each line is offered to the built-in and
+plug-in detectors in their ``detect_order`` (openai 100, sharegpt 200, alpaca 300, chatml 400)
+and a plug-in's conversion problems become line issues like the built-in ones.  :data:`FORMATS`
+lists the built-in formats, then the plug-ins by name (read when this module is imported).
 
 Every problem is a :class:`LineIssue` whose ``field`` is a JSON path such as ``messages[1].role``.
 """
@@ -27,12 +29,11 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
-from coachforge_shared.coach.prompt import SYSTEM_PROMPT
-from coachforge_shared.coach.schema import InvalidModification, parse_modification
+from coachforge_shared.plugins import ConversationFormat, PluginError, dataset_formats
 
 Role: TypeAlias = Literal["system", "user", "assistant"]
 ROLES: Final[tuple[Role, ...]] = ("system", "user", "assistant")
@@ -41,9 +42,8 @@ OPENAI: Final = "openai"
 SHAREGPT: Final = "sharegpt"
 ALPACA: Final = "alpaca"
 CHATML: Final = "chatml"
-COACH: Final = "coach"
 UNKNOWN: Final = "unknown"
-FORMATS: Final[tuple[str, ...]] = (OPENAI, SHAREGPT, ALPACA, CHATML, COACH)
+BUILTIN_FORMATS: Final[tuple[str, ...]] = (OPENAI, SHAREGPT, ALPACA, CHATML)
 
 SHAREGPT_ROLES: Final[dict[str, Role]] = {"human": "user", "gpt": "assistant", "system": "system"}
 ALPACA_SYSTEM_PREFIX: Final = "### System:\n"
@@ -85,19 +85,42 @@ class LineIssue:
         return f"line {self.line}: {self.field}: {self.reason}"
 
 
+def _plugin_formats() -> Mapping[str, ConversationFormat]:
+    plugins: Mapping[str, ConversationFormat] = dataset_formats()
+    for name in plugins:
+        if name in BUILTIN_FORMATS or name == UNKNOWN:
+            raise PluginError(f"dataset format plug-in {name!r} has the name of a built-in format")
+    return plugins
+
+
+PLUGIN_FORMATS: Final[Mapping[str, ConversationFormat]] = _plugin_formats()
+"""The installed format plug-ins by name."""
+FORMATS: Final[tuple[str, ...]] = (*BUILTIN_FORMATS, *sorted(PLUGIN_FORMATS))
+
+
+def _is_chatml(obj: Mapping[str, Any]) -> bool:
+    text = obj.get("text")
+    return isinstance(text, str) and CHATML_START in text
+
+
+_BUILTIN_DETECTORS: Final[tuple[tuple[int, str, Callable[[Mapping[str, Any]], bool]], ...]] = (
+    (100, OPENAI, lambda obj: "messages" in obj),
+    (200, SHAREGPT, lambda obj: "conversations" in obj),
+    (300, ALPACA, lambda obj: "instruction" in obj or "output" in obj),
+    (400, CHATML, _is_chatml),
+)
+_DETECTORS: Final[tuple[tuple[str, Callable[[Mapping[str, Any]], bool]], ...]] = tuple(
+    (name, recognises) for _, name, recognises in sorted(
+        [*_BUILTIN_DETECTORS, *((p.detect_order, name, p.recognises) for name, p in PLUGIN_FORMATS.items())],
+        key=lambda d: (d[0], d[1]))
+)
+
+
 def detect_format(obj: dict[str, Any]) -> str:
     """The format of one decoded JSON line, judged by its keys; :data:`UNKNOWN` if none fits."""
-    if "messages" in obj:
-        return OPENAI
-    if "conversations" in obj:
-        return SHAREGPT
-    if "athlete_context" in obj or "modification" in obj:
-        return COACH
-    if "instruction" in obj or "output" in obj:
-        return ALPACA
-    text = obj.get("text")
-    if isinstance(text, str) and CHATML_START in text:
-        return CHATML
+    for name, recognises in _DETECTORS:
+        if recognises(obj):
+            return name
     return UNKNOWN
 
 
@@ -163,6 +186,9 @@ def _as_role(value: object) -> Role | None:
         if value == role:
             return role
     return None
+
+
+Converter: TypeAlias = Callable[[int, dict[str, Any]], tuple[list[Message], list[LineIssue]]]
 
 
 def _check_turns(line: int, path: str, role_key: str, turns: list[Message]) -> list[LineIssue]:
@@ -294,47 +320,32 @@ def _convert_chatml(line: int, obj: dict[str, Any]) -> tuple[list[Message], list
     return turns, _check_turns(line, "text.turns", "role", turns)
 
 
-def coach_user_text(athlete_context: str, question: str | None) -> str:
-    """The coach user turn: the context, then ``Athlete: <question>`` as ``render_context`` writes it."""
-    if question is not None and question.strip():
-        return f"{athlete_context}\nAthlete: {' '.join(question.split())}"
-    return athlete_context
+def _plugin_converter(plugin: ConversationFormat) -> Converter:
+    """A plug-in's conversion, with its problems as line issues and its turns checked."""
+
+    def convert(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
+        messages, problems = plugin.convert(obj)
+        if problems:
+            return [], [LineIssue(line, field, reason) for field, reason in problems]
+        turns: list[Message] = []
+        for i, message in enumerate(messages):
+            role, content = _as_role(message.get("role")), message.get("content")
+            if role is None or not isinstance(content, str):
+                return [], [LineIssue(line, "line", f"the {plugin.name} format plug-in gave an invalid turn {i}")]
+            turns.append(Message(role, content))
+        if not turns or turns[-1].role != "assistant":
+            return [], [LineIssue(line, "line", f"the {plugin.name} format plug-in gave no final assistant turn")]
+        return turns, []
+
+    return convert
 
 
-def _convert_coach(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
-    issues: list[LineIssue] = []
-    context = obj.get("athlete_context")
-    if not isinstance(context, str) or not context.strip():
-        issues.append(LineIssue(line, "athlete_context", "missing or empty"))
-    question = obj.get("question")
-    if question is not None and not isinstance(question, str):
-        issues.append(LineIssue(line, "question", "must be a string or null"))
-    modification = obj.get("modification")
-    answer: str | None = None
-    if isinstance(modification, dict | str):
-        raw = modification if isinstance(modification, str) else json.dumps(modification)
-        try:
-            answer = parse_modification(raw).to_json()
-        except InvalidModification as err:
-            details = err.errors or [("<root>", str(err))]
-            for loc, msg in details:
-                field = "modification" if loc == "<root>" else f"modification.{loc}"
-                issues.append(LineIssue(line, field, f"invalid workout modification: {msg}"))
-    else:
-        issues.append(LineIssue(line, "modification", "missing or not an object"))
-    if issues or answer is None:
-        return [], issues
-    assert isinstance(context, str)
-    user = coach_user_text(context, question if isinstance(question, str) else None)
-    return [Message("system", SYSTEM_PROMPT), Message("user", user), Message("assistant", answer)], []
-
-
-_CONVERTERS = {
+_CONVERTERS: Final[dict[str, Converter]] = {
     OPENAI: _convert_openai,
     SHAREGPT: _convert_sharegpt,
     ALPACA: _convert_alpaca,
     CHATML: _convert_chatml,
-    COACH: _convert_coach,
+    **{name: _plugin_converter(plugin) for name, plugin in PLUGIN_FORMATS.items()},
 }
 
 

@@ -7,8 +7,8 @@ import datetime as dt
 
 import pytest
 
-from coachforge_shared.coach.load import LoadPoint
-from coachforge_shared.coach.rules import (
+from polarize.load import LoadPoint
+from polarize.rules import (
     DEFAULT_CONFIG,
     RULES,
     AthleteState,
@@ -21,7 +21,7 @@ from coachforge_shared.coach.rules import (
     classify_state,
     recommend,
 )
-from coachforge_shared.coach.schema import (
+from polarize.schema import (
     AddRestDay,
     ChangeDuration,
     Modification,

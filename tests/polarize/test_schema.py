@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from coachforge_shared.coach.schema import (
+from polarize.schema import (
     SCHEMA_NAME,
     SCHEMA_VERSION,
     AddRestDay,
@@ -23,7 +23,7 @@ from coachforge_shared.coach.schema import (
     parse_modification,
     response_format,
 )
-from coachforge_shared.coach.synthetic import generate_examples
+from polarize.synthetic import generate_examples
 
 
 def _all_ops() -> Modification:

@@ -1,8 +1,10 @@
-"""Polarize coach rules shared by the dataset service (synthetic data) and the coach service.
+"""Polarize coach domain code, used by the coach service and (through plug-ins) the dataset service.
 
 Pure Python (pydantic 2 + stdlib): the modification schema, training-load maths, the
-deterministic rule-based coach with its safety checks, the prompt renderer and the seeded
-synthetic-example generator.
+deterministic rule-based coach with its safety checks, the prompt renderer, the context
+builder and the seeded synthetic-example generator.  :mod:`polarize.plugins` offers the
+``coach`` line format and synthetic data generator to CoachForge's dataset pipeline (entry
+points ``coachforge.dataset_formats`` and ``coachforge.synthetic_generators``).
 """
 
 from .load import LoadPoint, compute_load, load_on

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from coachforge_shared.coach.load import LoadPoint, compute_load, load_on
+from polarize.load import LoadPoint, compute_load, load_on
 
 D1 = dt.date(2025, 3, 1)
 

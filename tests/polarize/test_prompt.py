@@ -5,8 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from coachforge_shared.coach.prompt import SYSTEM_PROMPT, render_context
-from coachforge_shared.coach.rules import AthleteState, PlannedWorkout
+from polarize.prompt import SYSTEM_PROMPT, render_context
+from polarize.rules import AthleteState, PlannedWorkout
 
 TODAY = dt.date(2025, 3, 10)  # a Monday
 STATE = AthleteState(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from coachforge_shared.coach.rules import (
+from polarize.rules import (
     UNKNOWN_WORKOUT,
     AthleteState,
     PlannedWorkout,
@@ -15,7 +15,7 @@ from coachforge_shared.coach.rules import (
     recommend,
     weekly_tss,
 )
-from coachforge_shared.coach.schema import ChangeDuration, Modification, ReduceIntensity
+from polarize.schema import ChangeDuration, Modification, ReduceIntensity
 
 TODAY = dt.date(2025, 3, 10)
 NORMAL = AthleteState(ctl=60, atl=62, tsb=-2, sleep_hours=7.5, soreness=3)
@@ -76,7 +76,7 @@ def test_a_taper_takes_load_away_only() -> None:
 
 
 def test_response_format_narrowed_to_the_weeks_workouts() -> None:
-    from coachforge_shared.coach.schema import modification_json_schema, response_format
+    from polarize.schema import modification_json_schema, response_format
 
     assert response_format()["json_schema"]["schema"] == modification_json_schema()
     narrowed = response_format(["w2", "w1", "w2"])["json_schema"]["schema"]

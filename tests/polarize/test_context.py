@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from coachforge_shared.coach.context import (
+from polarize.context import (
     LEVELS,
     Day,
     DoneWorkout,
@@ -14,9 +14,9 @@ from coachforge_shared.coach.context import (
     day_line,
     summary_line,
 )
-from coachforge_shared.coach.load import compute_load
-from coachforge_shared.coach.prompt import SYSTEM_PROMPT, render_context
-from coachforge_shared.coach.rules import AthleteState, PlannedWorkout
+from polarize.load import compute_load
+from polarize.prompt import SYSTEM_PROMPT, render_context
+from polarize.rules import AthleteState, PlannedWorkout
 
 TODAY = dt.date(2025, 3, 10)  # a Monday
 STATE = AthleteState(ctl=62.4, atl=84.0, tsb=-21.6, ramp=4.0, sleep_hours=5.5, soreness=4, hrv_drop_pct=7.4)

@@ -3,13 +3,13 @@
 Each athlete is simulated: a 90-day daily TSS history with weekly structure (a rest day, one to
 three hard days, a long day), three-week build / one-week recovery blocks that ramp the load,
 missed days and sometimes an illness gap; CTL (42-day) / ATL (7-day) / TSB / ramp are then
-*computed* from that history with :func:`~coachforge_shared.coach.load.compute_load` (exactly as
+*computed* from that history with :func:`~polarize.load.compute_load` (exactly as
 the coach service does from completed workouts), and a wellness log (sleep, soreness, HRV,
 resting HR, RPE) goes with it.  The HRV drop is measured against the athlete's 28-day HRV
 average, as the coach service does.
 
 The user message is built by the coach service's own context builder
-(:func:`~coachforge_shared.coach.context.build_context`: profile, flags, load trend, the last
+(:func:`~polarize.context.build_context`: profile, flags, load trend, the last
 14 days, the coming week's plan), so a model is trained on exactly the prompt it is served.
 
 Two kinds of example:

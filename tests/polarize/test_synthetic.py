@@ -10,10 +10,10 @@ from collections import Counter
 
 import pytest
 
-from coachforge_shared.coach.context import build_context
-from coachforge_shared.coach.load import compute_load
-from coachforge_shared.coach.prompt import CHAT_SYSTEM_PROMPT, SYSTEM_PROMPT
-from coachforge_shared.coach.rules import (
+from polarize.context import build_context
+from polarize.load import compute_load
+from polarize.prompt import CHAT_SYSTEM_PROMPT, SYSTEM_PROMPT
+from polarize.rules import (
     BRANCHES,
     DEFAULT_CONFIG,
     check_operation,
@@ -21,7 +21,7 @@ from coachforge_shared.coach.rules import (
     is_tapering,
     recommend,
 )
-from coachforge_shared.coach.schema import (
+from polarize.schema import (
     AddRestDay,
     ChangeDuration,
     InvalidModification,
@@ -29,7 +29,7 @@ from coachforge_shared.coach.schema import (
     ReduceIntensity,
     parse_modification,
 )
-from coachforge_shared.coach.synthetic import (
+from polarize.synthetic import (
     DEFAULT_TOKEN_BUDGET,
     FREE_TEXT_QUESTIONS,
     HISTORY_DAYS,

@@ -1,0 +1,18 @@
+"""How the dataset service runs in a process: its dependencies, REST routers and gRPC servicer
+(found by the runtime through the ``coachforge.services`` entry point)."""
+
+from __future__ import annotations
+
+from coachforge_dataset import api, grpc
+from coachforge_dataset.service import DatasetDeps
+from coachforge_dataset.settings import DatasetSettings
+from coachforge_shared.runtime import Service, Wiring
+
+
+def wire(w: Wiring) -> Service:
+    settings = DatasetSettings()
+    # "" turns the trainer check off (no trainer to ask before a file is deleted).
+    trainer = w.channel(settings.trainer_grpc_target) if settings.trainer_grpc_target != "" else None
+    deps = DatasetDeps(db=w.db, settings=settings, files_dir=w.platform.resolved_artifacts_dir / "files",
+                       publisher=w.publisher, models_dir=w.platform.models_dir, trainer=trainer)
+    return Service("dataset", deps, routers=[api.router, api.datasets], servicers=[grpc.registration(deps)])

@@ -1,0 +1,125 @@
+"""Queries of the registry tables; every one is scoped to a tenant (or to an avatar of one)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
+
+from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
+from coachforge_shared.errors import NotFound
+
+# -- model versions -----------------------------------------------------------------------------
+
+
+def version(s: Session, tenant_id: str, model_id: str, *, lock: bool = False) -> ModelVersion | None:
+    """The tenant's version with this model id; with ``lock``, locked for update."""
+    q = select(ModelVersion).where(ModelVersion.model_id == model_id, ModelVersion.tenant_id == tenant_id)
+    return s.scalar(q.with_for_update() if lock else q)
+
+
+def versions(s: Session, tenant_id: str) -> list[ModelVersion]:
+    """The tenant's versions, newest first."""
+    return list(s.scalars(select(ModelVersion).where(ModelVersion.tenant_id == tenant_id)
+                          .order_by(ModelVersion.created_at.desc())))
+
+
+def versions_on_base(s: Session, tenant_id: str, base_model: str) -> list[ModelVersion]:
+    """Every line of the tenant on ``base_model``, by suffix, newest version first."""
+    return list(s.scalars(select(ModelVersion).where(ModelVersion.tenant_id == tenant_id,
+                                                     ModelVersion.base_model == base_model)
+                          .order_by(ModelVersion.suffix, ModelVersion.version.desc())))
+
+
+def versions_of_line(s: Session, tenant_id: str, base_model: str, suffix: str) -> list[ModelVersion]:
+    """One line (tenant, base model, suffix), newest version first."""
+    return list(s.scalars(select(ModelVersion).where(ModelVersion.tenant_id == tenant_id,
+                                                     ModelVersion.base_model == base_model,
+                                                     ModelVersion.suffix == suffix)
+                          .order_by(ModelVersion.suffix, ModelVersion.version.desc())))
+
+
+def latest_version(s: Session, tenant_id: str, base_model: str, suffix: str) -> int:
+    """The highest version number of a line; 0 when it has none."""
+    latest = s.scalar(select(func.max(ModelVersion.version)).where(
+        ModelVersion.tenant_id == tenant_id, ModelVersion.base_model == base_model, ModelVersion.suffix == suffix))
+    return int(latest or 0)
+
+
+def job_registered(s: Session, job_id: str) -> bool:
+    """Whether a version was registered from this job (of any tenant)."""
+    return s.scalar(select(ModelVersion.id).where(ModelVersion.job_id == job_id)) is not None
+
+
+def add_version(s: Session, v: ModelVersion) -> None:
+    """Insert the version now (so a clash of version numbers raises here)."""
+    s.add(v)
+    s.flush()
+
+
+def delete_version(s: Session, v: ModelVersion) -> None:
+    s.delete(v)
+
+
+# -- avatars ------------------------------------------------------------------------------------
+
+
+def avatar(s: Session, tenant_id: str, name: str, *, lock: bool = False) -> Avatar:
+    """The tenant's avatar; ``NotFound`` when it has none of that name. With ``lock``, locked for update."""
+    q = select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.name == name)
+    found: Avatar | None = s.scalar(q.with_for_update() if lock else q)
+    if found is None:
+        raise NotFound(f"No avatar named {name!r}.", param="avatar", code="avatar_not_found")
+    return found
+
+
+def find_avatar(s: Session, tenant_id: str, name: str) -> Avatar | None:
+    return s.scalar(select(Avatar).where(Avatar.tenant_id == tenant_id, Avatar.name == name))
+
+
+def avatar_exists(s: Session, tenant_id: str, name: str) -> bool:
+    return s.scalar(select(Avatar.id).where(Avatar.tenant_id == tenant_id, Avatar.name == name)) is not None
+
+
+def avatars(s: Session, tenant_id: str) -> list[Avatar]:
+    """The tenant's avatars by name."""
+    return list(s.scalars(select(Avatar).where(Avatar.tenant_id == tenant_id).order_by(Avatar.name)))
+
+
+def avatars_using(s: Session, tenant_id: str, model_id: str) -> list[Avatar]:
+    """The tenant's avatars with ``model_id`` as their active or candidate model, by name."""
+    return list(s.scalars(select(Avatar).where(
+        Avatar.tenant_id == tenant_id,
+        or_(Avatar.active_model == model_id, Avatar.candidate_model == model_id)).order_by(Avatar.name)))
+
+
+def count_active_on(s: Session, tenant_id: str, model_id: str) -> int:
+    """How many of the tenant's avatars answer with ``model_id`` (as their active model)."""
+    return int(s.scalar(select(func.count()).select_from(Avatar).where(
+        Avatar.tenant_id == tenant_id, Avatar.active_model == model_id)) or 0)
+
+
+def add_avatar(s: Session, a: Avatar) -> None:
+    s.add(a)
+    s.flush()
+
+
+# -- avatar history -----------------------------------------------------------------------------
+
+
+def add_change(s: Session, c: AvatarChange) -> None:
+    s.add(c)
+
+
+def last_change(s: Session, avatar_id: str, actions: Iterable[str]) -> AvatarChange | None:
+    """The avatar's latest change among ``actions``."""
+    return s.scalar(select(AvatarChange).where(AvatarChange.avatar_id == avatar_id,
+                                               AvatarChange.action.in_(tuple(actions)))
+                    .order_by(AvatarChange.seq.desc()).limit(1))
+
+
+def changes(s: Session, avatar_id: str) -> list[AvatarChange]:
+    """The avatar's changes, newest first."""
+    return list(s.scalars(select(AvatarChange).where(AvatarChange.avatar_id == avatar_id)
+                          .order_by(AvatarChange.seq.desc())))

@@ -1,0 +1,105 @@
+"""Queries of the trainer tables. Reads only: every change of a job goes through
+:mod:`coachforge_trainer.lifecycle`."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coachforge_shared.errors import InvalidArgument, NotFound
+from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
+
+
+def job(s: Session, tenant_id: str, job_id: str) -> Job:
+    """The tenant's job; ``NotFound`` when it has none of that id."""
+    found = s.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if found is None:
+        raise NotFound(f"Fine-tuning job {job_id} not found.", param="fine_tuning_job_id", code="job_not_found")
+    return found
+
+
+def job_by_id(s: Session, job_id: str, *, lock: bool = False) -> Job | None:
+    """The job of any tenant (for the worker and the lifecycle); with ``lock``, locked for update and
+    read afresh even if the session already holds it."""
+    if not lock:
+        return s.get(Job, job_id)
+    return s.scalar(select(Job).where(Job.id == job_id).with_for_update()
+                    .execution_options(populate_existing=True))
+
+
+def job_status(s: Session, job_id: str) -> str | None:
+    return s.scalar(select(Job.status).where(Job.id == job_id))
+
+
+def jobs_page(s: Session, tenant_id: str, after: str | None, limit: int) -> tuple[list[Job], bool]:
+    """The tenant's jobs, newest first, after the job ``after``; and whether there are more."""
+    q = select(Job).where(Job.tenant_id == tenant_id)
+    if after:
+        anchor = s.scalar(select(Job).where(Job.id == after, Job.tenant_id == tenant_id))
+        if anchor is None:
+            raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+        q = q.where((Job.created_at < anchor.created_at)
+                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id)))
+    rows = list(s.scalars(q.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def events_page(s: Session, job_id: str, after: str | None, limit: int) -> tuple[list[JobEvent], bool]:
+    """The job's events, newest first, after the event ``after``; and whether there are more."""
+    q = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after:
+        anchor = s.scalar(select(JobEvent.seq).where(JobEvent.id == after, JobEvent.job_id == job_id))
+        if anchor is None:
+            raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+        q = q.where(JobEvent.seq < anchor)
+    rows = list(s.scalars(q.order_by(JobEvent.seq.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def checkpoints_page(s: Session, job_id: str, after: str | None, limit: int) -> tuple[list[JobCheckpoint], bool]:
+    """The job's checkpoints, latest step first, after the checkpoint ``after``; and whether there are more."""
+    q = select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+    if after:
+        anchor = s.scalar(select(JobCheckpoint.step).where(JobCheckpoint.id == after,
+                                                           JobCheckpoint.job_id == job_id))
+        if anchor is None:
+            raise InvalidArgument(f"Unknown cursor {after}.", param="after")
+        q = q.where(JobCheckpoint.step < anchor)
+    rows = list(s.scalars(q.order_by(JobCheckpoint.step.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def has_checkpoint(s: Session, job_id: str, step: int) -> bool:
+    return s.scalar(select(JobCheckpoint.id).where(JobCheckpoint.job_id == job_id,
+                                                   JobCheckpoint.step == step)) is not None
+
+
+def cancel_requested(s: Session, job_id: str) -> bool:
+    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+class ExpiredLease(NamedTuple):
+    """A running job whose worker stopped renewing its lease, as the sweep found it."""
+
+    job_id: str
+    tenant_id: str
+    worker_id: str | None
+    attempts: int
+    cancel_requested: bool
+
+
+def expired_leases(s: Session, now: datetime) -> list[ExpiredLease]:
+    rows = s.execute(select(Job.id, Job.tenant_id, Job.worker_id, Job.attempts, Job.cancel_requested)
+                     .where(Job.status == "running", Job.lease_expires_at < now))
+    return [ExpiredLease(*row) for row in rows]
+
+
+def metrics_reports(s: Session, job_id: str) -> list[dict[str, Any]]:
+    """The data of the job's ``metrics`` events, oldest first."""
+    rows = s.scalars(select(JobEvent.data_json).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                     .order_by(JobEvent.seq))
+    return [json.loads(r) for r in rows if r]

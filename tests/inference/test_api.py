@@ -1,0 +1,191 @@
+"""REST and gRPC in front of the one async path, against a local HTTP server that answers like a vLLM
+engine (the real engine is exercised by the stack tests): the same checks of a request's body on
+both, the answering model in headers / initial metadata, server-sent events turned into gRPC
+chunks, and a stream broken after it began ending the gRPC call with the error's status code."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
+from coachforge.registry.v1 import registry_pb2
+from coachforge_inference import api
+from coachforge_inference import grpc as inference_grpc
+from coachforge_inference.pool import EnginePool
+from coachforge_inference.service import InferenceDeps, Resolution
+from coachforge_inference.settings import InferenceSettings
+from coachforge_shared.auth import (
+    INTERNAL_HEADER,
+    TENANT_HEADER,
+    Authenticator,
+    Principal,
+    reset_principal,
+    set_principal,
+)
+from coachforge_shared.errors import InvalidArgument, Unavailable
+from coachforge_shared.grpc_server import InternalChannel, build_server
+from coachforge_shared.http import install_error_handlers
+
+TENANT = "api-test"
+TOKEN = "internal-test-token"
+BASE = "fake-base"
+"""The base model a FakeEngine serves (``FakeEngine.BASE``, tests/inference/conftest.py)."""
+
+
+def _deps(url: str) -> InferenceDeps:
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
+                         registry=InternalChannel("127.0.0.1:9", TOKEN),
+                         engines=EnginePool([url], timeout_s=10, health_interval_s=0))
+    deps._cache[(TENANT, BASE)] = (time.monotonic(), Resolution(registry_pb2.Model(id=BASE, base_model=BASE)))
+    adapter = registry_pb2.Model(id="ft:coach", base_model=BASE, adapter_name="coach", adapter_uri="/adapters/coach")
+    deps._cache[(TENANT, "coach")] = (time.monotonic(), Resolution(adapter))
+    return deps
+
+
+class _Context:
+    """What the servicer uses of a ``grpc.aio.ServicerContext``."""
+
+    def __init__(self) -> None:
+        self.initial: dict[str, str] = {}
+
+    async def send_initial_metadata(self, metadata: Any) -> None:
+        self.initial = dict(metadata)
+
+
+def test_rest_answers_and_checks_bodies(fake_engine: Any) -> None:
+    async def run() -> None:
+        async with fake_engine(chunks=3) as engine:
+            deps = _deps(engine.url)
+            app = FastAPI()
+            app.state.authenticator = Authenticator(None, TOKEN)  # type: ignore[arg-type]  # internal calls only
+            app.state.inference = deps
+            install_error_handlers(app)
+            app.include_router(api.router)
+            headers = {INTERNAL_HEADER: TOKEN, TENANT_HEADER: TENANT}
+            chat = {"model": "coach", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
+            try:
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                    r = await client.post("/v1/chat/completions", headers=headers, json=chat)
+                    assert r.status_code == 200, r.text
+                    assert r.json()["model"] == "ft:coach" and r.headers["x-coachforge-model"] == "ft:coach"
+                    assert r.json()["choices"][0]["message"]["content"] == "t0t1t2"
+                    assert "gateway;dur=" in r.headers["server-timing"]
+                    r = await client.post("/v1/completions", headers=headers, json={
+                        "model": BASE, "prompt": "x", "stream": True, "stream_options": {"include_usage": True}})
+                    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+                    events = [line for line in r.text.split("\n") if line]
+                    assert events[-1] == "data: [DONE]" and json.loads(events[-2][6:])["usage"]["total_tokens"] == 6
+                    for path, body, param in [
+                        ("/v1/chat/completions", b"{not json", "body"),
+                        ("/v1/chat/completions", b"[1]", "body"),
+                        ("/v1/chat/completions", json.dumps({**chat, "messages": []}).encode(), "messages"),
+                        ("/v1/chat/completions", json.dumps({**chat, "model": ""}).encode(), "model"),
+                        ("/v1/chat/completions", json.dumps({**chat, "n": -1}).encode(), "n"),
+                        ("/v1/completions", json.dumps({"model": BASE}).encode(), "prompt"),
+                    ]:
+                        r = await client.post(path, headers={**headers, "content-type": "application/json"},
+                                              content=body)
+                        assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+            finally:
+                await deps.close()
+
+    asyncio.run(run())
+
+
+def test_grpc_servicer_answers_streams_and_checks_like_rest(fake_engine: Any) -> None:
+    async def run() -> None:
+        async with fake_engine(chunks=3) as engine:
+            deps = _deps(engine.url)
+            servicer = inference_grpc.InferenceServicer(deps)
+            token = set_principal(Principal(tenant_id=TENANT, internal=True))
+            try:
+                context = _Context()
+                answer = await servicer.CreateChatCompletion(inference_pb2.ChatCompletionRequest(
+                    model="coach", messages=[inference_pb2.ChatMessage(role="user", content="Hi")]), context)
+                assert answer.model == "ft:coach" and answer.content == "t0t1t2" and answer.usage.total_tokens == 6
+                assert context.initial["x-coachforge-model"] == "ft:coach"
+
+                context = _Context()
+                request = inference_pb2.CompletionRequest(model=BASE, prompt="x", n=1, include_usage=True)
+                chunks = [c async for c in servicer.StreamCompletion(request, context)]
+                assert "".join(c.choices[0].content for c in chunks if c.choices) == "t0t1t2"
+                assert chunks[-1].usage.completion_tokens == 3 and not chunks[-1].choices
+                assert all(c.model == BASE for c in chunks) and context.initial["x-coachforge-model"] == BASE
+                request.include_usage = False
+                chunks = [c async for c in servicer.StreamCompletion(request, _Context())]
+                assert len(chunks) == 3 and not any(c.HasField("usage") for c in chunks)
+                assert engine.bodies[-1]["stream"] is True
+
+                with pytest.raises(InvalidArgument) as err:  # the same check as over REST
+                    await servicer.CreateChatCompletion(inference_pb2.ChatCompletionRequest(model=BASE), _Context())
+                assert err.value.param == "messages"
+                with pytest.raises(InvalidArgument) as err:
+                    [c async for c in servicer.StreamCompletion(inference_pb2.CompletionRequest(model=BASE),
+                                                                 _Context())]
+                assert err.value.param == "prompt"
+
+                engine.die_after = 2  # the engine dies after two chunks: they arrive, then the error
+                received = []
+                with pytest.raises(Unavailable, match="unreachable"):
+                    async for chunk in servicer.StreamCompletion(request, _Context()):
+                        received.append(chunk)
+                assert len(received) == 2
+                assert [e.inflight for e in deps.pool.engines] == [0]
+            finally:
+                reset_principal(token)
+                await deps.close()
+
+    asyncio.run(run())
+
+
+def test_grpc_server_ends_a_broken_stream_with_the_errors_status(fake_engine: Any) -> None:
+    """Through a real ``grpc.aio`` server and the shared interceptor (authentication, error mapping)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def run() -> None:
+        async with fake_engine(chunks=4) as engine:
+            deps = _deps(engine.url)
+            server, _ = build_server([inference_grpc.registration(deps)], Authenticator(None, TOKEN),  # type: ignore[arg-type]
+                                     f"127.0.0.1:{port}", max_workers=2)
+            await server.start()
+            metadata = ((INTERNAL_HEADER, TOKEN), (TENANT_HEADER, TENANT))
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                    stub = inference_pb2_grpc.InferenceServiceStub(channel)
+                    call = stub.CreateCompletion(inference_pb2.CompletionRequest(model="coach", prompt="x"),
+                                                 metadata=metadata)
+                    answer = await call
+                    assert answer.model == "ft:coach" and answer.choices[0].content == "t0t1t2t3"
+                    assert dict(await call.initial_metadata())["x-coachforge-model"] == "ft:coach"
+
+                    engine.error_after = 2
+                    call = stub.StreamCompletion(inference_pb2.CompletionRequest(model=BASE, prompt="x"),
+                                                 metadata=metadata)
+                    received = []
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        async for chunk in call:
+                            received.append(chunk)
+                    assert len(received) == 2
+                    assert err.value.code() == grpc.StatusCode.INTERNAL
+                    assert err.value.details() == "engine failed mid-stream"
+
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await stub.CreateChatCompletion(inference_pb2.ChatCompletionRequest(model=BASE),
+                                                        metadata=metadata)
+                    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            finally:
+                await server.stop(None)
+                await deps.close()
+
+    asyncio.run(run())
