@@ -6,6 +6,7 @@ from alembic import context
 
 import coachforge_coach.models  # noqa: F401  (tables register on Base.metadata)
 import coachforge_dataset.models  # noqa: F401
+import coachforge_evaluator.models  # noqa: F401
 import coachforge_inference.models  # noqa: F401
 import coachforge_registry.models  # noqa: F401
 import coachforge_shared.models  # noqa: F401

@@ -25,6 +25,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.dataset.v1 import dataset_pb2
+from coachforge.evaluator.v1 import evaluator_pb2
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2
 from coachforge.trainer.v1 import trainer_pb2
@@ -51,6 +52,10 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "model.deleted": registry_pb2.ModelDeleted,
     "model.rejected": registry_pb2.ModelRejected,
     "usage.recorded": inference_pb2.UsageRecorded,
+    "eval.run.requested": evaluator_pb2.EvalRunRequested,
+    "eval.run.succeeded": evaluator_pb2.EvalRunFinished,
+    "eval.run.failed": evaluator_pb2.EvalRunFinished,
+    "eval.run.canceled": evaluator_pb2.EvalRunFinished,
 }
 
 _connect_retry = retry(

@@ -1,8 +1,9 @@
-"""Plug-ins of the dataset pipeline: conversation formats and synthetic data generators.
+"""Plug-ins of the platform: conversation formats, synthetic data generators and eval graders.
 
-The platform knows the generic formats itself (OpenAI chat, ShareGPT, alpaca, chatml); a
-product's own line format and its synthetic data generator come from plug-ins that installed
-packages register as entry points, e.g. in their ``pyproject.toml``::
+The platform knows the generic formats itself (OpenAI chat, ShareGPT, alpaca, chatml) and OpenAI's
+graders (string check, text similarity, score and label model); a product's own line format, its
+synthetic data generator and its domain graders come from plug-ins that installed packages
+register as entry points, e.g. in their ``pyproject.toml``::
 
     [project.entry-points."coachforge.dataset_formats"]
     coach = "polarize.plugins:COACH_FORMAT"
@@ -10,10 +11,14 @@ packages register as entry points, e.g. in their ``pyproject.toml``::
     [project.entry-points."coachforge.synthetic_generators"]
     coach = "polarize.plugins:COACH_GENERATOR"
 
-The entry point's name is the plug-in's name (what a file's format or a generator request is
-called) and must equal the object's ``name``; the object is an instance or a class taking no
-arguments.  Plug-ins are typed structurally (:class:`ConversationFormat`,
-:class:`SyntheticGenerator` are protocols), so a plug-in package need not import CoachForge.
+    [project.entry-points."coachforge.graders"]
+    polarize_coach = "polarize.plugins:COACH_GRADER"
+
+The entry point's name is the plug-in's name (what a file's format, a generator request or a
+testing criterion's ``type`` is called) and must equal the object's ``name``; the object is an
+instance or a class taking no arguments.  Plug-ins are typed structurally
+(:class:`ConversationFormat`, :class:`SyntheticGenerator`, :class:`Grader` are protocols), so a
+plug-in package need not import CoachForge.
 
 Entry points are read once per process, on first use, and cached (:func:`clear_cache` makes
 the next lookup read them again).  An unknown name is a :class:`~coachforge_shared.errors.NotFound`;
@@ -32,6 +37,7 @@ from coachforge_shared.errors import NotFound
 
 FORMAT_GROUP: Final = "coachforge.dataset_formats"
 GENERATOR_GROUP: Final = "coachforge.synthetic_generators"
+GRADER_GROUP: Final = "coachforge.graders"
 
 ChatMessage: TypeAlias = Mapping[str, str]
 """One chat turn as a format plug-in returns it: ``{"role": "system"|"user"|"assistant", "content": ...}``."""
@@ -81,6 +87,38 @@ class SyntheticGenerator(Protocol):
 
     def generate(self, count: int, seed: int) -> Iterable[Mapping[str, Any]]:
         """``count`` OpenAI chat records (``{"messages": [...]}``), the same ones for the same arguments."""
+        ...
+
+
+@runtime_checkable
+class Grader(Protocol):
+    """An eval grader: the testing criteria whose ``type`` is the plug-in's ``name``.
+
+    The evaluator calls :meth:`validate` when an eval is created or updated and stores what it
+    returns (its own ``type`` and ``name`` are kept as given or defaulted), then :meth:`grade` for
+    every item of a run with that stored criterion.  A grader reads the item and the sample as
+    they are (``sample``: ``output_text``, ``output_json`` (the answer parsed as JSON, else
+    ``None``), ``model``).
+    """
+
+    name: str
+
+    def validate(self, criterion: Mapping[str, Any]) -> dict[str, Any]:
+        """The criterion checked and normalised (defaults filled in).
+
+        Raises :class:`~coachforge_shared.errors.InvalidArgument`, or a ``ValueError`` (a plug-in
+        that does not import CoachForge) whose optional ``param`` attribute names the field; the
+        evaluator reports it as ``testing_criteria[i].<param>``.
+        """
+        ...
+
+    def grade(self, criterion: Mapping[str, Any], item: Mapping[str, Any],
+              sample: Mapping[str, Any]) -> tuple[float, bool, dict[str, Any]]:
+        """``(score, passed, detail)`` for one item's sample; ``detail`` says why (JSON data).
+
+        A wrong or malformed answer fails (it is not an exception); an exception (e.g. an item that
+        lacks what the criterion needs) makes the evaluator record the grade as errored.
+        """
         ...
 
 
@@ -137,6 +175,17 @@ def synthetic_generators() -> Mapping[str, SyntheticGenerator]:
     return MappingProxyType(typed)
 
 
+@cache
+def graders() -> Mapping[str, Grader]:
+    """Every installed grader plug-in by name."""
+    typed: dict[str, Grader] = {}
+    for name, obj in _load(GRADER_GROUP).items():
+        if not isinstance(obj, Grader):
+            raise PluginError(f"{GRADER_GROUP}: plug-in {name!r} ({obj!r}) is not a Grader")
+        typed[_named(GRADER_GROUP, name, obj)] = obj
+    return MappingProxyType(typed)
+
+
 def _installed(names: Iterable[str]) -> str:
     return ", ".join(sorted(names)) or "none"
 
@@ -159,8 +208,18 @@ def synthetic_generator(name: str) -> SyntheticGenerator:
     return generators[name]
 
 
+def grader(name: str) -> Grader:
+    """The grader plug-in called ``name``; :class:`NotFound` (param ``type``) if none is installed."""
+    found = graders()
+    if name not in found:
+        raise NotFound(f"No grader plug-in named {name!r} is installed (installed: {_installed(found)}).",
+                       param="type", code="grader_not_found")
+    return found[name]
+
+
 def clear_cache() -> None:
     """Forget what was read from the entry points (the next lookup reads them again)."""
     _load.cache_clear()
     dataset_formats.cache_clear()
     synthetic_generators.cache_clear()
+    graders.cache_clear()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from coachforge.common.v1.envelope_pb2 import Envelope
+from coachforge.evaluator.v1 import evaluator_pb2
 from coachforge.trainer.v1 import trainer_pb2
 from coachforge_registry import service
 from coachforge_registry.service import RegistryDeps
@@ -83,3 +85,21 @@ def test_avatar_errors_are_typed_and_tenant_scoped(deps: RegistryDeps) -> None:
         service.get_model(deps, "globex", "coach")
     service.create_avatar(deps, "globex", "g", "coach", BASE)  # names are per tenant
     assert [a.name for a in service.list_avatars(deps, "globex")] == ["coach"]
+
+
+def test_a_completed_eval_run_is_kept_on_its_version(deps: RegistryDeps) -> None:
+    version = f"ft:{BASE}:acme:coach:1"
+    register(deps, "acme", "ftjob-1", version)
+    finished = evaluator_pb2.EvalRunFinished(eval_id="eval-1", eval_name="coach", run_id="evalrun-1", model=version,
+                                             status="completed", total=10, passed=6, failed=3, errored=1,
+                                             criteria_pass_rates={"valid": 0.9, "agrees": 0.6})
+    with deps.db.session() as s:
+        service.on_eval_run_succeeded(deps, s, Envelope(event_id="evt-eval-1", tenant_id="acme"), finished)
+        # A run of a base model (or of another tenant's version) is not recorded anywhere.
+        service.on_eval_run_succeeded(deps, s, Envelope(event_id="evt-eval-2", tenant_id="acme"),
+                                      evaluator_pb2.EvalRunFinished(eval_id="eval-1", run_id="evalrun-2", model=BASE))
+        service.on_eval_run_succeeded(deps, s, Envelope(event_id="evt-eval-3", tenant_id="globex"), finished)
+    kept = json.loads(service.get_model(deps, "acme", version).evaluations_json)
+    assert list(kept) == ["eval-1"] and kept["eval-1"]["actor"] == "eval-run:evalrun-1"
+    assert kept["eval-1"]["metrics"] == {"pass_rate": 0.6, "items": 10.0, "errored": 1.0, "criteria.valid": 0.9,
+                                         "criteria.agrees": 0.6}

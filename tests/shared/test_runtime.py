@@ -51,7 +51,8 @@ def test_one_service_composed_alone(tmp_path: Path, broker: str, monkeypatch: py
     app, process = runtime.compose(["registry"], platform, grpc_address, title="registry alone")
 
     # What the registry declared in its own wiring: its consumer of job.succeeded.
-    assert [(c.group, c.topics) for c in process.consumers] == [("registry", ["job.succeeded"])]
+    assert [(c.group, c.topics) for c in process.consumers] == [("registry", ["job.succeeded"]),
+                                                                 ("registry-evals", ["eval.run.succeeded"])]
     with TestClient(app) as client:
         ready = client.get("/ready")
         assert ready.status_code == 200, ready.text

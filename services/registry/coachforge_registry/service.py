@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
+from coachforge.evaluator.v1 import evaluator_pb2
 from coachforge.registry.v1 import registry_pb2
 from coachforge.trainer.v1 import trainer_pb2
 from coachforge_registry import repository
@@ -414,11 +415,30 @@ def record_evaluation(deps: RegistryDeps, tenant_id: str, actor: str, model_id: 
         v = repository.version(s, tenant_id, model_id, lock=True)
         if v is None:
             raise _not_found(model_id)
-        evaluations = json.loads(v.eval_json or "{}")
-        evaluations[name] = {"metrics": {k: float(x) for k, x in metrics.items()},
-                             "recorded_at": to_unix(utcnow()), "actor": actor}
-        v.eval_json, v.updated_at = json.dumps(evaluations), utcnow()
+        _store_evaluation(v, name, metrics, actor)
         return version_proto(v)
+
+
+def _store_evaluation(v: ModelVersion, name: str, metrics: dict[str, float], actor: str) -> None:
+    evaluations = json.loads(v.eval_json or "{}")
+    evaluations[name] = {"metrics": {k: float(x) for k, x in metrics.items()},
+                         "recorded_at": to_unix(utcnow()), "actor": actor}
+    v.eval_json, v.updated_at = json.dumps(evaluations), utcnow()
+
+
+def on_eval_run_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: evaluator_pb2.EvalRunFinished) -> None:
+    """A completed eval run of a registered version is kept on it (under the eval's id), so that
+    ``GET /v1/models/{id}`` shows its latest results; runs of base models or avatars are not."""
+    v = repository.version(s, env.tenant_id, ev.model, lock=True)
+    if v is None:
+        return
+    graded = ev.passed + ev.failed + ev.errored
+    metrics = {"pass_rate": ev.passed / graded if graded else 0.0, "items": float(ev.total),
+               "errored": float(ev.errored)}
+    for criterion, rate in list(ev.criteria_pass_rates.items())[:90]:
+        metrics[f"criteria.{criterion}"[:64]] = rate
+    _store_evaluation(v, ev.eval_id, metrics, f"eval-run:{ev.run_id}")
+    log.info("eval run recorded on the version", model=ev.model, eval_id=ev.eval_id, run_id=ev.run_id)
 
 
 # -- avatars ------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""CoachForge evaluator service: OpenAI-compatible evals, graders, runs as jobs, comparisons."""

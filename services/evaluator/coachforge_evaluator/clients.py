@@ -1,0 +1,106 @@
+"""The evaluator's calls to other services, over gRPC: samples and judge answers from inference,
+model checks in the registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
+from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
+from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
+
+
+@dataclass
+class Sampled:
+    """One model answer and how it came."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    ttft_s: float | None
+    model: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_tokens_per_s(self) -> float | None:
+        """Output tokens per second after the first token (None for answers of one token or less)."""
+        if self.ttft_s is None or self.completion_tokens <= 1 or self.latency_s <= self.ttft_s:
+            return None
+        return (self.completion_tokens - 1) / (self.latency_s - self.ttft_s)
+
+
+def chat_request(model: str, messages: list[dict[str, str]], params: dict[str, Any],
+                 user: str = "") -> inference_pb2.ChatCompletionRequest:
+    """The inference request for ``messages`` with a run's ``sampling_params``."""
+    request = inference_pb2.ChatCompletionRequest(
+        model=model, messages=[inference_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
+        user=user, include_usage=True)
+    for name in ("temperature", "top_p", "seed", "max_completion_tokens"):
+        if params.get(name) is not None:
+            setattr(request, name, params[name])
+    if params.get("response_format"):
+        request.response_format_json = json.dumps(params["response_format"])
+    return request
+
+
+class InferenceClient:
+    """Samples answers from the platform's inference service (streamed, so the first token is timed)."""
+
+    def __init__(self, channel: InternalChannel, timeout_s: float) -> None:
+        self.channel, self.timeout_s = channel, timeout_s
+        self.stub = inference_pb2_grpc.InferenceServiceStub(channel.channel)
+
+    def sample(self, tenant_id: str, model: str, messages: list[dict[str, str]], params: dict[str, Any],
+               user: str = "") -> Sampled:
+        started = time.perf_counter()
+        ttft: float | None = None
+        parts: list[str] = []
+        finish, answered_by = "", model
+        prompt_tokens = completion_tokens = 0
+        with typed_rpc_errors():
+            chunks = self.stub.StreamChatCompletion(chat_request(model, messages, params, user),
+                                                    metadata=self.channel.metadata(tenant_id), timeout=self.timeout_s)
+            for chunk in chunks:
+                answered_by = chunk.model or answered_by
+                for choice in chunk.choices:
+                    if choice.index != 0:
+                        continue
+                    if choice.content:
+                        if ttft is None:
+                            ttft = time.perf_counter() - started
+                        parts.append(choice.content)
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+                if chunk.HasField("usage"):
+                    prompt_tokens, completion_tokens = chunk.usage.prompt_tokens, chunk.usage.completion_tokens
+        return Sampled(text="".join(parts), finish_reason=finish, prompt_tokens=prompt_tokens,
+                       completion_tokens=completion_tokens, latency_s=time.perf_counter() - started, ttft_s=ttft,
+                       model=answered_by)
+
+    def judge(self, tenant_id: str, model: str, messages: list[dict[str, str]], response_format: dict[str, Any],
+              params: dict[str, Any]) -> str:
+        """A judge model's answer (not streamed)."""
+        request = chat_request(model, messages, {**params, "response_format": response_format})
+        with typed_rpc_errors():
+            reply = self.stub.CreateChatCompletion(request, metadata=self.channel.metadata(tenant_id),
+                                                   timeout=self.timeout_s)
+        return str(reply.content)
+
+
+class RegistryClient:
+    """Asks the registry whether a model (base, ft: id or avatar) exists for a tenant."""
+
+    def __init__(self, channel: InternalChannel) -> None:
+        self.channel = channel
+        self.stub = registry_pb2_grpc.RegistryServiceStub(channel.channel)
+
+    def model(self, tenant_id: str, model_id: str) -> registry_pb2.Model:
+        with typed_rpc_errors():
+            found: registry_pb2.Model = self.stub.GetModel(registry_pb2.GetModelRequest(model_id=model_id),
+                                                           metadata=self.channel.metadata(tenant_id), timeout=10)
+        return found

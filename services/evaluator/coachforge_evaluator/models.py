@@ -1,0 +1,72 @@
+"""Evaluator tables: evals, their runs, and one row per item of a run (its sample and grades)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from coachforge_shared.db import Base, UTCDateTime
+from coachforge_shared.ids import utcnow
+
+
+class Eval(Base):
+    __tablename__ = "evals"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    data_source_config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    testing_criteria: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class EvalRun(Base):
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), index=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    """queued, in_progress, completed, failed, canceled (OpenAI's)."""
+    data_source: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The run's data source as given, without inline items (those are rows of eval_run_items)."""
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    """The worker running the run renews it; a run whose lease expired is taken over by another."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class EvalRunItem(Base):
+    """One data source item of a run; ``status`` stays NULL until the item was sampled and graded
+    (once: the result is written only where it is still NULL, so a resumed run never counts an
+    item twice)."""
+
+    __tablename__ = "eval_run_items"
+    __table_args__ = (UniqueConstraint("run_id", "item_index"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id", ondelete="CASCADE"), index=True)
+    item_index: Mapped[int] = mapped_column(Integer)
+    item: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    """NULL (not yet graded), pass, fail or error."""
+    sample: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    results: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    latency_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    output_tokens_per_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    graded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -1,0 +1,170 @@
+"""Queries of the evaluator's tables (the caller's session commits)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.orm import Session
+
+from coachforge_evaluator.models import Eval, EvalRun, EvalRunItem
+from coachforge_shared.errors import NotFound
+
+
+def eval_(s: Session, tenant_id: str, eval_id: str) -> Eval:
+    found = s.scalar(select(Eval).where(Eval.id == eval_id, Eval.tenant_id == tenant_id))
+    if found is None:
+        raise NotFound(f"No eval with id {eval_id!r}.", param="eval_id", code="eval_not_found")
+    return found
+
+
+def evals(s: Session, tenant_id: str, *, after: str | None, limit: int, descending: bool) -> list[Eval]:
+    q = select(Eval).where(Eval.tenant_id == tenant_id)
+    if after:
+        cursor = eval_(s, tenant_id, after)
+        q = q.where(_after(Eval, cursor.created_at, cursor.id, descending))
+    return list(s.scalars(q.order_by(*_order(Eval, descending)).limit(limit + 1)))
+
+
+def run(s: Session, tenant_id: str, eval_id: str, run_id: str, *, lock: bool = False) -> EvalRun:
+    q = select(EvalRun).where(EvalRun.id == run_id, EvalRun.eval_id == eval_id, EvalRun.tenant_id == tenant_id)
+    found = s.scalar(q.with_for_update() if lock else q)
+    if found is None:
+        raise NotFound(f"No run with id {run_id!r} in eval {eval_id!r}.", param="run_id", code="run_not_found")
+    return found
+
+
+def run_by_id(s: Session, run_id: str) -> EvalRun | None:
+    return s.get(EvalRun, run_id)
+
+
+def runs(s: Session, tenant_id: str, eval_id: str, *, after: str | None, limit: int, descending: bool,
+         status: str | None) -> list[EvalRun]:
+    q = select(EvalRun).where(EvalRun.tenant_id == tenant_id, EvalRun.eval_id == eval_id)
+    if status:
+        q = q.where(EvalRun.status == status)
+    if after:
+        cursor = run(s, tenant_id, eval_id, after)
+        q = q.where(_after(EvalRun, cursor.created_at, cursor.id, descending))
+    return list(s.scalars(q.order_by(*_order(EvalRun, descending)).limit(limit + 1)))
+
+
+def runs_by_ids(s: Session, tenant_id: str, eval_id: str, run_ids: Sequence[str]) -> list[EvalRun]:
+    return [run(s, tenant_id, eval_id, run_id) for run_id in run_ids]
+
+
+def unfinished_runs(s: Session, eval_id: str) -> int:
+    return s.scalar(select(func.count()).select_from(EvalRun).where(
+        EvalRun.eval_id == eval_id, EvalRun.status.in_(("queued", "in_progress")))) or 0
+
+
+def add_items(s: Session, rows: list[dict[str, Any]]) -> None:
+    s.bulk_insert_mappings(EvalRunItem, rows)  # type: ignore[arg-type]
+
+
+def items(s: Session, run_id: str, *, after_index: int | None, limit: int, descending: bool,
+          status: str | None) -> list[EvalRunItem]:
+    q = select(EvalRunItem).where(EvalRunItem.run_id == run_id, EvalRunItem.status.is_not(None))
+    if status:
+        q = q.where(EvalRunItem.status == status)
+    if after_index is not None:
+        q = q.where(EvalRunItem.item_index < after_index if descending else EvalRunItem.item_index > after_index)
+    order = EvalRunItem.item_index.desc() if descending else EvalRunItem.item_index
+    return list(s.scalars(q.order_by(order).limit(limit + 1)))
+
+
+def item(s: Session, run_id: str, item_id: str) -> EvalRunItem:
+    found = s.scalar(select(EvalRunItem).where(EvalRunItem.run_id == run_id, EvalRunItem.id == item_id))
+    if found is None:
+        raise NotFound(f"No output item with id {item_id!r} in run {run_id!r}.", param="output_item_id")
+    return found
+
+
+def graded_items(s: Session, run_id: str) -> list[EvalRunItem]:
+    return list(s.scalars(select(EvalRunItem).where(EvalRunItem.run_id == run_id,
+                                                    EvalRunItem.status.is_not(None))
+                          .order_by(EvalRunItem.item_index)))
+
+
+def pending_items(s: Session, run_id: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """(id, index, item) of the run's items not graded yet, in order."""
+    rows = s.execute(select(EvalRunItem.id, EvalRunItem.item_index, EvalRunItem.item)
+                     .where(EvalRunItem.run_id == run_id, EvalRunItem.status.is_(None))
+                     .order_by(EvalRunItem.item_index))
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def status_counts(s: Session, run_id: str) -> dict[str | None, int]:
+    """How many of the run's items are in each status (None: not graded yet)."""
+    rows = s.execute(select(EvalRunItem.status, func.count()).where(EvalRunItem.run_id == run_id)
+                     .group_by(EvalRunItem.status))
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def usage(s: Session, run_id: str) -> tuple[int, int, int]:
+    """(samples taken, prompt tokens, completion tokens) of the run's graded items."""
+    row = s.execute(select(func.count(EvalRunItem.sample), func.coalesce(func.sum(EvalRunItem.prompt_tokens), 0),
+                           func.coalesce(func.sum(EvalRunItem.completion_tokens), 0))
+                    .where(EvalRunItem.run_id == run_id, EvalRunItem.status.is_not(None))).one()
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def record_item(s: Session, item_id: str, values: dict[str, Any]) -> bool:
+    """Write an item's result once: only while it is still ungraded; whether it was written."""
+    result = s.execute(update(EvalRunItem).where(EvalRunItem.id == item_id, EvalRunItem.status.is_(None))
+                       .values(**values))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def claim(s: Session, run_id: str, worker_id: str, now: datetime, lease_until: datetime) -> bool:
+    """Take a queued run, or one whose worker's lease expired; whether this worker has it now."""
+    result = s.execute(update(EvalRun).where(
+        EvalRun.id == run_id,
+        or_(EvalRun.status == "queued",
+            (EvalRun.status == "in_progress") & (or_(EvalRun.lease_expires_at.is_(None),
+                                                     EvalRun.lease_expires_at < now)))
+    ).values(status="in_progress", worker_id=worker_id, lease_expires_at=lease_until,
+             started_at=func.coalesce(EvalRun.started_at, now)))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def renew(s: Session, run_id: str, worker_id: str, lease_until: datetime) -> tuple[bool, bool]:
+    """Extend this worker's lease; (still ours, cancel requested)."""
+    result = s.execute(update(EvalRun).where(EvalRun.id == run_id, EvalRun.worker_id == worker_id,
+                                             EvalRun.status == "in_progress")
+                       .values(lease_expires_at=lease_until))
+    if not result.rowcount:  # type: ignore[attr-defined]
+        return False, False
+    return True, cancel_requested(s, run_id)
+
+
+def cancel_requested(s: Session, run_id: str) -> bool:
+    return bool(s.scalar(select(EvalRun.cancel_requested).where(EvalRun.id == run_id)))
+
+
+def finish(s: Session, run_id: str, worker_id: str | None, values: dict[str, Any]) -> bool:
+    """Move a run to its final status (by its worker, or from ``queued`` when ``worker_id`` is None)."""
+    q = update(EvalRun).where(EvalRun.id == run_id)
+    q = q.where(EvalRun.status == "queued") if worker_id is None else q.where(
+        EvalRun.worker_id == worker_id, EvalRun.status == "in_progress")
+    return bool(s.execute(q.values(**values)).rowcount)  # type: ignore[attr-defined]
+
+
+def runnable(s: Session, now: datetime, limit: int) -> list[str]:
+    """Ids of queued runs and of running ones whose lease expired, oldest first."""
+    return list(s.scalars(select(EvalRun.id).where(or_(
+        EvalRun.status == "queued",
+        (EvalRun.status == "in_progress") & (EvalRun.lease_expires_at < now))).order_by(EvalRun.created_at)
+        .limit(limit)))
+
+
+def _order(model: Any, descending: bool) -> tuple[Any, Any]:
+    return (model.created_at.desc(), model.id.desc()) if descending else (model.created_at, model.id)
+
+
+def _after(model: Any, created_at: datetime, id_: str, descending: bool) -> Any:
+    if descending:
+        return or_(model.created_at < created_at, (model.created_at == created_at) & (model.id < id_))
+    return or_(model.created_at > created_at, (model.created_at == created_at) & (model.id > id_))

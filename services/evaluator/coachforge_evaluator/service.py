@@ -1,0 +1,436 @@
+"""Evaluator logic: evals (data source config + testing criteria), runs (queued as jobs, executed by
+:mod:`coachforge_evaluator.runner`), their output items, and comparisons of runs on the same items."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Annotated, Any
+
+import jsonschema
+from pydantic import Field, TypeAdapter
+
+from coachforge.evaluator.v1 import evaluator_pb2
+from coachforge_evaluator import graders, repository, stats
+from coachforge_evaluator.clients import InferenceClient, RegistryClient
+from coachforge_evaluator.metrics import RUNS_CREATED
+from coachforge_evaluator.models import Eval, EvalRun, EvalRunItem
+from coachforge_evaluator.schemas import (
+    CompletionsDataSource,
+    CreateEval,
+    CreateRun,
+    FileContentSource,
+    InputItemReference,
+    InputTemplate,
+    UpdateEval,
+    parse,
+)
+from coachforge_evaluator.settings import EvaluatorSettings
+from coachforge_shared.db import Database
+from coachforge_shared.errors import Conflict, InvalidArgument, NotFound
+from coachforge_shared.events import EventPublisher
+from coachforge_shared.ids import new_id, to_unix, utcnow
+from coachforge_shared.logging import get_logger
+
+log = get_logger("coachforge.evaluator")
+
+FINAL = ("completed", "failed", "canceled")
+SAMPLE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"model": {"type": "string"}, "output_text": {"type": "string"}, "output_json": {},
+                   "choices": {"type": "array"}},
+    "required": ["model", "output_text"],
+}
+
+
+@dataclass
+class EvaluatorDeps:
+    db: Database
+    settings: EvaluatorSettings
+    publisher: EventPublisher | None = None
+    inference: InferenceClient | None = None
+    """Samples and judge answers (none: only ``jsonl`` runs, whose items carry their samples)."""
+    registry: RegistryClient | None = None
+    """Checks a run's model when the run is created (none: the first sample tells)."""
+    wake: Callable[[str], None] | None = None
+    """Called with a new run's id so that this process starts it at once (the sweep would find it too)."""
+
+
+# -- evals ---------------------------------------------------------------------------------------
+
+
+def eval_to_openai(e: Eval) -> dict[str, Any]:
+    config = e.data_source_config
+    schema: dict[str, Any] = {"type": "object", "properties": {"item": config["item_schema"]}, "required": ["item"]}
+    if config.get("include_sample_schema"):
+        schema["properties"]["sample"] = SAMPLE_SCHEMA
+        schema["required"] = ["item", "sample"]
+    return {"object": "eval", "id": e.id, "name": e.name, "created_at": to_unix(e.created_at),
+            "data_source_config": {"type": "custom", "schema": schema}, "testing_criteria": e.testing_criteria,
+            "metadata": e.metadata_ or {}}
+
+
+def _check_item_schema(schema: dict[str, Any]) -> None:
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as err:
+        raise InvalidArgument(f"item_schema is not a valid JSON Schema: {err.message}",
+                              param="data_source_config.item_schema") from None
+
+
+def create_eval(deps: EvaluatorDeps, tenant_id: str, body: Any) -> dict[str, Any]:
+    req = parse(CreateEval, body)
+    _check_item_schema(req.data_source_config.item_schema)
+    criteria = graders.validate_criteria(req.testing_criteria)
+    if not req.data_source_config.include_sample_schema:
+        for i, criterion in enumerate(criteria):
+            if "{{sample." in json.dumps(criterion):
+                raise InvalidArgument("This criterion refers to {{sample.*}}: set "
+                                      "data_source_config.include_sample_schema to true.",
+                                      param=f"testing_criteria[{i}]")
+    row = Eval(id=new_id("eval"), tenant_id=tenant_id, name=req.name or "eval",
+               data_source_config=req.data_source_config.model_dump(exclude={"type"}), testing_criteria=criteria,
+               metadata_=req.metadata or {}, created_at=utcnow())
+    with deps.db.session() as s:
+        s.add(row)
+        s.flush()
+        return eval_to_openai(row)
+
+
+def get_eval(deps: EvaluatorDeps, tenant_id: str, eval_id: str) -> dict[str, Any]:
+    with deps.db.session() as s:
+        return eval_to_openai(repository.eval_(s, tenant_id, eval_id))
+
+
+def update_eval(deps: EvaluatorDeps, tenant_id: str, eval_id: str, body: Any) -> dict[str, Any]:
+    req = parse(UpdateEval, body)
+    with deps.db.session() as s:
+        e = repository.eval_(s, tenant_id, eval_id)
+        if req.name is not None:
+            e.name = req.name
+        if req.metadata is not None:
+            e.metadata_ = req.metadata
+        return eval_to_openai(e)
+
+
+def delete_eval(deps: EvaluatorDeps, tenant_id: str, eval_id: str) -> dict[str, Any]:
+    with deps.db.session() as s:
+        e = repository.eval_(s, tenant_id, eval_id)
+        if repository.unfinished_runs(s, eval_id):
+            raise Conflict(f"Eval {eval_id} has queued or running runs; cancel them first.", param="eval_id",
+                           code="eval_in_use")
+        s.delete(e)
+    return {"object": "eval.deleted", "deleted": True, "eval_id": eval_id}
+
+
+def _page(rows: list[Any], limit: int, convert: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    data = [convert(r) for r in rows[:limit]]
+    return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None, "has_more": len(rows) > limit}
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= 100:
+        raise InvalidArgument("limit must be between 1 and 100.", param="limit")
+    return limit
+
+
+def _descending(order: str) -> bool:
+    if order not in ("asc", "desc"):
+        raise InvalidArgument("order must be asc or desc.", param="order")
+    return order == "desc"
+
+
+def list_evals(deps: EvaluatorDeps, tenant_id: str, *, after: str | None = None, limit: int = 20,
+               order: str = "asc") -> dict[str, Any]:
+    with deps.db.session() as s:
+        rows = repository.evals(s, tenant_id, after=after, limit=_limit(limit), descending=_descending(order))
+        return _page(rows, limit, eval_to_openai)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _item_validator(schema_json: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
+
+
+def _messages(source: InputTemplate | InputItemReference, row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """The chat messages one item's sample is asked with."""
+    if isinstance(source, InputTemplate):
+        out = []
+        for i, message in enumerate(source.template):
+            text = message.content if isinstance(message.content, str) else message.content.text
+            role = "system" if message.role == "developer" else message.role
+            try:
+                out.append({"role": role, "content": graders.render(text, row["item"], None)})
+            except InvalidArgument as err:
+                raise InvalidArgument(err.message, param=f"data_source.input_messages.template[{i}].content",
+                                      code=err.code) from None
+        return out
+    value: Any = {"item": row["item"]}
+    for part in source.item_reference.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, list) or not value or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        raise InvalidArgument(f"{source.item_reference} must be a non-empty list of {{role, content}} messages.",
+                              param=where)
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+_INPUT = TypeAdapter(Annotated[InputTemplate | InputItemReference, Field(discriminator="type")])
+
+
+def input_messages(data_source: dict[str, Any]) -> Callable[[dict[str, Any]], list[dict[str, str]]]:
+    """For a stored completions data source: the function giving one item's messages (the runner's)."""
+    source = _INPUT.validate_python(data_source["input_messages"])
+    return lambda row: _messages(source, row, "data_source.input_messages")
+
+
+def _rows(deps: EvaluatorDeps, tenant_id: str, req: CreateRun) -> list[dict[str, Any]]:
+    source = req.data_source.source
+    if not isinstance(source, FileContentSource):
+        raise InvalidArgument("source type file_id is not supported yet; pass the items inline as file_content.",
+                              param="data_source.source.type", code="unsupported_source")
+    return [row.model_dump(exclude_none=True) for row in source.content]
+
+
+def run_to_openai(run: EvalRun, counts: dict[str | None, int], criteria: list[dict[str, Any]],
+                  criterion_counts: dict[str, tuple[int, int]], usage: tuple[int, int, int]) -> dict[str, Any]:
+    total = sum(counts.values())
+    error = {"code": run.error_code, "message": run.error_message or ""} if run.error_code else None
+    samples, prompt, completion = usage
+    per_model = [] if not run.model else [{
+        "model_name": run.model, "invocation_count": samples, "prompt_tokens": prompt,
+        "completion_tokens": completion, "total_tokens": prompt + completion, "cached_tokens": 0}]
+    return {
+        "object": "eval.run", "id": run.id, "eval_id": run.eval_id, "name": run.name, "model": run.model,
+        "status": run.status, "created_at": to_unix(run.created_at), "data_source": run.data_source,
+        "error": error, "metadata": run.metadata_ or {},
+        "result_counts": {"total": total, "passed": counts.get("pass", 0), "failed": counts.get("fail", 0),
+                          "errored": counts.get("error", 0)},
+        "per_testing_criteria_results": [
+            {"testing_criteria": c["name"], "passed": criterion_counts.get(c["name"], (0, 0))[0],
+             "failed": criterion_counts.get(c["name"], (0, 0))[1]} for c in criteria],
+        "per_model_usage": per_model,
+        "report_url": f"/v1/evals/{run.eval_id}/runs/{run.id}/output_items",
+    }
+
+
+def per_criterion(items: list[EvalRunItem]) -> dict[str, tuple[int, int]]:
+    """Passes and failures of each criterion (errored results count in neither)."""
+    out: dict[str, list[int]] = {}
+    for it in items:
+        for r in it.results or ():
+            if r.get("passed") is None:
+                continue
+            entry = out.setdefault(r["name"], [0, 0])
+            entry[0 if r["passed"] else 1] += 1
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _run_json(s: Any, run: EvalRun) -> dict[str, Any]:
+    e = s.get(Eval, run.eval_id)
+    items = repository.graded_items(s, run.id)
+    return run_to_openai(run, repository.status_counts(s, run.id), e.testing_criteria if e else [],
+                         per_criterion(items), repository.usage(s, run.id))
+
+
+def create_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, body: Any) -> dict[str, Any]:
+    req = parse(CreateRun, body)
+    ds = req.data_source
+    with deps.db.session() as s:
+        e = repository.eval_(s, tenant_id, eval_id)
+        config = dict(e.data_source_config)
+    rows = _rows(deps, tenant_id, req)
+    if len(rows) > deps.settings.max_items:
+        raise InvalidArgument(f"A run may have at most {deps.settings.max_items} items; got {len(rows)}.",
+                              param="data_source.source.content")
+    validator = _item_validator(json.dumps(config["item_schema"], sort_keys=True))
+    for i, row in enumerate(rows):
+        where = f"data_source.source.content[{i}]"
+        problem = next(iter(validator.iter_errors(row["item"])), None)
+        if problem is not None:
+            path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
+            raise InvalidArgument(f"Item {i} does not match the eval's item_schema: {problem.message}",
+                                  param=f"{where}.item{path}")
+        if isinstance(ds, CompletionsDataSource):
+            _messages(ds.input_messages, row, "data_source.input_messages")
+        elif not isinstance(row.get("sample"), dict) or not isinstance(row["sample"].get("output_text"), str):
+            raise InvalidArgument("A jsonl data source's items must carry a sample with output_text.",
+                                  param=f"{where}.sample")
+    model = ds.model if isinstance(ds, CompletionsDataSource) else ""
+    if model and deps.registry is not None:
+        try:
+            deps.registry.model(tenant_id, model)
+        except NotFound:
+            raise InvalidArgument(f"The model {model!r} does not exist or you do not have access to it.",
+                                  param="data_source.model", code="model_not_found") from None
+    stored = ds.model_dump(exclude_none=True)
+    stored["source"] = {"type": "file_content", "content": []}  # the items are the run's output items
+    run = EvalRun(id=new_id("evalrun"), eval_id=eval_id, tenant_id=tenant_id, name=req.name or model or "run",
+                  model=model, status="queued", data_source=stored, metadata_=req.metadata or {},
+                  cancel_requested=False, created_at=utcnow())
+    with deps.db.session() as s:
+        s.add(run)
+        s.flush()
+        repository.add_items(s, [{"id": new_id("outputitem"), "run_id": run.id, "item_index": i, "item": row,
+                                  "prompt_tokens": 0, "completion_tokens": 0} for i, row in enumerate(rows)])
+        if deps.publisher is not None:
+            deps.publisher.publish("eval.run.requested",
+                                   evaluator_pb2.EvalRunRequested(eval_id=eval_id, run_id=run.id), tenant_id,
+                                   key=run.id)
+        RUNS_CREATED.labels(tenant_id).inc()
+        out = run_to_openai(run, {None: len(rows)}, e.testing_criteria, {}, (0, 0, 0))
+    log.info("eval run queued", eval_id=eval_id, run_id=run.id, items=len(rows), model=model)
+    if deps.wake is not None:
+        deps.wake(run.id)
+    return out
+
+
+def get_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    with deps.db.session() as s:
+        return _run_json(s, repository.run(s, tenant_id, eval_id, run_id))
+
+
+def list_runs(deps: EvaluatorDeps, tenant_id: str, eval_id: str, *, after: str | None = None, limit: int = 20,
+              order: str = "asc", status: str | None = None) -> dict[str, Any]:
+    with deps.db.session() as s:
+        repository.eval_(s, tenant_id, eval_id)
+        rows = repository.runs(s, tenant_id, eval_id, after=after, limit=_limit(limit),
+                               descending=_descending(order), status=status)
+        return _page(rows, limit, lambda r: _run_json(s, r))
+
+
+def cancel_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    """A queued run is canceled at once; a running one stops after the items in flight."""
+    with deps.db.session() as s:
+        run = repository.run(s, tenant_id, eval_id, run_id, lock=True)
+        if run.status in FINAL:
+            raise Conflict(f"Run {run_id} has already {run.status}.", param="run_id")
+        run.cancel_requested = True
+        if run.status == "queued":
+            run.status, run.finished_at = "canceled", utcnow()
+        return _run_json(s, run)
+
+
+def delete_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_id: str) -> dict[str, Any]:
+    with deps.db.session() as s:
+        run = repository.run(s, tenant_id, eval_id, run_id, lock=True)
+        if run.status not in FINAL:
+            raise Conflict(f"Run {run_id} is {run.status}; cancel it first.", param="run_id")
+        s.delete(run)
+    return {"object": "eval.run.deleted", "deleted": True, "run_id": run_id}
+
+
+# -- output items --------------------------------------------------------------------------------
+
+
+def item_to_openai(run: EvalRun, it: EvalRunItem) -> dict[str, Any]:
+    return {"object": "eval.run.output_item", "id": it.id, "run_id": run.id, "eval_id": run.eval_id,
+            "created_at": to_unix(it.graded_at), "status": it.status, "datasource_item_id": it.item_index,
+            "datasource_item": it.item.get("item", {}), "results": it.results or [], "sample": it.sample or {}}
+
+
+def list_output_items(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_id: str, *, after: str | None = None,
+                      limit: int = 20, order: str = "asc", status: str | None = None) -> dict[str, Any]:
+    if status is not None and status not in ("pass", "fail", "error"):
+        raise InvalidArgument("status must be pass, fail or error.", param="status")
+    with deps.db.session() as s:
+        run = repository.run(s, tenant_id, eval_id, run_id)
+        after_index = repository.item(s, run_id, after).item_index if after else None
+        rows = repository.items(s, run_id, after_index=after_index, limit=_limit(limit),
+                                descending=_descending(order), status=status)
+        return _page(rows, limit, lambda it: item_to_openai(run, it))
+
+
+def get_output_item(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_id: str, item_id: str) -> dict[str, Any]:
+    with deps.db.session() as s:
+        run = repository.run(s, tenant_id, eval_id, run_id)
+        return item_to_openai(run, repository.item(s, run_id, item_id))
+
+
+# -- comparison ----------------------------------------------------------------------------------
+
+ALPHA = 0.05
+"""Significance level of the better/worse verdicts."""
+
+
+def _item_key(item: dict[str, Any]) -> str:
+    """Items are paired across runs by their content (runs of one eval may list them in another order)."""
+    return hashlib.sha256(json.dumps(item.get("item"), sort_keys=True).encode()).hexdigest()
+
+
+def _verdict(difference: float, p_value: float) -> str:
+    if p_value < ALPHA:
+        return "better" if difference > 0 else "worse"
+    return "no_difference"
+
+
+def compare_runs(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_ids: list[str]) -> dict[str, Any]:
+    """Per testing criterion, each run's pass rate with its Wilson interval; against the first run
+    (the baseline), the paired difference on the items both graded, with an exact McNemar p-value
+    and, for scores, a paired bootstrap interval; per run, latency and throughput."""
+    run_ids = [r for r in dict.fromkeys(run_ids) if r]
+    if len(run_ids) < 2:
+        raise InvalidArgument("Compare needs at least two distinct run ids.", param="runs")
+    with deps.db.session() as s:
+        e = repository.eval_(s, tenant_id, eval_id)
+        runs = repository.runs_by_ids(s, tenant_id, eval_id, run_ids)
+        graded = {r.id: repository.graded_items(s, r.id) for r in runs}
+        summaries = [_run_json(s, r) for r in runs]
+    names = [c["name"] for c in e.testing_criteria]
+    # run -> item key -> criterion -> (passed, score)
+    results: dict[str, dict[str, dict[str, tuple[bool, float]]]] = {}
+    for run_id, items in graded.items():
+        table = results[run_id] = {}
+        for it in items:
+            table[_item_key(it.item)] = {r["name"]: (bool(r["passed"]), float(r["score"]))
+                                         for r in it.results or () if r.get("passed") is not None}
+    base = runs[0].id
+    criteria = []
+    for name in names:
+        per_run = []
+        for run in runs:
+            outcomes = [v[name][0] for v in results[run.id].values() if name in v]
+            passed, n = sum(outcomes), len(outcomes)
+            low, high = stats.wilson_interval(passed, n)
+            per_run.append({"run_id": run.id, "model": run.model, "passed": passed, "graded": n,
+                            "pass_rate": passed / n if n else None, "interval": [low, high]})
+        paired = []
+        for run in runs[1:]:
+            keys = [k for k, v in results[base].items() if name in v and name in results[run.id].get(k, {})]
+            a = [results[base][k][name] for k in keys]
+            b = [results[run.id][k][name] for k in keys]
+            only_base = sum(1 for x, y in zip(a, b, strict=True) if x[0] and not y[0])
+            only_run = sum(1 for x, y in zip(a, b, strict=True) if y[0] and not x[0])
+            difference = (only_run - only_base) / len(keys) if keys else 0.0
+            p_value = stats.mcnemar_exact(only_base, only_run)
+            score_diff, score_low, score_high = (stats.paired_bootstrap([x[1] for x in a], [y[1] for y in b])
+                                                 if keys else (0.0, 0.0, 0.0))
+            paired.append({"run_id": run.id, "baseline_run_id": base, "paired_items": len(keys),
+                           "difference": difference, "baseline_only_passed": only_base,
+                           "run_only_passed": only_run, "p_value": p_value,
+                           "score_difference": score_diff, "score_interval": [score_low, score_high],
+                           "verdict": _verdict(difference, p_value)})
+        criteria.append({"testing_criteria": name, "runs": per_run, "paired": paired})
+    performance = []
+    for run, summary in zip(runs, summaries, strict=True):
+        items = graded[run.id]
+        latencies = [it.latency_s for it in items if it.latency_s is not None]
+        ttfts = [it.ttft_s for it in items if it.ttft_s is not None]
+        speeds = [it.output_tokens_per_s for it in items if it.output_tokens_per_s is not None]
+        performance.append({"run_id": run.id, "model": run.model, "status": run.status,
+                            "result_counts": summary["result_counts"],
+                            "latency_p50_s": stats.percentile(latencies, 50),
+                            "latency_p95_s": stats.percentile(latencies, 95),
+                            "ttft_p50_s": stats.percentile(ttfts, 50),
+                            "output_tokens_per_s_p50": stats.percentile(speeds, 50),
+                            "usage": summary["per_model_usage"]})
+    return {"object": "eval.comparison", "eval_id": eval_id, "baseline_run_id": base, "alpha": ALPHA,
+            "criteria": criteria, "runs": performance}
