@@ -63,16 +63,87 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_coach_eval(args: argparse.Namespace) -> int:
-    from coachforge_coach.evaluation import format_report, run
+    """The Polarize coach scenarios as a run of their stored eval (``polarize.scenarios``): the
+    evaluator samples ``args.model`` on each scenario's prompt and grades the answers with the
+    ``polarize_coach`` grader; this prints the table of the output items."""
+    import time
+    from typing import Any
 
-    platform, stack = PlatformSettings(), StackSettings()
-    key_file = platform.data_dir / "api-key"
-    api_key = args.api_key or platform.api_key or (key_file.read_text().strip() if key_file.exists() else "")
-    if not api_key:
-        print("No API key: pass --api-key or set COACHFORGE_API_KEY.", file=sys.stderr)
+    import openai
+    from tqdm import tqdm
+
+    from polarize import scenarios
+    from polarize.synthetic import DEFAULT_TOKEN_BUDGET, approximate_tokens
+
+    if args.variants < 1:
+        print("coachforge coach eval: --variants must be at least 1", file=sys.stderr)
         return 2
-    base_url = args.base_url or f"http://{stack.host}:{stack.http_port}"
-    print(format_report(run(base_url, api_key, args.model, variants=args.variants)))
+    api = _stack_api(args.base_url, args.api_key)
+    if api is None:
+        return 2
+    base_url, api_key = api
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=300)
+    try:
+        found = client.models.retrieve(args.model)
+        base_model = str((found.model_extra or {}).get("base_model") or found.id)
+        # The coach fits the context into its token budget with the base model's tokenizer; without
+        # that tokenizer here, the tokens are estimated from the characters.
+        tokenizer_file = PlatformSettings().models_dir / base_model / "tokenizer.json"
+        try:
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(str(tokenizer_file)) if tokenizer_file.is_file() else None
+        except ImportError:
+            tokenizer = None
+        if tokenizer is None:
+            print(f"coachforge coach eval: no tokenizer of {base_model} at {tokenizer_file}; prompt tokens are "
+                  "estimated (~2 characters a token), so a context may be summarised differently than the "
+                  "coach would", file=sys.stderr)
+
+        def count_tokens(text: str) -> int:
+            tokens: int = (approximate_tokens(text) if tokenizer is None
+                           else len(tokenizer.encode(text, add_special_tokens=False).ids))
+            return tokens
+
+        counted_by = base_model if tokenizer is not None else "estimate"
+        items = scenarios.scenario_items(args.variants, count_tokens=count_tokens, budget=DEFAULT_TOKEN_BUDGET)
+
+        eval_id = next((e.id for e in client.evals.list(order="desc", limit=100)
+                        if scenarios.is_scenario_eval(e.metadata)), None)
+        if eval_id is None:
+            eval_id = client.evals.create(**scenarios.eval_definition()).id
+            print(f"created eval {eval_id} ({scenarios.EVAL_NAME})", file=sys.stderr)
+        run: Any = client.evals.runs.create(
+            eval_id, name=f"coach eval {args.model}", data_source=scenarios.run_data_source(args.model, items),
+            metadata={"kind": scenarios.EVAL_KIND, "variants": str(args.variants), "tokens": counted_by,
+                      "token_budget": str(DEFAULT_TOKEN_BUDGET)})
+        with tqdm(total=run.result_counts.total, desc=f"coach eval {args.model}", unit="item",
+                  disable=None) as bar:
+            try:
+                while run.status not in ("completed", "failed", "canceled"):
+                    time.sleep(1)
+                    run = client.evals.runs.retrieve(run.id, eval_id=eval_id)
+                    counts = run.result_counts
+                    bar.update(counts.passed + counts.failed + counts.errored - bar.n)
+            except KeyboardInterrupt:
+                client.evals.runs.cancel(run.id, eval_id=eval_id)
+                print(f"\ncanceled run {run.id}", file=sys.stderr)
+                return 130
+        output_items = [it.to_dict(warnings=False)
+                        for it in client.evals.runs.output_items.list(run.id, eval_id=eval_id, limit=100)]
+    except openai.APIConnectionError as err:
+        print(f"coachforge coach eval: cannot reach {base_url}: {err}", file=sys.stderr)
+        return 1
+    except openai.APIStatusError as err:
+        print(f"coachforge coach eval: {err.status_code}: {err.message}", file=sys.stderr)
+        return 1
+    print(scenarios.format_report(args.model, run.to_dict(warnings=False), output_items))
+    print(f"\nrun {run.id} of eval {eval_id}; another model on the same items: coachforge models compare "
+          f"{args.model} OTHER --eval {eval_id} --like {run.id}")
+    if run.status != "completed":
+        error = run.error.message if run.error else ""
+        print(f"coachforge coach eval: run {run.id} {run.status}{': ' + error if error else ''}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -117,6 +188,43 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stack_api(base_url: str | None, api_key: str | None) -> tuple[str, str] | None:
+    """The stack's OpenAI base URL (…/v1) and an API key: the ones given, else this machine's."""
+    platform, stack = PlatformSettings(), StackSettings()
+    key_file = platform.data_dir / "api-key"
+    key = api_key or platform.api_key or (key_file.read_text().strip() if key_file.exists() else "")
+    if not key:
+        print("No API key: pass --api-key, set COACHFORGE_API_KEY or start the stack once.", file=sys.stderr)
+        return None
+    base = (base_url or f"http://{stack.host}:{stack.http_port}").rstrip("/")
+    return (base if base.endswith("/v1") else f"{base}/v1"), key
+
+
+def cmd_models_compare(args: argparse.Namespace) -> int:
+    import httpx
+    import openai
+
+    from coachforge_launcher.compare import compare, format_table
+
+    api = _stack_api(args.base_url, args.api_key)
+    if api is None:
+        return 2
+    base, key = api
+    client = openai.OpenAI(base_url=base, api_key=key, max_retries=2, timeout=300)
+    try:
+        with httpx.Client(base_url=base + "/", headers={"Authorization": f"Bearer {key}"}, timeout=300) as http:
+            result = compare(client, http, args.eval, args.model_a, args.model_b, like=args.like,
+                             reuse=args.reuse, progress=not args.quiet)
+    except (openai.APIConnectionError, httpx.ConnectError) as err:
+        print(f"coachforge models compare: cannot reach {base}: {err}", file=sys.stderr)
+        return 1
+    except openai.APIStatusError as err:
+        print(f"coachforge models compare: {err.status_code}: {err.message}", file=sys.stderr)
+        return 1
+    print(format_table(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="coachforge",
@@ -144,15 +252,33 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="upgrade the database to the latest schema; create the default tenant and "
                                    "register COACHFORGE_API_KEY if set").set_defaults(func=cmd_migrate)
     coach = sub.add_parser("coach", help="Polarize coach tools").add_subparsers(dest="coach_command", required=True)
-    coach_eval = coach.add_parser("eval", help="ask a running stack's coach for the evaluation scenarios (fresh, "
-                                                "overreached, sick, poor sleep, key session week, taper) with a "
-                                                "model and print the share of valid answers, rule-accepted "
-                                                "operations and agreement with the expected direction")
+    coach_eval = coach.add_parser("eval", help="run a model on the coach scenarios (fresh, overreached, sick, "
+                                                "poor sleep, key session week, taper), a stored eval of the "
+                                                "stack's evaluator, and print per scenario whether the answer was "
+                                                "a valid modification, safe and moved the week the expected way, "
+                                                "the pass rates and the run id")
     coach_eval.add_argument("--model", required=True, help="model id or avatar to evaluate")
-    coach_eval.add_argument("--variants", type=int, default=2, help="variants per scenario (default 2)")
+    coach_eval.add_argument("--variants", type=int, default=2, help="variants per scenario (default 2: 12 items)")
     coach_eval.add_argument("--base-url", default=None, help="the stack's URL (default: this machine's stack)")
     coach_eval.add_argument("--api-key", default=None, help="API key (default: COACHFORGE_API_KEY or the stored key)")
     coach_eval.set_defaults(func=cmd_coach_eval)
+    models = sub.add_parser("models", help="model tools").add_subparsers(dest="models_command", required=True)
+    compare = models.add_parser(
+        "compare", help="run two models on the same items of an eval and print, per testing criterion, both pass "
+                        "rates (Wilson 95%% intervals), the paired difference with an exact McNemar p-value and "
+                        "a better/worse verdict, then latency and throughput",
+        description="The items, input messages and sampling parameters come from a reference run of the eval "
+                    "(--like, default its newest completed completions run).")
+    compare.add_argument("model_a", help="the baseline: a base model, ft: model id or avatar")
+    compare.add_argument("model_b", help="the model compared against it")
+    compare.add_argument("--eval", required=True, help="eval id (eval-…)")
+    compare.add_argument("--like", default=None, help="reference run whose items and settings to use")
+    compare.add_argument("--reuse", action="store_true",
+                         help="reuse a completed earlier comparison run of a model on the same reference")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
+    compare.add_argument("--base-url", default=None, help="the stack's URL (default: this machine's stack)")
+    compare.add_argument("--api-key", default=None, help="API key (default: COACHFORGE_API_KEY or the stored key)")
+    compare.set_defaults(func=cmd_models_compare)
     sub.add_parser("prepare-model", help="convert the bundled base model once and print its folder").set_defaults(
         func=cmd_prepare_model)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)

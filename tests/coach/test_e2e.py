@@ -22,7 +22,7 @@ TODAY = "2025-06-02"
 
 
 def _batch(athlete: str) -> dict[str, Any]:
-    from coachforge_coach.evaluation import scenario_batch
+    from polarize.scenarios import scenario_batch
 
     _, batch = scenario_batch("overreached", 0)
     text = json.dumps(batch).replace("eval-overreached-0", athlete)
@@ -226,19 +226,3 @@ def test_the_whole_flow_over_grpc(stack) -> None:  # type: ignore[no-untyped-def
         assert [c.id for c in listed.changes] == [change.id]
         schema = stub.GetModificationSchema(coach_pb2.GetModificationSchemaRequest(), metadata=md)
         assert json.loads(schema.schema_json)["title"] == "workout_modification"
-
-
-def test_coach_eval_prints_the_shares(stack, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
-    from coachforge_launcher.cli import main
-
-    assert main(["coach", "eval", "--model", BASE_MODEL_ID, "--variants", "1", "--base-url", stack.base_url,
-                 "--api-key", stack.api_key]) == 0
-    out = capsys.readouterr().out
-    print(out)
-    assert f"coach eval: {BASE_MODEL_ID}" in out
-    for scenario in ("fresh/0", "overreached/0", "sick/0", "poor_sleep/0", "key_session/0", "taper/0"):
-        assert scenario in out
-    lines = out.splitlines()
-    for label in ("valid answers", "expected direction"):
-        assert any(line.startswith(label) and "/6 (" in line for line in lines), label
-    assert any(line.startswith("rule-accepted operations") for line in lines)

@@ -17,7 +17,7 @@ from deploy_helpers import CHART, REPO, VALUE_SETS, helm, render
 KUBERNETES_VERSIONS = ("1.29.0", "1.35.0")
 #: Custom resources of the Prometheus operator: no schema in kubernetes-validate; checked below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
-API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach")
+API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator")
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_custom_resources_are_well_formed(rendered: dict[str, list[dict[str, Any
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
         assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
     jobs = {m.removeprefix("coachforge-") for m in monitors}
-    assert jobs == {"dataset", "trainer", "registry", "inference", "coach", "trainer-worker"}  # engines external
+    assert jobs == {*API_SERVICES, "trainer-worker"}  # engines external
     rule = by_kind(docs, "PrometheusRule")["coachforge"]
     assert {g["name"] for g in rule["spec"]["groups"]} == {"coachforge.recording", "coachforge.alerts"}
     assert "coachforge-engine" in by_kind(rendered["gpu-bundled"], "ServiceMonitor")
@@ -262,13 +262,51 @@ def test_network_policies_are_opt_in_and_cover_every_pod(rendered: dict[str, lis
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
 
 
+#: Each gRPC target variable the chart sets, and the service whose Service it must name.
+GRPC_TARGETS = {
+    "COACHFORGE_TRAINER_DATASET_GRPC_TARGET": "dataset", "COACHFORGE_TRAINER_REGISTRY_GRPC_TARGET": "registry",
+    "COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET": "registry",
+    "COACHFORGE_COACH_REGISTRY_GRPC_TARGET": "registry", "COACHFORGE_COACH_INFERENCE_GRPC_TARGET": "inference",
+    "COACHFORGE_EVALUATOR_INFERENCE_GRPC_TARGET": "inference", "COACHFORGE_EVALUATOR_REGISTRY_GRPC_TARGET": "registry",
+    "COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET": "dataset",
+}
+
+
+def test_services_reach_each_other_at_the_grpc_ports_of_their_services(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every service is told where the others' gRPC servers are (the evaluator samples through inference,
+    checks models in the registry and reads eval files from the dataset service), and the
+    NetworkPolicies, when on, let those calls in."""
+    for value_set, docs in rendered.items():
+        services = by_kind(docs, "Service")
+        deployments = by_kind(docs, "Deployment")
+        for component in API_SERVICES:
+            env = env_of(deployments[f"coachforge-{component}"]["spec"]["template"]["spec"]["containers"][0])
+            for variable, callee in GRPC_TARGETS.items():
+                assert env[variable] == f"coachforge-{callee}:50051", (value_set, component, variable)
+                ports = {p["name"]: p["port"] for p in services[f"coachforge-{callee}"]["spec"]["ports"]}
+                assert ports["grpc"] == 50051, (value_set, callee)
+    docs = rendered["external"]
+    policies = by_kind(docs, "NetworkPolicy")
+    evaluator = by_kind(docs, "Deployment")["coachforge-evaluator"]["spec"]["template"]["metadata"]["labels"]
+    for callee in ("inference", "registry", "dataset"):
+        grpc_rules = [r for r in policies[f"coachforge-{callee}"]["spec"]["ingress"]
+                      if {"port": 50051, "protocol": "TCP"} in r["ports"]]
+        assert any(peer["podSelector"]["matchLabels"].items() <= evaluator.items()
+                   for r in grpc_rules for peer in r["from"]), f"the evaluator cannot call {callee}"
+    own = policies["coachforge-evaluator"]["spec"]["ingress"]
+    assert own[0]["ports"] == [{"port": 8000, "protocol": "TCP"}]
+    assert own[0]["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]
+
+
 def test_ingress_routes_every_api_path_to_its_service(rendered: dict[str, list[dict[str, Any]]]) -> None:
     ingress = by_kind(rendered["external"], "Ingress")["coachforge"]
     paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
     assert paths == {"/v1/files": "coachforge-dataset", "/v1/datasets": "coachforge-dataset",
                      "/v1/fine_tuning": "coachforge-trainer", "/v1/models": "coachforge-registry",
                      "/v1/avatars": "coachforge-registry", "/v1/chat": "coachforge-inference",
-                     "/v1/completions": "coachforge-inference", "/v1/coach": "coachforge-coach"}
+                     "/v1/completions": "coachforge-inference", "/v1/coach": "coachforge-coach",
+                     "/v1/evals": "coachforge-evaluator"}
 
 
 def test_dashboards_ship_as_labelled_config_maps(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -295,6 +333,7 @@ def test_every_coachforge_variable_the_chart_sets_is_a_real_setting(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     from coachforge_coach.settings import CoachSettings
     from coachforge_dataset.settings import DatasetSettings
+    from coachforge_evaluator.settings import EvaluatorSettings
     from coachforge_inference.settings import InferenceSettings
     from coachforge_registry.settings import RegistrySettings
     from coachforge_shared.settings import PlatformSettings
@@ -302,7 +341,7 @@ def test_every_coachforge_variable_the_chart_sets_is_a_real_setting(
 
     known = {"DATABASE_URL"}
     for cls in (PlatformSettings, DatasetSettings, TrainerSettings, RegistrySettings, InferenceSettings,
-                CoachSettings):
+                CoachSettings, EvaluatorSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for name, field in cls.model_fields.items():
             known.add(f"{prefix}{name}".upper())
@@ -384,7 +423,7 @@ def test_skaffold_builds_every_image_the_chart_uses_and_deploys_the_chart(
                     if isinstance(values[key], dict) and isinstance(values[key].get("image"), dict)
                     and str(values[key]["image"].get("repository", "")).startswith("coachforge/")}
     assert set(chart_images) == {"migrations", "dataset", "trainer", "trainerWorker", "registry", "inference",
-                                 "coach", "engine"}
+                                 "coach", "evaluator", "engine"}
     for key, repository in chart_images.items():
         sanitized = re.sub(r"[/\-.:]", "_", repository)
         assert repository in artifacts, f"no artifact builds {repository}"

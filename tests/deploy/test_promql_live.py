@@ -2,7 +2,8 @@
 variables — evaluated by a real Prometheus that scrapes the running all-in-one stack, after real
 traffic: chat completions (plain and streamed), a request for a model that does not exist (error
 outcome), an avatar whose adapter cannot be loaded (fallback to the base model, failed adapter
-load), a fine-tuning job cancelled while it runs and one that fails. The expressions are read from
+load), an eval run whose judge grader errors, a fine-tuning job cancelled while it runs and one
+that fails. The expressions are read from
 the rendered chart (PrometheusRule and dashboard ConfigMaps), and the recording rules are loaded
 into that Prometheus."""
 
@@ -92,6 +93,29 @@ def _send_traffic(stack: Any) -> None:
     raw = client.chat.completions.with_raw_response.create(model=f"metrics-{tag}", messages=question, max_tokens=4)
     assert raw.headers["x-coachforge-fallback"].startswith("base")
 
+    # An eval run (runs created and finished, items by outcome, item duration, grader errors): two
+    # hand-written answers (a jsonl run, no sampling) graded by a string check and by a judge model
+    # that does not exist, so each item's judge result errors (grader errors of type score_model).
+    ev = client.evals.create(
+        name=f"metrics-{tag}",
+        data_source_config={"type": "custom", "include_sample_schema": True, "item_schema": {
+            "type": "object", "properties": {"expected": {"type": "string"}}, "required": ["expected"]}},
+        testing_criteria=[
+            {"type": "string_check", "name": "says rest", "input": "{{sample.output_text}}",
+             "reference": "{{item.expected}}", "operation": "ilike"},
+            {"type": "score_model", "name": "judge", "model": "no-such-model",
+             "input": [{"role": "user", "content": "Grade this answer from 0 to 1: {{sample.output_text}}"}]}])
+    run = client.evals.runs.create(ev.id, name="metrics", data_source={
+        "type": "jsonl", "source": {"type": "file_content", "content": [
+            {"item": {"expected": "rest"}, "sample": {"output_text": answer, "model": "hand-written"}}
+            for answer in ("Rest today.", "Run hard intervals.")]}})
+    deadline = time.monotonic() + 300
+    while (graded := client.evals.runs.retrieve(run.id, eval_id=ev.id)).status not in ("completed", "failed",
+                                                                                         "canceled"):
+        assert time.monotonic() < deadline, f"eval run {run.id} is still {graded.status}"
+        time.sleep(0.5)
+    assert graded.status == "completed" and graded.result_counts.errored == 2, graded
+
     # Two fine-tuning jobs (jobs created, train.requested, jobs finished by status, queue wait):
     # one cancelled while it runs, and one that fails because its training data vanished from
     # storage while it waited in the queue behind the first (a real failure in the worker).
@@ -179,7 +203,7 @@ def test_every_rule_and_dashboard_expression_returns_data_from_the_running_stack
                   "--set", "metrics.prometheusRule.serviceJobRegex=coachforge-(services|trainer-worker)")
     rules = rules_from_manifests(docs)
     boards = dashboards_from_manifests(docs)
-    assert len(boards) == 5, sorted(boards)
+    assert len(boards) == 6, sorted(boards)
     expressions = rule_expressions(rules) + [e for board in boards.values() for e in dashboard_expressions(board)]
 
     prometheus = _start_prometheus(tmp_path, targets, rules, processes)

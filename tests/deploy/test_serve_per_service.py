@@ -26,10 +26,11 @@ from coachforge_launcher.models import BASE_MODEL_ID
 pytestmark = pytest.mark.stack
 
 COACHFORGE = str(Path(sys.executable).parent / "coachforge")
-SERVICES = ("dataset", "trainer", "registry", "inference", "coach")
+SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator")
 GRPC_NAMES = {"dataset": "coachforge.dataset.v1.DatasetService", "trainer": "coachforge.trainer.v1.TrainerService",
               "registry": "coachforge.registry.v1.RegistryService",
-              "inference": "coachforge.inference.v1.InferenceService", "coach": "coachforge.coach.v1.CoachService"}
+              "inference": "coachforge.inference.v1.InferenceService", "coach": "coachforge.coach.v1.CoachService",
+              "evaluator": "coachforge.evaluator.v1.EvaluatorService"}
 
 
 def _free_port() -> int:
@@ -76,6 +77,9 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
         "COACHFORGE_INFERENCE_ENGINE_URL": engine_url(stack.data_dir),
         "COACHFORGE_COACH_INFERENCE_GRPC_TARGET": target["inference"],
         "COACHFORGE_COACH_REGISTRY_GRPC_TARGET": target["registry"],
+        "COACHFORGE_EVALUATOR_INFERENCE_GRPC_TARGET": target["inference"],
+        "COACHFORGE_EVALUATOR_REGISTRY_GRPC_TARGET": target["registry"],
+        "COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET": target["dataset"],
         "COACHFORGE_REGISTRY_BASE_MODELS": f'["{BASE_MODEL_ID}"]',
         "HF_HUB_OFFLINE": "1",
     }
@@ -127,3 +131,16 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
     job = httpx.post(f"http://127.0.0.1:{ports['trainer'][0]}/v1/fine_tuning/jobs", headers=headers,
                      json={"training_file": uploaded.json()["id"], "model": "no-such-model"})
     assert job.status_code == 400 and job.json()["error"]["param"] == "model", job.text
+
+    # The evaluator process checks a run's model in the registry process over gRPC.
+    evaluator_http = f"http://127.0.0.1:{ports['evaluator'][0]}"
+    created = httpx.post(f"{evaluator_http}/v1/evals", headers=headers, json={
+        "name": "per-service", "data_source_config": {"type": "custom", "item_schema": {
+            "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}},
+        "testing_criteria": [{"type": "json_check", "name": "json", "input": "{{sample.output_text}}"}]})
+    assert created.status_code == 200, created.text
+    run = httpx.post(f"{evaluator_http}/v1/evals/{created.json()['id']}/runs", headers=headers, json={
+        "data_source": {"type": "completions", "model": "no-such-model",
+                        "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{item.q}}"}]},
+                        "source": {"type": "file_content", "content": [{"item": {"q": "hi"}}]}}})
+    assert run.status_code == 400 and run.json()["error"]["param"] == "data_source.model", run.text

@@ -5,7 +5,10 @@ of hand-checked answers, output items, a comparison, clear errors for bad input,
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -184,3 +187,83 @@ def test_grpc_answers_with_the_rest_objects(stack, eval_id: str, client: OpenAI)
         with pytest.raises(grpc.RpcError) as err:
             stub.GetRun(evaluator_pb2.GetRunRequest(eval_id=eval_id, run_id="evalrun-missing"), metadata=metadata)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_cli_compares_two_models_on_the_same_items(stack, client: OpenAI, eval_id: str,  # type: ignore[no-untyped-def]
+                                                    http: httpx.Client) -> None:
+    avatar = f"avatar-{int(time.time() * 1000) % 10**8}"
+    assert http.post("/v1/avatars", json={"name": avatar, "model": BASE_MODEL_ID}).status_code == 200
+    reference = next(r for r in client.evals.runs.list(eval_id, order="desc", limit=100)
+                     if r.status == "completed" and r.data_source.type == "completions")
+    done = subprocess.run([str(Path(sys.executable).parent / "coachforge"), "models", "compare", BASE_MODEL_ID,
+                           avatar, "--eval", eval_id, "--like", reference.id, "--quiet", "--base-url", stack.base_url,
+                           "--api-key", stack.api_key], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    assert f"A = {BASE_MODEL_ID}" in table and f"B = {avatar}" in table
+    # The avatar serves the same weights with temperature 0 and a seed: the same answers, no difference.
+    assert "mentions the answer" in table and "no difference (3 paired items)" in table
+    runs = [r for r in client.evals.runs.list(eval_id, order="desc", limit=100)
+            if (r.metadata or {}).get("compare_like") == reference.id]
+    assert sorted(r.model for r in runs) == sorted([BASE_MODEL_ID, avatar])
+    assert all(r.result_counts.total == 3 and r.status == "completed" for r in runs)
+
+
+def test_a_run_reads_its_items_from_an_uploaded_evals_file(client: OpenAI) -> None:
+    ev = client.evals.create(
+        name="sdk-file-source",
+        data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
+        testing_criteria=CRITERIA)  # type: ignore[arg-type]
+    rows = [{"item": item, "sample": {"output_text": answer, "model": "hand-written"}} for item, answer, _ in GRADED]
+    content = b"\n".join(json.dumps(r).encode() for r in rows) + b"\n"
+    f = client.files.create(file=("items.jsonl", content), purpose="evals")
+    assert str(f.purpose) == "evals" and f.bytes == len(content)
+    assert f.id in {x.id for x in client.files.list(purpose="evals")}
+    assert f.id not in {x.id for x in client.files.list(purpose="fine-tune")}
+    assert client.files.content(f.id).content == content
+
+    run = client.evals.runs.create(ev.id, name="from-file", data_source={
+        "type": "jsonl", "source": {"type": "file_id", "id": f.id}})
+    assert run.data_source.source.type == "file_id" and run.data_source.source.id == f.id  # type: ignore[union-attr]
+    assert run.result_counts.total == 4
+    done = _finished(client, ev.id, run.id)
+    assert done.status == "completed", done.error
+    assert (done.result_counts.total, done.result_counts.passed, done.result_counts.failed,
+            done.result_counts.errored) == (4, 1, 3, 0)  # the same answers as the inline hand-checked run
+    for it in client.evals.runs.output_items.list(done.id, eval_id=ev.id):
+        item, _, expected = GRADED[it.datasource_item_id]  # items keep the file's order
+        assert it.datasource_item == item and tuple(r.passed for r in it.results) == expected
+
+    # A bad item is named by its line in the file; nothing is created.
+    bad_rows = [*rows[:2], {"item": {"question": 7, "expected": "e"}, "sample": {"output_text": "a"}}]
+    bad = client.files.create(file=("bad-items.jsonl", b"\n".join(json.dumps(r).encode() for r in bad_rows)),
+                              purpose="evals")  # any item object is a valid line of an evals file
+    with pytest.raises(openai.BadRequestError) as err:
+        client.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_id", "id": bad.id}})
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "data_source.source.id"
+    assert "line 3: item.question: " in body["message"]
+    assert [r.id for r in client.evals.runs.list(ev.id, limit=100)] == [run.id]
+
+    # Files of other purposes, or of no one, are not a run's source; an evals file is not training data.
+    training = client.files.create(file=("train.jsonl", json.dumps({"messages": [
+        {"role": "user", "content": "Rest today?"}, {"role": "assistant", "content": "Yes, rest."}]}).encode()),
+        purpose="fine-tune")
+    for file_id in (training.id, "file-missing"):
+        with pytest.raises(openai.BadRequestError) as err:
+            client.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_id",
+                                                                                     "id": file_id}})
+        assert err.value.body["param"] == "data_source.source.id"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.fine_tuning.jobs.create(training_file=f.id, model=BASE_MODEL_ID)
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "training_file" and "'evals'" in body["message"]
+
+    # An evals upload is validated line by line, like a training upload.
+    with pytest.raises(openai.BadRequestError) as err:
+        client.files.create(file=("invalid.jsonl", b'{"item": {}}\n\n{"question": "q"}\n'), purpose="evals")
+    body = err.value.body
+    assert isinstance(body, dict) and body["param"] == "file" and body["code"] == "invalid_file_format"
+    assert "line 2: line: empty line" in body["message"] and "line 3: item: missing" in body["message"]
+    for file_id in (f.id, bad.id, training.id):
+        assert client.files.delete(file_id).deleted

@@ -31,7 +31,9 @@ def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile,
                 policy: str | None = Form(None)) -> dict[str, object]:
     """Upload a JSONL file; every line is validated. ``policy=strict`` (default) refuses a file with
     any invalid line, naming the lines; ``policy=lenient`` drops invalid lines and reports them in
-    the file object's ``status_details``/``validation`` and in ``GET /v1/files/{id}/report``."""
+    the file object's ``status_details``/``validation`` and in ``GET /v1/files/{id}/report``.
+    ``purpose`` is ``fine-tune`` (training data) or ``evals`` (``{"item": …, "sample"?: …}`` lines
+    that an eval run reads through ``source: {"type": "file_id"}``; never training data)."""
     deps = _deps(request)
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > deps.settings.max_upload_bytes + 64 * 1024:

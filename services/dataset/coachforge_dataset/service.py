@@ -17,7 +17,7 @@ from sqlalchemy import select
 from coachforge.dataset.v1 import dataset_pb2
 from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from coachforge_dataset.models import DatasetVersionFile, FileReport, StoredFile
-from coachforge_dataset.pipeline import LineIssue, parse_line
+from coachforge_dataset.pipeline import LineIssue, parse_eval_line, parse_line
 from coachforge_dataset.pipeline.export import to_openai_record
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_shared.db import Database
@@ -37,7 +37,11 @@ from coachforge_shared.plugins import synthetic_generator
 
 log = get_logger("coachforge.dataset")
 
-PURPOSES = {"fine-tune"}
+TRAINING_PURPOSE = "fine-tune"
+EVALS_PURPOSE = "evals"
+"""OpenAI's evals files: one ``{"item": {…}, "sample"?: {…}}`` per line, read by the evaluator
+(a run's ``data_source.source`` of type ``file_id``); never training data."""
+PURPOSES = {TRAINING_PURPOSE, EVALS_PURPOSE}
 RESULTS_PURPOSE = "fine-tune-results"
 """Files written by the platform itself (a job's metrics CSV); not uploaded by users, not validated."""
 
@@ -119,10 +123,19 @@ def _write_report(deps: DatasetDeps, tenant_id: str, report_id: str, issues_path
     return final
 
 
+def _check_eval_line(line_no: int, line: bytes) -> list[LineIssue]:
+    """The problems of one line of an evals file; an empty line is one (only a trailing newline
+    may end the file)."""
+    if not line.strip():
+        return [LineIssue(line_no, "line", "empty line (only a trailing newline may end an evals file)")]
+    return parse_eval_line(line_no, line)[1]
+
+
 def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                  chunks: Iterable[bytes], policy: str | None = None) -> StoredFile:
     """Stream ``chunks`` to disk while hashing, size-checking and validating every line (any
-    format the pipeline reads: OpenAI chat, ShareGPT, alpaca, chatml, Polarize coach).
+    format the pipeline reads: OpenAI chat, ShareGPT, alpaca, chatml, Polarize coach; for
+    purpose ``evals``, one ``{"item": {…}, "sample"?: {…}}`` object per line, no empty line).
 
     ``strict`` (the default): any invalid line rejects the file; nothing is stored but the
     report of the rejected upload (its id is in the error message). ``lenient``: invalid lines
@@ -147,6 +160,7 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
     issues_fd, issues_name = tempfile.mkstemp(dir=target_dir, prefix=".issues-")
     issues_tmp = Path(issues_name)
     lenient = policy == "lenient"
+    evals = purpose == EVALS_PURPOSE
     stored_size = 0
     stored_digest = hashlib.sha256()
     report_id = new_id("frep")
@@ -166,11 +180,11 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
 
             for line_no, line in iter_lines(counted()):
                 check.lines = line_no
-                if not line.strip():
+                if not evals and not line.strip():
                     check.blank += 1
                     keep = line
                 else:
-                    _, line_errors = parse_line(line_no, line)
+                    line_errors = _check_eval_line(line_no, line) if evals else parse_line(line_no, line)[1]
                     if line_errors:
                         check.invalid_lines += 1
                         check.issues_total += len(line_errors)
@@ -195,7 +209,7 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
             rejected_reason = (f"Invalid file format: {check.invalid_lines} invalid line(s) of {check.lines}, "
                                f"{check.issues_total} problem(s). {_listing(check.first, check.issues_total)}")
         elif check.examples == 0:
-            rejected_reason = "File contains no training examples." + (
+            rejected_reason = f"File contains no {'eval items' if evals else 'training examples'}." + (
                 f" {check.invalid_lines} invalid line(s): {_listing(check.first, check.issues_total)}"
                 if check.invalid_lines else "")
         if rejected_reason is not None:
@@ -427,14 +441,23 @@ def read_content(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[by
 def read_as_openai_chat(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
     """The file's examples as OpenAI chat JSONL lines (each ending in a newline), converted from
     whatever format each line was uploaded in; blank lines (and lines a lenient upload dropped,
-    stored blank) are skipped."""
+    stored blank) are skipped. An evals file is refused: it is never training data."""
     row = get_file(deps, tenant_id, file_id)
+    refuse_as_training(row, "file_id")
     for line_no, raw in iter_lines(content_chunks(deps, row)):
         if not raw.strip():
             continue
         example, _ = parse_line(line_no, raw)
         if example is not None:  # stored lines were validated at upload
             yield to_openai_record(example) + b"\n"
+
+
+def refuse_as_training(row: StoredFile, param: str) -> None:
+    """An evals file is never read as training data (its lines are eval items, not conversations)."""
+    if row.purpose == EVALS_PURPOSE:
+        raise InvalidArgument(f"File {row.id} has purpose {EVALS_PURPOSE!r}: its lines are eval items for eval "
+                              f"runs, not training data; upload training data with purpose {TRAINING_PURPOSE!r}.",
+                              param=param, code="invalid_file")
 
 
 def content_chunks(deps: DatasetDeps, row: StoredFile) -> Iterator[bytes]:

@@ -153,25 +153,31 @@ def version_examples(deps: DatasetDeps, tenant_id: str, version_id: str,
 
 
 def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[tuple[int, str, Example]]:
-    """Every valid example of an uploaded file as ``(line, "messages", example)``."""
+    """Every valid example of an uploaded file as ``(line, "messages", example)``. The file is looked
+    up at once; an evals file is refused (it is never training data)."""
     row = service.get_file(deps, tenant_id, file_id)
-    for number, raw in service.iter_lines(service.content_chunks(deps, row)):
-        if raw.strip():
-            example, _ = parse_line(number, raw)
-            if example is not None:
-                yield number, "messages", example
+    service.refuse_as_training(row, "id")
+
+    def examples() -> Iterator[tuple[int, str, Example]]:
+        for number, raw in service.iter_lines(service.content_chunks(deps, row)):
+            if raw.strip():
+                example, _ = parse_line(number, raw)
+                if example is not None:
+                    yield number, "messages", example
+
+    return examples()
 
 
 def check_tokens(deps: DatasetDeps, tenant_id: str, item_id: str, max_length: int, base_model: str,
                  max_issues: int | None = None, split: str = "") -> TokenCheck:
     """Which examples of a file or dataset version (or one of its splits) exceed ``max_length``
     tokens of ``base_model``."""
-    if item_id.startswith("dsv-"):
-        examples = version_examples(deps, tenant_id, item_id, split)
-    else:
-        examples = file_examples(deps, tenant_id, item_id)
     limit = max_issues or deps.settings.max_errors_in_response
     try:
+        if item_id.startswith("dsv-"):
+            examples = version_examples(deps, tenant_id, item_id, split)
+        else:
+            examples = file_examples(deps, tenant_id, item_id)
         return tokens.check_tokens(deps.models_dir, base_model or DEFAULT_BASE_MODEL, examples, max_length, limit)
     except NotFound as err:
         raise NotFound(err.message, param="id", code=err.code) from None

@@ -1,13 +1,15 @@
 """The evaluator's calls to other services, over gRPC: samples and judge answers from inference,
-model checks in the registry."""
+model checks in the registry, a run's items from an evals file of the dataset service."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
@@ -104,3 +106,29 @@ class RegistryClient:
             found: registry_pb2.Model = self.stub.GetModel(registry_pb2.GetModelRequest(model_id=model_id),
                                                            metadata=self.channel.metadata(tenant_id), timeout=10)
         return found
+
+
+class DatasetClient:
+    """Reads a tenant's uploaded files from the dataset service (an eval run's ``file_id`` source)."""
+
+    def __init__(self, channel: InternalChannel, timeout_s: float) -> None:
+        self.channel, self.timeout_s = channel, timeout_s
+        self.stub = dataset_pb2_grpc.DatasetServiceStub(channel.channel)
+
+    def file(self, tenant_id: str, file_id: str) -> dataset_pb2.File:
+        """The file's metadata (``NotFound`` when the tenant has no such file)."""
+        with typed_rpc_errors():
+            found: dataset_pb2.File = self.stub.GetFile(dataset_pb2.GetFileRequest(file_id=file_id),
+                                                        metadata=self.channel.metadata(tenant_id), timeout=10)
+        return found
+
+    def content(self, tenant_id: str, file_id: str) -> Iterator[bytes]:
+        """The file's content as streamed, chunk by chunk; closing the iterator early cancels the call."""
+        call = self.stub.GetFileContent(dataset_pb2.GetFileRequest(file_id=file_id),
+                                        metadata=self.channel.metadata(tenant_id), timeout=self.timeout_s)
+        try:
+            with typed_rpc_errors():
+                for chunk in call:
+                    yield chunk.data
+        finally:
+            call.cancel()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -15,7 +15,7 @@ from pydantic import Field, TypeAdapter
 
 from coachforge.evaluator.v1 import evaluator_pb2
 from coachforge_evaluator import graders, repository, stats
-from coachforge_evaluator.clients import InferenceClient, RegistryClient
+from coachforge_evaluator.clients import DatasetClient, InferenceClient, RegistryClient
 from coachforge_evaluator.metrics import RUNS_CREATED
 from coachforge_evaluator.models import Eval, EvalRun, EvalRunItem
 from coachforge_evaluator.schemas import (
@@ -23,6 +23,7 @@ from coachforge_evaluator.schemas import (
     CreateEval,
     CreateRun,
     FileContentSource,
+    FileIdSource,
     InputItemReference,
     InputTemplate,
     UpdateEval,
@@ -30,7 +31,7 @@ from coachforge_evaluator.schemas import (
 )
 from coachforge_evaluator.settings import EvaluatorSettings
 from coachforge_shared.db import Database
-from coachforge_shared.errors import Conflict, InvalidArgument, NotFound
+from coachforge_shared.errors import Conflict, FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
@@ -55,6 +56,8 @@ class EvaluatorDeps:
     """Samples and judge answers (none: only ``jsonl`` runs, whose items carry their samples)."""
     registry: RegistryClient | None = None
     """Checks a run's model when the run is created (none: the first sample tells)."""
+    dataset: DatasetClient | None = None
+    """Reads the items of a run whose source is an uploaded evals file (none: ``file_id`` sources are refused)."""
     wake: Callable[[str], None] | None = None
     """Called with a new run's id so that this process starts it at once (the sweep would find it too)."""
 
@@ -192,12 +195,96 @@ def input_messages(data_source: dict[str, Any]) -> Callable[[dict[str, Any]], li
     return lambda row: _messages(source, row, "data_source.input_messages")
 
 
-def _rows(deps: EvaluatorDeps, tenant_id: str, req: CreateRun) -> list[dict[str, Any]]:
+FILE_PARAM = "data_source.source.id"
+EVALS_PURPOSE = "evals"
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    """(1-based line number, line without its newline) from a byte stream, one line in memory."""
+    buf = b""
+    number = 0
+    for chunk in chunks:
+        buf += chunk
+        *complete, buf = buf.split(b"\n")
+        for line in complete:
+            number += 1
+            yield number, line.rstrip(b"\r")
+    if buf:
+        yield number + 1, buf.rstrip(b"\r")
+
+
+def _file_row(file_id: str, number: int, raw: bytes) -> dict[str, Any]:
+    """One line of an evals file as a run's row ``{"item": …, "sample"?: …}`` (the dataset service
+    validated it at upload; a line that is not one anyway is refused, naming it)."""
+    try:
+        obj = json.loads(raw)
+    except ValueError as err:
+        raise InvalidArgument(f"File {file_id}, line {number}: line: invalid JSON ({err}).", param=FILE_PARAM,
+                              code="invalid_file") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("item"), dict):
+        raise InvalidArgument(f"File {file_id}, line {number}: item: missing or not a JSON object.",
+                              param=FILE_PARAM, code="invalid_file")
+    row: dict[str, Any] = {"item": obj["item"]}
+    if obj.get("sample") is not None:
+        if not isinstance(obj["sample"], dict):
+            raise InvalidArgument(f"File {file_id}, line {number}: sample: not a JSON object.", param=FILE_PARAM,
+                                  code="invalid_file")
+        row["sample"] = obj["sample"]
+    return row
+
+
+def file_rows(deps: EvaluatorDeps, tenant_id: str, file_id: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of an uploaded evals file and the file line of each, read from the dataset service.
+    The file must exist for the tenant and have purpose ``evals``; one with more than ``max_items``
+    items is refused without reading it all. Blank lines (a lenient upload's dropped lines) are skipped."""
+    if deps.dataset is None:
+        raise InvalidArgument("source type file_id is not available here (no dataset service is configured); "
+                              "pass the items inline as file_content.", param="data_source.source.type",
+                              code="unsupported_source")
+    limit = deps.settings.max_items
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    try:
+        f = deps.dataset.file(tenant_id, file_id)
+        if f.purpose != EVALS_PURPOSE:
+            raise InvalidArgument(f"File {file_id} has purpose {f.purpose!r}; a run's source file must be uploaded "
+                                  f"with purpose {EVALS_PURPOSE!r}.", param=FILE_PARAM, code="invalid_file")
+        if f.example_count > limit:
+            raise InvalidArgument(f"A run may have at most {limit} items; file {file_id} has {f.example_count}.",
+                                  param=FILE_PARAM)
+        chunks = deps.dataset.content(tenant_id, file_id)
+        try:
+            for number, raw in _lines(chunks):
+                if not raw.strip():
+                    continue
+                if len(rows) == limit:
+                    raise InvalidArgument(f"A run may have at most {limit} items; file {file_id} has more.",
+                                          param=FILE_PARAM)
+                rows.append(_file_row(file_id, number, raw))
+                lines.append(number)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+    except (NotFound, FailedPrecondition) as err:  # no such file for the tenant, or its content was lost
+        message = f"File {file_id} not found." if isinstance(err, NotFound) else err.message
+        raise InvalidArgument(message, param=FILE_PARAM, code="file_not_found" if isinstance(err, NotFound)
+                              else err.code) from None
+    except (Unavailable, Internal) as err:
+        raise Unavailable(f"Cannot read file {file_id} from the dataset service ({err.message}); try again.",
+                          param=FILE_PARAM) from None
+    if not rows:
+        raise InvalidArgument(f"File {file_id} has no items.", param=FILE_PARAM, code="invalid_file")
+    return rows, lines
+
+
+def _rows(deps: EvaluatorDeps, tenant_id: str, req: CreateRun) -> tuple[list[dict[str, Any]], list[int] | None]:
+    """The run's rows and, for a ``file_id`` source, the file line of each (``None`` for inline items)."""
     source = req.data_source.source
-    if not isinstance(source, FileContentSource):
-        raise InvalidArgument("source type file_id is not supported yet; pass the items inline as file_content.",
-                              param="data_source.source.type", code="unsupported_source")
-    return [row.model_dump(exclude_none=True) for row in source.content]
+    if isinstance(source, FileIdSource):
+        return file_rows(deps, tenant_id, source.id)
+    assert isinstance(source, FileContentSource)
+    return [row.model_dump(exclude_none=True) for row in source.content], None
 
 
 def run_to_openai(run: EvalRun, counts: dict[str | None, int], criteria: list[dict[str, Any]],
@@ -247,23 +334,37 @@ def create_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, body: Any) -> 
     with deps.db.session() as s:
         e = repository.eval_(s, tenant_id, eval_id)
         config = dict(e.data_source_config)
-    rows = _rows(deps, tenant_id, req)
+    rows, lines = _rows(deps, tenant_id, req)
     if len(rows) > deps.settings.max_items:
         raise InvalidArgument(f"A run may have at most {deps.settings.max_items} items; got {len(rows)}.",
                               param="data_source.source.content")
     validator = _item_validator(json.dumps(config["item_schema"], sort_keys=True))
+    file_id = ds.source.id if isinstance(ds.source, FileIdSource) else ""
     for i, row in enumerate(rows):
+        # An inline item is named by its index; an item from a file by the file's line.
         where = f"data_source.source.content[{i}]"
+        on_line = "" if lines is None else f"File {file_id}, line {lines[i]}: "
         problem = next(iter(validator.iter_errors(row["item"])), None)
         if problem is not None:
             path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in problem.absolute_path)
-            raise InvalidArgument(f"Item {i} does not match the eval's item_schema: {problem.message}",
-                                  param=f"{where}.item{path}")
+            if lines is None:
+                raise InvalidArgument(f"Item {i} does not match the eval's item_schema: {problem.message}",
+                                      param=f"{where}.item{path}")
+            raise InvalidArgument(f"{on_line}item{path}: does not match the eval's item_schema: {problem.message}",
+                                  param=FILE_PARAM)
         if isinstance(ds, CompletionsDataSource):
-            _messages(ds.input_messages, row, "data_source.input_messages")
+            try:
+                _messages(ds.input_messages, row, "data_source.input_messages")
+            except InvalidArgument as err:
+                if lines is None:
+                    raise
+                raise InvalidArgument(on_line + err.message, param=err.param, code=err.code) from None
         elif not isinstance(row.get("sample"), dict) or not isinstance(row["sample"].get("output_text"), str):
-            raise InvalidArgument("A jsonl data source's items must carry a sample with output_text.",
-                                  param=f"{where}.sample")
+            if lines is None:
+                raise InvalidArgument("A jsonl data source's items must carry a sample with output_text.",
+                                      param=f"{where}.sample")
+            raise InvalidArgument(f"{on_line}sample: a jsonl data source's items must carry a sample with "
+                                  "output_text.", param=FILE_PARAM)
     model = ds.model if isinstance(ds, CompletionsDataSource) else ""
     if model and deps.registry is not None:
         try:
@@ -272,7 +373,8 @@ def create_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, body: Any) -> 
             raise InvalidArgument(f"The model {model!r} does not exist or you do not have access to it.",
                                   param="data_source.model", code="model_not_found") from None
     stored = ds.model_dump(exclude_none=True)
-    stored["source"] = {"type": "file_content", "content": []}  # the items are the run's output items
+    if lines is None:
+        stored["source"] = {"type": "file_content", "content": []}  # the items are the run's output items
     run = EvalRun(id=new_id("evalrun"), eval_id=eval_id, tenant_id=tenant_id, name=req.name or model or "run",
                   model=model, status="queued", data_source=stored, metadata_=req.metadata or {},
                   cancel_requested=False, created_at=utcnow())

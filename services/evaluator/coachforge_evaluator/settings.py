@@ -13,6 +13,10 @@ class EvaluatorSettings(BaseSettings):
         default=None, description="gRPC address of the inference service (default: the platform's grpc_target).")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
+    dataset_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the dataset service, which a run with a file_id source reads "
+                                  "its items from (default: the platform's grpc_target; empty: file_id sources "
+                                  "are refused).")
     consumer_group: str = Field(default="evaluator", description="Kafka consumer group taking eval.run.requested.")
     run_concurrency: int = Field(default=4, ge=1, le=64,
                                  description="Items of one run sampled and graded at the same time.")

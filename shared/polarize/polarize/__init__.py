@@ -2,7 +2,8 @@
 
 Pure Python (pydantic 2 + stdlib): the modification schema, training-load maths, the
 deterministic rule-based coach with its safety checks, the prompt renderer, the context
-builder and the seeded synthetic-example generator.  :mod:`polarize.plugins` offers the
+builder, the seeded synthetic-example generator and the coach evaluation scenarios
+(:mod:`polarize.scenarios`, eval items for CoachForge's evaluator).  :mod:`polarize.plugins` offers the
 ``coach`` line format and synthetic data generator to CoachForge's dataset pipeline (entry
 points ``coachforge.dataset_formats`` and ``coachforge.synthetic_generators``).
 """

@@ -201,6 +201,13 @@ app.kubernetes.io/part-of: coachforge
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_COACH_INFERENCE_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
+- name: COACHFORGE_EVALUATOR_INFERENCE_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
+- name: COACHFORGE_EVALUATOR_REGISTRY_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
+# Runs whose items are an uploaded evals file (source file_id) read it from the dataset service.
+- name: COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "dataset") | quote }}
 - name: COACHFORGE_REGISTRY_BASE_MODELS
   value: {{ list $root.Values.models.id | toJson | quote }}
 - name: HF_HUB_OFFLINE

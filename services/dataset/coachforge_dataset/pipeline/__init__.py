@@ -29,6 +29,7 @@ from .formats import (
     convert_object,
     detect_file_format,
     detect_format,
+    parse_eval_line,
     parse_line,
 )
 from .run import Lineage, PipelineFiles, PipelineResult, Policy, run_pipeline, run_pipeline_to_files, whitespace_tokens
@@ -63,6 +64,7 @@ __all__ = [
     "filter_quality",
     "group_key",
     "normalized_text",
+    "parse_eval_line",
     "parse_line",
     "quality",
     "quality_score",

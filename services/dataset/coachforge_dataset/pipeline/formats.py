@@ -371,3 +371,26 @@ def parse_line(line: int, raw: bytes, fmt: str | None = None) -> tuple[Example |
     if obj is None:
         return None, [LineIssue(line, "line", reason or "unreadable")]
     return convert_object(line, obj, fmt)
+
+
+EVAL_LINE_FIELDS: Final[tuple[str, ...]] = ("item", "sample")
+"""The fields of one line of an evals file (OpenAI's ``purpose="evals"``): ``{"item": {…}, "sample"?: {…}}``."""
+
+
+def parse_eval_line(line: int, raw: bytes) -> tuple[dict[str, Any] | None, list[LineIssue]]:
+    """Decode (UTF-8, JSON object) and check one line of an evals file: an ``item`` object and,
+    when present, a ``sample`` object, nothing else; every problem is reported. Not training data:
+    the line is returned as decoded, not converted to an :class:`Example`."""
+    obj, reason = _decode(raw)
+    if obj is None:
+        return None, [LineIssue(line, "line", reason or "unreadable")]
+    issues = []
+    if "item" not in obj:
+        issues.append(LineIssue(line, "item", 'missing; every line of an evals file is {"item": {...}}'))
+    elif not isinstance(obj["item"], dict):
+        issues.append(LineIssue(line, "item", "must be a JSON object"))
+    if "sample" in obj and not isinstance(obj["sample"], dict):
+        issues.append(LineIssue(line, "sample", "must be a JSON object when present"))
+    issues += [LineIssue(line, str(key), "unexpected field; an evals line holds only item and sample")
+               for key in obj if key not in EVAL_LINE_FIELDS]
+    return (None, issues) if issues else (obj, [])
