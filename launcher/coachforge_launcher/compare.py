@@ -82,6 +82,12 @@ def compare(client: OpenAI, http: httpx.Client, eval_id: str, model_a: str, mode
                           if r.model == model and r.status == "completed"
                           and (r.metadata or {}).get("compare_like") == reference.id), None)
         runs.append(found or start_run(client, eval_id, reference, model, items))
+    return finish(client, http, eval_id, runs, progress=progress)
+
+
+def finish(client: OpenAI, http: httpx.Client, eval_id: str, runs: list[Any], *,
+           progress: bool = True) -> Comparison:
+    """Wait for ``runs`` (the baseline first) and fetch the evaluator's comparison of them."""
     runs = wait(client, eval_id, runs, progress=progress)
     for run in runs:
         if run.status != "completed":

@@ -1,6 +1,7 @@
 """The quickstart behind ``make demo``: synthetic Polarize coach data → fine-tune → compare.
 
-Everything goes through the public API with the official ``openai`` SDK, exactly as a client would."""
+Everything goes through the public API with the official ``openai`` SDK, exactly as a client would;
+the comparison of the base and the fine-tuned model is an eval of the evaluator service."""
 
 from __future__ import annotations
 
@@ -8,55 +9,44 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
+import httpx
 from openai import OpenAI
 from tqdm import tqdm
 
+from coachforge_launcher.compare import Comparison, finish, format_table
 from coachforge_launcher.models import BASE_MODEL_ID
 from coachforge_launcher.settings import StackSettings
 from coachforge_launcher.stack import Stack
 from coachforge_shared.settings import PlatformSettings
-from polarize.rules import check_operation
-from polarize.schema import InvalidModification, parse_modification
-from polarize.synthetic import SyntheticExample, generate_examples, matches_expected, to_jsonl
+from polarize.plugins import coach_eval_item
+from polarize.synthetic import SyntheticExample, generate_examples, to_jsonl
+
+DEMO_ITEM_SCHEMA = {"type": "object", "required": ["messages", "state", "upcoming", "today", "expected"]}
+DEMO_CRITERIA = [
+    {"type": "polarize_coach", "name": "valid JSON", "check": "valid"},
+    {"type": "polarize_coach", "name": "passes safety", "check": "safe"},
+    {"type": "polarize_coach", "name": "matches rules", "check": "agrees", "agreement": "operations"},
+]
+"""What the demo measures, graded by the evaluator: the answer is a valid workout modification; the
+safety rules accept every operation; its operations are the rule-based modification's."""
 
 
-@dataclass
-class Score:
-    model: str
-    valid_json: int = 0
-    matches_rules: int = 0
-    safe: int = 0
-    total: int = 0
-    seconds: float = 0.0
-
-
-def evaluate(client: OpenAI, model: str, examples: Sequence[SyntheticExample], *, label: str) -> Score:
-    """Ask ``model`` for each held-out prompt and score its answers against the rule-based ones."""
-    score = Score(model=model, total=len(examples))
-
-    def ask(ex: SyntheticExample) -> str:
-        r = client.chat.completions.create(model=model, messages=ex.chat["messages"][:-1],  # type: ignore[arg-type]
-                                           temperature=0, max_tokens=256)
-        return r.choices[0].message.content or ""
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(tqdm(pool.map(ask, examples), total=len(examples), desc=f"Evaluating {label}",
-                            unit="prompt"))
-    score.seconds = time.perf_counter() - started
-    for ex, answer in zip(examples, answers, strict=True):
-        try:
-            mod = parse_modification(answer)
-        except InvalidModification:
-            continue
-        score.valid_json += 1
-        assert ex.expected is not None  # held-out examples are rule-based (free_text_share=0)
-        score.matches_rules += matches_expected(mod, ex.expected)
-        score.safe += not check_operation(mod, ex.state, ex.upcoming, ex.today)
-    return score
+def evaluate(client: OpenAI, http: httpx.Client, models: Sequence[str], examples: Sequence[SyntheticExample], *,
+             max_completion_tokens: int = 256, progress: bool = True) -> Comparison:
+    """Run each model on the held-out prompts as an eval run (unconstrained answers, temperature 0)
+    and return the evaluator's comparison of them (the first model is the baseline)."""
+    items = [coach_eval_item(ex) for ex in examples]
+    ev = client.evals.create(name="demo: held-out coach prompts", metadata={"kind": "coachforge-demo"},
+                             data_source_config={"type": "custom", "item_schema": DEMO_ITEM_SCHEMA,
+                                                 "include_sample_schema": True},
+                             testing_criteria=DEMO_CRITERIA)  # type: ignore[arg-type]
+    runs = [client.evals.runs.create(ev.id, name=model, data_source={
+        "type": "completions", "model": model,
+        "input_messages": {"type": "item_reference", "item_reference": "item.messages"},
+        "sampling_params": {"temperature": 0, "max_completion_tokens": max_completion_tokens},
+        "source": {"type": "file_content", "content": [{"item": item} for item in items]}}) for model in models]
+    return finish(client, http, ev.id, runs, progress=progress)
 
 
 def follow_job(client: OpenAI, job_id: str) -> str:
@@ -93,19 +83,6 @@ def wait_for_model(client: OpenAI, model: str, timeout: float = 120) -> None:
         time.sleep(1)
 
 
-def print_table(scores: Sequence[Score]) -> None:
-    header = f"{'model':<58} {'valid JSON':>11} {'matches rules':>14} {'passes safety':>14} {'time':>7}"
-    print("\n" + header + "\n" + "-" * len(header))
-    def pct(n: int, total: int) -> str:
-        return f"{n}/{total} {100 * n / max(total, 1):3.0f}%"
-
-    for s in scores:
-        print(f"{s.model:<58} {pct(s.valid_json, s.total):>11} {pct(s.matches_rules, s.total):>14} "
-              f"{pct(s.safe, s.total):>14} "
-              f"{s.seconds:6.1f}s")
-    print()
-
-
 def run_demo(*, train_examples: int, eval_examples: int, epochs: int, seed: int) -> int:
     platform, stack_settings = PlatformSettings(), StackSettings()
     started = time.perf_counter()
@@ -130,9 +107,10 @@ def run_demo(*, train_examples: int, eval_examples: int, epochs: int, seed: int)
         wait_for_model(client, fine_tuned)
         done = client.fine_tuning.jobs.retrieve(job.id)
         print(f"Fine-tuned model {fine_tuned} ({done.trained_tokens} tokens trained).")
-        scores = [evaluate(client, BASE_MODEL_ID, held_out, label="base"),
-                  evaluate(client, fine_tuned, held_out, label="fine-tuned")]
-        print_table(scores)
+        with httpx.Client(base_url=stack.base_url + "/", timeout=600,
+                          headers={"Authorization": f"Bearer {stack.prepared.api_key}"}) as http:
+            comparison = evaluate(client, http, [BASE_MODEL_ID, fine_tuned], held_out)
+        print("\n" + format_table(comparison) + "\n")
         sample = client.chat.completions.create(model=fine_tuned, messages=held_out[0].chat["messages"][:-1],  # type: ignore[arg-type]
                                                 temperature=0, max_tokens=256)
         print("Example answer of the fine-tuned model:\n" + (sample.choices[0].message.content or ""))

@@ -136,7 +136,8 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
     evaluator_http = f"http://127.0.0.1:{ports['evaluator'][0]}"
     created = httpx.post(f"{evaluator_http}/v1/evals", headers=headers, json={
         "name": "per-service", "data_source_config": {"type": "custom", "item_schema": {
-            "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}},
+            "type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+            "include_sample_schema": True},
         "testing_criteria": [{"type": "json_check", "name": "json", "input": "{{sample.output_text}}"}]})
     assert created.status_code == 200, created.text
     run = httpx.post(f"{evaluator_http}/v1/evals/{created.json()['id']}/runs", headers=headers, json={

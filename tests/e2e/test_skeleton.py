@@ -107,7 +107,7 @@ def test_ready_checks_every_component_including_the_workers(stack) -> None:  # t
     r = httpx.get(stack.base_url.removesuffix("/v1") + "/ready", timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["checks"] == dict.fromkeys(
-        ("database", "broker", "engine", "grpc", "consumers", "workers"), True)
+        ("database", "broker", "engine", "grpc", "consumers", "workers", "eval_runner"), True)
 
 
 def test_bad_key_is_refused(stack) -> None:  # type: ignore[no-untyped-def]
