@@ -12,6 +12,7 @@ p-value, and the verdict at 5 %; then latency and throughput.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +115,8 @@ def _seconds(value: float | None) -> str:
 
 def format_table(comparison: Comparison) -> str:
     """Per criterion: both pass rates (95% interval), the paired difference, McNemar's p and the
-    verdict (B against A); then latency, time to first token and throughput per model."""
+    verdict (B against A); then per model latency, time to first token, throughput, the run's
+    blended price per 1M tokens and the adapter's size."""
     report, (run_a, run_b) = comparison.report, comparison.runs
     a, b = run_a.model, run_b.model
     width = max(12, *(len(c["testing_criteria"]) for c in report["criteria"]))
@@ -127,12 +129,16 @@ def format_table(comparison: Comparison) -> str:
         lines.append(f"{criterion['testing_criteria']:<{width}}  {_rate(by_run[run_a.id]):>18}  "
                      f"{_rate(by_run[run_b.id]):>18}  {100 * paired['difference']:>+6.0f}%  "
                      f"{_p(paired['p_value']):>7}  {marker} ({paired['paired_items']} paired items)")
-    perf = {p["run_id"]: p for p in report["runs"]}
-    lines += ["", f"{'':<{width}}  {'A':>18}  {'B':>18}"]
-    for label, key in (("latency p50", "latency_p50_s"), ("latency p95", "latency_p95_s"),
-                       ("first token p50", "ttft_p50_s")):
-        lines.append(f"{label:<{width}}  {_seconds(perf[run_a.id][key]):>18}  {_seconds(perf[run_b.id][key]):>18}")
-    speeds = [perf[r.id]["output_tokens_per_s_p50"] for r in (run_a, run_b)]
-    lines.append(f"{'tokens/s p50':<{width}}  " + "  ".join(f"{'-' if s is None else f'{s:.1f}':>18}" for s in speeds))
+    perf = [next(p for p in report["runs"] if p["run_id"] == r.id) for r in (run_a, run_b)]
+
+    def row(label: str, key: str, show: Callable[[Any], str]) -> str:
+        return f"{label:<{width}}  " + "  ".join(f"{show(p.get(key)):>18}" for p in perf)
+
+    lines += ["", f"{'':<{width}}  {'A':>18}  {'B':>18}",
+              row("latency p50", "latency_p50_s", _seconds), row("latency p95", "latency_p95_s", _seconds),
+              row("first token p50", "ttft_p50_s", _seconds),
+              row("tokens/s p50", "output_tokens_per_s_p50", lambda v: "-" if v is None else f"{v:.1f}"),
+              row("$ per 1M tokens", "cost_per_million_tokens", lambda v: "-" if v is None else f"{v:.3f}"),
+              row("adapter size", "adapter_bytes", lambda v: "base" if v is None else f"{v / 2**20:.1f} MiB")]
     lines.append(f"\nverdicts at p < {report['alpha']}; intervals are Wilson 95%.")
     return "\n".join(lines)

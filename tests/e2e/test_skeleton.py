@@ -82,7 +82,8 @@ def test_upload_finetune_register_and_chat(client: OpenAI, stack) -> None:  # ty
         assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
 
     metrics = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
-    assert f'coachforge_inference_tokens_total{{kind="completion",model="{ft}",tenant="default"}}' in metrics
+    assert (f'coachforge_inference_tokens_total{{kind="completion",model="{ft}",purpose="app",tenant="default"}}'
+            in metrics)
 
 
 def test_unknown_model_and_bad_hyperparameters_are_field_errors(client: OpenAI) -> None:

@@ -203,6 +203,10 @@ def test_cli_compares_two_models_on_the_same_items(stack, client: OpenAI, eval_i
     assert f"A = {BASE_MODEL_ID}" in table and f"B = {avatar}" in table
     # The avatar serves the same weights with temperature 0 and a seed: the same answers, no difference.
     assert "mentions the answer" in table and "no difference (3 paired items)" in table
+    price_row = next(line for line in table.splitlines() if line.startswith("$ per 1M tokens")).split()[-2:]
+    assert all(float(v) > 0 for v in price_row)  # the price table's base price, blended over the runs' tokens
+    assert next(line for line in table.splitlines() if line.startswith("adapter size")).split()[-2:] == [
+        "base", "base"]
     runs = [r for r in client.evals.runs.list(eval_id, order="desc", limit=100)
             if (r.metadata or {}).get("compare_like") == reference.id]
     assert sorted(r.model for r in runs) == sorted([BASE_MODEL_ID, avatar])

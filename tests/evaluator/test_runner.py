@@ -194,3 +194,27 @@ def test_an_eval_with_unfinished_runs_is_not_deleted(deps: EvaluatorDeps) -> Non
     assert service.delete_eval(deps, TENANT, eval_id)["deleted"]
     with pytest.raises(NotFound):
         service.get_run(deps, TENANT, eval_id, run_id)
+
+
+class PricedInference(ScriptedInference):
+    def price(self, tenant_id: str, model: str) -> tuple[str, float, float]:
+        if model == "gone":
+            raise NotFound("no such model")
+        return model, 0.5, 2.0
+
+
+class SizedRegistry:
+    def model(self, tenant_id: str, model_id: str) -> Any:
+        return type("Model", (), {"size_bytes": 3 * 2**20 if model_id.startswith("ft:") else 0})()
+
+
+def test_a_comparison_names_each_models_price_and_size(deps: EvaluatorDeps) -> None:
+    deps.inference = PricedInference({f"q{i}": "yes" for i in range(12)})  # type: ignore[assignment]
+    deps.registry = SizedRegistry()  # type: ignore[assignment]
+    facts = service._model_facts(deps, TENANT, "ft:base:acme:x:1", [{"prompt_tokens": 900, "completion_tokens": 100}])
+    assert facts["adapter_bytes"] == 3 * 2**20 and facts["price_per_million"] == {"input": 0.5, "output": 2.0}
+    assert facts["cost_usd"] == pytest.approx((900 * 0.5 + 100 * 2.0) / 1e6)
+    assert facts["cost_per_million_tokens"] == pytest.approx(0.65)  # blended over 90% prompt, 10% completion
+    assert service._model_facts(deps, TENANT, "base", [])["adapter_bytes"] is None  # a base model has none
+    gone = service._model_facts(deps, TENANT, "gone", [])
+    assert gone["price_per_million"] is None and gone["cost_usd"] is None  # not knowable now: said, not guessed

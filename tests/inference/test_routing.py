@@ -306,7 +306,8 @@ def test_the_usage_chunk_is_passed_on_only_when_asked_and_every_stream_is_billed
             deps = _deps([engine.url])
             name = _seed(deps, f"usage-{secrets.token_hex(3)}")
             model = f"ft:{name}"
-            tokens = _metric("coachforge_inference_tokens_total", tenant=TENANT, model=model, kind="completion")
+            tokens = _metric("coachforge_inference_tokens_total", tenant=TENANT, model=model, kind="completion",
+                             purpose="app")
             try:
                 events, routed = await service.stream(deps, TENANT, "/v1/chat/completions", {
                     "model": name, "messages": [{"role": "user", "content": "Hi"}], "stream": True})
@@ -323,7 +324,75 @@ def test_the_usage_chunk_is_passed_on_only_when_asked_and_every_stream_is_billed
             finally:
                 await deps.close()
             assert _metric("coachforge_inference_tokens_total", tenant=TENANT, model=model,
-                           kind="completion") == tokens + 6
+                           kind="completion", purpose="app") == tokens + 6
+
+    asyncio.run(run())
+
+
+class _Publisher:
+    """Keeps what would be published (the broker is not what this test is about)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, Any, str]] = []
+
+    def publish(self, topic: str, message: Any, tenant_id: str, **_: Any) -> None:
+        self.published.append((topic, message, tenant_id))
+
+
+def test_the_purpose_labels_the_tokens_the_cost_and_the_usage_event(fake_engine: Any) -> None:
+    """An evaluation (an eval run's sample or judge) is counted and billed apart from an app's
+    request, streamed or not; a purpose that is neither is refused before routing."""
+    async def run() -> None:
+        async with fake_engine(chunks=3) as engine:
+            deps = _deps([engine.url])
+            publisher = _Publisher()
+            deps.publisher = publisher  # type: ignore[assignment]
+            name = _seed(deps, f"purpose-{secrets.token_hex(3)}")
+            model = f"ft:{name}"
+            chat = {"model": name, "messages": [{"role": "user", "content": "Hi"}]}
+
+            def counts() -> dict[str, tuple[float, float, float]]:
+                return {p: (_metric("coachforge_inference_tokens_total", tenant=TENANT, model=model, kind="prompt",
+                                    purpose=p),
+                            _metric("coachforge_inference_tokens_total", tenant=TENANT, model=model,
+                                    kind="completion", purpose=p),
+                            _metric("coachforge_inference_cost_usd_total", tenant=TENANT, model=model, purpose=p))
+                        for p in ("app", "evaluation")}
+
+            before = counts()
+            try:
+                _, routed = await service.complete(deps, TENANT, "/v1/chat/completions", chat)
+                assert routed.purpose == "app"
+                _, routed = await service.complete(deps, TENANT, "/v1/chat/completions", chat, purpose="evaluation")
+                assert routed.purpose == "evaluation"
+                events, routed = await service.stream(deps, TENANT, "/v1/chat/completions", {**chat, "stream": True},
+                                                      purpose="evaluation")
+                await _lines(events)
+                _, routed = await service.complete(deps, TENANT, "/v1/chat/completions", chat, purpose="")
+                assert routed.purpose == "app"  # "" is an app's request
+                sent = len(engine.bodies)
+                for bad in ("eval", "APP", "batch"):
+                    with pytest.raises(InvalidArgument) as err:
+                        await service.complete(deps, TENANT, "/v1/chat/completions", chat, purpose=bad)
+                    assert err.value.param == "purpose"
+                with pytest.raises(InvalidArgument) as err:
+                    await service.stream(deps, TENANT, "/v1/chat/completions", {**chat, "stream": True},
+                                         purpose="judge")
+                assert err.value.param == "purpose"
+                assert len(engine.bodies) == sent  # refused before the engine was asked
+                assert all("purpose" not in b for b in engine.bodies)  # it is not the engine's business
+            finally:
+                await deps.close()
+            after = counts()
+            price = deps.settings.fine_tuned_price
+            one_cost = (3 * price.input + 3 * price.output) / 1e6  # a FakeEngine answer: 3 prompt, 3 completion
+            assert after["app"][:2] == (before["app"][0] + 6, before["app"][1] + 6)
+            assert after["evaluation"][:2] == (before["evaluation"][0] + 6, before["evaluation"][1] + 6)
+            assert after["evaluation"][2] - before["evaluation"][2] == pytest.approx(2 * one_cost)
+            assert after["app"][2] - before["app"][2] == pytest.approx(2 * one_cost)
+            recorded = [m for topic, m, tenant in publisher.published if topic == "usage.recorded" and tenant == TENANT]
+            assert [(m.model, m.purpose, m.completion_tokens) for m in recorded] == [
+                (model, "app", 3), (model, "evaluation", 3), (model, "evaluation", 3), (model, "app", 3)]
 
     asyncio.run(run())
 

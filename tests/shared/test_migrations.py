@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from coachforge_shared import migrate
 
@@ -34,3 +34,32 @@ def test_upgrade_downgrade_upgrade(backend: str, tmp_path: Path, request: pytest
     assert _tables(url) == set()
     migrate.upgrade(url)
     assert _tables(url) == TABLES
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_usage_rows_get_a_purpose_and_keep_their_totals_down_again(backend: str, tmp_path: Path,
+                                                                    request: pytest.FixtureRequest) -> None:
+    """Rows from before purposes existed become "app" rows; going down, an evaluation row is added
+    to the app row of the same tenant/day/model/avatar (or becomes it), so no usage is lost."""
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("scratch_postgres")
+    migrate.upgrade(url, "a7c3e9d1f2b4")
+    engine = create_engine(url)
+    columns = "tenant_id, day, model, avatar, messages, input_tokens, output_tokens, cost_usd, updated_at"
+    try:
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO tenants (id, name, created_at) VALUES ('t', 't', CURRENT_TIMESTAMP)"))
+            c.execute(text(f"INSERT INTO usage_daily ({columns}) VALUES "
+                           "('t', '2026-11-20', 'm', '', 2, 20, 4, 0.5, CURRENT_TIMESTAMP)"))
+        migrate.upgrade(url)
+        with engine.begin() as c:
+            assert c.execute(text("SELECT purpose, messages FROM usage_daily")).all() == [("app", 2)]
+            c.execute(text(f"INSERT INTO usage_daily ({columns}, purpose) VALUES "
+                           "('t', '2026-11-20', 'm', '', 3, 30, 6, 0.25, CURRENT_TIMESTAMP, 'evaluation'), "
+                           "('t', '2026-11-21', 'm', '', 1, 10, 1, 0.125, CURRENT_TIMESTAMP, 'evaluation')"))
+        migrate.downgrade(url, "a7c3e9d1f2b4")
+        with engine.begin() as c:
+            rows = c.execute(text("SELECT day, messages, input_tokens, output_tokens, cost_usd FROM usage_daily "
+                                  "ORDER BY day")).all()
+        assert [(str(r[0]), *r[1:]) for r in rows] == [("2026-11-20", 5, 50, 10, 0.75), ("2026-11-21", 1, 10, 1, 0.125)]
+    finally:
+        engine.dispose()

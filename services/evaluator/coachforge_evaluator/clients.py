@@ -14,6 +14,10 @@ from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 
+EVALUATION = "evaluation"
+"""The purpose of every completion the evaluator asks for (samples and judges): inference bills and
+counts it apart from applications' requests."""
+
 
 @dataclass
 class Sampled:
@@ -38,10 +42,11 @@ class Sampled:
 
 def chat_request(model: str, messages: list[dict[str, str]], params: dict[str, Any],
                  user: str = "") -> inference_pb2.ChatCompletionRequest:
-    """The inference request for ``messages`` with a run's ``sampling_params``."""
+    """The inference request for ``messages`` with a run's ``sampling_params``, billed as an
+    evaluation (kept apart from applications' usage)."""
     request = inference_pb2.ChatCompletionRequest(
         model=model, messages=[inference_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
-        user=user, include_usage=True)
+        user=user, include_usage=True, purpose=EVALUATION)
     for name in ("temperature", "top_p", "seed", "max_completion_tokens"):
         if params.get(name) is not None:
             setattr(request, name, params[name])
@@ -92,6 +97,14 @@ class InferenceClient:
             reply = self.stub.CreateChatCompletion(request, metadata=self.channel.metadata(tenant_id),
                                                    timeout=self.timeout_s)
         return str(reply.content)
+
+    def price(self, tenant_id: str, model: str) -> tuple[str, float, float]:
+        """The model a request for ``model`` resolves to (an avatar: its active model) and its price,
+        US dollars per million input and output tokens (``NotFound`` for an unknown model)."""
+        with typed_rpc_errors():
+            found = self.stub.GetModelPrice(inference_pb2.GetModelPriceRequest(model=model),
+                                            metadata=self.channel.metadata(tenant_id), timeout=10)
+        return found.model, found.input_per_million, found.output_per_million
 
 
 class RegistryClient:

@@ -34,6 +34,10 @@ log = get_logger("coachforge.evaluator.runner")
 
 RUN_ERRORS = (NotFound, InvalidArgument, PermissionDenied, Unauthenticated)
 """Sampling errors that no other item would escape (unknown model, bad parameters): the run fails."""
+FLUSH_S = 0.25
+FLUSH_ITEMS = 32
+"""Graded items are written together, at least every FLUSH_S seconds or FLUSH_ITEMS items (one
+transaction instead of one per item; a crash loses at most that much work, done again on resume)."""
 CANCEL_CHECK_S = 0.25
 """How often a running run looks whether it was asked to stop (a cancel is honoured within this
 and the items in flight)."""
@@ -169,10 +173,15 @@ class RunExecutor:
         next_renewal = time.monotonic() + renew_every
         next_check = time.monotonic() + CANCEL_CHECK_S
         stop_reason = ""
+        graded: list[tuple[str, dict[str, Any]]] = []
+        next_flush = time.monotonic() + FLUSH_S
         with ThreadPoolExecutor(self.settings.run_concurrency, thread_name_prefix=f"eval-{run.id[-6:]}") as pool:
-            in_flight: set[Future[None]] = set()
+            in_flight: set[Future[tuple[str, dict[str, Any]]]] = set()
             queue = iter(pending)
             while True:
+                if len(graded) >= FLUSH_ITEMS or time.monotonic() >= next_flush:
+                    self._flush(graded)
+                    next_flush = time.monotonic() + FLUSH_S
                 if not stop_reason and run.fatal is not None:
                     stop_reason = "failed"
                 if not stop_reason and self._stop.is_set():
@@ -195,7 +204,8 @@ class RunExecutor:
                     break
                 done, in_flight = wait(in_flight, timeout=CANCEL_CHECK_S, return_when=FIRST_COMPLETED)
                 for future in done:
-                    future.result()  # an item never raises (its errors are its result); a bug surfaces here
+                    graded.append(future.result())  # an item never raises (its errors are its result)
+        self._flush(graded)
         if stop_reason in ("lost", "shutdown"):
             if stop_reason == "shutdown":
                 with self.deps.db.session() as s:  # let another process resume it now, not at lease expiry
@@ -234,7 +244,8 @@ class RunExecutor:
 
         return judge
 
-    def _item(self, run: _Run, item_id: str, index: int, row: dict[str, Any]) -> None:
+    def _item(self, run: _Run, item_id: str, index: int, row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Sample and grade one item; its result, to be written by :meth:`_flush`."""
         started = time.perf_counter()
         sampled, messages, error = self._sample(run, row)
         if isinstance(error, RUN_ERRORS):
@@ -269,11 +280,18 @@ class RunExecutor:
                   "ttft_s": sampled.ttft_s if sampled else None,
                   "output_tokens_per_s": sampled.output_tokens_per_s if sampled else None,
                   "prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
+        ITEM_SECONDS.observe(time.perf_counter() - started)
+        return item_id, values
+
+    def _flush(self, results: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write graded items, several in one transaction (each only while still ungraded)."""
+        if not results:
+            return
         with self.deps.db.session() as s:
-            written = repository.record_item(s, item_id, values)
-        if written:
+            written = [values["status"] for item_id, values in results if repository.record_item(s, item_id, values)]
+        for status in written:
             ITEMS.labels(status).inc()
-            ITEM_SECONDS.observe(time.perf_counter() - started)
+        results.clear()
 
     def _finish(self, run_id: str, status: str, error: tuple[str, str] | None) -> None:
         with self.deps.db.session() as s:

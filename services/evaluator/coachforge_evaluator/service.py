@@ -31,7 +31,15 @@ from coachforge_evaluator.schemas import (
 )
 from coachforge_evaluator.settings import EvaluatorSettings
 from coachforge_shared.db import Database
-from coachforge_shared.errors import Conflict, FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
+from coachforge_shared.errors import (
+    CoachForgeError,
+    Conflict,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
@@ -474,6 +482,35 @@ def _verdict(difference: float, p_value: float) -> str:
     return "no_difference"
 
 
+def _model_facts(deps: EvaluatorDeps, tenant_id: str, model: str, usage: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's model costs and weighs: its price per 1M tokens (inference's price table), the
+    run's cost and its blended price over the run's token mix, and the adapter's size (registry).
+    A fact that cannot be had now (a model since deleted, a service down) is None."""
+    facts: dict[str, Any] = {"adapter_bytes": None, "price_per_million": None, "cost_usd": None,
+                             "cost_per_million_tokens": None}
+    if not model:
+        return facts
+    if deps.registry is not None:
+        try:
+            facts["adapter_bytes"] = int(deps.registry.model(tenant_id, model).size_bytes) or None
+        except CoachForgeError as err:
+            log.info("no adapter size for the comparison", model=model, error=err.message)
+    if deps.inference is not None:
+        try:
+            _, input_price, output_price = deps.inference.price(tenant_id, model)
+        except CoachForgeError as err:
+            log.info("no price for the comparison", model=model, error=err.message)
+        else:
+            facts["price_per_million"] = {"input": input_price, "output": output_price}
+            prompt = sum(u["prompt_tokens"] for u in usage)
+            completion = sum(u["completion_tokens"] for u in usage)
+            cost = (prompt * input_price + completion * output_price) / 1_000_000
+            facts["cost_usd"] = cost
+            if prompt + completion:
+                facts["cost_per_million_tokens"] = cost / (prompt + completion) * 1_000_000
+    return facts
+
+
 def compare_runs(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_ids: list[str]) -> dict[str, Any]:
     """Per testing criterion, each run's pass rate with its Wilson interval; against the first run
     (the baseline), the paired difference on the items both graded, with an exact McNemar p-value
@@ -533,6 +570,7 @@ def compare_runs(deps: EvaluatorDeps, tenant_id: str, eval_id: str, run_ids: lis
                             "latency_p95_s": stats.percentile(latencies, 95),
                             "ttft_p50_s": stats.percentile(ttfts, 50),
                             "output_tokens_per_s_p50": stats.percentile(speeds, 50),
-                            "usage": summary["per_model_usage"]})
+                            "usage": summary["per_model_usage"],
+                            **_model_facts(deps, tenant_id, run.model, summary["per_model_usage"])})
     return {"object": "eval.comparison", "eval_id": eval_id, "baseline_run_id": base, "alpha": ALPHA,
             "criteria": criteria, "runs": performance}

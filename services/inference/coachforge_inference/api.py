@@ -61,13 +61,15 @@ async def completions(request: Request, principal: CurrentPrincipal) -> Any:
 @router.get("/usage")
 def usage(request: Request, principal: CurrentPrincipal, start_date: str | None = None,
           end_date: str | None = None, model: str | None = None, avatar: str | None = None,
-          group_by: str | None = None) -> dict[str, Any]:
-    """Daily usage of the caller's tenant: one row per day (and model/avatar unless ``group_by`` says
-    otherwise), with messages, input/output tokens and cost. Dates are UTC, inclusive."""
+          group_by: str | None = None, purpose: str | None = None) -> dict[str, Any]:
+    """Daily usage of the caller's tenant: one row per day (and model/avatar/purpose unless
+    ``group_by`` says otherwise), with messages, input/output tokens and cost. Dates are UTC,
+    inclusive; ``purpose`` keeps only "app" (applications' requests, every REST completion) or
+    "evaluation" (eval runs' samples and judges)."""
     deps = _deps(request)
     if deps.db is None:
         raise Unavailable("usage is not stored by this deployment")
-    q = usage_mod.make_query(start_date, end_date, model, avatar, group_by)
+    q = usage_mod.make_query(start_date, end_date, model, avatar, group_by, purpose)
     rows = usage_mod.daily_usage(deps.db, principal.tenant_id, q)
     totals = {k: sum(r[k] for r in rows) for k in ("messages", "input_tokens", "output_tokens")}
     totals["cost_usd"] = round(sum(r["cost_usd"] for r in rows), 10)

@@ -73,19 +73,21 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def __init__(self, deps: InferenceDeps) -> None:
         self.deps = deps
 
-    async def _complete(self, path: str, body: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
-        raw, routed = await service.complete(self.deps, current_principal().tenant_id, path, body)
+    async def _complete(self, path: str, body: dict[str, Any], purpose: str,
+                        context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        raw, routed = await service.complete(self.deps, current_principal().tenant_id, path, body, purpose=purpose)
         await context.send_initial_metadata(tuple(routed.headers().items()))
         result: dict[str, Any] = json.loads(raw)
         return result
 
-    async def _stream(self, path: str, body: dict[str, Any], include_usage: bool,
+    async def _stream(self, path: str, body: dict[str, Any], include_usage: bool, purpose: str,
                       context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.CompletionChunk]:
         """The answer's server-sent events as chunks; an error after the first one ends the call with
         that error's status (raised here, mapped by the server's interceptor)."""
         if include_usage:
             body["stream_options"] = {"include_usage": True}
-        events, routed = await service.stream(self.deps, current_principal().tenant_id, path, body)
+        events, routed = await service.stream(self.deps, current_principal().tenant_id, path, body,
+                                              purpose=purpose)
         try:
             await context.send_initial_metadata(tuple(routed.headers().items()))
             async for line in events:
@@ -100,7 +102,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def CreateChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
                                    context: grpc.aio.ServicerContext) -> inference_pb2.ChatCompletionResponse:
-        result = await self._complete(CHAT, _body(request), context)
+        result = await self._complete(CHAT, _body(request), request.purpose, context)
         choices = [_choice(c) for c in result["choices"]]
         return inference_pb2.ChatCompletionResponse(
             id=result.get("id", ""), model=result["model"], content=choices[0].content,
@@ -109,19 +111,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     async def StreamChatCompletion(self, request: inference_pb2.ChatCompletionRequest,
                                    context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.CompletionChunk]:
-        async for chunk in self._stream(CHAT, _body(request), request.include_usage, context):
+        async for chunk in self._stream(CHAT, _body(request), request.include_usage, request.purpose, context):
             yield chunk
 
     async def CreateCompletion(self, request: inference_pb2.CompletionRequest,
                                context: grpc.aio.ServicerContext) -> inference_pb2.CompletionResponse:
-        result = await self._complete(COMPLETIONS, _body(request), context)
+        result = await self._complete(COMPLETIONS, _body(request), request.purpose, context)
         return inference_pb2.CompletionResponse(
             id=result.get("id", ""), model=result["model"], created=int(result.get("created", 0)),
             choices=[_choice(c) for c in result["choices"]], usage=_usage(result.get("usage")))
 
     async def StreamCompletion(self, request: inference_pb2.CompletionRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.CompletionChunk]:
-        async for chunk in self._stream(COMPLETIONS, _body(request), request.include_usage, context):
+        async for chunk in self._stream(COMPLETIONS, _body(request), request.include_usage, request.purpose,
+                                        context):
             yield chunk
 
     async def GetUsage(self, request: inference_pb2.GetUsageRequest,
@@ -129,12 +132,19 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         if self.deps.db is None:
             raise Unavailable("usage is not stored by this deployment")
         q = usage_mod.make_query(request.start_date, request.end_date, request.model,
-                                 request.avatar if request.avatar else None)
+                                 request.avatar if request.avatar else None, purpose=request.purpose or None)
         rows = await asyncio.to_thread(usage_mod.daily_usage, self.deps.db, current_principal().tenant_id, q)
         return inference_pb2.GetUsageResponse(rows=[inference_pb2.UsageRow(
-            date=r["date"], model=r["model"], avatar=r["avatar"], messages=r["messages"],
+            date=r["date"], model=r["model"], avatar=r["avatar"], purpose=r["purpose"], messages=r["messages"],
             input_tokens=r["input_tokens"], output_tokens=r["output_tokens"], cost_usd=r["cost_usd"])
             for r in rows])
+
+    async def GetModelPrice(self, request: inference_pb2.GetModelPriceRequest,
+                            context: grpc.aio.ServicerContext) -> inference_pb2.ModelPrice:
+        model, price = await service.model_price(self.deps, current_principal().tenant_id, request.model)
+        return inference_pb2.ModelPrice(model=model.id, input_per_million=price.input,
+                                        output_per_million=price.output, base_model=model.base_model or model.id,
+                                        fine_tuned=bool(model.adapter_name))
 
 
 def registration(deps: InferenceDeps) -> ServiceRegistration:

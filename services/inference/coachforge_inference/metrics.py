@@ -1,13 +1,16 @@
-"""Inference metrics. Labels are bounded: tenant, model (registered ids), kind."""
+"""Inference metrics. Labels are bounded: tenant, model (registered ids), kind, purpose (app,
+evaluation)."""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-TOKENS = Counter("coachforge_inference_tokens_total", "Tokens processed, by kind (prompt, completion).",
-                 ["tenant", "model", "kind"])
-COST = Counter("coachforge_inference_cost_usd_total", "Cost of inference in US dollars (price table).",
-               ["tenant", "model"])
+TOKENS = Counter("coachforge_inference_tokens_total",
+                 "Tokens processed, by kind (prompt, completion) and purpose (app: an application's request; "
+                 "evaluation: an eval run's sample or a judge).", ["tenant", "model", "kind", "purpose"])
+COST = Counter("coachforge_inference_cost_usd_total",
+               "Cost of inference in US dollars (price table), by purpose (app, evaluation).",
+               ["tenant", "model", "purpose"])
 REQUESTS = Counter("coachforge_inference_requests_total",
                    "Chat/completion requests by outcome; model is the resolved model id, or 'unresolved' "
                    "when the requested name matched no model (it is never the raw requested name).",

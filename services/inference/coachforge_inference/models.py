@@ -1,4 +1,4 @@
-"""Inference tables: daily usage per tenant/avatar/model, written from ``usage.recorded`` events."""
+"""Inference tables: daily usage per tenant/avatar/model/purpose, written from ``usage.recorded`` events."""
 
 from __future__ import annotations
 
@@ -12,16 +12,18 @@ from coachforge_shared.ids import utcnow
 
 
 class UsageDaily(Base):
-    """One tenant's usage of one model through one avatar ("" = model named directly) on one UTC day."""
+    """One tenant's usage of one model through one avatar ("" = model named directly) for one purpose
+    ("app": applications' requests; "evaluation": eval runs' samples and judges) on one UTC day."""
 
     __tablename__ = "usage_daily"
-    __table_args__ = (UniqueConstraint("tenant_id", "day", "model", "avatar"),)
+    __table_args__ = (UniqueConstraint("tenant_id", "day", "model", "avatar", "purpose"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
     day: Mapped[date] = mapped_column(Date)
     model: Mapped[str] = mapped_column(String(300))
     avatar: Mapped[str] = mapped_column(String(64), default="")
+    purpose: Mapped[str] = mapped_column(String(16), default="app", server_default="app")
     messages: Mapped[int] = mapped_column(BigInteger, default=0)
     input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -37,7 +37,7 @@ from coachforge_inference.pool import EnginePool, Lease, PooledEngine
 from coachforge_inference.settings import InferenceSettings, Price
 from coachforge_inference.validation import validate
 from coachforge_shared.db import Database
-from coachforge_shared.errors import CoachForgeError, NotFound, Unavailable
+from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.logging import get_logger
@@ -58,6 +58,21 @@ FALLBACK_HEADER = "x-coachforge-fallback"
 MODEL_HEADER = "x-coachforge-model"
 VARIANT_HEADER = "x-coachforge-variant"
 TIMING_HEADER = "server-timing"
+
+APP = "app"
+EVALUATION = "evaluation"
+PURPOSES = (APP, EVALUATION)
+"""Why a completion is asked, billed and counted apart: an application's request (every REST call)
+or an eval run's sample or judge (the evaluator, over gRPC). A bounded label value."""
+
+
+def check_purpose(purpose: str) -> str:
+    """``purpose`` as billed ("" is "app"); anything but app or evaluation is refused."""
+    if not purpose:
+        return APP
+    if purpose not in PURPOSES:
+        raise InvalidArgument(f"purpose must be one of {', '.join(PURPOSES)}; got {purpose!r}", param="purpose")
+    return purpose
 
 
 @dataclass(frozen=True)
@@ -204,9 +219,19 @@ class InferenceDeps:
 
 
 def price_of(settings: InferenceSettings, model: registry_pb2.Model) -> Price:
+    """US dollars per million tokens of ``model``: its price table entry, else the fine-tuned or base default."""
     if model.id in settings.prices:
         return settings.prices[model.id]
     return settings.fine_tuned_price if model.adapter_name else settings.base_price
+
+
+async def model_price(deps: InferenceDeps, tenant_id: str, model_id: str) -> tuple[registry_pb2.Model, Price]:
+    """The model a request for ``model_id`` resolves to (an avatar: its active model; ``NotFound``
+    for an unknown one) and the price its requests are billed at."""
+    if not model_id:
+        raise InvalidArgument("you must provide a model parameter", param="model")
+    model = (await deps.resolve(tenant_id, model_id)).model
+    return model, price_of(deps.settings, model)
 
 
 @dataclass
@@ -221,6 +246,8 @@ class Routed:
     """The avatar alias the caller used ("" when the model was named directly)."""
     arm: str = ""
     """For an avatar with a candidate: which version answers ("active" or "candidate"); "" otherwise."""
+    purpose: str = APP
+    """Why the completion was asked ("app" or "evaluation"): how its usage is labelled and billed."""
     engine: str = ""
     """The engine that answered (its URL)."""
     engine_seconds: float = 0.0
@@ -283,7 +310,8 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     base = registry_pb2.Model(id=model.base_model, owned_by=model.owned_by, base_model=model.base_model)
     engine_body = dict(routed.engine_body)
     engine_body["model"] = model.base_model
-    return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm)
+    return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm,
+                  purpose=routed.purpose)
 
 
 def _retry_or_raise(deps: InferenceDeps, tried: list[PooledEngine], err: EngineUnreachable) -> None:
@@ -305,15 +333,17 @@ async def _timed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any) 
 
 
 async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                  call: Callable[[PooledEngine, bytes], Awaitable[T]]) -> tuple[T, Lease, Routed]:
+                  call: Callable[[PooledEngine, bytes], Awaitable[T]], purpose: str = APP) -> tuple[T, Lease, Routed]:
     """Check ``body``, resolve and route its model, pick an engine, load the adapter there, and
     ``call`` it; returns the result, the engine lease (the caller releases it when the answer is
     done) and the routing actually used, with the time spent in ``call`` as its ``engine_seconds``.
     A failure counts in ``coachforge_inference_requests_total{outcome="error"}``."""
     label = UNRESOLVED
     try:
+        purpose = check_purpose(purpose)
         model_id = validate(path, body)
         routed = _route(tenant_id, model_id, body, await deps.resolve(tenant_id, model_id))
+        routed.purpose = purpose
         label = routed.model.id
         return await _engage_routed(deps, tenant_id, routed, call)
     except CoachForgeError:
@@ -362,7 +392,9 @@ async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
-                 started: float, avatar: str = "") -> None:
+                 started: float, avatar: str = "", purpose: str = APP) -> None:
+    """Count an answered request: latency, tokens and cost by ``purpose`` in the metrics, and a
+    ``usage.recorded`` event for the daily usage rows."""
     elapsed = time.perf_counter() - started
     LATENCY.labels(model.id).observe(elapsed)
     REQUESTS.labels(tenant_id, model.id, "ok").inc()
@@ -371,14 +403,15 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     price = price_of(deps.settings, model)
     cost = (prompt * price.input + completion * price.output) / 1_000_000
-    TOKENS.labels(tenant_id, model.id, "prompt").inc(prompt)
-    TOKENS.labels(tenant_id, model.id, "completion").inc(completion)
-    COST.labels(tenant_id, model.id).inc(cost)
+    TOKENS.labels(tenant_id, model.id, "prompt", purpose).inc(prompt)
+    TOKENS.labels(tenant_id, model.id, "completion", purpose).inc(completion)
+    COST.labels(tenant_id, model.id, purpose).inc(cost)
     if deps.publisher is not None:
         try:
             deps.publisher.publish("usage.recorded", inference_pb2.UsageRecorded(
                 model=model.id, base_model=model.base_model, prompt_tokens=prompt, completion_tokens=completion,
-                cost_usd=cost, latency_seconds=elapsed, avatar=avatar), tenant_id, key=model.id, wait=False)
+                cost_usd=cost, latency_seconds=elapsed, avatar=avatar, purpose=purpose), tenant_id, key=model.id,
+                wait=False)
         except Exception:  # usage events must never fail an answered request
             log.exception("usage event not published", model=model.id)
 
@@ -415,24 +448,25 @@ def _rename_model(raw: bytes, engine_model: str, model_id: str) -> bytes | None:
 
 
 async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                   arrived: float | None = None) -> tuple[bytes, Routed]:
+                   arrived: float | None = None, *, purpose: str = APP) -> tuple[bytes, Routed]:
     """A non-streaming chat (``path`` ``/v1/chat/completions``) or text (``/v1/completions``)
     completion: the engine's JSON with ``model`` set to the model that answered (``arrived``: when
-    the request arrived, by ``time.perf_counter``; default now)."""
+    the request arrived, by ``time.perf_counter``; default now; ``purpose``: "app" or "evaluation",
+    how the usage is labelled and billed, "" = "app", anything else refused)."""
     started = time.perf_counter() if arrived is None else arrived
     pool = deps.pool
 
     def call(engine: PooledEngine, content: bytes) -> Awaitable[bytes]:
         return pool.post(engine, path, content)
 
-    raw, lease, routed = await _engage(deps, tenant_id, path, body, call)
+    raw, lease, routed = await _engage(deps, tenant_id, path, body, call, purpose)
     lease.release()
     result = json.loads(raw)
     renamed = _rename_model(raw, routed.engine_body["model"], routed.model.id)
     if renamed is None:
         result["model"] = routed.model.id
         renamed = _dumps(result)
-    record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar)
+    record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar, routed.purpose)
     routed.timed("unary", started)
     return renamed, routed
 
@@ -447,13 +481,13 @@ def _stream_error(line: bytes) -> CoachForgeError:
 
 
 async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                 arrived: float | None = None) -> tuple[AsyncIterator[bytes], Routed]:
+                 arrived: float | None = None, *, purpose: str = APP) -> tuple[AsyncIterator[bytes], Routed]:
     """A streaming completion as server-sent event lines (each ending with a newline), ``model``
     set to the model that answered, the usage-only chunk passed on only when
     ``stream_options.include_usage`` asked for it (the engine is always asked for it: every stream
     is billed). Errors before the first byte are raised (after one retry on another engine when the
     first could not be reached); an error after it ends the stream with the error's own body as
-    the last event, and is kept as ``Routed.error`` (``arrived`` as in :func:`complete`)."""
+    the last event, and is kept as ``Routed.error`` (``arrived`` and ``purpose`` as in :func:`complete`)."""
     started = time.perf_counter() if arrived is None else arrived
     pool = deps.pool
 
@@ -468,7 +502,7 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
             raise
 
     wanted, body = _bill_stream(body)
-    (upstream, first), lease, routed = await _engage(deps, tenant_id, path, body, call)
+    (upstream, first), lease, routed = await _engage(deps, tenant_id, path, body, call, purpose)
     routed.timed("stream", started)
     model = routed.model
     engine_model = routed.engine_body["model"]
@@ -516,6 +550,6 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
         finally:
             lease.release()
             await upstream.aclose()  # type: ignore[attr-defined]
-        record_usage(deps, tenant_id, model, usage, started, routed.avatar)
+        record_usage(deps, tenant_id, model, usage, started, routed.avatar, routed.purpose)
 
     return events(), routed
