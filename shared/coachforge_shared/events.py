@@ -52,6 +52,7 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "model.deleted": registry_pb2.ModelDeleted,
     "model.rejected": registry_pb2.ModelRejected,
     "usage.recorded": inference_pb2.UsageRecorded,
+    "completion.stored": inference_pb2.CompletionStored,
     "eval.run.requested": evaluator_pb2.EvalRunRequested,
     "eval.run.succeeded": evaluator_pb2.EvalRunFinished,
     "eval.run.failed": evaluator_pb2.EvalRunFinished,

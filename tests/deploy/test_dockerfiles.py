@@ -173,3 +173,13 @@ def test_dockerignore_sends_what_the_images_copy_and_nothing_generated() -> None
                 for source in words[:-1]:
                     assert (REPO / source).exists(), f"{path}: COPY {source} does not exist"
                     assert not _ignored(source.rstrip("/"), patterns), f"{path}: COPY {source} is in .dockerignore"
+
+
+def test_the_migrations_image_installs_every_package_whose_tables_migrations_import() -> None:
+    """``migrations/env.py`` imports each service's models; the image must install those packages."""
+    env = (REPO / "migrations" / "env.py").read_text()
+    imported = set(re.findall(r"^import coachforge_(\w+)\.models", env, flags=re.MULTILINE)) - {"shared"}
+    assert imported == set(SERVICES)
+    dockerfile = (REPO / "docker" / "migrations" / "Dockerfile").read_text()
+    for service in imported:
+        assert f"./services/{service}" in dockerfile, service

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 from openai import OpenAI
 
 from coachforge_launcher.models import BASE_MODEL_ID
@@ -61,13 +62,21 @@ def test_a_run_survives_its_evaluator_being_killed(stack, tmp_path: Path) -> Non
             "include_sample_schema": True}, testing_criteria=[
             {"type": "string_check", "name": "non-empty", "input": "{{sample.output_text}}", "reference": "",
              "operation": "ne"}])  # type: ignore[list-item]
-        # Created through the doomed process: it is woken and claims the run at once.
-        run = doomed_client.evals.runs.create(ev.id, data_source={
-            "type": "completions", "model": BASE_MODEL_ID,
-            "input_messages": {"type": "template", "template": [
-                {"role": "user", "content": "Count from {{item.n}} to 100 in words."}]},
-            "sampling_params": {"temperature": 0, "max_completion_tokens": 48},
-            "source": {"type": "file_content", "content": [{"item": {"n": i}} for i in range(ITEMS)]}})
+        # Created through the doomed process, which is woken and claims it at once; the stack's evaluator,
+        # told by the event, may win that race: then the run is cancelled and another one made.
+        for _ in range(5):
+            run = doomed_client.evals.runs.create(ev.id, data_source={
+                "type": "completions", "model": BASE_MODEL_ID,
+                "input_messages": {"type": "template", "template": [
+                    {"role": "user", "content": "Count from {{item.n}} to 100 in words."}]},
+                "sampling_params": {"temperature": 0, "max_completion_tokens": 48},
+                "source": {"type": "file_content", "content": [{"item": {"n": i}} for i in range(ITEMS)]}})
+            holder = _holder(stack.database_url, run.id)
+            if holder.endswith(f":{doomed.pid}"):
+                break
+            doomed_client.evals.runs.cancel(run.id, eval_id=ev.id)
+        else:
+            raise AssertionError("the doomed evaluator never held its run")
         client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=120)
         deadline = time.monotonic() + 300
         while _graded(client.evals.runs.retrieve(run.id, eval_id=ev.id)) < 2:
@@ -96,6 +105,23 @@ def test_a_run_survives_its_evaluator_being_killed(stack, tmp_path: Path) -> Non
     metrics = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
     resumed = [line for line in metrics.splitlines() if line.startswith("coachforge_eval_runs_resumed_total ")]
     assert resumed and float(resumed[0].split()[1]) >= 1
+
+
+def _holder(database_url: str, run_id: str, timeout: float = 30) -> str:
+    """The worker that claimed the run (``host:pid``), once one has."""
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                worker = conn.execute(sqlalchemy.text("SELECT worker_id FROM eval_runs WHERE id = :id"),
+                                      {"id": run_id}).scalar()
+            if worker:
+                return str(worker)
+            time.sleep(0.05)
+    finally:
+        engine.dispose()
+    raise AssertionError(f"nobody claimed {run_id}")
 
 
 def _ready(port: int) -> bool:

@@ -13,7 +13,8 @@ TABLES = {
     "tenants", "api_keys", "processed_events", "files", "file_reports", "dataset_versions", "dataset_version_files",
     "fine_tuning_jobs", "fine_tuning_job_events", "fine_tuning_job_checkpoints", "model_versions", "avatars",
     "avatar_changes", "coach_athletes", "coach_workouts", "coach_wellness", "coach_recommendations", "coach_changes",
-    "usage_daily", "evals", "eval_runs", "eval_run_items",
+    "usage_daily", "evals", "eval_runs", "eval_run_items", "stored_completions", "stored_completion_metadata",
+    "completion_feedback",
 }
 
 

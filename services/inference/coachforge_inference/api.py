@@ -1,15 +1,17 @@
-"""REST: OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions``."""
+"""REST: OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions``; stored chat completions
+(OpenAI's ``/v1/chat/completions/{id}…``) and their feedback; daily usage."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from coachforge_inference import service
+from coachforge_inference import service, stored
 from coachforge_inference import usage as usage_mod
+from coachforge_inference.schemas import FeedbackIn, UpdateCompletion
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.validation import CHAT, COMPLETIONS
 from coachforge_shared.errors import InvalidArgument, Unavailable
@@ -74,3 +76,69 @@ def usage(request: Request, principal: CurrentPrincipal, start_date: str | None 
     totals = {k: sum(r[k] for r in rows) for k in ("messages", "input_tokens", "output_tokens")}
     totals["cost_usd"] = round(sum(r["cost_usd"] for r in rows), 10)
     return {"object": "list", "data": rows, "totals": totals}
+
+
+# --- stored chat completions (asked with "store": true) and their feedback ---
+
+Order = Literal["asc", "desc"]
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """The ``metadata[key]=value`` query parameters (OpenAI's list filter)."""
+    return {k[len("metadata["):-1]: v for k, v in request.query_params.multi_items()
+            if k.startswith("metadata[") and k.endswith("]") and len(k) > len("metadata[]")}
+
+
+@router.get("/chat/completions")
+def list_chat_completions(request: Request, principal: CurrentPrincipal, model: str | None = None,
+                          after: str | None = None, limit: int = Query(20, ge=1, le=100),
+                          order: Order = "asc") -> dict[str, Any]:
+    """The tenant's stored chat completions by ``created`` (a cursor page): ``model`` keeps those
+    answered by that model or asked for it (a model id or an avatar), ``metadata[key]=value`` those
+    with each pair."""
+    return stored.list_completions(_deps(request), principal.tenant_id, model=model,
+                                   metadata=_metadata_filter(request), after=after, limit=limit, order=order)
+
+
+@router.get("/chat/completions/{completion_id}")
+def get_chat_completion(request: Request, principal: CurrentPrincipal, completion_id: str) -> dict[str, Any]:
+    """A stored chat completion, with a summary of its feedback."""
+    return stored.get_completion(_deps(request), principal.tenant_id, completion_id)
+
+
+@router.post("/chat/completions/{completion_id}")
+def update_chat_completion(request: Request, principal: CurrentPrincipal, completion_id: str,
+                           body: UpdateCompletion) -> dict[str, Any]:
+    """Replace a stored chat completion's metadata."""
+    return stored.update_completion(_deps(request), principal.tenant_id, completion_id, body.metadata)
+
+
+@router.delete("/chat/completions/{completion_id}")
+def delete_chat_completion(request: Request, principal: CurrentPrincipal, completion_id: str) -> dict[str, Any]:
+    """Forget a stored chat completion and its feedback."""
+    return stored.delete_completion(_deps(request), principal.tenant_id, completion_id)
+
+
+@router.get("/chat/completions/{completion_id}/messages")
+def list_chat_completion_messages(request: Request, principal: CurrentPrincipal, completion_id: str,
+                                  after: str | None = None, limit: int = Query(20, ge=1, le=100),
+                                  order: Order = "asc") -> dict[str, Any]:
+    """The request messages of a stored chat completion (a cursor page)."""
+    return stored.list_messages(_deps(request), principal.tenant_id, completion_id, after=after, limit=limit,
+                                order=order)
+
+
+@router.post("/chat/completions/{completion_id}/feedback")
+def post_chat_completion_feedback(request: Request, principal: CurrentPrincipal, completion_id: str,
+                                  body: FeedbackIn) -> dict[str, Any]:
+    """One rater's feedback on a stored chat completion (``rater`` defaults to the caller's API
+    key); posting again as the same rater replaces it."""
+    return stored.post_feedback(_deps(request), principal.tenant_id, completion_id, body.model_dump(),
+                                principal.actor)
+
+
+@router.get("/chat/completions/{completion_id}/feedback")
+def list_chat_completion_feedback(request: Request, principal: CurrentPrincipal,
+                                  completion_id: str) -> dict[str, Any]:
+    """Every rater's feedback on a stored chat completion, oldest first."""
+    return stored.list_feedback(_deps(request), principal.tenant_id, completion_id)

@@ -42,6 +42,10 @@ def _body(request: inference_pb2.ChatCompletionRequest | inference_pb2.Completio
             raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
     if isinstance(request, inference_pb2.ChatCompletionRequest):
         body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
+        if request.store:
+            body["store"] = True
+        if request.metadata:
+            body["metadata"] = dict(request.metadata)
     elif request.prompt:  # proto3 cannot tell an empty prompt from none: both are refused
         body["prompt"] = request.prompt
     return body

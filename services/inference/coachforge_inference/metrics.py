@@ -45,3 +45,7 @@ FALLBACKS = Counter("coachforge_inference_fallbacks_total",
 ENGINE_UP = Gauge("coachforge_inference_engine_up",
                   "1 while the engine answers its health check and calls, 0 after a failure (label: the "
                   "configured engine URL, so bounded by configuration).", ["engine"])
+STORED = Counter("coachforge_inference_stored_completions_total",
+                 "Chat completions asked with store, by outcome: published (as a completion.stored event) or "
+                 "failed (not sent, e.g. too large for the broker; the answer itself was not affected).",
+                 ["tenant", "outcome"])

@@ -1,8 +1,9 @@
 """Inference logic: resolve the requested model through the registry (cached; model.* events drop a
 tenant's entries), pick an engine, make sure the adapter is loaded there, call the engine (once
 more on another engine when the first could not be reached before anything was streamed), and
-record tokens, latency and cost. One async path, on the server's event loop, for REST and gRPC;
-each body is encoded once and the engine's answer renamed at the byte level where it can be."""
+record tokens, latency and cost (and, for a request with ``store``, publish the answer to be kept).
+One async path, on the server's event loop, for REST and gRPC; each body is encoded once and the
+engine's answer renamed at the byte level where it can be."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
+from coachforge_inference import stored
 from coachforge_inference.engine import EngineUnreachable, engine_error
 from coachforge_inference.metrics import (
     CANDIDATE_ROUTED,
@@ -41,6 +43,9 @@ from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound,
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from coachforge_inference.stored import StoreRequest
 
 log = get_logger("coachforge.inference")
 
@@ -91,7 +96,7 @@ class InferenceDeps:
     registry: InternalChannel
     publisher: EventPublisher | None = None
     db: Database | None = None
-    """Where daily usage rows live (``GET /v1/usage``)."""
+    """Where daily usage rows and stored completions live (``GET /v1/usage``, ``/v1/chat/completions/{id}``)."""
     kafka_bootstrap: str | None = None
     """Where model.* events are read from to drop stale resolutions (none: only the TTL)."""
     engines: EnginePool | None = None
@@ -257,6 +262,10 @@ class Routed:
     (for a stream: its first chunk): authentication, resolution, routing, adapter loads, encoding."""
     error: CoachForgeError | None = None
     """The error that ended a stream after it began (its body is the stream's last event)."""
+    store: StoreRequest | None = None
+    """Set when the request asked for ``store``: what is kept with the answer."""
+    usage: dict[str, Any] | None = None
+    """A finished stream's usage (the engine's last chunk, passed on to the caller or not)."""
 
     def headers(self) -> dict[str, str]:
         """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which
@@ -311,7 +320,7 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     engine_body = dict(routed.engine_body)
     engine_body["model"] = model.base_model
     return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm,
-                  purpose=routed.purpose)
+                  purpose=routed.purpose, store=routed.store)
 
 
 def _retry_or_raise(deps: InferenceDeps, tried: list[PooledEngine], err: EngineUnreachable) -> None:
@@ -342,8 +351,12 @@ async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
     try:
         purpose = check_purpose(purpose)
         model_id = validate(path, body)
+        store = None
+        if "store" in body or "metadata" in body:  # only these requests pay for it
+            store, body = stored.take(path, model_id, body)
         routed = _route(tenant_id, model_id, body, await deps.resolve(tenant_id, model_id))
         routed.purpose = purpose
+        routed.store = store
         label = routed.model.id
         return await _engage_routed(deps, tenant_id, routed, call)
     except CoachForgeError:
@@ -452,7 +465,9 @@ async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[st
     """A non-streaming chat (``path`` ``/v1/chat/completions``) or text (``/v1/completions``)
     completion: the engine's JSON with ``model`` set to the model that answered (``arrived``: when
     the request arrived, by ``time.perf_counter``; default now; ``purpose``: "app" or "evaluation",
-    how the usage is labelled and billed, "" = "app", anything else refused)."""
+    how the usage is labelled and billed, "" = "app", anything else refused). A chat completion
+    asked with ``store: true`` is also published as ``completion.stored``
+    (:mod:`coachforge_inference.stored`); ``store`` and ``metadata`` never reach the engine."""
     started = time.perf_counter() if arrived is None else arrived
     pool = deps.pool
 
@@ -467,6 +482,8 @@ async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[st
         result["model"] = routed.model.id
         renamed = _dumps(result)
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar, routed.purpose)
+    if routed.store is not None:
+        stored.publish(deps, tenant_id, routed, result, started)
     routed.timed("unary", started)
     return renamed, routed
 
@@ -487,7 +504,9 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
     ``stream_options.include_usage`` asked for it (the engine is always asked for it: every stream
     is billed). Errors before the first byte are raised (after one retry on another engine when the
     first could not be reached); an error after it ends the stream with the error's own body as
-    the last event, and is kept as ``Routed.error`` (``arrived`` and ``purpose`` as in :func:`complete`)."""
+    the last event, and is kept as ``Routed.error`` (``arrived`` and ``purpose`` as in :func:`complete`).
+    With ``store: true`` the answer's text is added up on the way and published once the stream
+    ended without an error."""
     started = time.perf_counter() if arrived is None else arrived
     pool = deps.pool
 
@@ -550,6 +569,9 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
         finally:
             lease.release()
             await upstream.aclose()  # type: ignore[attr-defined]
+        routed.usage = usage
         record_usage(deps, tenant_id, model, usage, started, routed.avatar, routed.purpose)
 
+    if routed.store is not None:  # kept once the stream has ended
+        return stored.collect(deps, tenant_id, events(), routed, started), routed
     return events(), routed

@@ -55,6 +55,10 @@ class InferenceSettings(BaseSettings):
     usage_consumer_group: str = Field(
         default="coachforge-inference-usage",
         description="Consumer group that sums usage.recorded events into daily usage rows.")
+    stored_consumer_group: str = Field(
+        default="coachforge-inference-stored",
+        description="Consumer group that keeps completion.stored events (chat completions asked with store) "
+                    "as stored completions.")
     request_timeout_s: float = Field(default=300.0, description="Timeout of one engine call, seconds.")
     resolve_cache_s: float = Field(
         default=5.0, description="How long a model resolution is cached, seconds (a safety net: model.* events "

@@ -33,3 +33,47 @@ def validate(path: str, body: dict[str, Any]) -> str:
     if options is not None and not isinstance(options, dict):
         raise InvalidArgument("stream_options must be an object", param="stream_options")
     return model_id
+
+
+METADATA_PAIRS = 16
+METADATA_KEY_CHARS = 64
+METADATA_VALUE_CHARS = 512
+
+
+def check_metadata(metadata: Any) -> dict[str, str]:
+    """``metadata`` as kept with a stored completion (OpenAI's rules: an object of at most 16 pairs,
+    string keys of at most 64 characters, string values of at most 512); None is no metadata.
+    Anything else is refused naming ``metadata``."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise InvalidArgument("metadata must be an object of string keys and string values", param="metadata")
+    if len(metadata) > METADATA_PAIRS:
+        raise InvalidArgument(f"metadata has {len(metadata)} keys; at most {METADATA_PAIRS} are allowed",
+                              param="metadata")
+    for key, value in metadata.items():
+        if not key or len(key) > METADATA_KEY_CHARS:
+            raise InvalidArgument(f"metadata keys are 1 to {METADATA_KEY_CHARS} characters; got {key[:80]!r}",
+                                  param="metadata")
+        if not isinstance(value, str):
+            raise InvalidArgument(f"metadata[{key!r}] must be a string, got {type(value).__name__}",
+                                  param="metadata")
+        if len(value) > METADATA_VALUE_CHARS:
+            raise InvalidArgument(f"metadata[{key!r}] is {len(value)} characters; at most "
+                                  f"{METADATA_VALUE_CHARS} are allowed", param="metadata")
+    return dict(metadata)
+
+
+def take_store(path: str, body: dict[str, Any]) -> tuple[bool, dict[str, str], dict[str, Any]]:
+    """For a request with ``store`` or ``metadata`` (the caller checks that first, so that other
+    requests pay nothing): whether it is to be stored, its checked metadata, and the body without
+    those two fields (they are not the engine's business). ``store`` must be a boolean, and only
+    chat completions are stored."""
+    store = body.get("store")
+    if store is not None and not isinstance(store, bool):
+        raise InvalidArgument(f"store must be a boolean, got {store!r}", param="store")
+    if store and path != CHAT:
+        raise InvalidArgument(f"store is supported by {CHAT} only", param="store")
+    metadata = check_metadata(body.get("metadata"))
+    rest = {k: v for k, v in body.items() if k != "store" and k != "metadata"}
+    return bool(store), metadata, rest

@@ -1,0 +1,244 @@
+"""Stored chat completions (OpenAI's ``store: true``) and their feedback.
+
+* On the request path (only for a request with ``store`` or ``metadata``: others pay nothing):
+  :func:`take` checks and strips both fields; once answered, :func:`publish` sends the completion
+  as a ``completion.stored`` event without waiting for the broker (like ``usage.recorded``); a
+  stream is passed through :func:`collect`, which adds up each choice's text and publishes at its
+  end (not when it broke or the client went away).
+* The consumer (:func:`on_completion_stored`, its own consumer group) keeps one
+  ``stored_completions`` row per completion, idempotently.
+* The REST API's logic: read, list, messages, metadata update, delete; feedback per rater.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session
+
+from coachforge.common.v1.envelope_pb2 import Envelope
+from coachforge.inference.v1 import inference_pb2
+from coachforge_inference import repository, serializers
+from coachforge_inference.metrics import STORED
+from coachforge_inference.validation import check_metadata, take_store
+from coachforge_shared.db import Database
+from coachforge_shared.errors import InvalidArgument, NotFound, Unavailable
+from coachforge_shared.ids import utcnow
+from coachforge_shared.logging import get_logger
+
+if TYPE_CHECKING:
+    from coachforge_inference.service import InferenceDeps, Routed
+
+log = get_logger("coachforge.inference.stored")
+
+TOPIC = "completion.stored"
+
+#: Request fields that are not sampling parameters (kept apart, or not kept).
+_NOT_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "user", "store", "metadata"})
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """What a request asking for ``store`` keeps besides the answer."""
+
+    requested_model: str
+    metadata: dict[str, str]
+    request: dict[str, Any]
+    """The request's body (without store and metadata)."""
+
+
+def take(path: str, model_id: str, body: dict[str, Any]) -> tuple[StoreRequest | None, dict[str, Any]]:
+    """For a request with ``store`` or ``metadata``: what to keep if it is to be stored, and the
+    body without both fields (metadata is checked either way)."""
+    store, metadata, rest = take_store(path, body)
+    return (StoreRequest(model_id, metadata, rest) if store else None), rest
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _choice(choice: dict[str, Any]) -> dict[str, Any]:
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        message = {}
+    kept: dict[str, Any] = {"role": message.get("role") or "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        kept["tool_calls"] = message["tool_calls"]
+    return {"index": int(choice.get("index") or 0), "message": kept, "finish_reason": choice.get("finish_reason")}
+
+
+def publish(deps: InferenceDeps, tenant_id: str, routed: Routed, answer: dict[str, Any], started: float,
+            *, stream: bool = False) -> None:
+    """Send an answered completion asked with ``store`` as a ``completion.stored`` event (never
+    waited for, never failing the answered request). ``answer`` is the engine's chat completion
+    (id, created, choices with their message, usage)."""
+    store = routed.store
+    if store is None or deps.publisher is None:
+        return
+    try:
+        ident = answer.get("id")
+        if not isinstance(ident, str) or not ident:
+            raise ValueError("the engine's answer has no id")
+        request = store.request
+        user = request.get("user")
+        usage = answer.get("usage") or routed.usage
+        event = inference_pb2.CompletionStored(
+            id=ident, created=int(answer.get("created") or time.time()), model=routed.model.id,
+            requested_model=store.requested_model, avatar=routed.avatar, variant=routed.arm,
+            user=user if isinstance(user, str) else "", metadata_json=_dumps(store.metadata),
+            messages_json=_dumps(request.get("messages") or []),
+            params_json=_dumps({k: v for k, v in request.items() if k not in _NOT_PARAMS}),
+            choices_json=_dumps([_choice(c) for c in answer.get("choices") or () if isinstance(c, dict)]),
+            latency_seconds=time.perf_counter() - started, fallback_from=routed.fallback_from or "",
+            stream=stream, purpose=routed.purpose)
+        if isinstance(usage, dict):
+            event.usage.CopyFrom(inference_pb2.Usage(
+                prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                completion_tokens=int(usage.get("completion_tokens") or 0),
+                total_tokens=int(usage.get("total_tokens") or 0)))
+        deps.publisher.publish(TOPIC, event, tenant_id, key=ident, wait=False)
+    except Exception:  # storing must never fail an answered request
+        STORED.labels(tenant_id, "failed").inc()
+        log.exception("stored completion not published", model=routed.model.id)
+        return
+    STORED.labels(tenant_id, "published").inc()
+
+
+async def collect(deps: InferenceDeps, tenant_id: str, events: AsyncIterator[bytes], routed: Routed,
+                  started: float) -> AsyncIterator[bytes]:
+    """``events`` (a chat completion's server-sent event lines) passed on unchanged, each choice's
+    delta text added up on the way; once the stream ended without an error, the whole answer is
+    published as :func:`publish` does."""
+    ident, created = "", 0
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    try:
+        async for line in events:
+            if line.startswith(b"data: {"):
+                try:
+                    chunk = json.loads(line[6:])
+                except ValueError:
+                    chunk = {}
+                if not ident and isinstance(chunk.get("id"), str):
+                    ident, created = chunk["id"], int(chunk.get("created") or 0)
+                for choice in chunk.get("choices") or ():
+                    index = int(choice.get("index") or 0)
+                    delta = choice.get("delta") or {}
+                    texts.setdefault(index, [])
+                    if isinstance(delta.get("content"), str):
+                        texts[index].append(delta["content"])
+                    if choice.get("finish_reason"):
+                        finish[index] = choice["finish_reason"]
+            yield line
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    if routed.error is not None:
+        return
+    choices = [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i])},
+                "finish_reason": finish.get(i)} for i in sorted(texts)]
+    publish(deps, tenant_id, routed, {"id": ident, "created": created, "choices": choices}, started, stream=True)
+
+
+def _json(value: str, default: Any) -> Any:
+    return json.loads(value) if value else default
+
+
+def on_completion_stored(s: Session, env: Envelope, event: inference_pb2.CompletionStored) -> None:
+    """Keep one stored completion (a completion already kept, e.g. a republished event, is left as it is)."""
+    if not event.id:
+        log.warning("completion.stored event without an id dropped", event_id=env.event_id)
+        return
+    metadata = {str(k): str(v) for k, v in _json(event.metadata_json, {}).items()}
+    usage = event.usage if event.HasField("usage") else None
+    repository.insert_completion(s, {
+        "id": event.id, "tenant_id": env.tenant_id, "created": event.created,
+        "created_at": (env.occurred_at.ToDatetime(tzinfo=UTC) if env.HasField("occurred_at") else utcnow()),
+        "model": event.model, "requested_model": event.requested_model or event.model, "avatar": event.avatar,
+        "variant": event.variant, "end_user": event.user, "purpose": event.purpose or "app",
+        "fallback_from": event.fallback_from, "stream": event.stream, "metadata": metadata,
+        "messages": _json(event.messages_json, []), "params": _json(event.params_json, {}),
+        "choices": _json(event.choices_json, []),
+        "prompt_tokens": usage.prompt_tokens if usage else None,
+        "completion_tokens": usage.completion_tokens if usage else None,
+        "total_tokens": usage.total_tokens if usage else None,
+        "latency_seconds": event.latency_seconds, "stored_at": utcnow()}, metadata)
+
+
+# --- the REST API's logic ---
+
+
+def _db(deps: InferenceDeps) -> Database:
+    if deps.db is None:
+        raise Unavailable("stored completions are not kept by this deployment")
+    return deps.db
+
+
+def get_completion(deps: InferenceDeps, tenant_id: str, completion_id: str) -> dict[str, Any]:
+    with _db(deps).session() as s:
+        row = repository.completion(s, tenant_id, completion_id)
+        return serializers.completion(row, repository.feedback_summaries(s, [row.id]).get(row.id))
+
+
+def list_completions(deps: InferenceDeps, tenant_id: str, *, model: str | None, metadata: dict[str, str],
+                     after: str | None, limit: int, order: str) -> dict[str, Any]:
+    with _db(deps).session() as s:
+        rows = repository.completions(s, tenant_id, model=model, metadata=metadata, after=after, limit=limit,
+                                      descending=order == "desc")
+        summaries = repository.feedback_summaries(s, [r.id for r in rows[:limit]])
+        return serializers.page(rows, limit, lambda r: serializers.completion(r, summaries.get(r.id)))
+
+
+def list_messages(deps: InferenceDeps, tenant_id: str, completion_id: str, *, after: str | None, limit: int,
+                  order: str) -> dict[str, Any]:
+    """The completion's request messages, each with its id (``<completion id>-<position>``)."""
+    with _db(deps).session() as s:
+        row = repository.completion(s, tenant_id, completion_id)
+        messages = list(enumerate(row.messages or []))
+    if order == "desc":
+        messages.reverse()
+    if after:
+        ids = [serializers.message_id(completion_id, i) for i, _ in messages]
+        if after not in ids:
+            raise NotFound(f"No message {after!r} in chat completion {completion_id!r}.", param="after")
+        messages = messages[ids.index(after) + 1:]
+    return serializers.page(messages, limit, lambda m: serializers.request_message(completion_id, m[0], m[1]))
+
+
+def update_completion(deps: InferenceDeps, tenant_id: str, completion_id: str, metadata: Any) -> dict[str, Any]:
+    """Replace the completion's metadata (the only thing of a stored completion that can change)."""
+    checked = check_metadata(metadata)
+    with _db(deps).session() as s:
+        row = repository.completion(s, tenant_id, completion_id)
+        repository.replace_metadata(s, row, checked)
+        return serializers.completion(row, repository.feedback_summaries(s, [row.id]).get(row.id))
+
+
+def delete_completion(deps: InferenceDeps, tenant_id: str, completion_id: str) -> dict[str, Any]:
+    with _db(deps).session() as s:
+        repository.delete_completion(s, repository.completion(s, tenant_id, completion_id))
+    return serializers.deleted(completion_id)
+
+
+def post_feedback(deps: InferenceDeps, tenant_id: str, completion_id: str, body: dict[str, Any],
+                  default_rater: str) -> dict[str, Any]:
+    """One rater's feedback (``body``: rating, gold, correction, comment, rater), replacing what the
+    same rater said before; at least one of rating, gold or correction."""
+    if body.get("rating") is None and not body.get("gold") and body.get("correction") is None:
+        raise InvalidArgument("feedback needs at least one of rating (1-5), gold (true) or correction",
+                              param="rating")
+    rater = body.get("rater") or default_rater
+    with _db(deps).session() as s:
+        row = repository.completion(s, tenant_id, completion_id)
+        return serializers.feedback(repository.upsert_feedback(s, row, rater, body))
+
+
+def list_feedback(deps: InferenceDeps, tenant_id: str, completion_id: str) -> dict[str, Any]:
+    with _db(deps).session() as s:
+        rows = repository.feedback(s, repository.completion(s, tenant_id, completion_id).id)
+        return serializers.page(rows, len(rows), serializers.feedback)
