@@ -59,6 +59,9 @@ class DatasetDeps:
     trainer: InternalChannel | None = None
     """Channel to the trainer, asked whether a job uses a file before it is deleted (none: no
     job is asked about, e.g. a dataset service deployed without a trainer)."""
+    inference: InternalChannel | None = None
+    """Channel to inference, whose stored chat completions a version can be built from (none: a
+    ``stored_completions`` source is refused)."""
 
 
 def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:

@@ -24,6 +24,10 @@ class DatasetSettings(BaseSettings):
     trainer_grpc_target: str | None = Field(
         default=None, description="Trainer gRPC address asked, before a file is deleted, whether an unfinished "
                                   "fine-tuning job uses it. Unset: the platform's gRPC target; empty: do not ask.")
+    inference_grpc_target: str | None = Field(
+        default=None, description="Inference gRPC address that stored chat completions are read from when a dataset "
+                                  "version is built from them. Unset: the platform's gRPC target; empty: none (a "
+                                  "stored_completions source is refused).")
     max_synthetic_examples: int = Field(default=50_000, description="Most examples one synthetic-data call makes.")
     pipeline_workers: int = Field(
         default=1, description="Processes that parse and hash lines when a dataset version is built (1: in the "

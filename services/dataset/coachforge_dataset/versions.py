@@ -16,14 +16,16 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge_dataset import service, tokens
 from coachforge_dataset.models import DatasetVersion, DatasetVersionFile
 from coachforge_dataset.pipeline import Example, export_lines, parse_line, run_pipeline_to_files
 from coachforge_dataset.pipeline.export import EXPORT_FORMATS, ExportError
-from coachforge_dataset.schemas import CreateDatasetVersion
+from coachforge_dataset.schemas import CreateDatasetVersion, StoredCompletionsSource
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.tokens import TokenCheck, token_counter
-from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from coachforge_shared.errors import FailedPrecondition, Internal, InvalidArgument, NotFound, Unavailable
+from coachforge_shared.grpc_server import typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
 
@@ -51,6 +53,75 @@ def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple
     return sources, itertools.chain.from_iterable(streams)
 
 
+STORED = "stored_completions"
+
+
+@dataclasses.dataclass
+class StoredSource:
+    """What a version read from stored chat completions: the filter, and the ids as they streamed in."""
+
+    filter: dict[str, Any]
+    completion_ids: list[str] = dataclasses.field(default_factory=list)
+    corrected: int = 0
+    gold: int = 0
+    cancel: Any = None
+    """Ends the stream from inference (when the build stops before reading it all)."""
+
+    def lineage(self) -> dict[str, Any]:
+        return {"filter": self.filter, "count": len(self.completion_ids), "corrected": self.corrected,
+                "gold": self.gold, "completion_ids": self.completion_ids}
+
+
+def _stored_request(src: StoredCompletionsSource) -> inference_pb2.ListStoredCompletionsRequest:
+    req = inference_pb2.ListStoredCompletionsRequest(model=src.model or "", avatar=src.avatar or "",
+                                                     metadata=src.metadata or {},
+                                                     created_after=src.created_after or 0, limit=src.limit)
+    if src.min_rating is not None:
+        req.min_rating = src.min_rating
+    if src.gold:
+        req.gold = True
+    return req
+
+
+def _stored_lines(deps: DatasetDeps, tenant_id: str,
+                  src: StoredCompletionsSource) -> tuple[StoredSource, Iterator[bytes]]:
+    """The stored chat completions matching ``src``, streamed from inference as OpenAI chat lines
+    (each id kept for the lineage). The first one is read at once: none matching is a 400."""
+    if deps.inference is None:
+        raise InvalidArgument("stored_completions cannot be read: this dataset service has no inference service "
+                              "configured (COACHFORGE_DATASET_INFERENCE_GRPC_TARGET).", param=STORED)
+    channel = deps.inference
+    source = StoredSource(filter=src.model_dump(exclude_none=True))
+    stub = inference_pb2_grpc.InferenceServiceStub(channel.channel)
+
+    call = stub.ListStoredCompletions(_stored_request(src), metadata=channel.metadata(tenant_id), timeout=600)
+    source.cancel = call.cancel
+
+    def examples() -> Iterator[inference_pb2.StoredCompletionExample]:
+        try:
+            with typed_rpc_errors():
+                yield from call
+        except (Unavailable, Internal) as err:
+            raise Unavailable(f"Cannot read stored_completions from inference: {err.message}; try again.",
+                              param=STORED) from None
+
+    stream = examples()
+    first = next(stream, None)
+    if first is None:
+        raise InvalidArgument("No stored chat completions match stored_completions "
+                              f"{json.dumps(source.filter, sort_keys=True)}.", param=STORED,
+                              code="no_stored_completions")
+
+    def lines() -> Iterator[bytes]:
+        for example in itertools.chain([first], stream):
+            source.completion_ids.append(example.id)
+            source.corrected += example.corrected
+            source.gold += example.gold
+            yield json.dumps({"messages": json.loads(example.messages_json)}).encode()
+
+    return source, lines()
+
+
 def _sha256_of(path: Path, prefix: bytes, digest: Any) -> None:
     digest.update(prefix)
     with path.open("rb") as f:
@@ -64,6 +135,16 @@ def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion)
     The splits are written to a staging folder while the examples stream through the pipeline
     (nothing is held whole in memory), then moved to their content address."""
     sources, lines = _file_lines(deps, tenant_id, req.files)
+    stored: StoredSource | None = None
+    fmt = req.format
+    if req.stored_completions is not None:
+        if req.format not in (None, "openai"):
+            raise InvalidArgument(f"format {req.format!r} cannot be read with stored_completions (OpenAI chat); "
+                                  "leave it unset.", param="format")
+        if not req.files:
+            fmt = "openai"
+        stored, stored_lines = _stored_lines(deps, tenant_id, req.stored_completions)
+        lines = itertools.chain(lines, stored_lines)
     count = token_counter(deps.models_dir, req.base_model)
     root = deps.files_dir.parent / "datasets" / tenant_id
     root.mkdir(parents=True, exist_ok=True)
@@ -71,7 +152,7 @@ def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion)
     try:
         # Uploads were validated line by line in each line's own format; files may differ in format.
         result = run_pipeline_to_files(
-            lines, staging, format=req.format, detect="line", policy=req.policy, dedupe=req.dedupe,
+            lines, staging, format=fmt, detect="line", policy=req.policy, dedupe=req.dedupe,
             near_dup_threshold=req.near_dup_threshold, min_quality=req.min_quality, scrub_pii=req.scrub_pii,
             validation_fraction=req.validation_fraction, seed=req.seed, max_tokens=req.max_tokens,
             count_tokens=count, workers=deps.settings.pipeline_workers)
@@ -81,9 +162,10 @@ def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion)
             raise InvalidArgument(
                 f"Dataset rejected under the strict policy: {len(result.issues)} problem(s). "
                 + "; ".join(f"line {i.line}: {i.field}: {i.reason}" for i in shown) + more,
-                param="files", code="invalid_file_format")
+                param="files" if req.files else STORED, code="invalid_file_format")
         if not result.lineage.train:
-            raise InvalidArgument("No training examples are left after validation and cleaning.", param="files")
+            raise InvalidArgument("No training examples are left after validation and cleaning.",
+                                  param="files" if req.files else STORED)
         digest = hashlib.sha256()
         _sha256_of(result.train_path, b"train\n", digest)
         _sha256_of(result.validation_path, b"validation\n", digest)
@@ -98,8 +180,12 @@ def create_version(deps: DatasetDeps, tenant_id: str, req: CreateDatasetVersion)
             os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if stored is not None and stored.cancel is not None:
+            stored.cancel()
     lineage = {"sources": sources, "format": result.format, "settings": req.model_dump(),
                "counts": dataclasses.asdict(result.lineage)}
+    if stored is not None:
+        lineage[STORED] = stored.lineage()
     report = {"issues_total": len(result.issues),
               "issues": [dataclasses.asdict(i) for i in result.issues],
               "stages": [dataclasses.asdict(r) for r in result.reports]}

@@ -13,6 +13,9 @@ def wire(w: Wiring) -> Service:
     settings = DatasetSettings()
     # "" turns the trainer check off (no trainer to ask before a file is deleted).
     trainer = w.channel(settings.trainer_grpc_target) if settings.trainer_grpc_target != "" else None
+    # "" leaves inference out (a version cannot be built from stored completions).
+    inference = w.channel(settings.inference_grpc_target) if settings.inference_grpc_target != "" else None
     deps = DatasetDeps(db=w.db, settings=settings, files_dir=w.platform.resolved_artifacts_dir / "files",
-                       publisher=w.publisher, models_dir=w.platform.models_dir, trainer=trainer)
+                       publisher=w.publisher, models_dir=w.platform.models_dir, trainer=trainer,
+                       inference=inference)
     return Service("dataset", deps, routers=[api.router, api.datasets], servicers=[grpc.registration(deps)])

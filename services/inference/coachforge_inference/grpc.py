@@ -12,13 +12,17 @@ from typing import Any
 import grpc
 
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
-from coachforge_inference import service
+from coachforge_inference import service, stored
 from coachforge_inference import usage as usage_mod
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.validation import CHAT, COMPLETIONS
 from coachforge_shared.auth import current_principal
 from coachforge_shared.errors import Internal, InvalidArgument, Unavailable
 from coachforge_shared.grpc_server import ServiceRegistration
+
+TRAINING_PAGE = 500
+"""Stored completions read from the database at a time by ListStoredCompletions."""
+DEFAULT_TRAINING_LIMIT = 10_000
 
 
 def _body(request: inference_pb2.ChatCompletionRequest | inference_pb2.CompletionRequest) -> dict[str, Any]:
@@ -149,6 +153,30 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         return inference_pb2.ModelPrice(model=model.id, input_per_million=price.input,
                                         output_per_million=price.output, base_model=model.base_model or model.id,
                                         fine_tuned=bool(model.adapter_name))
+
+    async def ListStoredCompletions(self, request: inference_pb2.ListStoredCompletionsRequest,
+                                    context: grpc.aio.ServicerContext,
+                                    ) -> AsyncIterator[inference_pb2.StoredCompletionExample]:
+        """The matching stored completions as training examples, read a page at a time."""
+        if self.deps.db is None:
+            raise Unavailable("stored completions are not kept by this deployment")
+        if request.limit < 0:
+            raise InvalidArgument("limit must not be negative", param="limit")
+        tenant_id = current_principal().tenant_id
+        flt = stored.TrainingFilter(
+            min_rating=request.min_rating if request.HasField("min_rating") else None,
+            gold=request.gold, model=request.model or None, avatar=request.avatar or None,
+            metadata=dict(request.metadata), created_after=request.created_after or None)
+        left = request.limit or DEFAULT_TRAINING_LIMIT
+        cursor = None
+        while left > 0:
+            page, cursor = await asyncio.to_thread(stored.training_page, self.deps, tenant_id, flt, cursor,
+                                                   min(left, TRAINING_PAGE))
+            for example in page:
+                yield example
+            left -= len(page)
+            if cursor is None:
+                return
 
 
 def registration(deps: InferenceDeps) -> ServiceRegistration:

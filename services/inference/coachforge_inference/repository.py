@@ -135,3 +135,45 @@ def feedback(s: Session, completion_id: str) -> list[CompletionFeedback]:
     """Every rater's feedback on a completion, oldest first."""
     f = CompletionFeedback
     return list(s.scalars(select(f).where(f.completion_id == completion_id).order_by(f.created_at, f.id)))
+
+
+def training_page(s: Session, tenant_id: str, *, min_rating: int | None = None, gold: bool = False,
+                  model: str | None = None, avatar: str | None = None, metadata: Mapping[str, str] | None = None,
+                  created_after: int | None = None, after: tuple[Any, ...] | None = None,
+                  limit: int = 500) -> list[StoredCompletion]:
+    """One page (up to ``limit``) of the tenant's stored completions that a training set is built
+    from, oldest first, after the ``(created, created_at, id)`` of ``after``. With ``min_rating`` or ``gold``, only
+    completions with at least one feedback row rated at least ``min_rating`` (and marked gold)."""
+    t = StoredCompletion
+    q = select(t).where(t.tenant_id == tenant_id)
+    if model:
+        q = q.where(or_(t.model == model, t.requested_model == model))
+    if avatar:
+        q = q.where(t.avatar == avatar)
+    if created_after:
+        q = q.where(t.created > created_after)
+    for key, value in (metadata or {}).items():
+        m = StoredCompletionMetadata
+        q = q.where(t.id.in_(select(m.completion_id).where(m.key == key, m.value == value)))
+    if min_rating is not None or gold:
+        f = CompletionFeedback
+        rated = select(f.completion_id).where(f.tenant_id == tenant_id)
+        if min_rating is not None:
+            rated = rated.where(f.rating >= min_rating)
+        if gold:
+            rated = rated.where(f.gold.is_(True))
+        q = q.where(t.id.in_(rated))
+    if after is not None:
+        q = q.where(_after((t.created, t.created_at, t.id), after, False))
+    return list(s.scalars(q.order_by(t.created, t.created_at, t.id).limit(limit)))
+
+
+def latest_corrections(s: Session, completion_ids: Sequence[str]) -> dict[str, str]:
+    """Per completion that a rater corrected: the correction updated last."""
+    if not completion_ids:
+        return {}
+    f = CompletionFeedback
+    rows = s.execute(select(f.completion_id, f.correction)
+                     .where(f.completion_id.in_(completion_ids), f.correction.is_not(None))
+                     .order_by(f.updated_at, f.id))
+    return {r[0]: str(r[1]) for r in rows}  # later rows overwrite earlier ones: the latest wins

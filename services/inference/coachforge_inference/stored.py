@@ -242,3 +242,51 @@ def list_feedback(deps: InferenceDeps, tenant_id: str, completion_id: str) -> di
     with _db(deps).session() as s:
         rows = repository.feedback(s, repository.completion(s, tenant_id, completion_id).id)
         return serializers.page(rows, len(rows), serializers.feedback)
+
+
+# --- training examples (gRPC ListStoredCompletions, read by the dataset service) ---
+
+
+@dataclass(frozen=True)
+class TrainingFilter:
+    """Which stored completions a training set is built from (see ``ListStoredCompletionsRequest``)."""
+
+    min_rating: int | None = None
+    gold: bool = False
+    model: str | None = None
+    avatar: str | None = None
+    metadata: dict[str, str] | None = None
+    created_after: int | None = None
+
+
+def _answer(row: Any) -> str:
+    first: dict[str, Any] = min(row.choices or [], key=lambda c: int(c.get("index") or 0), default={})
+    message = first.get("message") or {}
+    return str(message.get("content") or "")
+
+
+def training_page(deps: InferenceDeps, tenant_id: str, flt: TrainingFilter, after: tuple[Any, ...] | None,
+                  limit: int) -> tuple[list[inference_pb2.StoredCompletionExample], tuple[Any, ...] | None]:
+    """One page of stored completions as training examples (the request's messages, then the
+    latest correction or else the first choice as the assistant's answer), and the cursor of the
+    next page (None when this one was the last)."""
+    if flt.min_rating is not None and not 1 <= flt.min_rating <= 5:
+        raise InvalidArgument("min_rating must be between 1 and 5", param="min_rating")
+    with _db(deps).session() as s:
+        rows = repository.training_page(s, tenant_id, min_rating=flt.min_rating, gold=flt.gold, model=flt.model,
+                                        avatar=flt.avatar, metadata=flt.metadata,
+                                        created_after=flt.created_after, after=after, limit=limit)
+        ids = [r.id for r in rows]
+        summaries = repository.feedback_summaries(s, ids)
+        corrections = repository.latest_corrections(s, ids)
+        examples = []
+        for r in rows:
+            summary = summaries.get(r.id) or {}
+            correction = corrections.get(r.id)
+            messages = [*(r.messages or []),
+                        {"role": "assistant", "content": correction if correction is not None else _answer(r)}]
+            examples.append(inference_pb2.StoredCompletionExample(
+                id=r.id, messages_json=json.dumps(messages), mean_rating=summary.get("mean_rating") or 0.0,
+                gold=bool(summary.get("gold_count")), corrected=correction is not None))
+        cursor = (rows[-1].created, rows[-1].created_at, rows[-1].id) if len(rows) == limit else None
+    return examples, cursor
