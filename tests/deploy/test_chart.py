@@ -306,7 +306,7 @@ def test_ingress_routes_every_api_path_to_its_service(rendered: dict[str, list[d
                      "/v1/fine_tuning": "coachforge-trainer", "/v1/models": "coachforge-registry",
                      "/v1/avatars": "coachforge-registry", "/v1/chat": "coachforge-inference",
                      "/v1/completions": "coachforge-inference", "/v1/coach": "coachforge-coach",
-                     "/v1/evals": "coachforge-evaluator"}
+                     "/v1/evals": "coachforge-evaluator", "/v1/comparisons": "coachforge-evaluator"}
 
 
 def test_dashboards_ship_as_labelled_config_maps(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -1,12 +1,13 @@
-"""REST: OpenAI's Evals API (``/v1/evals…``) and run comparisons (``/v1/evals/{id}/compare``)."""
+"""REST: OpenAI's Evals API (``/v1/evals…``), run comparisons (``/v1/evals/{id}/compare``) and blind
+A/B comparisons with human votes (``/v1/comparisons…``)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Query, Request, Response
 
-from coachforge_evaluator import service
+from coachforge_evaluator import comparisons, service
 from coachforge_evaluator.service import EvaluatorDeps
 from coachforge_shared.http import CurrentPrincipal
 
@@ -103,3 +104,33 @@ def list_output_items(request: Request, principal: CurrentPrincipal, eval_id: st
 def get_output_item(request: Request, principal: CurrentPrincipal, eval_id: str, run_id: str,
                     output_item_id: str) -> dict[str, Any]:
     return service.get_output_item(_deps(request), principal.tenant_id, eval_id, run_id, output_item_id)
+
+
+comparisons_router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
+
+
+@comparisons_router.post("")
+def create_comparison(request: Request, principal: CurrentPrincipal, body: Any = Body(...)) -> dict[str, Any]:
+    """Blind A/B comparison of 2-4 models on 1-500 prompts; the answers are generated in the background."""
+    return comparisons.create(_deps(request), principal.tenant_id, body)
+
+
+@comparisons_router.get("/{comparison_id}")
+def get_comparison(request: Request, principal: CurrentPrincipal, comparison_id: str) -> dict[str, Any]:
+    """Status and standings: wins/losses/ties, win rates with Wilson intervals, Bradley-Terry, agreement."""
+    return comparisons.get(_deps(request), principal.tenant_id, comparison_id)
+
+
+@comparisons_router.get("/{comparison_id}/next", response_model=None)
+def next_pair(request: Request, principal: CurrentPrincipal, comparison_id: str,
+              voter: str | None = None) -> dict[str, Any] | Response:
+    """A pair this voter has not judged, without model names (204 when none remain, 409 while generating)."""
+    pair = comparisons.next_pair(_deps(request), principal.tenant_id, comparison_id, voter)
+    return Response(status_code=204) if pair is None else pair
+
+
+@comparisons_router.post("/{comparison_id}/votes")
+def create_vote(request: Request, principal: CurrentPrincipal, comparison_id: str,
+                body: Any = Body(...)) -> dict[str, Any]:
+    """``{"pair_id", "voter", "winner": "left"|"right"|"tie"}``; one vote per pair and voter."""
+    return comparisons.vote(_deps(request), principal.tenant_id, comparison_id, body)

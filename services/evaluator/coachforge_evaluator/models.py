@@ -70,3 +70,54 @@ class EvalRunItem(Base):
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     graded_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Comparison(Base):
+    """A blind A/B comparison: 2-4 models answer the same prompts (one completions run each, of a
+    hidden eval without testing criteria); people vote on pairs of answers."""
+
+    __tablename__ = "comparisons"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    eval_id: Mapped[str] = mapped_column(ForeignKey("evals.id", ondelete="CASCADE"), unique=True)
+    """The hidden eval whose runs generate the answers (not listed or served by the Evals API)."""
+    name: Mapped[str] = mapped_column(String(200))
+    models: Mapped[list[str]] = mapped_column(JSON)
+    run_ids: Mapped[list[str]] = mapped_column(JSON)
+    """One run per model, in the order of ``models``."""
+    prompt_count: Mapped[int] = mapped_column(Integer)
+    salt: Mapped[str] = mapped_column(String(64))
+    """Secret seed of each voter's pair order and left/right sides."""
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ComparisonPair(Base):
+    """One prompt and one unordered pair of the comparison's models (``model_a`` before ``model_b``
+    in the comparison's model order)."""
+
+    __tablename__ = "comparison_pairs"
+    __table_args__ = (UniqueConstraint("comparison_id", "prompt_index", "model_a", "model_b"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), index=True)
+    prompt_index: Mapped[int] = mapped_column(Integer)
+    model_a: Mapped[str] = mapped_column(String(300))
+    model_b: Mapped[str] = mapped_column(String(300))
+
+
+class ComparisonVote(Base):
+    """One voter's verdict on one pair; which model was on the left for them is kept with it."""
+
+    __tablename__ = "comparison_votes"
+    __table_args__ = (UniqueConstraint("pair_id", "voter"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    comparison_id: Mapped[str] = mapped_column(ForeignKey("comparisons.id", ondelete="CASCADE"), index=True)
+    pair_id: Mapped[str] = mapped_column(ForeignKey("comparison_pairs.id", ondelete="CASCADE"))
+    voter: Mapped[str] = mapped_column(String(256))
+    left_model: Mapped[str] = mapped_column(String(300))
+    winner_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    """NULL: a tie."""
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

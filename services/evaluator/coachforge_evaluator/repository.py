@@ -9,19 +9,29 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from coachforge_evaluator.models import Eval, EvalRun, EvalRunItem
+from coachforge_evaluator.models import Comparison, Eval, EvalRun, EvalRunItem
 from coachforge_shared.errors import NotFound
 
 
+def _visible() -> Any:
+    """Evals the Evals API shows: not the hidden ones that generate a comparison's answers."""
+    return Eval.id.not_in(select(Comparison.eval_id))
+
+
+def hidden_eval(s: Session, eval_id: str) -> bool:
+    """Whether ``eval_id`` is a comparison's hidden eval."""
+    return s.scalar(select(Comparison.id).where(Comparison.eval_id == eval_id)) is not None
+
+
 def eval_(s: Session, tenant_id: str, eval_id: str) -> Eval:
-    found = s.scalar(select(Eval).where(Eval.id == eval_id, Eval.tenant_id == tenant_id))
+    found = s.scalar(select(Eval).where(Eval.id == eval_id, Eval.tenant_id == tenant_id, _visible()))
     if found is None:
         raise NotFound(f"No eval with id {eval_id!r}.", param="eval_id", code="eval_not_found")
     return found
 
 
 def evals(s: Session, tenant_id: str, *, after: str | None, limit: int, descending: bool) -> list[Eval]:
-    q = select(Eval).where(Eval.tenant_id == tenant_id)
+    q = select(Eval).where(Eval.tenant_id == tenant_id, _visible())
     if after:
         cursor = eval_(s, tenant_id, after)
         q = q.where(_after(Eval, cursor.created_at, cursor.id, descending))

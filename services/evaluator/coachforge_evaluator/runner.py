@@ -310,7 +310,8 @@ class RunExecutor:
                 if passed + failed:
                     rates[name] = passed / (passed + failed)
             e = s.get(Eval, row.eval_id)
-            if self.deps.publisher is not None:
+            # A comparison's runs are not evaluations of the model (the registry would keep them).
+            if self.deps.publisher is not None and not repository.hidden_eval(s, row.eval_id):
                 self.deps.publisher.publish(FINISHED_EVENTS[status], evaluator_pb2.EvalRunFinished(
                     eval_id=row.eval_id, eval_name=e.name if e else "", run_id=run_id, model=row.model,
                     status=status, total=sum(counts.values()), passed=counts.get("pass", 0),

@@ -9,7 +9,9 @@ Pure functions (numpy and the standard library only):
   binomial test of ``b`` out of ``b + c`` at 1/2;
 * :func:`paired_bootstrap` — the mean per-item difference of two paired score lists and its
   percentile bootstrap interval (items resampled with replacement, seeded);
-* :func:`percentile` — latency percentiles (linear interpolation, numpy's default, R type 7).
+* :func:`percentile` — latency percentiles (linear interpolation, numpy's default, R type 7);
+* :func:`bradley_terry` — Bradley-Terry strengths from pairwise wins (Hunter's MM algorithm, ties
+  counted as half a win to each side).
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ def _z(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
-def wilson_interval(passed: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of ``passed / n`` at ``confidence``; ``(0.0, 1.0)`` when ``n == 0``."""
+def wilson_interval(passed: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of ``passed / n`` at ``confidence``; ``(0.0, 1.0)`` when ``n == 0``.
+    ``passed`` may be fractional (a win rate where ties count half)."""
     if n < 0 or not 0 <= passed <= max(n, 0):
         raise ValueError(f"need 0 <= passed <= n, got passed={passed}, n={n}")
     z = _z(confidence)
@@ -103,4 +106,33 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q))
 
 
-__all__ = ["mcnemar_exact", "paired_bootstrap", "percentile", "wilson_interval"]
+def bradley_terry(wins: Sequence[Sequence[float]], *, iterations: int = 10_000,
+                  tolerance: float = 1e-10) -> list[float]:
+    """Bradley-Terry strengths ``p`` (summing to 1) from ``wins[i][j]``, how often ``i`` beat ``j``
+    (a tie adds 0.5 to both), fitted by maximum likelihood with Hunter's (2004) MM iteration
+    ``p_i <- W_i / sum_j n_ij / (p_i + p_j)``. A model that never won tends to 0 (and one that never
+    lost to 1: no finite maximum exists then, the iteration stops after ``iterations``); a model that
+    met nobody keeps its start value before normalising.
+    """
+    k = len(wins)
+    if any(len(row) != k for row in wins):
+        raise ValueError("wins must be a square matrix")
+    w = np.asarray(wins, dtype=np.float64)
+    if (w < 0).any():
+        raise ValueError("wins must be >= 0")
+    games = w + w.T
+    total_wins = w.sum(axis=1)
+    p = np.full(k, 1.0 / k) if k else np.zeros(0)
+    for _ in range(iterations):
+        denom = np.array([sum(games[i, j] / (p[i] + p[j]) for j in range(k) if j != i and games[i, j] > 0)
+                          for i in range(k)])
+        new = np.where(denom > 0, total_wins / np.where(denom > 0, denom, 1.0), p)
+        new = new / new.sum() if new.sum() > 0 else new
+        if np.abs(new - p).max() < tolerance:
+            p = new
+            break
+        p = new
+    return [float(x) for x in p]
+
+
+__all__ = ["bradley_terry", "mcnemar_exact", "paired_bootstrap", "percentile", "wilson_interval"]

@@ -29,6 +29,6 @@ def wire(w: Wiring) -> Service:
     deps.wake = executor.submit
     requested = Consumer(settings.consumer_group, ["eval.run.requested"],
                          lambda s, env, ev: lambda: executor.submit(ev.run_id))
-    return Service("evaluator", deps, routers=[api.router], servicers=[grpc.registration(deps)],
+    return Service("evaluator", deps, routers=[api.router, api.comparisons_router], servicers=[grpc.registration(deps)],
                    consumers=[requested], checks={"eval_runner": executor.running},
                    on_start=[executor.start], on_stop=[executor.stop])
