@@ -181,6 +181,9 @@ app.kubernetes.io/part-of: coachforge
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_TRAINER_MAX_LORA_RANK
   value: {{ $root.Values.engine.maxLoraRank | quote }}
+# Before a file or dataset version is deleted, the dataset service asks the trainer whether an unfinished job uses it.
+- name: COACHFORGE_DATASET_TRAINER_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "trainer") | quote }}
 # Gold dataset versions (stored_completions) read stored chat completions from inference.
 - name: COACHFORGE_DATASET_INFERENCE_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
