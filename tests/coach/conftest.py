@@ -29,6 +29,9 @@ class ScriptedModels:
     answer: str | CoachForgeError = '{"operations": [], "message": "Keep going."}'
     base: str | CoachForgeError = BASE
     calls: list[dict[str, Any]] = field(default_factory=list)
+    feedback: list[dict[str, Any]] = field(default_factory=list)
+    feedback_error: Exception | None = None
+    completion_ids: int = 0
 
     def base_model(self, tenant_id: str, model: str) -> str:
         if isinstance(self.base, CoachForgeError):
@@ -36,12 +39,23 @@ class ScriptedModels:
         return self.base
 
     def chat(self, tenant_id: str, model: str, messages: list[dict[str, str]], *, response_format: dict[str, Any],
-             max_tokens: int, temperature: float, seed: int, timeout: float) -> ChatAnswer:
+             max_tokens: int, temperature: float, seed: int, timeout: float,
+             store_metadata: dict[str, str] | None = None) -> ChatAnswer:
         self.calls.append({"tenant": tenant_id, "model": model, "messages": messages,
-                           "response_format": response_format, "max_tokens": max_tokens})
+                           "response_format": response_format, "max_tokens": max_tokens,
+                           "store_metadata": store_metadata})
         if isinstance(self.answer, CoachForgeError):
             raise self.answer
-        return ChatAnswer(content=self.answer, finish_reason="stop", model=model)
+        self.completion_ids += 1
+        return ChatAnswer(content=self.answer, finish_reason="stop", model=model,
+                          id=f"chatcmpl-{self.completion_ids}")
+
+    def record_feedback(self, tenant_id: str, completion_id: str, *, rater: str, rating: int, comment: str,
+                        timeout: float) -> None:
+        self.feedback.append({"tenant": tenant_id, "completion_id": completion_id, "rater": rater,
+                              "rating": rating, "comment": comment})
+        if self.feedback_error is not None:
+            raise self.feedback_error
 
 
 @pytest.fixture

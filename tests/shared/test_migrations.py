@@ -64,3 +64,23 @@ def test_usage_rows_get_a_purpose_and_keep_their_totals_down_again(backend: str,
         assert [(str(r[0]), *r[1:]) for r in rows] == [("2026-11-20", 5, 50, 10, 0.75), ("2026-11-21", 1, 10, 1, 0.125)]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_recommendations_get_a_nullable_completion_id(backend: str, tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("scratch_postgres")
+
+    def columns() -> dict[str, bool]:
+        engine = create_engine(url)
+        try:
+            return {c["name"]: c["nullable"] for c in inspect(engine).get_columns("coach_recommendations")}
+        finally:
+            engine.dispose()
+
+    migrate.upgrade(url, "d1f6a2b3c4e5")
+    assert "completion_id" not in columns()
+    migrate.upgrade(url)
+    assert columns()["completion_id"] is True
+    migrate.downgrade(url, "d1f6a2b3c4e5")
+    assert "completion_id" not in columns()

@@ -26,6 +26,7 @@ class ChatAnswer:
     content: str
     finish_reason: str
     model: str  # the model that answered (the base model when an avatar fell back to it)
+    id: str = ""  # the completion's id (kept by inference when it was asked to store it)
 
 
 class ModelClient(Protocol):
@@ -36,8 +37,16 @@ class ModelClient(Protocol):
         ...
 
     def chat(self, tenant_id: str, model: str, messages: list[dict[str, str]], *, response_format: dict[str, Any],
-             max_tokens: int, temperature: float, seed: int, timeout: float) -> ChatAnswer:
-        """One chat completion constrained by ``response_format``."""
+             max_tokens: int, temperature: float, seed: int, timeout: float,
+             store_metadata: dict[str, str] | None = None) -> ChatAnswer:
+        """One chat completion constrained by ``response_format``; with ``store_metadata`` inference
+        keeps it (``store``) with that metadata."""
+        ...
+
+    def record_feedback(self, tenant_id: str, completion_id: str, *, rater: str, rating: int, comment: str,
+                        timeout: float) -> None:
+        """``rater``'s feedback on the stored completion ``completion_id`` (replacing the same rater's);
+        raises the typed error (NotFound while the completion is not stored yet)."""
         ...
 
 
@@ -56,16 +65,26 @@ class GrpcModelClient:
         return found.base_model or found.id
 
     def chat(self, tenant_id: str, model: str, messages: list[dict[str, str]], *, response_format: dict[str, Any],
-             max_tokens: int, temperature: float, seed: int, timeout: float) -> ChatAnswer:
+             max_tokens: int, temperature: float, seed: int, timeout: float,
+             store_metadata: dict[str, str] | None = None) -> ChatAnswer:
         stub = inference_pb2_grpc.InferenceServiceStub(self.inference.channel)
         request = inference_pb2.ChatCompletionRequest(
             model=model, messages=[inference_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in messages],
             max_tokens=max_tokens, temperature=temperature, seed=seed,
-            response_format_json=json.dumps(response_format, separators=(",", ":")))
+            response_format_json=json.dumps(response_format, separators=(",", ":")),
+            store=store_metadata is not None, metadata=store_metadata or {})
         with typed_rpc_errors():
             reply: inference_pb2.ChatCompletionResponse = stub.CreateChatCompletion(
                 request, metadata=self.inference.metadata(tenant_id), timeout=timeout)
-        return ChatAnswer(content=reply.content, finish_reason=reply.finish_reason, model=reply.model)
+        return ChatAnswer(content=reply.content, finish_reason=reply.finish_reason, model=reply.model, id=reply.id)
+
+    def record_feedback(self, tenant_id: str, completion_id: str, *, rater: str, rating: int, comment: str,
+                        timeout: float) -> None:
+        stub = inference_pb2_grpc.InferenceServiceStub(self.inference.channel)
+        request = inference_pb2.RecordFeedbackRequest(completion_id=completion_id, rating=rating, comment=comment,
+                                                      rater=rater)
+        with typed_rpc_errors():
+            stub.RecordFeedback(request, metadata=self.inference.metadata(tenant_id), timeout=timeout)
 
 
 @lru_cache(maxsize=8)

@@ -115,7 +115,8 @@ def recommendation_proto(r: dict[str, Any]) -> coach_pb2.Recommendation:
         modification_json=json.dumps(r["modification"]), operations=_operations(r["operations"]),
         weekly_tss_before=r["weekly_tss"]["before"], weekly_tss_after=r["weekly_tss"]["after"],
         context=ctx["text"], context_tokens=ctx["tokens"], context_level=ctx["level"],
-        model_answer_valid=bool(answer.get("valid")), state_json=json.dumps(r["state"]))
+        model_answer_valid=bool(answer.get("valid")), state_json=json.dumps(r["state"]),
+        completion_id=r["completion_id"] or "")
 
 
 def _counts(c: dict[str, int]) -> coach_pb2.ImportCounts:

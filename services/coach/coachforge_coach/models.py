@@ -92,6 +92,8 @@ class Recommendation(Base):
     model: Mapped[str] = mapped_column(String(300), default="")
     prompt_hash: Mapped[str] = mapped_column(String(64), default="")
     modification_json: Mapped[str] = mapped_column(Text)
+    # The stored chat completion the model answered with (None when the rules answered).
+    completion_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -65,6 +65,12 @@ DEFAULT_SORENESS = 4
 WELLNESS_MAX_AGE_DAYS = 2
 PLAN_HORIZON_DAYS = 28
 
+#: Feedback the coach records on a recommendation's stored completion when its change is applied
+#: or undone (one row per rater: an undo replaces the "applied" row).
+OUTCOME_RATER = "coach-outcome"
+OUTCOMES: dict[str, int] = {"applied": 4, "undone": 2}
+FEEDBACK_TIMEOUT_S = 5.0
+
 
 @dataclass
 class CoachDeps:
@@ -418,6 +424,8 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
             fallback = {"reason": "context_over_budget",
                         "message": f"The minimal context needs {ctx.tokens} tokens; the budget is {budget}."}
 
+        rec_id = new_id("rec")
+        completion_id: str | None = None
         proposal: Modification | None = None
         verdict: tuple[list[int], list[RuleViolation], list[PlannedWorkout]] | None = None
         if fallback is None and deps.models is not None:
@@ -425,11 +433,14 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
                 ids = [w.id for w in _week(snap)]
                 reply = deps.models.chat(tenant_id, model, messages, response_format=response_format(ids),
                                          max_tokens=settings.max_answer_tokens, temperature=settings.temperature,
-                                         seed=settings.seed, timeout=settings.inference_timeout_s)
+                                         seed=settings.seed, timeout=settings.inference_timeout_s,
+                                         store_metadata={"source": "coach", "athlete": athlete_id,
+                                                         "recommendation": rec_id})
             except CoachForgeError as err:
                 fallback = {"reason": _REASONS.get(type(err).__name__, "model_error"), "message": err.message}
             else:
                 answered_by = reply.model
+                completion_id = reply.id or None
                 answer = {"valid": False, "error": None, "content": reply.content[:4000],
                           "finish_reason": reply.finish_reason}
                 try:
@@ -452,15 +463,17 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
         accepted, violations, upcoming = verdict
         source = "rules" if fallback is not None else "model"
         RECOMMENDATIONS.labels(tenant_id, model, source).inc()
-        rec = Recommendation(id=new_id("rec"), tenant_id=tenant_id, athlete_id=athlete.id, source=source,
+        rec = Recommendation(id=rec_id, tenant_id=tenant_id, athlete_id=athlete.id, source=source,
                              model=(answered_by or model) if source == "model" else "", prompt_hash=digest,
-                             modification_json=proposal.to_json())
+                             modification_json=proposal.to_json(),
+                             completion_id=completion_id if source == "model" else None)
         s.add(rec)
         s.flush()
         return {
             "object": "coach.recommendation", "id": rec.id, "athlete_id": athlete_id, "created_at": to_unix(
                 rec.created_at), "today": today.isoformat(), "source": source, "fallback": fallback, "model": model,
-            "answered_by": answered_by or None, "schema_version": SCHEMA_VERSION, "prompt_hash": digest,
+            "answered_by": answered_by or None, "completion_id": rec.completion_id,
+            "schema_version": SCHEMA_VERSION, "prompt_hash": digest,
             "context": {"text": ctx.text, "tokens": ctx.tokens, "budget": ctx.budget, "level": ctx.level,
                         "fits": ctx.fits, "tokenizer": tokenizer},
             "state": state_out(snap, deps),
@@ -506,6 +519,7 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
     given = _modification(body) if body.modification is not None else None
     digest = _request_hash(body)
     today = today_or(body.today)
+    completion_id: str | None = None
     try:
         with deps.db.session() as s:
             athlete = repo.athlete(s, tenant_id, athlete_id, lock=True)  # serialises applies per athlete
@@ -519,6 +533,7 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
                 rec = repo.recommendation(s, tenant_id, athlete.id, body.recommendation_id)
                 mod, source, model, p_hash, rec_id = (Modification.model_validate_json(rec.modification_json),
                                                       rec.source, rec.model, rec.prompt_hash, rec.id)
+                completion_id = rec.completion_id
             snap = _snapshot(s, deps, athlete, today)
             accepted, violations, _ = _check(s, snap, mod, deps.config)
             rows = repo.workouts_by_external_id(s, athlete.id, (mod.operations[i].workout_id for i in accepted))
@@ -552,7 +567,7 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
             s.flush()
             if accepted:
                 CHANGES.labels(tenant_id, "applied").inc()
-            return change_out(change, athlete_id)
+            out = change_out(change, athlete_id)
     except IntegrityError:
         # The same request id committed concurrently (a database without row locks): answer with it.
         with deps.db.session() as s:
@@ -560,6 +575,26 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
             if earlier is None:
                 raise
             return _replay(earlier, digest, athlete_id)
+    if out["status"] == "applied":  # committed: the model's answer was acted on
+        record_outcome(deps, tenant_id, completion_id, "applied")
+    return out
+
+
+def record_outcome(deps: CoachDeps, tenant_id: str, completion_id: str | None, outcome: str) -> None:
+    """Record ``outcome`` (applied | undone) as feedback of rater :data:`OUTCOME_RATER` on the
+    recommendation's stored completion. Never fails the caller: the completion may not be stored
+    yet (it is written from an event), or inference may be away; either is logged."""
+    if completion_id is None or deps.models is None:
+        return
+    try:
+        deps.models.record_feedback(tenant_id, completion_id, rater=OUTCOME_RATER, rating=OUTCOMES[outcome],
+                                    comment=outcome, timeout=FEEDBACK_TIMEOUT_S)
+    except NotFound as err:
+        log.info("outcome feedback not recorded: completion not stored (yet)", tenant=tenant_id,
+                 completion_id=completion_id, outcome=outcome, error=err.message)
+    except Exception as err:  # feedback is best effort, never failing an apply or undo
+        log.warning("outcome feedback not recorded", tenant=tenant_id, completion_id=completion_id,
+                    outcome=outcome, error=str(err))
 
 
 def _replay(earlier: PlanChange, digest: str, athlete_id: str) -> dict[str, Any]:
@@ -574,6 +609,7 @@ def _replay(earlier: PlanChange, digest: str, athlete_id: str) -> dict[str, Any]
 def undo(deps: CoachDeps, tenant_id: str, actor: str, change_id: str) -> dict[str, Any]:
     """Restore every workout the change touched, in one transaction; refused when any of them was
     changed since (its version moved on). Undoing an undone change returns it unchanged."""
+    completion_id: str | None = None
     with deps.db.session() as s:
         change = repo.change(s, tenant_id, change_id)
         athlete = s.get(Athlete, change.athlete_id, with_for_update=True)
@@ -602,7 +638,12 @@ def undo(deps: CoachDeps, tenant_id: str, actor: str, change_id: str) -> dict[st
             row.updated_at = utcnow()
         change.status, change.undone_at, change.undone_by = "undone", utcnow(), actor
         CHANGES.labels(tenant_id, "undone").inc()
-        return change_out(change, athlete.external_id)
+        if change.recommendation_id is not None:
+            rec = s.get(Recommendation, change.recommendation_id)
+            completion_id = rec.completion_id if rec is not None else None
+        out = change_out(change, athlete.external_id)
+    record_outcome(deps, tenant_id, completion_id, "undone")
+    return out
 
 
 def history(deps: CoachDeps, tenant_id: str, athlete_id: str, limit: int | None = None) -> list[dict[str, Any]]:

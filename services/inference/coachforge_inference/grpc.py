@@ -10,10 +10,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from pydantic import ValidationError
 
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge_inference import service, stored
 from coachforge_inference import usage as usage_mod
+from coachforge_inference.schemas import FeedbackIn
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.validation import CHAT, COMPLETIONS
 from coachforge_shared.auth import current_principal
@@ -75,6 +77,32 @@ def _chunk(chunk: dict[str, Any]) -> inference_pb2.CompletionChunk:
     return inference_pb2.CompletionChunk(
         id=chunk.get("id", ""), model=chunk["model"], created=int(chunk.get("created") or 0),
         choices=[_choice(c) for c in chunk.get("choices") or ()], usage=_usage(chunk.get("usage")))
+
+
+def _feedback_body(request: inference_pb2.RecordFeedbackRequest) -> dict[str, Any]:
+    """The REST feedback body a RecordFeedbackRequest stands for, validated as REST validates it."""
+    data: dict[str, Any] = {"gold": request.gold}
+    for name in ("rating", "correction", "comment"):
+        if request.HasField(name):
+            data[name] = getattr(request, name)
+    if request.rater:
+        data["rater"] = request.rater
+    try:
+        return FeedbackIn.model_validate(data).model_dump()
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in first["loc"]) or "request"
+        raise InvalidArgument(f"Invalid feedback: {param}: {first['msg']}", param=param) from None
+
+
+def _feedback(row: dict[str, Any]) -> inference_pb2.CompletionFeedback:
+    msg = inference_pb2.CompletionFeedback(
+        id=row["id"], completion_id=row["completion_id"], rater=row["rater"], gold=bool(row["gold"]),
+        created_at=row["created_at"] or 0, updated_at=row["updated_at"] or 0)
+    for name in ("rating", "correction", "comment"):
+        if row[name] is not None:
+            setattr(msg, name, row[name])
+    return msg
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -177,6 +205,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
             left -= len(page)
             if cursor is None:
                 return
+
+    async def RecordFeedback(self, request: inference_pb2.RecordFeedbackRequest,
+                             context: grpc.aio.ServicerContext) -> inference_pb2.CompletionFeedback:
+        """One rater's feedback on a stored completion: the REST endpoint's logic."""
+        if not request.completion_id:
+            raise InvalidArgument("completion_id is required", param="completion_id")
+        body = _feedback_body(request)
+        principal = current_principal()
+        row = await asyncio.to_thread(stored.post_feedback, self.deps, principal.tenant_id, request.completion_id,
+                                      body, principal.actor)
+        return _feedback(row)
 
 
 def registration(deps: InferenceDeps) -> ServiceRegistration:
