@@ -34,6 +34,7 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
 from coachforge_shared.plugins import synthetic_generator
+from coachforge_shared.streams import iter_lines
 
 log = get_logger("coachforge.dataset")
 
@@ -62,20 +63,6 @@ class DatasetDeps:
     inference: InternalChannel | None = None
     """Channel to inference, whose stored chat completions a version can be built from (none: a
     ``stored_completions`` source is refused)."""
-
-
-def iter_lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based line number, line without newline) from a byte stream, keeping one line in memory."""
-    buf = b""
-    line_no = 0
-    for chunk in chunks:
-        buf += chunk
-        *complete, buf = buf.split(b"\n")
-        for line in complete:
-            line_no += 1
-            yield line_no, line.rstrip(b"\r")
-    if buf:
-        yield line_no + 1, buf.rstrip(b"\r")
 
 
 POLICIES = ("strict", "lenient")

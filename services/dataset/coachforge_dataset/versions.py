@@ -28,6 +28,7 @@ from coachforge_shared.errors import FailedPrecondition, Internal, InvalidArgume
 from coachforge_shared.grpc_server import typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
+from coachforge_shared.streams import iter_lines
 
 log = get_logger("coachforge.dataset.versions")
 
@@ -48,7 +49,7 @@ def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple
                                   "'fine-tune' files.", param="files")
     sources = [{"id": r.id, "filename": r.filename, "sha256": r.sha256, "bytes": r.bytes} for r in rows]
     streams = (
-        (line for _, line in service.iter_lines(service.content_chunks(deps, r))) for r in rows
+        (line for _, line in iter_lines(service.content_chunks(deps, r))) for r in rows
     )
     return sources, itertools.chain.from_iterable(streams)
 
@@ -245,7 +246,7 @@ def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[t
     service.refuse_as_training(row, "id")
 
     def examples() -> Iterator[tuple[int, str, Example]]:
-        for number, raw in service.iter_lines(service.content_chunks(deps, row)):
+        for number, raw in iter_lines(service.content_chunks(deps, row)):
             if raw.strip():
                 example, _ = parse_line(number, raw)
                 if example is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
@@ -43,6 +43,7 @@ from coachforge_shared.errors import (
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.streams import iter_lines
 
 log = get_logger("coachforge.evaluator")
 
@@ -207,20 +208,6 @@ FILE_PARAM = "data_source.source.id"
 EVALS_PURPOSE = "evals"
 
 
-def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, line without its newline) from a byte stream, one line in memory."""
-    buf = b""
-    number = 0
-    for chunk in chunks:
-        buf += chunk
-        *complete, buf = buf.split(b"\n")
-        for line in complete:
-            number += 1
-            yield number, line.rstrip(b"\r")
-    if buf:
-        yield number + 1, buf.rstrip(b"\r")
-
-
 def _file_row(file_id: str, number: int, raw: bytes) -> dict[str, Any]:
     """One line of an evals file as a run's row ``{"item": …, "sample"?: …}`` (the dataset service
     validated it at upload; a line that is not one anyway is refused, naming it)."""
@@ -262,7 +249,7 @@ def file_rows(deps: EvaluatorDeps, tenant_id: str, file_id: str) -> tuple[list[d
                                   param=FILE_PARAM)
         chunks = deps.dataset.content(tenant_id, file_id)
         try:
-            for number, raw in _lines(chunks):
+            for number, raw in iter_lines(chunks):
                 if not raw.strip():
                     continue
                 if len(rows) == limit:
