@@ -271,3 +271,30 @@ def test_a_run_reads_its_items_from_an_uploaded_evals_file(client: OpenAI) -> No
     assert "line 2: line: empty line" in body["message"] and "line 3: item: missing" in body["message"]
     for file_id in (f.id, bad.id, training.id):
         assert client.files.delete(file_id).deleted
+
+
+def test_model_judges_served_by_the_platform_always_give_a_parsable_verdict(client: OpenAI) -> None:
+    """score_model and label_model with the stack's own model as the judge: its answer is constrained
+    by a JSON schema, so every verdict parses (whether this small judge is right is not asked here;
+    its grading logic is checked against hand-written verdicts in test_graders.py)."""
+    judge_input = [{"role": "system", "content": "You grade answers. Reply with JSON only."},
+                   {"role": "user", "content": "Question: {{item.question}}\nAnswer: {{sample.output_text}}"}]
+    ev = client.evals.create(
+        name="judges", data_source_config={"type": "custom", "item_schema": ITEM_SCHEMA, "include_sample_schema": True},
+        testing_criteria=[
+            {"type": "score_model", "name": "score", "model": BASE_MODEL_ID, "input": judge_input, "range": [0, 10],
+             "pass_threshold": 5, "sampling_params": {"temperature": 0, "max_completions_tokens": 256}},
+            {"type": "label_model", "name": "label", "model": BASE_MODEL_ID, "input": judge_input,
+             "labels": ["correct", "wrong"], "passing_labels": ["correct"],
+             "sampling_params": {"temperature": 0, "max_completions_tokens": 256}}])  # type: ignore[list-item]
+    rows = [(ITEMS[0], "4"), (ITEMS[2], "Berlin")]
+    run = client.evals.runs.create(ev.id, data_source={"type": "jsonl", "source": {"type": "file_content", "content": [
+        {"item": item, "sample": {"output_text": answer}} for item, answer in rows]}})
+    done = _finished(client, ev.id, run.id)
+    assert done.status == "completed" and done.result_counts.total == 2
+    for it in client.evals.runs.output_items.list(run.id, eval_id=ev.id):
+        by_name = {r.name: r for r in it.results}
+        assert set(by_name) == {"score", "label"}
+        assert 0 <= by_name["score"].score <= 10 and by_name["score"].passed == (by_name["score"].score >= 5)
+        assert by_name["label"].score in (0.0, 1.0)
+        assert all(getattr(r, "error", None) is None for r in it.results), it.results

@@ -209,6 +209,14 @@ SCORE = {"type": "score_model", "name": "judge", "model": "judge-model",
          "sampling_params": {"temperature": 0, "seed": 7}}
 
 
+def test_the_judge_gets_the_token_limit_under_the_platforms_name() -> None:
+    """OpenAI's graders spell it max_completions_tokens; the judge request takes max_completion_tokens."""
+    judge = FakeJudge(verdict(0.8))
+    run({**SCORE, "sampling_params": {"temperature": 0, "max_completions_tokens": 64, "reasoning_effort": "low"}},
+        judge=judge)
+    assert judge.calls[0][3] == {"temperature": 0, "max_completion_tokens": 64}
+
+
 def verdict(result: Any) -> str:
     return json.dumps({"steps": [{"description": "compare", "conclusion": "same city"}], "result": result})
 

@@ -82,8 +82,8 @@ Judge = Callable[[str, list[dict[str, str]], dict[str, Any], dict[str, Any]], st
 A blocking call the runner supplies (it calls the platform's inference).  ``messages`` are
 ``{"role": "system"|"user"|"assistant", "content": str}`` (OpenAI's ``developer`` role is sent as
 ``system``), ``response_format`` is a strict ``json_schema`` response format, ``sampling_params`` the
-criterion's (OpenAI's keys: ``temperature``, ``top_p``, ``seed``, ``max_completions_tokens``,
-``reasoning_effort``), possibly empty."""
+criterion's under the platform's request names (``temperature``, ``top_p``, ``seed``,
+``max_completion_tokens``: see :func:`_judge_params`), possibly empty."""
 
 STRING_CHECK: Final = "string_check"
 TEXT_SIMILARITY: Final = "text_similarity"
@@ -686,6 +686,16 @@ def _json_check(p: _Prepared, item: Mapping[str, Any], sample: Mapping[str, Any]
                                "reason": reason + (f" (at /{where})" if where else "")})
 
 
+def _judge_params(sampling: Mapping[str, Any]) -> dict[str, Any]:
+    """A criterion's ``sampling_params`` (OpenAI's grader names) as the judge request's parameters:
+    OpenAI spells the token limit ``max_completions_tokens`` here; ``reasoning_effort`` means
+    nothing to the platform's engines and is not sent."""
+    out = {k: v for k, v in sampling.items() if k not in ("max_completions_tokens", "reasoning_effort")}
+    if "max_completions_tokens" in sampling:
+        out["max_completion_tokens"] = sampling["max_completions_tokens"]
+    return out
+
+
 def _ask(p: _Prepared, item: Mapping[str, Any], sample: Mapping[str, Any], judge: Judge | None) -> dict[str, Any]:
     """The judge's verdict as a dict with ``steps`` and ``result``; ValueError when it answered none."""
     if judge is None:
@@ -693,7 +703,7 @@ def _ask(p: _Prepared, item: Mapping[str, Any], sample: Mapping[str, Any], judge
     messages = [{"role": "system" if role == "developer" else role,
                  "content": "\n".join(_render(parts, item, sample) for parts in contents)}
                 for role, contents in p.messages]
-    answer = judge(p.model, messages, p.response_format, dict(p.sampling))
+    answer = judge(p.model, messages, p.response_format, _judge_params(p.sampling))
     if not isinstance(answer, str):
         raise ValueError(f"the judge returned {type(answer).__name__}, not text")
     try:
