@@ -166,15 +166,10 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         return 0
     import httpx
 
-    platform, stack = PlatformSettings(), StackSettings()
-    key = platform.api_key
-    key_file = platform.data_dir / "api-key"
-    if not key and key_file.exists():
-        key = key_file.read_text().strip()
-    if not key:
-        print("coachforge data synth: no API key (set COACHFORGE_API_KEY or start the stack once)", file=sys.stderr)
+    api = _stack_api(args.base_url, args.api_key)
+    if api is None:
         return 2
-    base = args.base_url or f"http://{stack.host}:{stack.http_port}/v1"
+    base, key = api
     try:
         response = httpx.post(f"{base}/datasets/synthetic", headers={"Authorization": f"Bearer {key}"},
                               json={"count": args.count, "seed": args.seed}, timeout=600)
@@ -290,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--upload", action="store_true",
                         help="have the running stack generate them and store them as a file; prints the file id")
     synth.add_argument("--base-url", help="API base URL for --upload (default: the stack's, http://HOST:PORT/v1)")
+    synth.add_argument("--api-key", default=None,
+                       help="API key for --upload (default: COACHFORGE_API_KEY or the stored key)")
     synth.set_defaults(func=cmd_data_synth)
     args = parser.parse_args(argv)
     platform = PlatformSettings()
