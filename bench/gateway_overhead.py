@@ -26,15 +26,31 @@ With ``--by-thread``, a last run at concurrency 1 splits the services process's 
 by thread (names read with ``py-spy dump``): the request path (the event loop) apart from the work
 each request causes elsewhere (the usage consumer, the event producer's network thread).
 
+With ``--store``, it runs only this instead: what ``store: true`` (with four metadata pairs) costs
+the request path, against the same requests without ``store``, unary and streamed, through the same
+gateway and engine. Requests go one at a time in blocks (``--store-block``), a block without
+``store`` and one with it per pair (``--store-pairs``, which goes first drawn at random), and the
+CPU time of each thread of the services process is read around each block from the kernel's
+``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds, not clock ticks; the idle burn is subtracted).
+The request path is the event loop's thread (uvicorn's main thread); the rest of the process
+(the event producer's network thread, the ``completion.stored`` consumer writing the rows, the
+usage consumer) is reported apart as "elsewhere". For each it prints the CPU per request off and
+on, the paired differences (median and p95 over the pairs, mean with a 95% bootstrap interval),
+the gateway's ``server-timing`` figure paired request by request (unary: it includes publishing;
+a stream's stops at its first chunk), and whether the request path's growth meets the goal
+(at most 0.3 ms: the upper end of the interval).
+
     .venv/bin/python bench/gateway_overhead.py [--requests 64] [--concurrency 1 8 32] [--max-tokens 8]
                                                [--adapters 8] [--adapter-concurrency 8] [--engine-cpus 0]
                                                [--by-thread]
+    .venv/bin/python bench/gateway_overhead.py --store [--store-pairs 30] [--store-block 20] [--max-tokens 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import socket
 import statistics
@@ -142,6 +158,123 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+STORE_GOAL_MS = 0.3
+"""The request path's CPU that ``store: true`` may add per request."""
+
+STORE_METADATA = {"athlete_id": "ath-00042", "source": "app", "screen": "week", "app_version": "4.2.0"}
+
+
+def task_cpu(pid: int) -> dict[int, int]:
+    """Nanoseconds each thread of process ``pid`` has run, from the kernel's schedstat (exact, where
+    ``cpu_times`` counts clock ticks of 10 ms)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass  # the thread ended meanwhile
+    return out
+
+
+def chat_body(max_tokens: int, *, store: bool, stream: bool) -> dict[str, object]:
+    body: dict[str, object] = {"model": BASE_MODEL_ID, "max_tokens": max_tokens, "temperature": 0,
+                               "user": "athlete-42",
+                               "messages": [{"role": "system", "content": "You are a concise endurance coach."},
+                                            {"role": "user", "content": "Name one endurance sport."}]}
+    if store:
+        body["store"] = True
+        body["metadata"] = dict(STORE_METADATA)
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def send(client: httpx.Client, url: str, headers: dict[str, str], body: dict[str, object]) -> float:
+    """One request, read to its end; the gateway's own seconds from its ``server-timing`` header."""
+    if body.get("stream"):
+        with client.stream("POST", url, json=body, headers=headers) as r:
+            r.raise_for_status()
+            for _ in r.iter_lines():
+                pass
+    else:
+        r = client.post(url, json=body, headers=headers)
+        r.raise_for_status()
+    timing = re.search(r"gateway;dur=([0-9.]+)", r.headers.get("server-timing", ""))
+    assert timing, "no server-timing header from the gateway"
+    return float(timing.group(1)) / 1e3
+
+
+def bootstrap_mean(values: list[float], rng: random.Random, rounds: int = 4000) -> tuple[float, float]:
+    """A 95% bootstrap interval of the mean of ``values``."""
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(rounds))
+    return means[int(rounds * 0.025)], means[int(rounds * 0.975) - 1]
+
+
+def compare_store(services: psutil.Process, gateway: str, auth: dict[str, str], pairs: int, block: int,
+                  max_tokens: int) -> None:
+    """Store on vs off, unary and streamed, in paired blocks (see the module's docstring)."""
+    pid = services.pid  # uvicorn's event loop runs in the main thread, whose id is the process's
+    settle = 0.3  # after each block: the consumer writes what the block stored before the next reading
+    rng = random.Random(0)
+    with httpx.Client(timeout=300) as client:
+        for stream in (False, True):  # warm-up: the first stored completion creates its topic, the consumer joins
+            for store in (False, True, False, True):
+                for _ in range(4):
+                    send(client, gateway, auth, chat_body(max_tokens, store=store, stream=stream))
+        time.sleep(3)
+        before, t0 = task_cpu(pid), time.perf_counter()
+        time.sleep(10)
+        after, wall = task_cpu(pid), time.perf_counter() - t0
+        idle_main = (after[pid] - before[pid]) / 1e9 / wall
+        idle_rest = sum(after[t] - before.get(t, 0) for t in after if t != pid) / 1e9 / wall
+        print(f"services process at rest: request path {idle_main * 1e3:.2f} ms CPU per second, elsewhere "
+              f"{idle_rest * 1e3:.2f} (subtracted below)")
+        print(f"store on (store: true, {len(STORE_METADATA)} metadata pairs) vs off: {pairs} pairs of blocks of "
+              f"{block} requests at concurrency 1, {max_tokens} tokens each, base model {BASE_MODEL_ID}; CPU read from "
+              "/proc/<pid>/task/<tid>/schedstat around each block")
+        verdicts = []
+        for stream in (False, True):
+            cpu: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # (request path, elsewhere) ms/req
+            timing: dict[bool, list[list[float]]] = {False: [], True: []}
+            for _ in range(pairs):
+                for store in rng.sample((False, True), 2):
+                    body = chat_body(max_tokens, store=store, stream=stream)
+                    before, t0 = task_cpu(pid), time.perf_counter()
+                    own = [send(client, gateway, auth, body) for _ in range(block)]
+                    time.sleep(settle)
+                    after, wall = task_cpu(pid), time.perf_counter() - t0
+                    main_s = (after[pid] - before[pid]) / 1e9 - idle_main * wall
+                    rest_s = sum(after[t] - before.get(t, 0) for t in after if t != pid) / 1e9 - idle_rest * wall
+                    cpu[store].append((main_s * 1e3 / block, rest_s * 1e3 / block))
+                    timing[store].append(own)
+            mode = "streamed" if stream else "unary"
+            print(f"\n{mode}: ms per request      {'off':>7} {'on':>7}   on - off: {'median':>7} {'p95':>7} "
+                  f"{'mean':>7}  [95% interval]")
+            for i, name in enumerate(("request path CPU", "elsewhere CPU")):
+                off = [c[i] for c in cpu[False]]
+                on = [c[i] for c in cpu[True]]
+                diffs = [b - a for a, b in zip(off, on, strict=True)]
+                lo, hi = bootstrap_mean(diffs, rng)
+                print(f"  {name:<24} {statistics.median(off):7.3f} {statistics.median(on):7.3f}   "
+                      f"{'':>10}{statistics.median(diffs):+7.3f} {pct(diffs, 95):+7.3f} "
+                      f"{statistics.fmean(diffs):+7.3f}  [{lo:+.3f}, {hi:+.3f}]")
+                if i == 0:
+                    verdicts.append((mode, statistics.fmean(diffs), hi))
+            off_t = [x * 1e3 for b in timing[False] for x in b]
+            on_t = [x * 1e3 for b in timing[True] for x in b]
+            diffs = [b - a for a, b in zip(off_t, on_t, strict=True)]
+            lo, hi = bootstrap_mean(diffs, rng)
+            label = "server-timing gateway" + (" (to 1st chunk)" if stream else "")
+            print(f"  {label:<24} {statistics.median(off_t):7.3f} {statistics.median(on_t):7.3f}   "
+                  f"{'':>10}{statistics.median(diffs):+7.3f} {pct(diffs, 95):+7.3f} "
+                  f"{statistics.fmean(diffs):+7.3f}  [{lo:+.3f}, {hi:+.3f}]  (request by request)")
+        print()
+        for mode, mean, hi in verdicts:
+            print(f"goal, the request path's CPU grows by <= {STORE_GOAL_MS} ms with store ({mode}): "
+                  f"{'met' if hi <= STORE_GOAL_MS else 'MISSED'} (mean {mean:+.3f} ms, upper end of the 95% "
+                  f"interval {hi:+.3f} ms)")
+
+
 def make_adapters(base_dir: Path, out: Path, count: int, kafka: str, gateway_root: str,
                   headers: dict[str, str]) -> list[str]:
     """``count`` untrained rank-8 adapters on the base model, registered through job.succeeded events."""
@@ -192,6 +325,13 @@ def main() -> None:
                              "and the gateway and this client to the others")
     parser.add_argument("--by-thread", action="store_true",
                         help="also split the services process's CPU per request by thread (needs py-spy)")
+    parser.add_argument("--store", action="store_true",
+                        help="instead of the runs above: the request path's CPU per request with store: true "
+                             "(and metadata) vs without, unary and streamed, in paired blocks")
+    parser.add_argument("--store-pairs", type=int, default=30,
+                        help="with --store: pairs of blocks (one block off, one on) per mode (default 30)")
+    parser.add_argument("--store-block", type=int, default=20,
+                        help="with --store: requests per block (default 20)")
     args = parser.parse_args()
     env: dict[str, str] = {}
     if args.engine_cpus:
@@ -216,6 +356,9 @@ def main() -> None:
                 pin(services, os.sched_getaffinity(0))
                 print(f"engine on CPUs {args.engine_cpus}; services and client on CPUs "
                       f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
+            if args.store:
+                compare_store(services, gateway, auth, args.store_pairs, args.store_block, args.max_tokens)
+                return
             cpu_before, t0 = cpu_seconds(services), time.perf_counter()
             time.sleep(10)  # what the services process burns with no traffic (consumers, health checks)
             idle = (cpu_seconds(services) - cpu_before) / (time.perf_counter() - t0)

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import any_pb2, timestamp_pb2
@@ -51,6 +54,10 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "model.avatar_updated": registry_pb2.AvatarChanged,
     "model.deleted": registry_pb2.ModelDeleted,
     "model.rejected": registry_pb2.ModelRejected,
+    "retrain.promoted": registry_pb2.RetrainFinished,
+    "retrain.rejected": registry_pb2.RetrainFinished,
+    "retrain.failed": registry_pb2.RetrainFinished,
+    "retrain.canceled": registry_pb2.RetrainFinished,
     "usage.recorded": inference_pb2.UsageRecorded,
     "completion.stored": inference_pb2.CompletionStored,
     "eval.run.requested": evaluator_pb2.EvalRunRequested,
@@ -101,11 +108,31 @@ def ensure_topics(bootstrap: str, topics: Iterable[str] = EVENT_TYPES, partition
         admin.close()
 
 
+OUTBOX_EVENTS = 10_000
+"""Events not waited for that a publisher holds before its thread has sent them (more are logged
+as not delivered instead of making the caller wait: the broker is away)."""
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    type: str
+    env: Envelope
+    key: bytes
+    sent: Future[Any] | None
+    """For a caller that waits: the producer's future, once the publisher's thread sent the event."""
+
+
 class EventPublisher:
-    """Publishes events; safe to share between threads."""
+    """Publishes events; safe to share between threads. Its own thread hands every event to the
+    producer, in the order they were published: a caller that does not wait (hot paths such as
+    usage records and stored completions) pays for encoding its event only, not for kafka-python's
+    send (partitioning, batching and record encoding in Python, a few hundred microseconds)."""
 
     def __init__(self, bootstrap: str, client_id: str) -> None:
         self._producer = self._connect(bootstrap, client_id)
+        self._outbox: queue.Queue[_Outgoing | None] = queue.Queue(maxsize=OUTBOX_EVENTS)
+        self._sender = threading.Thread(target=self._send_all, name=f"events-{client_id}", daemon=True)
+        self._sender.start()
 
     @staticmethod
     @_connect_retry
@@ -118,15 +145,44 @@ class EventPublisher:
         acknowledgement is awaited and a failure raises; without it (hot paths such as usage
         records) a failure is logged when the producer learns of it."""
         env = encode(event_type, payload, tenant_id)
-        future = self._producer.send(event_type, value=env.SerializeToString(), key=(key or tenant_id).encode())
-        if wait:
-            future.get(timeout=30)
-        else:
-            future.add_errback(lambda err: log.error("event not delivered", type=event_type,
-                                                     event_id=env.event_id, error=str(err)))
-        EVENTS_PUBLISHED.labels(event_type).inc()
-        log.debug("event published", type=event_type, event_id=env.event_id, tenant=tenant_id)
+        outgoing = _Outgoing(event_type, env, (key or tenant_id).encode(), Future() if wait else None)
+        if not wait:
+            try:
+                self._outbox.put_nowait(outgoing)
+            except queue.Full:
+                log.error("event not delivered", type=event_type, event_id=env.event_id,
+                          error=f"{OUTBOX_EVENTS} events wait to be sent")
+            return env.event_id
+        self._outbox.put(outgoing)
+        assert outgoing.sent is not None
+        outgoing.sent.result().get(timeout=30)  # what send() raised, else the broker's acknowledgement
+        self._published(outgoing)
         return env.event_id
+
+    def _send_all(self) -> None:
+        """The publisher's thread: hand each event to the producer, until :meth:`close`."""
+        while (outgoing := self._outbox.get()) is not None:
+            try:
+                future = self._producer.send(outgoing.type, value=outgoing.env.SerializeToString(), key=outgoing.key)
+            except Exception as err:
+                if outgoing.sent is not None:
+                    outgoing.sent.set_exception(err)
+                else:
+                    log.error("event not delivered", type=outgoing.type, event_id=outgoing.env.event_id,
+                              error=str(err))
+                continue
+            if outgoing.sent is not None:
+                outgoing.sent.set_result(future)
+                continue
+            future.add_errback(lambda err, o=outgoing: log.error("event not delivered", type=o.type,
+                                                                 event_id=o.env.event_id, error=str(err)))
+            self._published(outgoing)
+
+    @staticmethod
+    def _published(outgoing: _Outgoing) -> None:
+        EVENTS_PUBLISHED.labels(outgoing.type).inc()
+        log.debug("event published", type=outgoing.type, event_id=outgoing.env.event_id,
+                  tenant=outgoing.env.tenant_id)
 
     def healthy(self) -> bool:
         """Whether the broker answers a metadata request."""
@@ -136,6 +192,9 @@ class EventPublisher:
             return False
 
     def close(self) -> None:
+        """Send what is waiting to be sent, then close the producer (which delivers it)."""
+        self._outbox.put(None)
+        self._sender.join(timeout=30)
         self._producer.close(timeout=5)
 
 

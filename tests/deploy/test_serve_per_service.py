@@ -80,6 +80,10 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
         "COACHFORGE_EVALUATOR_INFERENCE_GRPC_TARGET": target["inference"],
         "COACHFORGE_EVALUATOR_REGISTRY_GRPC_TARGET": target["registry"],
         "COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET": target["dataset"],
+        "COACHFORGE_REGISTRY_INFERENCE_GRPC_TARGET": target["inference"],
+        "COACHFORGE_REGISTRY_DATASET_GRPC_TARGET": target["dataset"],
+        "COACHFORGE_REGISTRY_TRAINER_GRPC_TARGET": target["trainer"],
+        "COACHFORGE_REGISTRY_EVALUATOR_GRPC_TARGET": target["evaluator"],
         "COACHFORGE_REGISTRY_BASE_MODELS": f'["{BASE_MODEL_ID}"]',
         "HF_HUB_OFFLINE": "1",
     }

@@ -407,3 +407,50 @@ def test_feedback_one_row_per_rater_with_a_summary(any_db: Database, client: Tes
     assert r.status_code == 404
     assert client.get(url, headers=GLOBEX).status_code == 404
     assert client.get(url).status_code == 401
+
+
+def test_filtered_lists_are_the_full_list_matching_in_order(any_db: Database) -> None:
+    """A list with metadata pairs (one or two, common or rare, with a model or not) walked page by
+    page in either order is the tenant's full list, kept to the completions that match, in the same
+    order (several completions share a second); the pairs carry their completion's tenant and
+    order, also after a metadata update; another tenant's pairs never match."""
+    from sqlalchemy import select
+
+    consumer = _consumer(any_db)
+    for i in range(24):
+        metadata = {"source": "eval" if i % 4 == 0 else "app", "screen": ("week", "day", "plan")[i % 3]}
+        if i % 5 == 0:
+            metadata["athlete_id"] = "ath-7"
+        consumer.handle(_event(f"chatcmpl-{i:02d}", created=1_700_000_000 + i // 3, model=BASE if i % 2 else "ft:x",
+                               metadata=metadata))
+    consumer.handle(_event("chatcmpl-g", tenant="globex", metadata={"source": "app", "screen": "week"}))
+    deps = _api_deps(any_db)
+    stored.update_completion(deps, "acme", "chatcmpl-01", {"source": "eval", "screen": "week", "athlete_id": "ath-7"})
+    with any_db.session() as s:
+        row = s.get(StoredCompletion, "chatcmpl-01")
+        assert row is not None
+        m = StoredCompletionMetadata
+        pairs = s.scalars(select(m).where(m.completion_id == row.id)).all()
+        assert len(pairs) == 3 and {(p.tenant_id, p.created, p.created_at) for p in pairs} == {
+            ("acme", row.created, row.created_at)}
+    every = stored.list_completions(deps, "acme", model=None, metadata={}, after=None, limit=100, order="asc")["data"]
+    assert len(every) == 24
+
+    def walk(model: str | None, metadata: dict[str, str], order: str) -> list[str]:
+        got: list[str] = []
+        after = None
+        while True:
+            page = stored.list_completions(deps, "acme", model=model, metadata=metadata, after=after, limit=3,
+                                           order=order)
+            got += [c["id"] for c in page["data"]]
+            if not page["has_more"]:
+                return got
+            after = page["last_id"]
+
+    for metadata in ({"source": "app"}, {"source": "eval", "screen": "week"}, {"athlete_id": "ath-7", "source": "app"},
+                     {"screen": "day", "athlete_id": "ath-7"}, {"source": "web"}):
+        for model in (None, BASE):
+            want = [c["id"] for c in every if (model is None or c["model"] == model)
+                    and all(c["metadata"].get(k) == v for k, v in metadata.items())]
+            assert walk(model, metadata, "asc") == want
+            assert walk(model, metadata, "desc") == want[::-1]

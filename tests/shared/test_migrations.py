@@ -14,7 +14,9 @@ TABLES = {
     "fine_tuning_jobs", "fine_tuning_job_events", "fine_tuning_job_checkpoints", "model_versions", "avatars",
     "avatar_changes", "coach_athletes", "coach_workouts", "coach_wellness", "coach_recommendations", "coach_changes",
     "usage_daily", "evals", "eval_runs", "eval_run_items", "stored_completions", "stored_completion_metadata",
-    "completion_feedback", "comparisons", "comparison_pairs", "comparison_votes",
+    "stored_completion_policies",
+    "completion_feedback", "completion_reviews", "coach_outcomes", "comparisons", "comparison_pairs",
+    "comparison_votes", "retrain_policies", "retrain_runs",
 }
 
 

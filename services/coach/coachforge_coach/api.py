@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Body, Query, Request
 
 from coachforge_coach import service
-from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
+from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, OutcomeIn, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.service import CoachDeps
 from coachforge_shared.http import CurrentPrincipal
 
@@ -87,6 +87,21 @@ def recommend(request: Request, principal: CurrentPrincipal, athlete_id: str,
     """A preview: the model's (or, as a marked fallback, the rules') proposal with the verdict on
     every operation. Nothing is changed."""
     return service.recommend(_deps(request), principal.tenant_id, athlete_id, body or RecommendIn.model_validate({}))
+
+
+@router.post("/recommendations/{recommendation_id}/outcome")
+def record_outcome(request: Request, principal: CurrentPrincipal, recommendation_id: str,
+                   body: OutcomeIn) -> dict[str, Any]:
+    """Whether the athlete followed the recommendation: feedback of rater ``athlete-outcome`` on its
+    stored completion (followed: 5, not: 2), kept and sent once inference has the completion."""
+    return service.record_athlete_outcome(_deps(request), principal.tenant_id, recommendation_id, body.followed,
+                                          body.comment)
+
+
+@router.get("/recommendations/{recommendation_id}/outcomes")
+def list_outcomes(request: Request, principal: CurrentPrincipal, recommendation_id: str) -> dict[str, Any]:
+    """The recommendation's outcomes (applied/undone, followed) and whether inference recorded them."""
+    return _list(service.list_outcomes(_deps(request), principal.tenant_id, recommendation_id))
 
 
 @router.post("/athletes/{athlete_id}/apply")

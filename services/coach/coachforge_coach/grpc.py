@@ -11,7 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from coachforge.coach.v1 import coach_pb2, coach_pb2_grpc
 from coachforge_coach import service
-from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
+from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, OutcomeIn, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.service import CoachDeps
 from coachforge_shared.auth import current_principal
 from coachforge_shared.errors import InvalidArgument
@@ -119,6 +119,13 @@ def recommendation_proto(r: dict[str, Any]) -> coach_pb2.Recommendation:
         completion_id=r["completion_id"] or "")
 
 
+def outcome_proto(o: dict[str, Any]) -> coach_pb2.RecommendationOutcome:
+    return coach_pb2.RecommendationOutcome(
+        recommendation_id=o["recommendation_id"], completion_id=o["completion_id"] or "", rater=o["rater"],
+        rating=o["rating"], comment=o["comment"], followed=bool(o["followed"]), feedback=o["feedback"],
+        updated_at=o["updated_at"])
+
+
 def _counts(c: dict[str, int]) -> coach_pb2.ImportCounts:
     return coach_pb2.ImportCounts(**c)
 
@@ -200,6 +207,14 @@ class CoachServicer(coach_pb2_grpc.CoachServiceServicer):
                     context: grpc.ServicerContext) -> coach_pb2.ListChangesResponse:
         rows = service.history(self.deps, current_principal().tenant_id, request.athlete_id, request.limit or None)
         return coach_pb2.ListChangesResponse(changes=[change_proto(c) for c in rows])
+
+    def RecordOutcome(self, request: coach_pb2.RecordOutcomeRequest,
+                      context: grpc.ServicerContext) -> coach_pb2.RecommendationOutcome:
+        if not request.recommendation_id:
+            raise InvalidArgument("recommendation_id is required", param="recommendation_id")
+        body = _validated(OutcomeIn, {"followed": request.followed, "comment": request.comment or None})
+        return outcome_proto(service.record_athlete_outcome(self.deps, current_principal().tenant_id,
+                                                            request.recommendation_id, body.followed, body.comment))
 
 
 def registration(deps: CoachDeps) -> ServiceRegistration:

@@ -1,4 +1,5 @@
-"""Coach metrics. Labels are bounded: tenant, model (registered ids), source, outcome, rule names."""
+"""Coach metrics. Labels are bounded: tenant, model (registered ids), source, outcome, rule names,
+feedback raters and results."""
 
 from __future__ import annotations
 
@@ -14,3 +15,8 @@ OPERATIONS = Counter("coachforge_coach_operations_total",
                      "Operations checked on apply, by outcome (accepted, rejected) and rejecting rule.",
                      ["tenant", "outcome", "rule"])
 CHANGES = Counter("coachforge_coach_changes_total", "Plan changes applied and undone.", ["tenant", "action"])
+OUTCOME_FEEDBACK = Counter("coachforge_coach_outcome_feedback_total",
+                           "Attempts to record a recommendation's outcome as feedback on its stored completion, by "
+                           "rater (coach-outcome, athlete-outcome) and result: recorded, retry (the completion is "
+                           "not stored yet or inference failed; kept and sent again) or expired (given up).",
+                           ["tenant", "rater", "result"])

@@ -1,4 +1,5 @@
-"""Coach tables: athletes, their workouts and daily wellness, recommendations and applied changes.
+"""Coach tables: athletes, their workouts and daily wellness, recommendations and applied changes,
+and the outcomes of recommendations kept until inference recorded them as feedback.
 
 Every row carries ``tenant_id``; athletes, workouts and wellness days are identified by the
 app's own external ids (a wellness day by its athlete and date), which makes imports idempotent.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from datetime import datetime
 
-from sqlalchemy import Boolean, Date, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Date, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -122,3 +123,37 @@ class PlanChange(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     undone_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     undone_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class CoachOutcome(Base):
+    """One outcome of a recommendation as feedback on its stored completion (one row per
+    recommendation and rater: "coach-outcome" for applied/undone, "athlete-outcome" for followed or
+    not), kept until inference recorded it. Written in the transaction of what it reports; sent
+    right after, and again (consumer of ``completion.stored``, periodic retries) while inference
+    does not have the completion yet or cannot be reached."""
+
+    __tablename__ = "coach_outcomes"
+    __table_args__ = (UniqueConstraint("recommendation_id", "rater"),
+                      Index("ix_coach_outcomes_status_next_attempt", "status", "next_attempt_at"),
+                      Index("ix_coach_outcomes_tenant_completion", "tenant_id", "completion_id"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    recommendation_id: Mapped[str] = mapped_column(ForeignKey("coach_recommendations.id", ondelete="CASCADE"))
+    # The stored completion rated (None: the rules answered, there is nothing to rate).
+    completion_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    rater: Mapped[str] = mapped_column(String(64))
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    followed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)  # athlete-outcome only
+    # Grows with every new outcome of the same rater: a send only counts for the version it sent.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16))  # pending | sent | none | expired
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # A process sending it holds it until then (one send at a time per row).
+    claimed_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

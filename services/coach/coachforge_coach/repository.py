@@ -69,6 +69,13 @@ def recommendation(s: Session, tenant_id: str, athlete_id: str, rec_id: str) -> 
     return found
 
 
+def recommendation_by_id(s: Session, tenant_id: str, rec_id: str) -> Recommendation:
+    found = s.scalar(select(Recommendation).where(Recommendation.id == rec_id, Recommendation.tenant_id == tenant_id))
+    if found is None:
+        raise NotFound(f"No recommendation {rec_id!r}.", param="recommendation_id", code="recommendation_not_found")
+    return found
+
+
 def change_by_request(s: Session, tenant_id: str, request_id: str) -> PlanChange | None:
     return s.scalar(select(PlanChange).where(PlanChange.tenant_id == tenant_id, PlanChange.request_id == request_id))
 

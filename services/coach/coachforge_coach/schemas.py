@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from polarize.schema import WorkoutType
 
@@ -96,3 +96,10 @@ class ApplyIn(_Body):
     modification: dict[str, Any] | None = Field(
         None, description="A workout modification (see GET /v1/coach/schema); instead of recommendation_id.")
     today: dt.date | None = None
+
+
+class OutcomeIn(_Body):
+    """Whether the athlete followed a recommendation (recorded as feedback on its stored completion)."""
+
+    followed: StrictBool = Field(description="The athlete followed it (rating 5) or not (rating 2).")
+    comment: str | None = Field(None, max_length=2000, description="The athlete's words, if any.")

@@ -19,10 +19,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from coachforge_coach import outcomes
 from coachforge_coach import repository as repo
 from coachforge_coach.clients import ModelClient, token_counter
 from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, RECOMMENDATIONS
-from coachforge_coach.models import Athlete, PlanChange, Recommendation, Wellness, Workout
+from coachforge_coach.models import Athlete, CoachOutcome, PlanChange, Recommendation, Wellness, Workout
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.settings import CoachSettings
 from coachforge_shared.db import Database
@@ -66,10 +67,10 @@ WELLNESS_MAX_AGE_DAYS = 2
 PLAN_HORIZON_DAYS = 28
 
 #: Feedback the coach records on a recommendation's stored completion when its change is applied
-#: or undone (one row per rater: an undo replaces the "applied" row).
+#: or undone (one row per rater: an undo replaces the "applied" row); kept until inference has it
+#: (see :mod:`coachforge_coach.outcomes`).
 OUTCOME_RATER = "coach-outcome"
 OUTCOMES: dict[str, int] = {"applied": 4, "undone": 2}
-FEEDBACK_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -520,6 +521,7 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
     digest = _request_hash(body)
     today = today_or(body.today)
     completion_id: str | None = None
+    outcome_id: str | None = None
     try:
         with deps.db.session() as s:
             athlete = repo.athlete(s, tenant_id, athlete_id, lock=True)  # serialises applies per athlete
@@ -567,6 +569,10 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
             s.flush()
             if accepted:
                 CHANGES.labels(tenant_id, "applied").inc()
+                if rec_id is not None and completion_id is not None:  # the model's answer was acted on
+                    outcome_id = outcomes.keep(s, tenant_id=tenant_id, recommendation_id=rec_id,
+                                               completion_id=completion_id, rater=OUTCOME_RATER,
+                                               rating=OUTCOMES["applied"], comment="applied").id
             out = change_out(change, athlete_id)
     except IntegrityError:
         # The same request id committed concurrently (a database without row locks): answer with it.
@@ -575,26 +581,47 @@ def apply(deps: CoachDeps, tenant_id: str, actor: str, athlete_id: str, body: Ap
             if earlier is None:
                 raise
             return _replay(earlier, digest, athlete_id)
-    if out["status"] == "applied":  # committed: the model's answer was acted on
-        record_outcome(deps, tenant_id, completion_id, "applied")
+    record_outcome(deps, outcome_id)  # committed with the change
     return out
 
 
-def record_outcome(deps: CoachDeps, tenant_id: str, completion_id: str | None, outcome: str) -> None:
-    """Record ``outcome`` (applied | undone) as feedback of rater :data:`OUTCOME_RATER` on the
-    recommendation's stored completion. Never fails the caller: the completion may not be stored
-    yet (it is written from an event), or inference may be away; either is logged."""
-    if completion_id is None or deps.models is None:
+def record_outcome(deps: CoachDeps, outcome_id: str | None) -> None:
+    """Send an outcome kept with what it reports (:func:`coachforge_coach.outcomes.keep`) as
+    feedback on the recommendation's stored completion. Never fails the caller: when the completion
+    is not stored yet (it is written from an event) or inference is away, the outcome stays kept and
+    is sent later (see :mod:`coachforge_coach.outcomes`)."""
+    if outcome_id is None:
         return
     try:
-        deps.models.record_feedback(tenant_id, completion_id, rater=OUTCOME_RATER, rating=OUTCOMES[outcome],
-                                    comment=outcome, timeout=FEEDBACK_TIMEOUT_S)
-    except NotFound as err:
-        log.info("outcome feedback not recorded: completion not stored (yet)", tenant=tenant_id,
-                 completion_id=completion_id, outcome=outcome, error=err.message)
-    except Exception as err:  # feedback is best effort, never failing an apply or undo
-        log.warning("outcome feedback not recorded", tenant=tenant_id, completion_id=completion_id,
-                    outcome=outcome, error=str(err))
+        outcomes.deliver(deps, outcome_id)
+    except Exception as err:  # e.g. the database went away after the commit: the retrier sends it
+        log.warning("outcome feedback not sent now; kept for later", outcome_id=outcome_id, error=str(err))
+
+
+def record_athlete_outcome(deps: CoachDeps, tenant_id: str, recommendation_id: str, followed: bool,
+                           comment: str | None) -> dict[str, Any]:
+    """Whether the athlete followed a recommendation, as feedback of rater
+    :data:`~coachforge_coach.outcomes.ATHLETE_RATER` on its stored completion (followed: 5, not
+    followed: 2), replacing the athlete's earlier answer; kept and sent like apply/undo outcomes.
+    A recommendation the rules answered has no completion: the answer is kept (feedback "none")."""
+    with deps.db.session() as s:
+        rec = repo.recommendation_by_id(s, tenant_id, recommendation_id)
+        row = outcomes.keep(s, tenant_id=tenant_id, recommendation_id=rec.id, completion_id=rec.completion_id,
+                            rater=outcomes.ATHLETE_RATER, rating=outcomes.FOLLOWED_RATING[followed],
+                            comment=comment or ("followed" if followed else "not followed"), followed=followed)
+        outcome_id = row.id
+    record_outcome(deps, outcome_id)
+    with deps.db.session() as s:
+        found = s.get(CoachOutcome, outcome_id, populate_existing=True)
+        assert found is not None
+        return outcomes.outcome_out(found)
+
+
+def list_outcomes(deps: CoachDeps, tenant_id: str, recommendation_id: str) -> list[dict[str, Any]]:
+    """The recommendation's outcomes (one per rater) and where their feedback stands."""
+    with deps.db.session() as s:
+        rec = repo.recommendation_by_id(s, tenant_id, recommendation_id)
+        return [outcomes.outcome_out(o) for o in outcomes.outcomes_of(s, rec.id)]
 
 
 def _replay(earlier: PlanChange, digest: str, athlete_id: str) -> dict[str, Any]:
@@ -609,7 +636,7 @@ def _replay(earlier: PlanChange, digest: str, athlete_id: str) -> dict[str, Any]
 def undo(deps: CoachDeps, tenant_id: str, actor: str, change_id: str) -> dict[str, Any]:
     """Restore every workout the change touched, in one transaction; refused when any of them was
     changed since (its version moved on). Undoing an undone change returns it unchanged."""
-    completion_id: str | None = None
+    outcome_id: str | None = None
     with deps.db.session() as s:
         change = repo.change(s, tenant_id, change_id)
         athlete = s.get(Athlete, change.athlete_id, with_for_update=True)
@@ -640,9 +667,12 @@ def undo(deps: CoachDeps, tenant_id: str, actor: str, change_id: str) -> dict[st
         CHANGES.labels(tenant_id, "undone").inc()
         if change.recommendation_id is not None:
             rec = s.get(Recommendation, change.recommendation_id)
-            completion_id = rec.completion_id if rec is not None else None
+            if rec is not None and rec.completion_id is not None:
+                outcome_id = outcomes.keep(s, tenant_id=tenant_id, recommendation_id=rec.id,
+                                           completion_id=rec.completion_id, rater=OUTCOME_RATER,
+                                           rating=OUTCOMES["undone"], comment="undone").id
         out = change_out(change, athlete.external_id)
-    record_outcome(deps, tenant_id, completion_id, "undone")
+    record_outcome(deps, outcome_id)
     return out
 
 

@@ -34,3 +34,21 @@ class CoachSettings(BaseSettings):
     hrv_baseline_days: int = Field(default=28, ge=3,
                                    description="Days averaged for the HRV baseline when the athlete has none.")
     history_limit: int = Field(default=100, ge=1, le=1000, description="Most changes listed per history page.")
+    outcomes_consumer_group: str = Field(
+        default="coachforge-coach-outcomes",
+        description="Consumer group of completion.stored events: an outcome kept because its completion was not "
+                    "stored yet is sent as soon as it is.")
+    outcome_retry_interval_s: float = Field(
+        default=5.0, gt=0, description="How often outcomes not recorded yet are looked for and sent again, seconds.")
+    outcome_retry_base_s: float = Field(
+        default=1.0, gt=0, description="Wait before the second attempt to send an outcome, seconds; doubled after "
+                                       "every failed attempt up to outcome_retry_max_s.")
+    outcome_retry_max_s: float = Field(default=300.0, gt=0,
+                                       description="Longest wait between two attempts to send an outcome, seconds.")
+    outcome_max_age_s: float = Field(
+        default=30 * 86400.0, gt=0,
+        description="An outcome whose completion inference still does not have after this long is given up "
+                    "(status expired, logged and counted), seconds.")
+    outcome_claim_s: float = Field(
+        default=60.0, gt=0, description="How long one process holds an outcome it is sending before another may "
+                                        "take it over (longer than one feedback call), seconds.")

@@ -1,14 +1,15 @@
 """How the coach service runs in a process: its dependencies (the registry and inference reached
-over gRPC), REST router and gRPC servicer (found by the runtime through the
-``coachforge.services`` entry point)."""
+over gRPC), REST router and gRPC servicer, the ``completion.stored`` consumer (its own consumer
+group) and the retrier that send recommendations' outcomes kept until their completion is stored
+(found by the runtime through the ``coachforge.services`` entry point)."""
 
 from __future__ import annotations
 
-from coachforge_coach import api, grpc
+from coachforge_coach import api, grpc, outcomes
 from coachforge_coach.clients import GrpcModelClient
 from coachforge_coach.service import CoachDeps
 from coachforge_coach.settings import CoachSettings
-from coachforge_shared.runtime import Service, Wiring
+from coachforge_shared.runtime import Consumer, Service, Wiring
 
 
 def wire(w: Wiring) -> Service:
@@ -16,4 +17,7 @@ def wire(w: Wiring) -> Service:
     models = GrpcModelClient(w.channel(settings.registry_grpc_target), w.channel(settings.inference_grpc_target))
     deps = CoachDeps(db=w.db, settings=settings, models_dir=settings.models_dir or w.platform.models_dir,
                      models=models)
-    return Service("coach", deps, routers=[api.router], servicers=[grpc.registration(deps)])
+    retrier = outcomes.OutcomeRetrier(deps)
+    stored = Consumer(settings.outcomes_consumer_group, [outcomes.TOPIC], outcomes.on_completion_stored(deps))
+    return Service("coach", deps, routers=[api.router], servicers=[grpc.registration(deps)], consumers=[stored],
+                   on_start=[retrier.start], on_stop=[retrier.stop])

@@ -111,8 +111,16 @@ comparisons_router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
 
 @comparisons_router.post("")
 def create_comparison(request: Request, principal: CurrentPrincipal, body: Any = Body(...)) -> dict[str, Any]:
-    """Blind A/B comparison of 2-4 models on 1-500 prompts; the answers are generated in the background."""
+    """Blind A/B comparison of 2-4 models on 1-500 prompts, given as ``prompts``, read from an uploaded
+    ``file`` or taken from ``stored_completions``; the answers are generated in the background."""
     return comparisons.create(_deps(request), principal.tenant_id, body)
+
+
+@comparisons_router.get("")
+def list_comparisons(request: Request, principal: CurrentPrincipal, after: str | None = None,
+                     limit: int = Query(20, ge=1, le=100), order: Order = "asc") -> dict[str, Any]:
+    """The tenant's comparisons by creation time, with their status and vote count (no standings)."""
+    return comparisons.list_(_deps(request), principal.tenant_id, after=after, limit=limit, order=order)
 
 
 @comparisons_router.get("/{comparison_id}")
@@ -121,10 +129,23 @@ def get_comparison(request: Request, principal: CurrentPrincipal, comparison_id:
     return comparisons.get(_deps(request), principal.tenant_id, comparison_id)
 
 
+@comparisons_router.post("/{comparison_id}/cancel")
+def cancel_comparison(request: Request, principal: CurrentPrincipal, comparison_id: str) -> dict[str, Any]:
+    """Stop generating and close voting (status ``canceled``); the votes cast and the standings are kept."""
+    return comparisons.cancel(_deps(request), principal.tenant_id, comparison_id)
+
+
+@comparisons_router.delete("/{comparison_id}")
+def delete_comparison(request: Request, principal: CurrentPrincipal, comparison_id: str) -> dict[str, Any]:
+    """Delete the comparison with its pairs, votes and answers; runs still generating are canceled."""
+    return comparisons.delete(_deps(request), principal.tenant_id, comparison_id)
+
+
 @comparisons_router.get("/{comparison_id}/next", response_model=None)
 def next_pair(request: Request, principal: CurrentPrincipal, comparison_id: str,
               voter: str | None = None) -> dict[str, Any] | Response:
-    """A pair this voter has not judged, without model names (204 when none remain, 409 while generating)."""
+    """A pair this voter has not judged, without model names, and how many remain for them (204 when none
+    remain, 409 unless the comparison is ready)."""
     pair = comparisons.next_pair(_deps(request), principal.tenant_id, comparison_id, voter)
     return Response(status_code=204) if pair is None else pair
 

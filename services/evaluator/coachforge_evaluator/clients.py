@@ -1,5 +1,6 @@
-"""The evaluator's calls to other services, over gRPC: samples and judge answers from inference,
-model checks in the registry, a run's items from an evals file of the dataset service."""
+"""The evaluator's calls to other services, over gRPC: samples, judge answers and stored chat
+completions (a comparison's prompts) from inference, model checks in the registry, a run's items
+or a comparison's prompts from an uploaded file of the dataset service."""
 
 from __future__ import annotations
 
@@ -105,6 +106,18 @@ class InferenceClient:
             found = self.stub.GetModelPrice(inference_pb2.GetModelPriceRequest(model=model),
                                             metadata=self.channel.metadata(tenant_id), timeout=10)
         return found.model, found.input_per_million, found.output_per_million
+
+    def stored_completions(self, tenant_id: str, request: inference_pb2.ListStoredCompletionsRequest
+                           ) -> Iterator[inference_pb2.StoredCompletionExample]:
+        """The tenant's stored chat completions matching ``request``, as streamed (each one's messages
+        end with its answer); closing the iterator early cancels the call."""
+        call = self.stub.ListStoredCompletions(request, metadata=self.channel.metadata(tenant_id),
+                                               timeout=self.timeout_s)
+        try:
+            with typed_rpc_errors():
+                yield from call
+        finally:
+            call.cancel()
 
 
 class RegistryClient:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -89,8 +89,13 @@ class Comparison(Base):
     prompt_count: Mapped[int] = mapped_column(Integer)
     salt: Mapped[str] = mapped_column(String(64))
     """Secret seed of each voter's pair order and left/right sides."""
+    source: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    """Where the prompts came from: ``{"type": "prompts"}`` (inline), ``{"type": "file", "file_id"}``
+    or ``{"type": "stored_completions", "filter"}``; NULL for comparisons older than sources (inline)."""
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    canceled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When it was canceled (its runs were asked to stop, voting closed); NULL while it is not."""
 
 
 class ComparisonPair(Base):
@@ -105,6 +110,10 @@ class ComparisonPair(Base):
     prompt_index: Mapped[int] = mapped_column(Integer)
     model_a: Mapped[str] = mapped_column(String(300))
     model_b: Mapped[str] = mapped_column(String(300))
+    rank: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """A random number below ``2**31 - 1`` drawn at creation; each voter is served the pairs in the
+    order of an affine permutation of it keyed by the comparison's salt and the voter (computed
+    in SQL, so the next pair is one query). The server default only fills rows written without one."""
 
 
 class ComparisonVote(Base):

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, case, delete, func, literal, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
-from coachforge_evaluator.models import Comparison, Eval, EvalRun, EvalRunItem
+from coachforge_evaluator.models import Comparison, ComparisonPair, ComparisonVote, Eval, EvalRun, EvalRunItem
 from coachforge_shared.errors import NotFound
 
 
@@ -168,6 +168,86 @@ def runnable(s: Session, now: datetime, limit: int) -> list[str]:
         EvalRun.status == "queued",
         (EvalRun.status == "in_progress") & (EvalRun.lease_expires_at < now))).order_by(EvalRun.created_at)
         .limit(limit)))
+
+
+# -- comparisons ---------------------------------------------------------------------------------
+
+RANK_MODULUS = 2_147_483_647
+"""A prime above every pair's rank: ``(rank * a + b) % RANK_MODULUS`` with ``0 < a < RANK_MODULUS``
+is a permutation of the ranks (an affine map modulo a prime), one per voter."""
+
+
+def comparison(s: Session, tenant_id: str, comparison_id: str, *, lock: bool = False,
+               param: str = "comparison_id") -> Comparison:
+    q = select(Comparison).where(Comparison.id == comparison_id, Comparison.tenant_id == tenant_id)
+    found: Comparison | None = s.scalar(q.with_for_update() if lock else q)
+    if found is None:
+        raise NotFound(f"No comparison with id {comparison_id!r}.", param=param, code="comparison_not_found")
+    return found
+
+
+def comparisons(s: Session, tenant_id: str, *, after: str | None, limit: int, descending: bool) -> list[Comparison]:
+    q = select(Comparison).where(Comparison.tenant_id == tenant_id)
+    if after:
+        cursor = comparison(s, tenant_id, after, param="after")
+        q = q.where(_after(Comparison, cursor.created_at, cursor.id, descending))
+    return list(s.scalars(q.order_by(*_order(Comparison, descending)).limit(limit + 1)))
+
+
+def runs_of(s: Session, run_ids: Sequence[str], *, lock: bool = False) -> dict[str, EvalRun]:
+    q = select(EvalRun).where(EvalRun.id.in_(list(run_ids)))
+    return {r.id: r for r in s.scalars(q.with_for_update() if lock else q)}
+
+
+def vote_counts(s: Session, comparison_ids: Sequence[str]) -> dict[str, int]:
+    rows = s.execute(select(ComparisonVote.comparison_id, func.count()).where(
+        ComparisonVote.comparison_id.in_(list(comparison_ids))).group_by(ComparisonVote.comparison_id))
+    return {r[0]: int(r[1]) for r in rows}
+
+
+def next_pair(s: Session, comparison_id: str, run_of_model: dict[str, str], voter: str,
+              a: int, b: int) -> tuple[Any, ...] | None:
+    """In one query: the first pair, in the voter's order ``(rank * a + b) % RANK_MODULUS``, that
+    ``voter`` has not voted on and whose two answers were generated; as (pair id, prompt index,
+    model_a, model_b, the first answer's item row, the first answer's sample, the second answer's
+    sample, how many such pairs there are, this one included)."""
+    first, second = aliased(EvalRunItem), aliased(EvalRunItem)
+
+    def answer(item: Any, model: Any) -> Any:
+        return ((item.run_id == case(run_of_model, value=model)) & (item.item_index == ComparisonPair.prompt_index)
+                & (item.status == "pass"))
+
+    judged = select(ComparisonVote.id).where(ComparisonVote.pair_id == ComparisonPair.id,
+                                             ComparisonVote.voter == voter).exists()
+    order = ((ComparisonPair.rank * literal(a, BigInteger) + literal(b, BigInteger))
+             % literal(RANK_MODULUS, BigInteger))
+    # The pairs are ranked carrying only ids; the answers' contents are joined to the one chosen.
+    chosen = (select(ComparisonPair.id, ComparisonPair.prompt_index, ComparisonPair.model_a, ComparisonPair.model_b,
+                     first.id.label("first_id"), second.id.label("second_id"), func.count().over().label("remaining"))
+              .select_from(ComparisonPair)
+              .join(first, answer(first, ComparisonPair.model_a))
+              .join(second, answer(second, ComparisonPair.model_b))
+              .where(ComparisonPair.comparison_id == comparison_id, ~judged)
+              .order_by(order, ComparisonPair.id)
+              .limit(1)).subquery()
+    a_item, b_item = aliased(EvalRunItem), aliased(EvalRunItem)
+    q = (select(chosen.c.id, chosen.c.prompt_index, chosen.c.model_a, chosen.c.model_b, a_item.item, a_item.sample,
+                b_item.sample, chosen.c.remaining)
+         .join(a_item, a_item.id == chosen.c.first_id)
+         .join(b_item, b_item.id == chosen.c.second_id))
+    row = s.execute(q).first()
+    return None if row is None else tuple(row)
+
+
+def delete_comparison(s: Session, c: Comparison) -> None:
+    """The comparison, its pairs and votes, and its hidden eval with the runs and their answers."""
+    for stmt in (delete(ComparisonVote).where(ComparisonVote.comparison_id == c.id),
+                 delete(ComparisonPair).where(ComparisonPair.comparison_id == c.id),
+                 delete(Comparison).where(Comparison.id == c.id),
+                 delete(EvalRunItem).where(EvalRunItem.run_id.in_(list(c.run_ids))),
+                 delete(EvalRun).where(EvalRun.eval_id == c.eval_id),
+                 delete(Eval).where(Eval.id == c.eval_id)):
+        s.execute(stmt.execution_options(synchronize_session=False))
 
 
 def _order(model: Any, descending: bool) -> tuple[Any, Any]:

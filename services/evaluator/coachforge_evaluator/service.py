@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import jsonschema
 from pydantic import Field, TypeAdapter
@@ -228,34 +228,58 @@ def _file_row(file_id: str, number: int, raw: bytes) -> dict[str, Any]:
     return row
 
 
-def file_rows(deps: EvaluatorDeps, tenant_id: str, file_id: str) -> tuple[list[dict[str, Any]], list[int]]:
-    """The rows of an uploaded evals file and the file line of each, read from the dataset service.
-    The file must exist for the tenant and have purpose ``evals``; one with more than ``max_items``
-    items is refused without reading it all. Blank lines (a lenient upload's dropped lines) are skipped."""
+@dataclass(frozen=True)
+class FileReading:
+    """How an uploaded file is read from the dataset service for one use, and how its problems are
+    worded (the parameter they name, the purposes it may have, how many lines it may hold)."""
+
+    param: str
+    """The request field the file's problems name."""
+    purposes: tuple[str, ...]
+    """The purposes the file may have been uploaded with."""
+    purpose_rule: str
+    """Says which purposes are accepted (after "File … has purpose …; ")."""
+    limit: int
+    """Most non-blank lines read; a file with more is refused (without reading it all when its count says so)."""
+    too_many: str
+    """Says the limit, e.g. "A run may have at most 10 items"."""
+    noun: str
+    """What one line is, in the plural ("items")."""
+    unavailable_param: str
+    """The field a request naming a file names when no dataset service is configured."""
+    unavailable: str
+    """Why, and what to do instead, when no dataset service is configured."""
+
+
+T = TypeVar("T")
+
+
+def read_file(deps: EvaluatorDeps, tenant_id: str, file_id: str, reading: FileReading,
+              parse_line: Callable[[int, bytes], T]) -> tuple[list[T], list[int]]:
+    """Each non-blank line of an uploaded file parsed by ``parse_line(line number, raw line)``, and
+    the file line of each, read from the dataset service as it streams. The file must exist for the
+    tenant and have one of ``reading.purposes``; one with more than ``reading.limit`` lines is refused
+    without reading it all. Blank lines (a lenient upload's dropped lines) are skipped."""
     if deps.dataset is None:
-        raise InvalidArgument("source type file_id is not available here (no dataset service is configured); "
-                              "pass the items inline as file_content.", param="data_source.source.type",
-                              code="unsupported_source")
-    limit = deps.settings.max_items
-    rows: list[dict[str, Any]] = []
+        raise InvalidArgument(reading.unavailable, param=reading.unavailable_param, code="unsupported_source")
+    limit = reading.limit
+    rows: list[T] = []
     lines: list[int] = []
     try:
         f = deps.dataset.file(tenant_id, file_id)
-        if f.purpose != EVALS_PURPOSE:
-            raise InvalidArgument(f"File {file_id} has purpose {f.purpose!r}; a run's source file must be uploaded "
-                                  f"with purpose {EVALS_PURPOSE!r}.", param=FILE_PARAM, code="invalid_file")
+        if f.purpose not in reading.purposes:
+            raise InvalidArgument(f"File {file_id} has purpose {f.purpose!r}; {reading.purpose_rule}",
+                                  param=reading.param, code="invalid_file")
         if f.example_count > limit:
-            raise InvalidArgument(f"A run may have at most {limit} items; file {file_id} has {f.example_count}.",
-                                  param=FILE_PARAM)
+            raise InvalidArgument(f"{reading.too_many}; file {file_id} has {f.example_count}.", param=reading.param)
         chunks = deps.dataset.content(tenant_id, file_id)
         try:
             for number, raw in iter_lines(chunks):
                 if not raw.strip():
                     continue
                 if len(rows) == limit:
-                    raise InvalidArgument(f"A run may have at most {limit} items; file {file_id} has more.",
-                                          param=FILE_PARAM)
-                rows.append(_file_row(file_id, number, raw))
+                    raise InvalidArgument(f"{reading.too_many}; file {file_id} has more.", param=reading.param)
+                rows.append(parse_line(number, raw))
                 lines.append(number)
         finally:
             close = getattr(chunks, "close", None)
@@ -263,14 +287,28 @@ def file_rows(deps: EvaluatorDeps, tenant_id: str, file_id: str) -> tuple[list[d
                 close()
     except (NotFound, FailedPrecondition) as err:  # no such file for the tenant, or its content was lost
         message = f"File {file_id} not found." if isinstance(err, NotFound) else err.message
-        raise InvalidArgument(message, param=FILE_PARAM, code="file_not_found" if isinstance(err, NotFound)
+        raise InvalidArgument(message, param=reading.param, code="file_not_found" if isinstance(err, NotFound)
                               else err.code) from None
     except (Unavailable, Internal) as err:
         raise Unavailable(f"Cannot read file {file_id} from the dataset service ({err.message}); try again.",
-                          param=FILE_PARAM) from None
+                          param=reading.param) from None
     if not rows:
-        raise InvalidArgument(f"File {file_id} has no items.", param=FILE_PARAM, code="invalid_file")
+        raise InvalidArgument(f"File {file_id} has no {reading.noun}.", param=reading.param, code="invalid_file")
     return rows, lines
+
+
+def file_rows(deps: EvaluatorDeps, tenant_id: str, file_id: str) -> tuple[list[dict[str, Any]], list[int]]:
+    """The rows of an uploaded evals file and the file line of each, read from the dataset service.
+    The file must exist for the tenant and have purpose ``evals``; one with more than ``max_items``
+    items is refused without reading it all. Blank lines (a lenient upload's dropped lines) are skipped."""
+    limit = deps.settings.max_items
+    reading = FileReading(
+        param=FILE_PARAM, purposes=(EVALS_PURPOSE,),
+        purpose_rule=f"a run's source file must be uploaded with purpose {EVALS_PURPOSE!r}.", limit=limit,
+        too_many=f"A run may have at most {limit} items", noun="items", unavailable_param="data_source.source.type",
+        unavailable="source type file_id is not available here (no dataset service is configured); pass the items "
+                    "inline as file_content.")
+    return read_file(deps, tenant_id, file_id, reading, lambda number, raw: _file_row(file_id, number, raw))
 
 
 def _rows(deps: EvaluatorDeps, tenant_id: str, req: CreateRun) -> tuple[list[dict[str, Any]], list[int] | None]:

@@ -3,7 +3,8 @@
 Pure functions (numpy and the standard library only):
 
 * :func:`wilson_interval` — the Wilson score interval of a pass rate (no continuity correction;
-  R's ``prop.test(x, n, correct=FALSE)$conf.int``, statsmodels' ``proportion_confint(method="wilson")``);
+  R's ``prop.test(x, n, correct=FALSE)$conf.int``, statsmodels' ``proportion_confint(method="wilson")``),
+  from :mod:`coachforge_shared.stats` (other services use it too);
 * :func:`mcnemar_exact` — McNemar's exact test on the discordant pairs of two models graded on
   the same items (``b``: items only the first passed, ``c``: only the second), the two-sided
   binomial test of ``b`` out of ``b + c`` at 1/2;
@@ -23,6 +24,8 @@ from typing import Final
 
 import numpy as np
 
+from coachforge_shared.stats import wilson_interval
+
 _CHUNK_CELLS: Final = 1 << 20  # resampled values held at once by paired_bootstrap
 
 
@@ -30,24 +33,6 @@ def _z(confidence: float) -> float:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
     return NormalDist().inv_cdf(0.5 + confidence / 2.0)
-
-
-def wilson_interval(passed: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of ``passed / n`` at ``confidence``; ``(0.0, 1.0)`` when ``n == 0``.
-    ``passed`` may be fractional (a win rate where ties count half)."""
-    if n < 0 or not 0 <= passed <= max(n, 0):
-        raise ValueError(f"need 0 <= passed <= n, got passed={passed}, n={n}")
-    z = _z(confidence)
-    if n == 0:
-        return 0.0, 1.0
-    p = passed / n
-    z2 = z * z
-    denominator = 1.0 + z2 / n
-    centre = (p + z2 / (2.0 * n)) / denominator
-    half = z * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n)) / denominator
-    low = 0.0 if passed == 0 else max(0.0, centre - half)
-    high = 1.0 if passed == n else min(1.0, centre + half)
-    return low, high
 
 
 def mcnemar_exact(b: int, c: int) -> float:

@@ -1,5 +1,5 @@
 """REST: OpenAI-compatible ``/v1/chat/completions`` and ``/v1/completions``; stored chat completions
-(OpenAI's ``/v1/chat/completions/{id}…``) and their feedback; daily usage."""
+(OpenAI's ``/v1/chat/completions/{id}…``), their feedback and the review queue; daily usage."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from coachforge_inference import service, stored
+from coachforge_inference import policies, review, service, stored
 from coachforge_inference import usage as usage_mod
-from coachforge_inference.schemas import FeedbackIn, UpdateCompletion
+from coachforge_inference.schemas import CompletionSettingsIn, FeedbackIn, ReviewIn, UpdateCompletion
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.validation import CHAT, COMPLETIONS
 from coachforge_shared.errors import InvalidArgument, Unavailable
@@ -100,6 +100,36 @@ def list_chat_completions(request: Request, principal: CurrentPrincipal, model: 
                                    metadata=_metadata_filter(request), after=after, limit=limit, order=order)
 
 
+# (before the /{completion_id} routes: "settings" is no completion id, those all start with "chatcmpl-")
+@router.get("/chat/completions/settings")
+def get_stored_completion_settings(request: Request, principal: CurrentPrincipal) -> dict[str, Any]:
+    """The tenant's stored completion policy: ``store_by_default``, ``retention_days`` (0 = kept
+    forever), ``scrub_pii``; the defaults (``updated_at`` null) until it sets one."""
+    return policies.get_settings(_deps(request), principal.tenant_id)
+
+
+@router.put("/chat/completions/settings")
+def put_stored_completion_settings(request: Request, principal: CurrentPrincipal,
+                                   body: CompletionSettingsIn) -> dict[str, Any]:
+    """Change the tenant's stored completion policy (fields left out keep their value)."""
+    return policies.put_settings(_deps(request), principal.tenant_id, body.changes())
+
+
+# (before the /{completion_id} routes: completion ids all start with "chatcmpl-")
+@router.get("/chat/completions/review_queue")
+def chat_completion_review_queue(request: Request, principal: CurrentPrincipal,
+                                 max_rating: float = Query(review.DEFAULT_MAX_RATING, ge=1, le=5),
+                                 reason: Literal["low_rating", "flagged"] | None = None, model: str | None = None,
+                                 avatar: str | None = None, after: str | None = None,
+                                 limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
+    """The stored chat completions waiting for a correction, oldest first (a cursor page): mean
+    rating at most ``max_rating`` or flagged by a rater (``reason`` keeps one of both), not
+    corrected, not dismissed; ``model`` (answered by or asked for) and ``avatar`` narrow it. Each
+    item is the stored completion with ``review``: its reasons, mean rating and flags."""
+    return review.queue(_deps(request), principal.tenant_id, max_rating=max_rating, reason=reason, model=model,
+                        avatar=avatar, after=after, limit=limit)
+
+
 @router.get("/chat/completions/{completion_id}")
 def get_chat_completion(request: Request, principal: CurrentPrincipal, completion_id: str) -> dict[str, Any]:
     """A stored chat completion, with a summary of its feedback."""
@@ -142,3 +172,11 @@ def list_chat_completion_feedback(request: Request, principal: CurrentPrincipal,
                                   completion_id: str) -> dict[str, Any]:
     """Every rater's feedback on a stored chat completion, oldest first."""
     return stored.list_feedback(_deps(request), principal.tenant_id, completion_id)
+
+
+@router.post("/chat/completions/{completion_id}/review")
+def review_chat_completion(request: Request, principal: CurrentPrincipal, completion_id: str,
+                           body: ReviewIn) -> dict[str, Any]:
+    """A reviewer's decision on a stored chat completion: ``dismiss`` takes it off the review queue,
+    ``reopen`` puts it back when its feedback says so (``reviewer`` defaults to the caller's API key)."""
+    return review.record(_deps(request), principal.tenant_id, completion_id, body.model_dump(), principal.actor)

@@ -13,7 +13,7 @@ import grpc
 from pydantic import ValidationError
 
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
-from coachforge_inference import service, stored
+from coachforge_inference import review, service, stored
 from coachforge_inference import usage as usage_mod
 from coachforge_inference.schemas import FeedbackIn
 from coachforge_inference.service import InferenceDeps
@@ -81,7 +81,7 @@ def _chunk(chunk: dict[str, Any]) -> inference_pb2.CompletionChunk:
 
 def _feedback_body(request: inference_pb2.RecordFeedbackRequest) -> dict[str, Any]:
     """The REST feedback body a RecordFeedbackRequest stands for, validated as REST validates it."""
-    data: dict[str, Any] = {"gold": request.gold}
+    data: dict[str, Any] = {"gold": request.gold, "flagged": request.flagged}
     for name in ("rating", "correction", "comment"):
         if request.HasField(name):
             data[name] = getattr(request, name)
@@ -98,7 +98,7 @@ def _feedback_body(request: inference_pb2.RecordFeedbackRequest) -> dict[str, An
 def _feedback(row: dict[str, Any]) -> inference_pb2.CompletionFeedback:
     msg = inference_pb2.CompletionFeedback(
         id=row["id"], completion_id=row["completion_id"], rater=row["rater"], gold=bool(row["gold"]),
-        created_at=row["created_at"] or 0, updated_at=row["updated_at"] or 0)
+        created_at=row["created_at"] or 0, updated_at=row["updated_at"] or 0, flagged=bool(row.get("flagged")))
     for name in ("rating", "correction", "comment"):
         if row[name] is not None:
             setattr(msg, name, row[name])
@@ -216,6 +216,36 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         row = await asyncio.to_thread(stored.post_feedback, self.deps, principal.tenant_id, request.completion_id,
                                       body, principal.actor)
         return _feedback(row)
+
+    async def SummarizeFeedback(self, request: inference_pb2.SummarizeFeedbackRequest,
+                                context: grpc.aio.ServicerContext) -> inference_pb2.SummarizeFeedbackResponse:
+        """The feedback on an avatar's stored completions per (model, variant), with intervals."""
+        rows = await asyncio.to_thread(review.summarize, self.deps, current_principal().tenant_id, request.avatar,
+                                       request.since)
+        return inference_pb2.SummarizeFeedbackResponse(variants=[variant_proto(r) for r in rows])
+
+
+def _interval(value: tuple[float, float] | None) -> inference_pb2.Interval | None:
+    return None if value is None else inference_pb2.Interval(low=value[0], high=value[1])
+
+
+def variant_proto(row: dict[str, Any]) -> inference_pb2.VariantFeedback:
+    """One row of :func:`coachforge_inference.review.summarize` as a :class:`VariantFeedback`."""
+    msg = inference_pb2.VariantFeedback(
+        model=row["model"], variant=row["variant"], completions=row["completions"], reviewed=row["reviewed"],
+        rated=row["rated"], mean_rating_interval=_interval(row["mean_rating_interval"]), gold=row["gold"],
+        thumbs_up=row["thumbs_up"], thumbs_down=row["thumbs_down"])
+    if row["mean_rating"] is not None:
+        msg.mean_rating = row["mean_rating"]
+    if row["rating_stddev"] is not None:
+        msg.rating_stddev = row["rating_stddev"]
+    for name, interval in (("gold_rate", "gold_rate_interval"), ("thumbs_up_rate", "thumbs_up_interval"),
+                           ("thumbs_down_rate", "thumbs_down_interval")):
+        if row[name] is not None:
+            rate, bounds = row[name]
+            setattr(msg, name, rate)
+            getattr(msg, interval).CopyFrom(_interval(bounds))
+    return msg
 
 
 def registration(deps: InferenceDeps) -> ServiceRegistration:

@@ -49,3 +49,10 @@ STORED = Counter("coachforge_inference_stored_completions_total",
                  "Chat completions asked with store, by outcome: published (as a completion.stored event) or "
                  "failed (not sent, e.g. too large for the broker; the answer itself was not affected).",
                  ["tenant", "outcome"])
+STORED_SCRUBBED = Counter("coachforge_inference_stored_completions_scrubbed_total",
+                          "Stored chat completions in which personal data (e-mail addresses, phone numbers, URLs "
+                          "carrying credentials) was replaced before they were kept (the tenant's scrub_pii).",
+                          ["tenant"])
+STORED_PURGED = Counter("coachforge_inference_stored_completions_purged_total",
+                        "Stored chat completions deleted (with their metadata and feedback) because they were "
+                        "older than their tenant's retention_days.", ["tenant"])

@@ -75,8 +75,9 @@ def deleted(completion_id: str) -> dict[str, Any]:
 
 def feedback(row: CompletionFeedback) -> dict[str, Any]:
     return {"id": row.id, "object": "chat.completion.feedback", "completion_id": row.completion_id,
-            "rater": row.rater, "rating": row.rating, "gold": row.gold, "correction": row.correction,
-            "comment": row.comment, "created_at": to_unix(row.created_at), "updated_at": to_unix(row.updated_at)}
+            "rater": row.rater, "rating": row.rating, "gold": row.gold, "flagged": row.flagged,
+            "correction": row.correction, "comment": row.comment, "created_at": to_unix(row.created_at),
+            "updated_at": to_unix(row.updated_at)}
 
 
 def page(items: Sequence[T], limit: int, render: Callable[[T], dict[str, Any]],

@@ -22,7 +22,7 @@ import anyio
 
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
-from coachforge_inference import stored
+from coachforge_inference import policies, stored
 from coachforge_inference.engine import EngineUnreachable, engine_error
 from coachforge_inference.metrics import (
     CANDIDATE_ROUTED,
@@ -37,7 +37,7 @@ from coachforge_inference.metrics import (
 )
 from coachforge_inference.pool import EnginePool, Lease, PooledEngine
 from coachforge_inference.settings import InferenceSettings, Price
-from coachforge_inference.validation import validate
+from coachforge_inference.validation import CHAT, take_store, validate
 from coachforge_shared.db import Database
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
@@ -83,11 +83,13 @@ def check_purpose(purpose: str) -> str:
 @dataclass(frozen=True)
 class Resolution:
     """What a requested model id resolves to: the model, and for an avatar with a candidate, the
-    candidate and its share of the traffic (0-100)."""
+    candidate and its share of the traffic (0-100); for an avatar, its own ``store`` setting (None:
+    the tenant's default)."""
 
     model: registry_pb2.Model
     candidate: registry_pb2.Model | None = None
     share: int = 0
+    store: bool | None = None
 
 
 @dataclass
@@ -111,10 +113,13 @@ class InferenceDeps:
     _refreshing: set[tuple[str, str]] = field(default_factory=set, init=False, repr=False)
     _listener: Any = field(default=None, init=False, repr=False)
     _started: bool = field(default=False, init=False, repr=False)
+    policy_cache: policies.PolicyCache = field(init=False, repr=False)
+    """Tenants' stored completion policies, for requests that do not say ``store``."""
 
     def __post_init__(self) -> None:
         if self.engines is None:
             self.engines = EnginePool.from_settings(self.settings, self.adapter_cache_dir)
+        self.policy_cache = policies.PolicyCache(self.settings.stored_policy_cache_s)
 
     @property
     def pool(self) -> EnginePool:
@@ -212,11 +217,13 @@ class InferenceDeps:
             resolution = Resolution(model)
             if model.fallback:  # the registry sets a fallback policy only for avatars
                 avatar = stub.GetAvatar(registry_pb2.GetAvatarRequest(name=model_id), metadata=metadata, timeout=10)
+                store = avatar.store if avatar.HasField("store") else None
+                resolution = Resolution(model, store=store)
                 if avatar.candidate_model and avatar.candidate_share > 0:
                     candidate: registry_pb2.Model = stub.GetModel(
                         registry_pb2.GetModelRequest(model_id=avatar.candidate_model), metadata=metadata, timeout=10)
                     candidate.fallback = model.fallback
-                    resolution = Resolution(model, candidate, min(100, int(avatar.candidate_share)))
+                    resolution = Resolution(model, candidate, min(100, int(avatar.candidate_share)), store)
         with self._cache_lock:
             if self._generation.get(tenant_id, 0) == generation:  # no model.* event meanwhile
                 self._cache[(tenant_id, model_id)] = (now, resolution)
@@ -351,17 +358,34 @@ async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
     try:
         purpose = check_purpose(purpose)
         model_id = validate(path, body)
-        store = None
-        if "store" in body or "metadata" in body:  # only these requests pay for it
-            store, body = stored.take(path, model_id, body)
-        routed = _route(tenant_id, model_id, body, await deps.resolve(tenant_id, model_id))
+        asked: bool | None = None
+        metadata: dict[str, str] = {}
+        if "store" in body or "metadata" in body:  # only these requests pay for checking them
+            asked, metadata, body = take_store(path, body)
+        resolution = await deps.resolve(tenant_id, model_id)
+        routed = _route(tenant_id, model_id, body, resolution)
         routed.purpose = purpose
-        routed.store = store
+        if await _stores(deps, tenant_id, path, purpose, asked, resolution):
+            routed.store = stored.StoreRequest(model_id, metadata, body)
         label = routed.model.id
         return await _engage_routed(deps, tenant_id, routed, call)
     except CoachForgeError:
         REQUESTS.labels(tenant_id, label, "error").inc()
         raise
+
+
+async def _stores(deps: InferenceDeps, tenant_id: str, path: str, purpose: str, asked: bool | None,
+                  resolution: Resolution) -> bool:
+    """Whether the answer is kept as a stored completion: the request's own ``store`` when it says
+    (``false`` never stores), else, for an application's chat completion, the avatar's ``store``
+    when it has one, else the tenant's ``store_by_default`` (cached: no database query here)."""
+    if asked is not None:
+        return asked
+    if path != CHAT or purpose != APP or deps.publisher is None:
+        return False
+    if resolution.store is not None:
+        return resolution.store
+    return (await policies.current(deps, tenant_id)).store_by_default
 
 
 async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,

@@ -59,6 +59,23 @@ class InferenceSettings(BaseSettings):
         default="coachforge-inference-stored",
         description="Consumer group that keeps completion.stored events (chat completions asked with store) "
                     "as stored completions.")
+    stored_retention_days: int = Field(
+        default=30, ge=0,
+        description="How many days a stored chat completion is kept (with its metadata and feedback) for a tenant "
+                    "that did not set its own retention_days (PUT /v1/chat/completions/settings); 0 keeps them "
+                    "forever.")
+    stored_purge_interval_s: float = Field(
+        default=3600.0, gt=0,
+        description="How often stored completions past their tenant's retention are deleted, seconds (the first "
+                    "pass runs within a minute of the start; every replica may run it, deletes are idempotent).")
+    stored_purge_batch: int = Field(
+        default=1000, ge=1,
+        description="Stored completions deleted per transaction by the retention purge (short transactions: no "
+                    "long locks).")
+    stored_policy_cache_s: float = Field(
+        default=5.0, ge=0,
+        description="How long a tenant's stored completion policy is cached on the request path, seconds (a PUT "
+                    "refreshes this replica at once, other replicas within this time).")
     request_timeout_s: float = Field(default=300.0, description="Timeout of one engine call, seconds.")
     resolve_cache_s: float = Field(
         default=5.0, description="How long a model resolution is cached, seconds (a safety net: model.* events "

@@ -1,12 +1,17 @@
 """Stored chat completions (OpenAI's ``store: true``) and their feedback.
 
-* On the request path (only for a request with ``store`` or ``metadata``: others pay nothing):
-  :func:`take` checks and strips both fields; once answered, :func:`publish` sends the completion
-  as a ``completion.stored`` event without waiting for the broker (like ``usage.recorded``); a
-  stream is passed through :func:`collect`, which adds up each choice's text and publishes at its
-  end (not when it broke or the client went away).
+* On the request path: :func:`coachforge_inference.validation.take_store` checks and strips
+  ``store`` and ``metadata`` (only requests with either pay for it); whether the answer is kept is
+  the request's ``store``, else the avatar's, else the tenant's ``store_by_default``
+  (:mod:`coachforge_inference.policies`, cached); once answered, :func:`publish` sends the completion
+  as a ``completion.stored`` event without waiting for the broker (like ``usage.recorded``; the
+  publisher's own thread sends it); a stream is passed through :func:`collect`, which keeps its
+  data lines and, at its end (not when it broke or the client went away), adds up each choice's
+  text and publishes from a worker thread.
 * The consumer (:func:`on_completion_stored`, its own consumer group) keeps one
-  ``stored_completions`` row per completion, idempotently.
+  ``stored_completions`` row per completion, idempotently; when the tenant's policy says
+  ``scrub_pii`` (the default), e-mail addresses, phone numbers and URLs carrying credentials in the
+  messages, the answers and the metadata values are replaced first (off the request path).
 * The REST API's logic: read, list, messages, metadata update, delete; feedback per rater.
 """
 
@@ -14,22 +19,25 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.inference.v1 import inference_pb2
-from coachforge_inference import repository, serializers
-from coachforge_inference.metrics import STORED
-from coachforge_inference.validation import check_metadata, take_store
+from coachforge_inference import policies, repository, serializers
+from coachforge_inference.metrics import STORED, STORED_SCRUBBED
+from coachforge_inference.validation import METADATA_VALUE_CHARS, check_metadata
 from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument, NotFound, Unavailable
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.pii import scrub_value
 
 if TYPE_CHECKING:
     from coachforge_inference.service import InferenceDeps, Routed
@@ -44,19 +52,12 @@ _NOT_PARAMS = frozenset({"model", "messages", "stream", "stream_options", "user"
 
 @dataclass(frozen=True)
 class StoreRequest:
-    """What a request asking for ``store`` keeps besides the answer."""
+    """What a request to be stored keeps besides the answer."""
 
     requested_model: str
     metadata: dict[str, str]
     request: dict[str, Any]
     """The request's body (without store and metadata)."""
-
-
-def take(path: str, model_id: str, body: dict[str, Any]) -> tuple[StoreRequest | None, dict[str, Any]]:
-    """For a request with ``store`` or ``metadata``: what to keep if it is to be stored, and the
-    body without both fields (metadata is checked either way)."""
-    store, metadata, rest = take_store(path, body)
-    return (StoreRequest(model_id, metadata, rest) if store else None), rest
 
 
 def _dumps(value: Any) -> str:
@@ -74,10 +75,11 @@ def _choice(choice: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish(deps: InferenceDeps, tenant_id: str, routed: Routed, answer: dict[str, Any], started: float,
-            *, stream: bool = False) -> None:
+            *, stream: bool = False, ended: float | None = None) -> None:
     """Send an answered completion asked with ``store`` as a ``completion.stored`` event (never
     waited for, never failing the answered request). ``answer`` is the engine's chat completion
-    (id, created, choices with their message, usage)."""
+    (id, created, choices with their message, usage); its latency runs from ``started`` to
+    ``ended`` (``time.perf_counter``; default now)."""
     store = routed.store
     if store is None or deps.publisher is None:
         return
@@ -95,7 +97,8 @@ def publish(deps: InferenceDeps, tenant_id: str, routed: Routed, answer: dict[st
             messages_json=_dumps(request.get("messages") or []),
             params_json=_dumps({k: v for k, v in request.items() if k not in _NOT_PARAMS}),
             choices_json=_dumps([_choice(c) for c in answer.get("choices") or () if isinstance(c, dict)]),
-            latency_seconds=time.perf_counter() - started, fallback_from=routed.fallback_from or "",
+            latency_seconds=(time.perf_counter() if ended is None else ended) - started,
+            fallback_from=routed.fallback_from or "",
             stream=stream, purpose=routed.purpose)
         if isinstance(usage, dict):
             event.usage.CopyFrom(inference_pb2.Usage(
@@ -112,37 +115,54 @@ def publish(deps: InferenceDeps, tenant_id: str, routed: Routed, answer: dict[st
 
 async def collect(deps: InferenceDeps, tenant_id: str, events: AsyncIterator[bytes], routed: Routed,
                   started: float) -> AsyncIterator[bytes]:
-    """``events`` (a chat completion's server-sent event lines) passed on unchanged, each choice's
-    delta text added up on the way; once the stream ended without an error, the whole answer is
-    published as :func:`publish` does."""
-    ident, created = "", 0
-    texts: dict[int, list[str]] = {}
-    finish: dict[int, str | None] = {}
+    """``events`` (a chat completion's server-sent event lines) passed on unchanged, their data lines
+    kept as they are; once the stream ended without an error, each choice's delta text is added up
+    and the whole answer published as :func:`publish` does, from a worker thread (the request path
+    pays for keeping each line, not for parsing it: a few microseconds per chunk)."""
+    data: list[bytes] = []
     try:
         async for line in events:
             if line.startswith(b"data: {"):
-                try:
-                    chunk = json.loads(line[6:])
-                except ValueError:
-                    chunk = {}
-                if not ident and isinstance(chunk.get("id"), str):
-                    ident, created = chunk["id"], int(chunk.get("created") or 0)
-                for choice in chunk.get("choices") or ():
-                    index = int(choice.get("index") or 0)
-                    delta = choice.get("delta") or {}
-                    texts.setdefault(index, [])
-                    if isinstance(delta.get("content"), str):
-                        texts[index].append(delta["content"])
-                    if choice.get("finish_reason"):
-                        finish[index] = choice["finish_reason"]
+                data.append(line)
             yield line
     finally:
         await events.aclose()  # type: ignore[attr-defined]
     if routed.error is not None:
         return
+    await anyio.to_thread.run_sync(_publish_stream, deps, tenant_id, data, routed, started, time.perf_counter())
+
+
+def _publish_stream(deps: InferenceDeps, tenant_id: str, data: list[bytes], routed: Routed, started: float,
+                    ended: float) -> None:
+    """A finished stream's answer (its data lines added up: each choice's text and finish reason)
+    published as :func:`publish` does."""
+    ident, created = "", 0
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str | None] = {}
+    try:
+        for line in data:
+            try:
+                chunk = json.loads(line[6:])
+            except ValueError:
+                chunk = {}
+            if not ident and isinstance(chunk.get("id"), str):
+                ident, created = chunk["id"], int(chunk.get("created") or 0)
+            for choice in chunk.get("choices") or ():
+                index = int(choice.get("index") or 0)
+                delta = choice.get("delta") or {}
+                texts.setdefault(index, [])
+                if isinstance(delta.get("content"), str):
+                    texts[index].append(delta["content"])
+                if choice.get("finish_reason"):
+                    finish[index] = choice["finish_reason"]
+    except Exception:  # storing must never fail an answered request
+        STORED.labels(tenant_id, "failed").inc()
+        log.exception("stored completion not published: a chunk could not be read", model=routed.model.id)
+        return
     choices = [{"index": i, "message": {"role": "assistant", "content": "".join(texts[i])},
                 "finish_reason": finish.get(i)} for i in sorted(texts)]
-    publish(deps, tenant_id, routed, {"id": ident, "created": created, "choices": choices}, started, stream=True)
+    publish(deps, tenant_id, routed, {"id": ident, "created": created, "choices": choices}, started, stream=True,
+            ended=ended)
 
 
 def _json(value: str, default: Any) -> Any:
@@ -155,19 +175,25 @@ def on_completion_stored(s: Session, env: Envelope, event: inference_pb2.Complet
         log.warning("completion.stored event without an id dropped", event_id=env.event_id)
         return
     metadata = {str(k): str(v) for k, v in _json(event.metadata_json, {}).items()}
+    messages, choices = _json(event.messages_json, []), _json(event.choices_json, [])
+    scrubbed: Counter[str] = Counter()
+    if policies.scrubs(s, env.tenant_id):  # personal data never reaches the table
+        messages, choices = scrub_value(messages, scrubbed), scrub_value(choices, scrubbed)
+        metadata = {k: scrub_value(v, scrubbed)[:METADATA_VALUE_CHARS] for k, v in metadata.items()}
     usage = event.usage if event.HasField("usage") else None
-    repository.insert_completion(s, {
+    inserted = repository.insert_completion(s, {
         "id": event.id, "tenant_id": env.tenant_id, "created": event.created,
         "created_at": (env.occurred_at.ToDatetime(tzinfo=UTC) if env.HasField("occurred_at") else utcnow()),
         "model": event.model, "requested_model": event.requested_model or event.model, "avatar": event.avatar,
         "variant": event.variant, "end_user": event.user, "purpose": event.purpose or "app",
         "fallback_from": event.fallback_from, "stream": event.stream, "metadata": metadata,
-        "messages": _json(event.messages_json, []), "params": _json(event.params_json, {}),
-        "choices": _json(event.choices_json, []),
+        "messages": messages, "params": _json(event.params_json, {}), "choices": choices,
         "prompt_tokens": usage.prompt_tokens if usage else None,
         "completion_tokens": usage.completion_tokens if usage else None,
         "total_tokens": usage.total_tokens if usage else None,
         "latency_seconds": event.latency_seconds, "stored_at": utcnow()}, metadata)
+    if inserted and scrubbed:
+        STORED_SCRUBBED.labels(env.tenant_id).inc()
 
 
 # --- the REST API's logic ---
@@ -228,10 +254,11 @@ def delete_completion(deps: InferenceDeps, tenant_id: str, completion_id: str) -
 def post_feedback(deps: InferenceDeps, tenant_id: str, completion_id: str, body: dict[str, Any],
                   default_rater: str) -> dict[str, Any]:
     """One rater's feedback (``body``: rating, gold, correction, comment, rater), replacing what the
-    same rater said before; at least one of rating, gold or correction."""
-    if body.get("rating") is None and not body.get("gold") and body.get("correction") is None:
-        raise InvalidArgument("feedback needs at least one of rating (1-5), gold (true) or correction",
-                              param="rating")
+    same rater said before; at least one of rating, gold, flagged or correction."""
+    if (body.get("rating") is None and not body.get("gold") and not body.get("flagged")
+            and body.get("correction") is None):
+        raise InvalidArgument("feedback needs at least one of rating (1-5), gold (true), flagged (true) or "
+                              "correction", param="rating")
     rater = body.get("rater") or default_rater
     with _db(deps).session() as s:
         row = repository.completion(s, tenant_id, completion_id)

@@ -64,11 +64,11 @@ def check_metadata(metadata: Any) -> dict[str, str]:
     return dict(metadata)
 
 
-def take_store(path: str, body: dict[str, Any]) -> tuple[bool, dict[str, str], dict[str, Any]]:
+def take_store(path: str, body: dict[str, Any]) -> tuple[bool | None, dict[str, str], dict[str, Any]]:
     """For a request with ``store`` or ``metadata`` (the caller checks that first, so that other
-    requests pay nothing): whether it is to be stored, its checked metadata, and the body without
-    those two fields (they are not the engine's business). ``store`` must be a boolean, and only
-    chat completions are stored."""
+    requests pay nothing): whether it asks to be stored (None: it does not say; ``null`` says
+    nothing either), its checked metadata, and the body without those two fields (they are not
+    the engine's business). ``store`` must be a boolean, and only chat completions are stored."""
     store = body.get("store")
     if store is not None and not isinstance(store, bool):
         raise InvalidArgument(f"store must be a boolean, got {store!r}", param="store")
@@ -76,4 +76,4 @@ def take_store(path: str, body: dict[str, Any]) -> tuple[bool, dict[str, str], d
         raise InvalidArgument(f"store is supported by {CHAT} only", param="store")
     metadata = check_metadata(body.get("metadata"))
     rest = {k: v for k, v in body.items() if k != "store" and k != "metadata"}
-    return bool(store), metadata, rest
+    return store, metadata, rest

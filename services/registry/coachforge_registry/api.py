@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from coachforge.registry.v1 import registry_pb2
-from coachforge_registry import service
+from coachforge_registry import experiment, retrain, service
 from coachforge_registry.models import Avatar, AvatarChange
-from coachforge_registry.schemas import Activate, Candidate, CreateAvatar, Evaluation, Pin, Rollback, Unpin
+from coachforge_registry.schemas import (
+    Activate,
+    Candidate,
+    CreateAvatar,
+    Evaluation,
+    Pin,
+    Retrain,
+    RetrainPolicyBody,
+    Rollback,
+    Unpin,
+    UpdateAvatar,
+)
 from coachforge_registry.service import RegistryDeps
 from coachforge_shared.http import CurrentPrincipal
 from coachforge_shared.ids import to_unix
@@ -40,7 +51,7 @@ def to_openai(m: registry_pb2.Model) -> dict[str, object]:
 def avatar_to_openai(a: Avatar) -> dict[str, object]:
     return {"object": "avatar", "name": a.name, "active_model": a.active_model, "fallback": a.fallback,
             "candidate_model": a.candidate_model, "candidate_share": a.candidate_share, "pinned": a.pinned,
-            "created_at": to_unix(a.created_at), "updated_at": to_unix(a.updated_at)}
+            "store": a.store, "created_at": to_unix(a.created_at), "updated_at": to_unix(a.updated_at)}
 
 
 def change_to_openai(c: AvatarChange) -> dict[str, object]:
@@ -65,13 +76,23 @@ def list_avatars(request: Request, principal: CurrentPrincipal) -> dict[str, obj
 def create_avatar(request: Request, principal: CurrentPrincipal, body: CreateAvatar) -> dict[str, object]:
     """Create an alias (e.g. ``coach-anna``) that chat requests can name as their model."""
     a = service.create_avatar(_deps(request), principal.tenant_id, principal.actor, body.name, body.model,
-                              body.fallback, body.reason)
+                              body.fallback, body.reason, body.store)
     return avatar_to_openai(a)
 
 
 @router.get("/avatars/{name}")
 def retrieve_avatar(request: Request, principal: CurrentPrincipal, name: str) -> dict[str, object]:
     return avatar_to_openai(service.get_avatar(_deps(request), principal.tenant_id, name))
+
+
+@router.patch("/avatars/{name}")
+def update_avatar(request: Request, principal: CurrentPrincipal, name: str, body: UpdateAvatar) -> dict[str, object]:
+    """Change the avatar's settings (``store``: keep its chat completions when a request does not
+    say; null follows the tenant's default); fields left out keep their value, a change is kept
+    in the avatar's history."""
+    changes = body.model_dump(include=body.model_fields_set - {"reason"})
+    a = service.update_avatar(_deps(request), principal.tenant_id, principal.actor, name, changes, body.reason)
+    return avatar_to_openai(a)
 
 
 @router.post("/avatars/{name}/activate")
@@ -95,6 +116,16 @@ def avatar_history(request: Request, principal: CurrentPrincipal, name: str) -> 
     return {"object": "list", "data": [change_to_openai(c) for c in rows]}
 
 
+@router.get("/avatars/{name}/experiment")
+def avatar_experiment(request: Request, principal: CurrentPrincipal, name: str,
+                      since: int | None = Query(None, ge=0)) -> dict[str, Any]:
+    """The avatar's active and candidate models on the feedback of their stored completions since
+    ``since`` (unix seconds; default: when the current candidate was set): per (model, variant) the
+    mean rating (t-interval), gold and thumbs up/down rates (Wilson intervals), and the candidate
+    minus the active model (Welch's interval for the mean rating, Newcombe's for the gold rate)."""
+    return experiment.experiment(_deps(request), principal.tenant_id, name, since)
+
+
 @router.post("/avatars/{name}/pin")
 def pin(request: Request, principal: CurrentPrincipal, name: str, body: Pin) -> dict[str, object]:
     """Point the avatar at a version and keep it there (activate/rollback refused until unpinned)."""
@@ -114,6 +145,48 @@ def set_candidate(request: Request, principal: CurrentPrincipal, name: str, body
     a = service.set_candidate(_deps(request), principal.tenant_id, principal.actor, name, body.model,
                               body.traffic_share, body.reason)
     return avatar_to_openai(a)
+
+
+@router.put("/avatars/{name}/retrain-policy")
+def put_retrain_policy(request: Request, principal: CurrentPrincipal, name: str,
+                       body: RetrainPolicyBody) -> dict[str, Any]:
+    """Create or replace how the avatar retrains itself: trigger, data, training, the eval that gates
+    promotion, and what a proven model becomes (candidate at a share, or active)."""
+    return retrain.put_policy(_deps(request), principal.tenant_id, principal.actor, name, body)
+
+
+@router.get("/avatars/{name}/retrain-policy")
+def get_retrain_policy(request: Request, principal: CurrentPrincipal, name: str) -> dict[str, Any]:
+    return retrain.get_policy(_deps(request), principal.tenant_id, name)
+
+
+@router.delete("/avatars/{name}/retrain-policy")
+def delete_retrain_policy(request: Request, principal: CurrentPrincipal, name: str) -> dict[str, Any]:
+    return retrain.delete_policy(_deps(request), principal.tenant_id, principal.actor, name)
+
+
+@router.post("/avatars/{name}/retrain")
+def start_retrain(request: Request, principal: CurrentPrincipal, name: str,
+                  body: Retrain | None = None) -> dict[str, Any]:
+    """Retrain the avatar now under its policy: dataset version, fine-tune, evaluation against the
+    active model, then promotion or rejection (follow it at ``/retrains/{id}``)."""
+    return retrain.start_retrain(_deps(request), principal.tenant_id, principal.actor, name,
+                                 body.reason if body else "")
+
+
+@router.get("/avatars/{name}/retrains")
+def list_retrains(request: Request, principal: CurrentPrincipal, name: str, limit: int = 20) -> dict[str, Any]:
+    return retrain.list_runs(_deps(request), principal.tenant_id, name, limit)
+
+
+@router.get("/avatars/{name}/retrains/{retrain_id}")
+def get_retrain(request: Request, principal: CurrentPrincipal, name: str, retrain_id: str) -> dict[str, Any]:
+    return retrain.get_run(_deps(request), principal.tenant_id, name, retrain_id)
+
+
+@router.post("/avatars/{name}/retrains/{retrain_id}/cancel")
+def cancel_retrain(request: Request, principal: CurrentPrincipal, name: str, retrain_id: str) -> dict[str, Any]:
+    return retrain.cancel_run(_deps(request), principal.tenant_id, principal.actor, name, retrain_id)
 
 
 @router.get("/models/{model_id:path}/versions")

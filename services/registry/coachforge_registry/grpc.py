@@ -22,10 +22,13 @@ def change_proto(c: AvatarChange) -> registry_pb2.AvatarChange:
 
 
 def avatar_proto(a: Avatar) -> registry_pb2.Avatar:
-    return registry_pb2.Avatar(name=a.name, active_model=a.active_model, fallback=a.fallback,
-                               created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at),
-                               candidate_model=a.candidate_model or "", candidate_share=a.candidate_share,
-                               pinned=a.pinned)
+    out = registry_pb2.Avatar(name=a.name, active_model=a.active_model, fallback=a.fallback,
+                              created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at),
+                              candidate_model=a.candidate_model or "", candidate_share=a.candidate_share,
+                              pinned=a.pinned)
+    if a.store is not None:  # unset: the tenant's default
+        out.store = a.store
+    return out
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -45,7 +48,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         p = current_principal()
         return avatar_proto(service.create_avatar(self.deps, p.tenant_id, p.actor, request.name,
                                                           request.model, request.fallback or "error",
-                                                          request.reason))
+                                                          request.reason,
+                                                          request.store if request.HasField("store") else None))
 
     def GetAvatar(self, request: registry_pb2.GetAvatarRequest, context: grpc.ServicerContext) -> registry_pb2.Avatar:
         return avatar_proto(service.get_avatar(self.deps, current_principal().tenant_id, request.name))

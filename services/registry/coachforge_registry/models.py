@@ -63,6 +63,9 @@ class Avatar(Base):
     candidate_share: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # A pinned avatar refuses activate/rollback until unpinned.
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # Keep its chat completions (OpenAI's "store") when a request does not say: None follows the
+    # tenant's default, True/False overrides it.
+    store: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
@@ -82,3 +85,56 @@ class AvatarChange(Base):
     # Other facts of the change (candidate and its share, pinned), JSON object.
     detail_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RetrainPolicy(Base):
+    """How an avatar retrains itself: when (new gold examples, a schedule), on what data, with which
+    hyperparameters, and what the new model must prove on which eval before it takes traffic."""
+
+    __tablename__ = "retrain_policies"
+
+    avatar_id: Mapped[str] = mapped_column(ForeignKey("avatars.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # The policy as PUT (validated by schemas.RetrainPolicyBody), JSON object.
+    policy_json: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    # When the trigger was last checked, and when it last started a retrain (the "new gold" cursor).
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    triggered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RetrainRun(Base):
+    """One retrain of an avatar: dataset version → fine-tuning job → evaluation of the new model
+    against the active one on the same items → promoted, rejected or failed, with the numbers."""
+
+    __tablename__ = "retrain_runs"
+    __table_args__ = (Index("ix_retrain_runs_status_lease", "status", "lease_until"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    avatar_id: Mapped[str] = mapped_column(ForeignKey("avatars.id", ondelete="CASCADE"), index=True)
+    # queued → training → evaluating → promoted | rejected | failed | canceled
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    trigger: Mapped[str] = mapped_column(String(20))  # manual | gold | schedule
+    actor: Mapped[str] = mapped_column(String(200))
+    # The policy this run follows (a copy: a later PUT does not change a run under way), JSON object.
+    policy_json: Mapped[str] = mapped_column(Text)
+    dataset_version_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    model_id: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    baseline_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    eval_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    baseline_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    candidate_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The decision and its numbers (comparison, margin, interval), JSON object.
+    decision_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # A process advancing the run holds it until lease_until (several registry replicas share the work).
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
+from coachforge_registry.models import Avatar, AvatarChange, ModelVersion, RetrainPolicy, RetrainRun
 from coachforge_shared.errors import NotFound
 
 # -- model versions -----------------------------------------------------------------------------
@@ -123,3 +124,57 @@ def changes(s: Session, avatar_id: str) -> list[AvatarChange]:
     """The avatar's changes, newest first."""
     return list(s.scalars(select(AvatarChange).where(AvatarChange.avatar_id == avatar_id)
                           .order_by(AvatarChange.seq.desc())))
+
+
+# -- retrain policies and runs --------------------------------------------------------------------
+
+RETRAIN_FINISHED = ("promoted", "rejected", "failed", "canceled")
+
+
+def retrain_policy(s: Session, avatar_id: str, *, lock: bool = False) -> RetrainPolicy | None:
+    q = select(RetrainPolicy).where(RetrainPolicy.avatar_id == avatar_id)
+    return s.scalars(q.with_for_update() if lock else q).first()
+
+
+def enabled_retrain_policies(s: Session) -> list[RetrainPolicy]:
+    return list(s.scalars(select(RetrainPolicy).where(RetrainPolicy.enabled.is_(True))))
+
+
+def claim_policy_check(s: Session, avatar_id: str, seen: datetime | None, now: datetime) -> bool:
+    """Mark the policy checked at ``now`` unless another process did since it was read as ``seen``."""
+    q = update(RetrainPolicy).where(RetrainPolicy.avatar_id == avatar_id)
+    q = q.where(RetrainPolicy.checked_at.is_(None) if seen is None else RetrainPolicy.checked_at == seen)
+    return bool(s.execute(q.values(checked_at=now)).rowcount)  # type: ignore[attr-defined]
+
+
+def retrain_run(s: Session, tenant_id: str, run_id: str) -> RetrainRun | None:
+    return s.scalars(select(RetrainRun).where(RetrainRun.tenant_id == tenant_id, RetrainRun.id == run_id)).first()
+
+
+def retrain_runs(s: Session, avatar_id: str, limit: int) -> list[RetrainRun]:
+    q = select(RetrainRun).where(RetrainRun.avatar_id == avatar_id)
+    return list(s.scalars(q.order_by(RetrainRun.created_at.desc(), RetrainRun.id.desc()).limit(limit)))
+
+
+def retrain_in_progress(s: Session, avatar_id: str) -> RetrainRun | None:
+    q = select(RetrainRun).where(RetrainRun.avatar_id == avatar_id, RetrainRun.status.not_in(RETRAIN_FINISHED))
+    return s.scalars(q.limit(1)).first()
+
+
+def claimable_retrains(s: Session, now: datetime, limit: int = 20) -> list[str]:
+    """Runs not finished that no live process holds."""
+    q = select(RetrainRun.id).where(RetrainRun.status.not_in(RETRAIN_FINISHED),
+                                    or_(RetrainRun.lease_until.is_(None), RetrainRun.lease_until < now))
+    return list(s.scalars(q.order_by(RetrainRun.created_at).limit(limit)))
+
+
+def claim_retrain(s: Session, run_id: str, owner: str, now: datetime, until: datetime) -> bool:
+    """Take the run's lease (compare-and-set: one process advances a run at a time)."""
+    q = update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.status.not_in(RETRAIN_FINISHED),
+                                 or_(RetrainRun.lease_until.is_(None), RetrainRun.lease_until < now))
+    return bool(s.execute(q.values(lease_owner=owner, lease_until=until)).rowcount)  # type: ignore[attr-defined]
+
+
+def release_retrain(s: Session, run_id: str, owner: str) -> None:
+    s.execute(update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.lease_owner == owner)
+              .values(lease_owner=None, lease_until=None))

@@ -9,7 +9,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +28,9 @@ from coachforge_registry.adapters import (
     check_compatible,
     read_adapter,
 )
+from coachforge_registry.feedback import FeedbackSource
 from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
+from coachforge_registry.retrain_clients import RetrainClients
 from coachforge_registry.settings import RegistrySettings
 from coachforge_registry.storage import ArtifactFile, ArtifactStore, manifest, manifest_digest
 from coachforge_shared.db import Database
@@ -62,6 +64,13 @@ class RegistryDeps:
     ``<artifacts_dir>/registry``)."""
     platform_models_dir: Path | None = None
     """Prepared base models when ``settings.models_dir`` is unset (the platform's)."""
+    retrain: RetrainClients | None = None
+    """The other services a retrain needs (None: retraining is off)."""
+    retrain_wake: Callable[[], None] | None = None
+    """Wakes this process's retrain driver (a retrain was queued)."""
+    feedback: FeedbackSource | None = None
+    """Inference's feedback statistics for avatars' experiments (None: GET /v1/avatars/{name}/experiment
+    is unavailable)."""
 
     def artifact_store(self) -> ArtifactStore:
         """Where artifacts go: ``storage_url`` (with ``storage_endpoint_url`` and ``storage_options``),
@@ -509,7 +518,9 @@ def _not_pinned(avatar: Avatar) -> None:
 
 
 def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str,
-                  fallback: str = "error", reason: str = "") -> Avatar:
+                  fallback: str = "error", reason: str = "", store: bool | None = None) -> Avatar:
+    """A new avatar answering with ``model_id``; ``store``: keep its chat completions when a request
+    does not say (None: the tenant's default)."""
     if not AVATAR_NAME.match(name):
         raise InvalidArgument("Avatar names are 1-64 lower-case letters, digits, '.', '_' or '-'.", param="name")
     if fallback not in FALLBACKS:
@@ -521,9 +532,9 @@ def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
             raise Conflict(f"An avatar named {name!r} already exists.", param="name", code="avatar_exists")
         _require_servable(s, deps, tenant_id, model_id)
         avatar = Avatar(id=new_id("avatar"), tenant_id=tenant_id, name=name, active_model=model_id,
-                        fallback=fallback, candidate_model=None, candidate_share=0, pinned=False)
+                        fallback=fallback, candidate_model=None, candidate_share=0, pinned=False, store=store)
         repository.add_avatar(s, avatar)
-        _record(s, avatar, "created", None, actor, reason)
+        _record(s, avatar, "created", None, actor, reason, **({"store": store} if store is not None else {}))
         _sync_status(s, tenant_id, [model_id])
         _publish(deps, "model.activated", tenant_id, avatar, None)
     return avatar
@@ -539,20 +550,27 @@ def list_avatars(deps: RegistryDeps, tenant_id: str) -> list[Avatar]:
         return repository.avatars(s, tenant_id)
 
 
-def activate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str, reason: str = "") -> Avatar:
-    """Point the avatar at ``model_id`` in one transaction, with a history row and ``model.activated``.
-    Activating the avatar's candidate promotes it (the candidate is cleared)."""
+def activate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str, reason: str = "",
+             detail: dict[str, Any] | None = None) -> Avatar:
+    """Point the avatar at ``model_id`` in one transaction, with a history row (``detail``: more facts
+    for it, e.g. a retrain's numbers) and ``model.activated``. Activating the avatar's candidate
+    promotes it (the candidate is cleared)."""
     with deps.db.session() as s:
-        avatar = repository.avatar(s, tenant_id, name, lock=True)
-        _not_pinned(avatar)
-        _require_servable(s, deps, tenant_id, model_id)
-        previous = avatar.active_model
-        avatar.active_model = model_id
-        if avatar.candidate_model == model_id:
-            avatar.candidate_model, avatar.candidate_share = None, 0
-        _record(s, avatar, "activated", previous, actor, reason)
-        _sync_status(s, tenant_id, [previous, model_id])
-        _publish(deps, "model.activated", tenant_id, avatar, previous)
+        return activate_in(s, deps, repository.avatar(s, tenant_id, name, lock=True), actor, model_id, reason, detail)
+
+
+def activate_in(s: Session, deps: RegistryDeps, avatar: Avatar, actor: str, model_id: str, reason: str = "",
+                detail: dict[str, Any] | None = None) -> Avatar:
+    """:func:`activate` in the caller's transaction, on the avatar it locked."""
+    _not_pinned(avatar)
+    _require_servable(s, deps, avatar.tenant_id, model_id)
+    previous = avatar.active_model
+    avatar.active_model = model_id
+    if avatar.candidate_model == model_id:
+        avatar.candidate_model, avatar.candidate_share = None, 0
+    _record(s, avatar, "activated", previous, actor, reason, **(detail or {}))
+    _sync_status(s, avatar.tenant_id, [previous, model_id])
+    _publish(deps, "model.activated", avatar.tenant_id, avatar, previous)
     return avatar
 
 
@@ -602,7 +620,7 @@ def unpin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str
 
 
 def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str | None,
-                  traffic_share: int = 0, reason: str = "") -> Avatar:
+                  traffic_share: int = 0, reason: str = "", detail: dict[str, Any] | None = None) -> Avatar:
     """Set (or clear, with no model) the avatar's candidate version and the share of traffic (0-100)
     meant for it; inference sends that share of the avatar's requests to the candidate (sticky per
     the request's ``user``)."""
@@ -610,21 +628,55 @@ def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
         raise InvalidArgument("traffic_share must be between 0 and 100.", param="traffic_share")
     with deps.db.session() as s:
         avatar = repository.avatar(s, tenant_id, name, lock=True)
-        previous = avatar.candidate_model
-        if model_id:
-            if model_id == avatar.active_model:
-                raise InvalidArgument(f"{model_id!r} is already the avatar's active model.", param="model")
-            _require_servable(s, deps, tenant_id, model_id)
-            avatar.candidate_model, avatar.candidate_share = model_id, traffic_share
-            action = "candidate_set"
-        else:
-            if traffic_share:
-                raise InvalidArgument("traffic_share needs a candidate model.", param="traffic_share")
-            avatar.candidate_model, avatar.candidate_share = None, 0
-            action = "candidate_cleared"
-        _record(s, avatar, action, avatar.active_model, actor, reason, candidate_model=avatar.candidate_model,
-                traffic_share=avatar.candidate_share, previous_candidate=previous)
-        _publish(deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
+        return set_candidate_in(s, deps, avatar, actor, model_id, traffic_share, reason, detail)
+
+
+def set_candidate_in(s: Session, deps: RegistryDeps, avatar: Avatar, actor: str, model_id: str | None,
+                     traffic_share: int = 0, reason: str = "", detail: dict[str, Any] | None = None) -> Avatar:
+    """:func:`set_candidate` in the caller's transaction, on the avatar it locked."""
+    previous = avatar.candidate_model
+    if model_id:
+        if model_id == avatar.active_model:
+            raise InvalidArgument(f"{model_id!r} is already the avatar's active model.", param="model")
+        _require_servable(s, deps, avatar.tenant_id, model_id)
+        avatar.candidate_model, avatar.candidate_share = model_id, traffic_share
+        action = "candidate_set"
+    else:
+        if traffic_share:
+            raise InvalidArgument("traffic_share needs a candidate model.", param="traffic_share")
+        avatar.candidate_model, avatar.candidate_share = None, 0
+        action = "candidate_cleared"
+    _record(s, avatar, action, avatar.active_model, actor, reason, candidate_model=avatar.candidate_model,
+            traffic_share=avatar.candidate_share, previous_candidate=previous, **(detail or {}))
+    _publish(deps, "model.avatar_updated", avatar.tenant_id, avatar, avatar.active_model)
+    return avatar
+
+
+AVATAR_SETTINGS = ("store",)
+"""What ``PATCH /v1/avatars/{name}`` changes."""
+
+
+def update_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, changes: dict[str, Any],
+                  reason: str = "") -> Avatar:
+    """Change the avatar's settings named in ``changes`` (``store``: True, False, or None to follow
+    the tenant's default); a real change is kept in its history (action "settings", each new value
+    and its ``previous_<name>``) and published as ``model.avatar_updated``, so that inference drops
+    its cached resolution."""
+    unknown = sorted(set(changes) - set(AVATAR_SETTINGS))
+    if unknown:
+        raise InvalidArgument(f"Unknown avatar setting {unknown[0]!r}.", param=unknown[0])
+    if "store" in changes and changes["store"] is not None and not isinstance(changes["store"], bool):
+        raise InvalidArgument("store must be true, false or null.", param="store")
+    with deps.db.session() as s:
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
+        before = {k: getattr(avatar, k) for k in changes}
+        changed = {k: v for k, v in changes.items() if before[k] != v}
+        if changed:
+            for key, value in changed.items():
+                setattr(avatar, key, value)
+            _record(s, avatar, "settings", avatar.active_model, actor, reason, **changed,
+                    **{f"previous_{k}": before[k] for k in changed})
+            _publish(deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
     return avatar
 
 

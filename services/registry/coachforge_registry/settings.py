@@ -41,3 +41,24 @@ class RegistrySettings(BaseSettings):
         "identifies the base. Default: COACHFORGE_MODELS_DIR.")
     max_upload_bytes: int = Field(
         default=2 * 1024**3, ge=1, description="Largest adapter upload (all files or the archive), in bytes.")
+    inference_grpc_target: str | None = Field(
+        default=None, description="gRPC address of inference, asked for the feedback on an avatar's stored "
+                                  "completions (GET /v1/avatars/{name}/experiment) and how many new gold ones it "
+                                  "has (a retrain trigger). Unset: the platform's gRPC target; empty: none (the "
+                                  "experiment view answers 503, and retraining is off).")
+    dataset_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the dataset service, which builds a retrain's dataset version. "
+                                  "Unset: the platform's gRPC target; empty: retraining is off.")
+    trainer_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the trainer, which runs a retrain's fine-tuning job. Unset: the "
+                                  "platform's gRPC target; empty: retraining is off.")
+    evaluator_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the evaluator, which compares a retrained model with the active "
+                                  "one. Unset: the platform's gRPC target; empty: retraining is off.")
+    retrain_poll_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the retrain driver looks at runs under way (seconds).")
+    retrain_trigger_check_s: float = Field(
+        default=60.0, gt=0, description="How often retrain policies' triggers (new gold, schedule) are checked.")
+    retrain_lease_s: float = Field(
+        default=900.0, gt=0, description="How long a process holds a retrain step before another may take it over "
+                                         "(longer than the slowest step: building a large dataset version).")

@@ -1,11 +1,19 @@
 """How the registry runs in a process: its dependencies, REST router, gRPC servicer and the
 ``job.succeeded`` consumer that registers each finished job's adapter, and the
-``eval.run.succeeded`` consumer that keeps completed eval runs on their versions (found by the runtime
-through the ``coachforge.services`` entry point)."""
+``eval.run.succeeded`` consumer that keeps completed eval runs on their versions, and the retrain
+driver that advances avatars' eval-gated retrains (found by the runtime through the
+``coachforge.services`` entry point)."""
 
 from __future__ import annotations
 
+import os
+import socket
+from collections.abc import Callable
+
 from coachforge_registry import api, grpc, service
+from coachforge_registry.feedback import GrpcFeedbackSource
+from coachforge_registry.retrain import RetrainDriver
+from coachforge_registry.retrain_clients import RetrainClients
 from coachforge_registry.service import RegistryDeps
 from coachforge_registry.settings import RegistrySettings
 from coachforge_shared.runtime import Consumer, Service, Wiring
@@ -20,5 +28,18 @@ def wire(w: Wiring) -> Service:
                          lambda s, env, ev: service.on_job_succeeded(deps, s, env, ev))
     evaluated = Consumer(f"{settings.consumer_group}-evals", ["eval.run.succeeded"],
                          lambda s, env, ev: service.on_eval_run_succeeded(deps, s, env, ev))
+    if settings.inference_grpc_target != "":  # an empty address: no experiment statistics
+        deps.feedback = GrpcFeedbackSource(w.channel(settings.inference_grpc_target))
+    targets = (settings.dataset_grpc_target, settings.trainer_grpc_target, settings.evaluator_grpc_target,
+               settings.inference_grpc_target)
+    hooks: dict[str, list[Callable[[], None]]] = {"on_start": [], "on_stop": []}
+    if "" not in targets:  # an empty address turns retraining off
+        deps.retrain = RetrainClients(dataset=w.channel(settings.dataset_grpc_target),
+                                      trainer=w.channel(settings.trainer_grpc_target),
+                                      evaluator=w.channel(settings.evaluator_grpc_target),
+                                      inference=w.channel(settings.inference_grpc_target))
+        driver = RetrainDriver(deps, deps.retrain, owner=f"{socket.gethostname()}:{os.getpid()}")
+        deps.retrain_wake = driver.wake
+        hooks = {"on_start": [driver.start], "on_stop": [driver.stop]}
     return Service("registry", deps, routers=[api.router], servicers=[grpc.registration(deps)],
-                   consumers=[registers, evaluated])
+                   consumers=[registers, evaluated], **hooks)

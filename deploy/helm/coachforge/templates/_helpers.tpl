@@ -214,6 +214,17 @@ app.kubernetes.io/part-of: coachforge
 # Runs whose items are an uploaded evals file (source file_id) read it from the dataset service.
 - name: COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "dataset") | quote }}
+# The experiment view (GET /v1/avatars/{name}/experiment) reads feedback statistics from inference,
+# and a retrain policy's trigger counts new gold completions there.
+- name: COACHFORGE_REGISTRY_INFERENCE_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
+# A retrain (registry) builds its dataset version, runs its job and evaluates it through these.
+- name: COACHFORGE_REGISTRY_DATASET_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "dataset") | quote }}
+- name: COACHFORGE_REGISTRY_TRAINER_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "trainer") | quote }}
+- name: COACHFORGE_REGISTRY_EVALUATOR_GRPC_TARGET
+  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "evaluator") | quote }}
 - name: COACHFORGE_REGISTRY_BASE_MODELS
   value: {{ list $root.Values.models.id | toJson | quote }}
 - name: HF_HUB_OFFLINE

@@ -1,4 +1,5 @@
-"""Cleaning stages: exact and near duplicates, a quality score and filter, PII scrubbing.
+"""Cleaning stages: exact and near duplicates, a quality score and filter, PII scrubbing (the
+detection and replacement itself is :mod:`coachforge_shared.pii`, shared with inference).
 
 Each stage takes a list of :class:`Example` and returns ``(kept, StageReport)``; kept examples
 stay in input order and the first occurrence of a duplicate wins, so every stage is
@@ -9,13 +10,14 @@ changed) examples, identified by their index in the stage's input.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Final
-from urllib.parse import parse_qsl, urlsplit
 
 from datasketch import MinHash, MinHashLSH
+
+from coachforge_shared.pii import PII_KINDS as PII_KINDS  # (re-exported: the pipeline's PII stage names them)
+from coachforge_shared.pii import scrub_text as scrub_text
 
 from .formats import PLUGIN_FORMATS, Example, Message
 
@@ -265,67 +267,6 @@ def filter_quality(examples: list[Example], min_quality: float) -> tuple[list[Ex
         samples.add(i, quality_reason(q, min_quality), ex)
     removed = len(examples) - len(kept)
     return kept, StageReport("quality", removed, tuple(samples.items), {"low_quality": removed})
-
-
-SENSITIVE_QUERY_KEYS: Final = frozenset(
-    {"token", "key", "sig", "signature", "access_token", "refresh_token", "id_token", "api_key", "apikey",
-     "auth", "password", "secret", "client_secret", "session", "sessionid", "x-amz-signature", "x-amz-credential"}
-)
-_URL = re.compile(r"https?://[^\s\"'<>\])}]+", re.IGNORECASE)
-_EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_PHONE = re.compile(
-    r"(?<![\w+])(?:"
-    r"\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{2,4}){2,4}"  # international: +44 20 7946 0958
-    r"|\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}"  # (555) 123-4567
-    r"|\d{3}[.-]\d{3}[.-]\d{4}"  # 555-123-4567
-    r")(?![\w])"
-)
-PII_KINDS: Final[tuple[str, ...]] = ("email", "phone", "url")
-
-
-def _url_has_secret(url: str) -> bool:
-    try:
-        query = urlsplit(url).query
-    except ValueError:
-        return False
-    for name, _ in parse_qsl(query, keep_blank_values=True):
-        lowered = name.lower()
-        if lowered in SENSITIVE_QUERY_KEYS or lowered.endswith(("_token", "_key", "_secret")):
-            return True
-    return False
-
-
-def scrub_text(text: str) -> tuple[str, Counter[str]]:
-    """Replace URLs with secrets in their query, e-mails and phone numbers; count per kind.
-
-    URLs are only replaced when a query parameter looks like a credential (``token``, ``key``,
-    ``sig``, ``access_token``, ``*_token`` ...).  Phone numbers need 8 to 15 digits and a
-    phone-like shape (international ``+`` prefix, ``(555) 123-4567`` or ``555-123-4567``), so
-    dates and plain numbers are left alone.
-    """
-    counts: Counter[str] = Counter()
-
-    def url(match: re.Match[str]) -> str:
-        if _url_has_secret(match.group(0)):
-            counts["url"] += 1
-            return "[URL]"
-        return match.group(0)
-
-    def email(_: re.Match[str]) -> str:
-        counts["email"] += 1
-        return "[EMAIL]"
-
-    def phone(match: re.Match[str]) -> str:
-        digits = sum(ch.isdigit() for ch in match.group(0))
-        if 8 <= digits <= 15:
-            counts["phone"] += 1
-            return "[PHONE]"
-        return match.group(0)
-
-    text = _URL.sub(url, text)
-    text = _EMAIL.sub(email, text)
-    text = _PHONE.sub(phone, text)
-    return text, counts
 
 
 def scrub_example(example: Example) -> tuple[Example, Counter[str]]:
