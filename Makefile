@@ -3,12 +3,12 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := shared shared/polarize services/dataset services/trainer services/registry services/inference services/coach services/evaluator launcher
+PACKAGES := shared shared/polarize services/dataset services/trainer services/registry services/inference services/coach services/evaluator console launcher
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := $(VENV)/.installed
 TOOLS_STAMP := $(VENV)/tools/.installed
 
-.PHONY: help install tools proto lint test run demo lock clean
+.PHONY: help install tools browser proto lint test run demo lock clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ $(TOOLS_STAMP): deploy/tools/install_tools.py $(STAMP)
 	$(BIN)/python deploy/tools/install_tools.py --dest $(VENV)/tools
 	touch $@
 
+# The console's browser tests drive Debian's Chromium (never a downloaded browser).
+CHROMIUM := /usr/bin/chromium
+browser: $(CHROMIUM) ## Install Debian's Chromium for the console's browser tests (apt-get; root or sudo)
+$(CHROMIUM):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -q
+	DEBIAN_FRONTEND=noninteractive $$( [ "$$(id -u)" = 0 ] || echo sudo -E ) apt-get install -y -q --no-install-recommends chromium
+
 proto: ## Generate Python and type stubs from protos/ into shared/coachforge/
 	rm -rf shared/coachforge
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=shared --grpc_python_out=shared \
@@ -40,7 +47,7 @@ lint: install ## ruff on everything, mypy --strict on shared/ (coachforge_shared
 	$(BIN)/ruff check .
 	$(BIN)/mypy shared/coachforge_shared shared/polarize/polarize
 
-test: install tools ## Run the test suite (unit + integration against real services)
+test: install tools browser ## Run the test suite (unit + integration against real services)
 	$(BIN)/python -m pytest
 
 run: install ## Start the all-in-one stack (Ctrl-C stops everything)

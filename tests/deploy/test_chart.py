@@ -17,7 +17,7 @@ from deploy_helpers import CHART, REPO, VALUE_SETS, helm, render
 KUBERNETES_VERSIONS = ("1.29.0", "1.35.0")
 #: Custom resources of the Prometheus operator: no schema in kubernetes-validate; checked below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
-API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator")
+API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "console")
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +309,8 @@ def test_ingress_routes_every_api_path_to_its_service(rendered: dict[str, list[d
                      "/v1/fine_tuning": "coachforge-trainer", "/v1/models": "coachforge-registry",
                      "/v1/avatars": "coachforge-registry", "/v1/chat": "coachforge-inference",
                      "/v1/completions": "coachforge-inference", "/v1/coach": "coachforge-coach",
-                     "/v1/evals": "coachforge-evaluator", "/v1/comparisons": "coachforge-evaluator"}
+                     "/v1/evals": "coachforge-evaluator", "/v1/comparisons": "coachforge-evaluator",
+                     "/v1/usage": "coachforge-inference", "/console": "coachforge-console"}
 
 
 def test_dashboards_ship_as_labelled_config_maps(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -335,6 +336,7 @@ def test_dashboards_ship_as_labelled_config_maps(rendered: dict[str, list[dict[s
 def test_every_coachforge_variable_the_chart_sets_is_a_real_setting(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     from coachforge_coach.settings import CoachSettings
+    from coachforge_console.settings import ConsoleSettings
     from coachforge_dataset.settings import DatasetSettings
     from coachforge_evaluator.settings import EvaluatorSettings
     from coachforge_inference.settings import InferenceSettings
@@ -344,7 +346,7 @@ def test_every_coachforge_variable_the_chart_sets_is_a_real_setting(
 
     known = {"DATABASE_URL"}
     for cls in (PlatformSettings, DatasetSettings, TrainerSettings, RegistrySettings, InferenceSettings,
-                CoachSettings, EvaluatorSettings):
+                CoachSettings, EvaluatorSettings, ConsoleSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for name, field in cls.model_fields.items():
             known.add(f"{prefix}{name}".upper())
@@ -426,7 +428,7 @@ def test_skaffold_builds_every_image_the_chart_uses_and_deploys_the_chart(
                     if isinstance(values[key], dict) and isinstance(values[key].get("image"), dict)
                     and str(values[key]["image"].get("repository", "")).startswith("coachforge/")}
     assert set(chart_images) == {"migrations", "dataset", "trainer", "trainerWorker", "registry", "inference",
-                                 "coach", "evaluator", "engine"}
+                                 "coach", "evaluator", "engine", "console"}
     for key, repository in chart_images.items():
         sanitized = re.sub(r"[/\-.:]", "_", repository)
         assert repository in artifacts, f"no artifact builds {repository}"
@@ -471,3 +473,35 @@ def test_install_notes_tell_how_to_reach_the_api_and_get_the_key(helm_env: dict[
         notes = out[out.index("NOTES:"):]
         assert "/v1" in notes and "base64 -d" in notes, (name, notes)
         assert "get secret coachforge-auth" in notes, (name, notes)  # generated, or external.yaml's own
+
+
+def test_the_console_calls_each_service_and_keeps_its_session_key_in_a_secret(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["defaults"]
+    console = by_kind(docs, "Deployment")["coachforge-console"]["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(console)
+    routes = json.loads(env["COACHFORGE_CONSOLE_API_ROUTES"])
+    assert routes["/v1/fine_tuning"] == "http://coachforge-trainer:8000"
+    assert routes["/v1/usage"] == "http://coachforge-inference:8000"
+    assert routes["/v1/comparisons"] == "http://coachforge-evaluator:8000"
+    assert env["COACHFORGE_CONSOLE_API_URL"] == "http://coachforge-inference:8000"
+    assert env["COACHFORGE_CONSOLE_SECRET_KEY"] == {"secretKeyRef": {"name": "coachforge-auth",
+                                                                     "key": "console-secret-key"}}
+    assert "console-secret-key" in by_kind(docs, "Secret")["coachforge-auth"]["data"]
+    for name, deployment in by_kind(docs, "Deployment").items():  # the key reaches no other pod
+        if name != "coachforge-console":
+            for container in deployment["spec"]["template"]["spec"]["containers"]:
+                assert "COACHFORGE_CONSOLE_SECRET_KEY" not in env_of(container), name
+    external = env_of(by_kind(rendered["external"], "Deployment")["coachforge-console"]["spec"]["template"]["spec"][
+        "containers"][0])
+    assert external["COACHFORGE_CONSOLE_SECRET_KEY"] == {"secretKeyRef": {"name": "coachforge-auth",
+                                                                          "key": "console-secret-key"}}
+    # With NetworkPolicies on, the console may call every service's REST port.
+    policies = by_kind(rendered["external"], "NetworkPolicy")
+    labels = by_kind(rendered["external"], "Deployment")["coachforge-console"]["spec"]["template"]["metadata"][
+        "labels"]
+    for callee in ("dataset", "trainer", "registry", "inference", "coach", "evaluator"):
+        rules = [r for r in policies[f"coachforge-{callee}"]["spec"]["ingress"]
+                 if {"port": 8000, "protocol": "TCP"} in r["ports"]]
+        assert any(peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+                   and peer.get("podSelector") for r in rules for peer in r.get("from", [])), callee

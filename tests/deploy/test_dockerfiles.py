@@ -61,7 +61,7 @@ def final_stages(stages: list[Stage]) -> list[Stage]:
 
 
 def test_there_is_one_dockerfile_per_service_plus_engine_and_migrations() -> None:
-    assert {p.parent.name for p in dockerfiles()} == {*SERVICES, "engine", "migrations"}
+    assert {p.parent.name for p in dockerfiles()} == {*SERVICES, "engine", "migrations", "console"}
 
 
 @pytest.mark.parametrize("path", dockerfiles(), ids=lambda p: p.parent.name)
@@ -183,3 +183,13 @@ def test_the_migrations_image_installs_every_package_whose_tables_migrations_imp
     dockerfile = (REPO / "docker" / "migrations" / "Dockerfile").read_text()
     for service in imported:
         assert f"./services/{service}" in dockerfile, service
+
+
+def test_the_console_image_installs_only_the_console() -> None:
+    _, stages = parse(DOCKER / "console" / "Dockerfile")
+    runs = [run for s in stages for run in s.all("RUN")]
+    assert any("grpc_tools.protoc" in run and "-Iprotos" in run for run in runs), "stubs are generated in the build"
+    installs = " ".join(run for run in runs if "install" in run)
+    assert "./console" in installs and "services/" not in installs
+    (final,) = final_stages(stages)
+    assert final.all("ENTRYPOINT")[-1] == '["coachforge", "serve", "console"]'

@@ -336,3 +336,43 @@ tolerations:
 {{- fail "inference.autoscaling.minReplicas is above maxReplicas" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The console ---------------------------------------------------------------------------------- */}}
+
+{{/* Path prefix -> service of the REST API, as JSON [[prefix, component], …]: the ingress routes and the
+     console's calls use the same table. */}}
+{{- define "coachforge.apiRoutes" -}}
+{{- list
+  (list "/v1/files" "dataset") (list "/v1/datasets" "dataset")
+  (list "/v1/fine_tuning" "trainer")
+  (list "/v1/models" "registry") (list "/v1/avatars" "registry")
+  (list "/v1/chat" "inference") (list "/v1/completions" "inference") (list "/v1/usage" "inference")
+  (list "/v1/coach" "coach")
+  (list "/v1/evals" "evaluator") (list "/v1/comparisons" "evaluator") | toJson -}}
+{{- end -}}
+
+{{- define "coachforge.consoleSecretName" -}}
+{{- .Values.console.secretKey.existingSecret | default (include "coachforge.authSecretName" .) -}}
+{{- end -}}
+
+{{/* What the console reads besides coachforge.env: where each API path is served, its session key. */}}
+{{- define "coachforge.consoleEnv" -}}
+{{- $root := . -}}
+{{- $routes := dict -}}
+{{- range (include "coachforge.apiRoutes" $root | fromJsonArray) }}
+{{- $component := index . 1 }}
+{{- if (index $root.Values $component).enabled }}
+{{- $_ := set $routes (index . 0) (printf "http://%s:8000" (include "coachforge.componentName" (dict "root" $root "component" $component))) }}
+{{- end }}
+{{- end }}
+# The console calls each API path on the service that serves it (the same table as the ingress).
+- name: COACHFORGE_CONSOLE_API_ROUTES
+  value: {{ $routes | toJson | quote }}
+- name: COACHFORGE_CONSOLE_API_URL
+  value: {{ $root.Values.console.apiUrl | default (printf "http://%s:8000" (include "coachforge.componentName" (dict "root" $root "component" "inference"))) | quote }}
+- name: COACHFORGE_CONSOLE_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "coachforge.consoleSecretName" $root }}
+      key: {{ $root.Values.console.secretKey.key }}
+{{- end -}}

@@ -1,0 +1,1 @@
+"""The CoachForge web console: server-rendered pages at ``/console`` over the public REST API."""
