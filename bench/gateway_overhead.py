@@ -211,8 +211,9 @@ def bootstrap_mean(values: list[float], rng: random.Random, rounds: int = 4000) 
 
 
 def compare_store(services: psutil.Process, gateway: str, auth: dict[str, str], pairs: int, block: int,
-                  max_tokens: int) -> None:
-    """Store on vs off, unary and streamed, in paired blocks (see the module's docstring)."""
+                  max_tokens: int, modes: tuple[bool, ...] = (False, True)) -> None:
+    """Store on vs off, in paired blocks (see the module's docstring), for each of ``modes``
+    (``False``: unary, ``True``: streamed)."""
     pid = services.pid  # uvicorn's event loop runs in the main thread, whose id is the process's
     settle = 0.3  # after each block: the consumer writes what the block stored before the next reading
     rng = random.Random(0)
@@ -233,7 +234,7 @@ def compare_store(services: psutil.Process, gateway: str, auth: dict[str, str], 
               f"{block} requests at concurrency 1, {max_tokens} tokens each, base model {BASE_MODEL_ID}; CPU read from "
               "/proc/<pid>/task/<tid>/schedstat around each block")
         verdicts = []
-        for stream in (False, True):
+        for stream in modes:
             cpu: dict[bool, list[tuple[float, float]]] = {False: [], True: []}  # (request path, elsewhere) ms/req
             timing: dict[bool, list[list[float]]] = {False: [], True: []}
             for _ in range(pairs):
@@ -332,6 +333,8 @@ def main() -> None:
                         help="with --store: pairs of blocks (one block off, one on) per mode (default 30)")
     parser.add_argument("--store-block", type=int, default=20,
                         help="with --store: requests per block (default 20)")
+    parser.add_argument("--store-mode", choices=("both", "unary", "streamed"), default="both",
+                        help="with --store: which requests to compare (default both)")
     args = parser.parse_args()
     env: dict[str, str] = {}
     if args.engine_cpus:
@@ -357,7 +360,8 @@ def main() -> None:
                 print(f"engine on CPUs {args.engine_cpus}; services and client on CPUs "
                       f"{','.join(map(str, sorted(os.sched_getaffinity(0))))}")
             if args.store:
-                compare_store(services, gateway, auth, args.store_pairs, args.store_block, args.max_tokens)
+                modes = {"both": (False, True), "unary": (False,), "streamed": (True,)}[args.store_mode]
+                compare_store(services, gateway, auth, args.store_pairs, args.store_block, args.max_tokens, modes)
                 return
             cpu_before, t0 = cpu_seconds(services), time.perf_counter()
             time.sleep(10)  # what the services process burns with no traffic (consumers, health checks)
