@@ -7,7 +7,7 @@ import os
 import sys
 
 from coachforge_launcher.settings import StackSettings
-from coachforge_shared import runtime
+from coachforge_shared import dead_letters, runtime
 from coachforge_shared.logging import configure_logging
 from coachforge_shared.settings import PlatformSettings
 
@@ -220,6 +220,83 @@ def cmd_models_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(bootstrap: str | None) -> str:
+    """The broker to talk to: the one given, else the one this machine's stack uses (the embedded
+    broker on the stack's port, or COACHFORGE_KAFKA_BOOTSTRAP when the stack uses an external one)."""
+    if bootstrap:
+        return bootstrap
+    platform, stack = PlatformSettings(), StackSettings()
+    # As coachforge_launcher.stack.external_broker decides (not imported: a service image has the
+    # CLI without the all-in-one's dependencies).
+    external = "kafka_bootstrap" in platform.model_fields_set
+    return platform.kafka_bootstrap if external else f"{stack.host}:{stack.broker_port}"
+
+
+def _dead_letters(args: argparse.Namespace, command: str) -> list[dead_letters.Letter] | None:
+    from kafka.errors import KafkaError
+
+    bootstrap = _broker(args.bootstrap)
+    try:
+        return dead_letters.read(bootstrap, consumer=args.consumer, event_type=getattr(args, "type", None))
+    except (KafkaError, TimeoutError) as err:
+        print(f"coachforge events {command}: cannot read the dead letters from {bootstrap}: {err}", file=sys.stderr)
+        return None
+
+
+def cmd_events_dead_letters(args: argparse.Namespace) -> int:
+    import json
+
+    if args.limit < 1:
+        print("coachforge events dead-letters: --limit must be at least 1", file=sys.stderr)
+        return 2
+    letters = _dead_letters(args, "dead-letters")
+    if letters is None:
+        return 1
+    letters = letters[-args.limit:]
+    if args.json:
+        print(json.dumps([letter.as_dict() for letter in letters], indent=2))
+        return 0
+    for letter in letters:
+        d = letter.as_dict()
+        error = f"{d['error_type']}: {d['error_message']}".replace("\n", " ")
+        print(f"{d['failed_at']}  {d['consumer']}  {d['event_type'] or '(undecodable)'}  "
+              f"{d['event_id'] or d['topic'] + '/' + str(d['partition']) + '@' + str(d['offset'])}  "
+              f"{d['attempts']} attempt(s)  {error}")
+    if not letters:
+        print("no dead letters", file=sys.stderr)
+    return 0
+
+
+def cmd_events_replay(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+
+    if not args.all and not args.event_id:
+        print("coachforge events replay: say which dead letters: --event-id ID … or --all", file=sys.stderr)
+        return 2
+    letters = _dead_letters(args, "replay")
+    if letters is None:
+        return 1
+    if args.event_id:
+        wanted = set(args.event_id)
+        letters = [letter for letter in letters if letter.letter.event_id in wanted]
+        missing = wanted - {letter.letter.event_id for letter in letters}
+        if missing:
+            print(f"coachforge events replay: no dead letter of event(s) {', '.join(sorted(missing))}"
+                  f"{' of consumer ' + args.consumer if args.consumer else ''}", file=sys.stderr)
+            return 1
+    bootstrap = _broker(args.bootstrap)
+    try:
+        sent = dead_letters.replay(bootstrap, letters)
+    except KafkaError as err:
+        print(f"coachforge events replay: cannot publish to {bootstrap}: {err}", file=sys.stderr)
+        return 1
+    for letter in sent:
+        dl = letter.letter
+        print(f"replayed {dl.event_id or '(undecodable record)'} to {dl.topic}")
+    print(f"{len(sent)} record(s) replayed", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="coachforge",
@@ -288,6 +365,35 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--api-key", default=None,
                        help="API key for --upload (default: COACHFORGE_API_KEY or the stored key)")
     synth.set_defaults(func=cmd_data_synth)
+    events = sub.add_parser(
+        "events", help="the event bus: dead letters (events a consumer group gave up on) and their replay",
+        description="A consumer retries a failing event 5 times (backoff 0.2 s doubling), then publishes it to "
+                    "the dead-letter topic with the error, and goes on. These commands read that topic from the "
+                    "start (no consumer group is joined) and send events back to their topics.").add_subparsers(
+        dest="events_command", required=True)
+    dead = events.add_parser(
+        "dead-letters", help="list dead letters, oldest first: when, consumer group, event type, event id, "
+                             "attempts, error")
+    dead.add_argument("--consumer", metavar="GROUP",
+                      help="only those of this consumer group (e.g. coachforge-inference-usage)")
+    dead.add_argument("--type", metavar="TYPE", help="only events of this type (e.g. usage.recorded)")
+    dead.add_argument("--limit", type=int, default=100, metavar="N", help="show the newest N (default 100)")
+    dead.add_argument("--json", action="store_true", help="print a JSON array instead (with topic, partition, "
+                                                          "offset and the dead letter's own id)")
+    dead.add_argument("--bootstrap", metavar="HOST:PORT",
+                      help="Kafka bootstrap servers (default: this machine's stack's broker)")
+    dead.set_defaults(func=cmd_events_dead_letters)
+    replay = events.add_parser(
+        "replay", help="publish dead-lettered events again, unchanged, to their original topics",
+        description="Each consumer group skips an event it already handled, so replaying is safe: a group "
+                    "whose handler works now handles the event once, the others ignore it. Dead letters stay "
+                    "listed after a replay (the topic is a log).")
+    replay.add_argument("--consumer", metavar="GROUP", help="only dead letters of this consumer group")
+    replay.add_argument("--event-id", nargs="+", metavar="ID", help="the event id(s) to replay")
+    replay.add_argument("--all", action="store_true", help="replay every dead letter (of --consumer, if given)")
+    replay.add_argument("--bootstrap", metavar="HOST:PORT",
+                        help="Kafka bootstrap servers (default: this machine's stack's broker)")
+    replay.set_defaults(func=cmd_events_replay)
     args = parser.parse_args(argv)
     platform = PlatformSettings()
     configure_logging("WARNING" if args.command == "demo" else platform.log_level, json=platform.log_json)

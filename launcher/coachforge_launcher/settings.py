@@ -14,7 +14,9 @@ class StackSettings(BaseSettings):
     grpc_port: int = Field(default=50051, description="gRPC port: every service.")
     engine_port: int = Field(default=8100, description="Port of the embedded vLLM engine.")
     broker_port: int = Field(default=9092, description="Port of the embedded Kafka-compatible broker.")
-    trainer_workers: int = Field(default=1, description="Trainer worker processes (one job each at a time).")
+    trainer_workers: int = Field(
+        default=1, description="Trainer worker processes (each trains COACHFORGE_TRAINER_CONCURRENCY jobs at a time, "
+                               "default one).")
     worker_metrics_port: int = Field(
         default=8101, description="Prometheus metrics port of the first trainer worker; worker i uses this + i.")
     engine_max_model_len: int = Field(default=2048, description="vLLM --max-model-len.")

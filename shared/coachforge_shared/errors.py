@@ -14,6 +14,8 @@ class CoachForgeError(Exception):
     http_status = 500
     grpc_code = grpc.StatusCode.INTERNAL
     type = "server_error"
+    retry_after_s: int | None = None
+    """Seconds after which trying again may succeed (sent as HTTP ``Retry-After``), when known."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -69,9 +71,17 @@ class PayloadTooLarge(CoachForgeError):
 
 
 class Unavailable(CoachForgeError):
+    """Something this call needs is away for now (the database, another service, an engine):
+    ``retry_after_s`` says when to try again, where a retry is expected to succeed."""
+
     http_status = 503
     grpc_code = grpc.StatusCode.UNAVAILABLE
     type = "server_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: int | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.retry_after_s = retry_after_s
 
 
 class Internal(CoachForgeError):
@@ -85,14 +95,27 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[CoachForgeError]] = {
 }
 
 
+ERROR_PARAM_KEY = "x-error-param"
+"""Trailing metadata of a failed gRPC call: the ``param`` of the typed error it stands for."""
+ERROR_CODE_KEY = "x-error-code"
+"""Trailing metadata of a failed gRPC call: the machine ``code`` of the typed error, where one is set."""
+TOO_MANY_CALLS = "too_many_concurrent_calls"
+"""The code of a call refused because its method had as many calls in progress as it may: the
+server is busy, not the request too large (RESOURCE_EXHAUSTED alone means :class:`PayloadTooLarge`)."""
+
+
 def from_rpc_error(err: grpc.RpcError) -> CoachForgeError:
     """Turn a gRPC error received from another service back into the typed error it came from."""
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
-    param = None
+    param = error_code = None
     if isinstance(err, grpc.Call):
         for key, value in err.trailing_metadata() or ():
-            if key == "x-error-param":
+            if key == ERROR_PARAM_KEY:
                 param = str(value)
+            elif key == ERROR_CODE_KEY:
+                error_code = str(value)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code == TOO_MANY_CALLS:
+        return Unavailable(details, param=param, code=error_code, retry_after_s=1)
     cls = _BY_GRPC_CODE.get(code, Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal)
     return cls(details, param=param)

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coachforge_shared.auth import INTERNAL_HEADER, TENANT_HEADER, Authenticator, Principal
+from coachforge_shared.db import OUTAGE_ERRORS, is_outage, unavailable
 from coachforge_shared.errors import CoachForgeError, InvalidArgument
 from coachforge_shared.logging import get_logger
 from coachforge_shared.metrics import HTTP_REQUESTS
@@ -40,11 +41,25 @@ def _relevant(errors: list[Any]) -> list[Any]:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map errors to status codes and ``{"error": {message, type, param, code}}`` bodies."""
+    """Map errors to status codes and ``{"error": {message, type, param, code}}`` bodies. A database
+    outage (connection refused or dropped, too many connections, no pooled connection to spare)
+    is :class:`~coachforge_shared.errors.Unavailable`: 503 with ``Retry-After``, not a 500."""
+
+    def typed(err: CoachForgeError) -> JSONResponse:
+        headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s is not None else None
+        return JSONResponse(err.to_body(), status_code=err.http_status, headers=headers)
 
     @app.exception_handler(CoachForgeError)
     async def _typed(_: Request, err: CoachForgeError) -> JSONResponse:
-        return JSONResponse(err.to_body(), status_code=err.http_status)
+        return typed(err)
+
+    async def _database(request: Request, err: Exception) -> JSONResponse:
+        if is_outage(err):
+            return typed(unavailable(err))
+        return await _unexpected(request, err)  # a bug (e.g. SQLite's "no such table"): a 500
+
+    for error_class in OUTAGE_ERRORS:
+        app.add_exception_handler(error_class, _database)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, err: RequestValidationError) -> JSONResponse:

@@ -1,10 +1,10 @@
-"""Tables shared by every service: tenants, API keys, processed events."""
+"""Tables shared by every service: tenants, API keys, processed events, the event outbox."""
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -44,3 +44,27 @@ class ProcessedEvent(Base):
     event_id: Mapped[str] = mapped_column(String(64))
     event_type: Mapped[str] = mapped_column(String(100))
     processed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class OutboxEvent(Base):
+    """An event written in the same transaction as the change it reports, waiting to be sent.
+
+    The outbox relay (:mod:`coachforge_shared.outbox`) publishes committed rows in ``id`` order and
+    deletes each once the broker acknowledged it, so an event exists exactly when its change was
+    committed. ``envelope`` is the encoded envelope: its event id is fixed when the row is written,
+    and a row sent again after a crash carries the same one (consumers skip it)."""
+
+    __tablename__ = "outbox_events"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(100))
+    key: Mapped[str] = mapped_column(String(400))
+    """The record key (events of one key stay in order on one partition)."""
+    tenant_id: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[bytes] = mapped_column(LargeBinary())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer(), default=0)
+    """Failed deliveries so far (a usage event the producer gave up on arrives with one)."""
+    last_error: Mapped[str | None] = mapped_column(Text(), nullable=True)

@@ -40,6 +40,7 @@ from coachforge_shared.events import EventConsumer, EventPublisher, Handler, ens
 from coachforge_shared.grpc_server import InternalChannel, ServiceRegistration, build_server, mark_serving
 from coachforge_shared.http import add_metrics_route, install_error_handlers
 from coachforge_shared.logging import get_logger
+from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.settings import PlatformSettings
 
 log = get_logger("coachforge.runtime")
@@ -95,7 +96,8 @@ class Wiring:
     def channel(self, target: str | None) -> InternalChannel:
         """A gRPC channel to another service at ``target`` (``None``: the platform's gRPC target),
         closed when the process stops."""
-        ch = InternalChannel(target or self.platform.grpc_target, self.token)
+        ch = InternalChannel(target or self.platform.grpc_target, self.token,
+                             default_timeout_s=self.platform.grpc_client_timeout_s)
         self.channels.append(ch)
         return ch
 
@@ -136,6 +138,8 @@ class Process:
     grpc_address: str
     extra_checks: Mapping[str, Check]
     consumers: list[EventConsumer] = field(default_factory=list)
+    relay: OutboxRelay | None = None
+    """Sends the outbox's committed events (events waiting there never make the process unready)."""
 
     def _database(self) -> bool:
         try:
@@ -177,11 +181,14 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
     app's lifespan. ``extra_checks`` join ``/ready`` (e.g. the all-in-one's trainer workers)."""
     wires = [(name, load(name)) for name in names]
     db = Database(platform.resolved_database_url)
-    ensure_topics(platform.kafka_bootstrap)
-    wiring = Wiring(platform=platform, db=db, publisher=EventPublisher(platform.kafka_bootstrap, client_id),
-                    token=internal_token(platform))
+    ensure_topics(platform.kafka_bootstrap, partitions=platform.event_partitions)
+    publisher = EventPublisher(platform.kafka_bootstrap, client_id, db=db,
+                               delivery_timeout_ms=platform.kafka_delivery_timeout_ms)
+    wiring = Wiring(platform=platform, db=db, publisher=publisher, token=internal_token(platform))
     services = [wire(wiring) for _, wire in wires]
     process = Process(platform, wiring, services, grpc_address, dict(extra_checks or {}))
+    relay = process.relay = OutboxRelay(db, publisher, poll_seconds=platform.outbox_poll_seconds,
+                                        batch_size=platform.outbox_batch_size, name=f"outbox-{client_id}")
     process.consumers = [EventConsumer(platform.kafka_bootstrap, c.group, list(c.topics), c.handler, db)
                          for service in services for c in service.consumers]
     authenticator = Authenticator(db, wiring.token)
@@ -189,9 +196,12 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        server, health_servicer = build_server(registrations, authenticator, grpc_address)
+        server, health_servicer = build_server(registrations, authenticator, grpc_address,
+                                               method_concurrency=platform.grpc_method_concurrency,
+                                               stream_idle_timeout_s=platform.grpc_stream_idle_timeout_s)
         await server.start()
         await mark_serving(health_servicer, [r.name for r in registrations])
+        relay.start()
         for consumer in process.consumers:
             consumer.start()
         for service in services:
@@ -209,7 +219,8 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
                     await _call(hook)
             for ch in wiring.channels:
                 ch.close()
-            wiring.publisher.close()
+            await asyncio.to_thread(relay.stop)
+            await asyncio.to_thread(wiring.publisher.close)
             db.dispose()
 
     app = FastAPI(title=title, version="0.1.0", lifespan=lifespan,

@@ -36,6 +36,28 @@ class PlatformSettings(BaseSettings):
         default="127.0.0.1:9092",
         description="Kafka bootstrap servers, comma separated.",
     )
+    event_partitions: int = Field(
+        default=3, ge=1,
+        description="Partitions of each event topic, used when the services create the topics that do not "
+        "exist yet (existing topics keep theirs). A consumer group handles events on at most this many members "
+        "at once; trainer workers claim their jobs from the database, so it does not limit training.",
+    )
+    kafka_delivery_timeout_ms: int = Field(
+        default=120_000, ge=1_000,
+        description="How long the producer keeps trying to deliver an event before it gives up (kafka-python's "
+        "delivery_timeout_ms; its request and metadata waits are capped by it). An event not waited for that "
+        "it gives up on is kept in the outbox table and sent again when the broker is back.",
+    )
+    outbox_poll_seconds: float = Field(
+        default=2.0, gt=0,
+        description="How often the outbox relay looks for events to send when no commit of this process "
+        "woke it (rows written by other processes, retries while the broker is away).",
+    )
+    outbox_batch_size: int = Field(
+        default=100, ge=1,
+        description="Events the outbox relay sends per transaction (locked with SKIP LOCKED on PostgreSQL, so "
+        "that several processes relay different rows).",
+    )
     internal_token: str | None = Field(
         default=None,
         description="Shared secret services present to each other over gRPC. "
@@ -51,6 +73,23 @@ class PlatformSettings(BaseSettings):
         default="127.0.0.1:50051",
         description="Address of the gRPC server hosting the other services (all-in-one: one port). "
         "Per-service overrides live in each service's settings.",
+    )
+    grpc_method_concurrency: int | None = Field(
+        default=None, ge=1,
+        description="Calls of one plain (thread-pool) gRPC method a process serves at once; one more is refused "
+        "at once with RESOURCE_EXHAUSTED (the caller answers 503 and may retry), so that one stalled method "
+        "cannot take every thread of the server's pool (32). Default: half the pool (16). Health checks and "
+        "async methods are not limited.",
+    )
+    grpc_stream_idle_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="A client-streaming gRPC call (e.g. a file upload) whose client sends nothing for this many "
+        "seconds is ended with DEADLINE_EXCEEDED, and the thread waiting for it is free again.",
+    )
+    grpc_client_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="Deadline of a call from one service to another made without a timeout of its own (the "
+        "long streaming calls, such as exports and training data, set theirs where they are made).",
     )
     log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
     log_json: bool = Field(default=False, description="Log one JSON object per line instead of console text.")

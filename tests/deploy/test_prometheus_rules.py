@@ -46,7 +46,8 @@ def test_alert_unit_tests_pass(rules_dir: Path) -> None:
 
 def test_every_alert_has_a_firing_and_a_quiet_unit_test(rules: dict[str, Any]) -> None:
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
-    assert alerts == {"CoachForgeTrainingJobsFailing", "CoachForgeEvalGraderErrors", "CoachForgeFallbackRateHigh",
+    assert alerts == {"CoachForgeTrainingJobsFailing", "CoachForgeEvalGraderErrors", "CoachForgeEventsDeadLettered",
+                      "CoachForgeFallbackRateHigh",
                       "CoachForgeInferenceErrorRateHigh",
                       "CoachForgeInferenceLatencyHigh", "CoachForgeTimeToFirstTokenHigh", "CoachForgeCostBurnRateHigh",
                       "CoachForgeEngineDown", "CoachForgeEngineMissing", "CoachForgeEngineSaturated",

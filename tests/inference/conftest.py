@@ -258,6 +258,7 @@ class FakeEngine:
                                       "created": 1, "model": model, "choices": [choice], "usage": usage})
         response = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await response.prepare(request)
+        running = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
         for i in range(self.chunks):
             if i == self.die_after:
                 self.dead = True
@@ -271,6 +272,8 @@ class FakeEngine:
                 await response.write(b"data: [DONE]\n\n")
                 return response
             chunk = self._chunk(model, chat, i, i == self.chunks - 1)
+            if running:  # vLLM's continuous_usage_stats: the tokens so far in every chunk
+                chunk["usage"] = {"prompt_tokens": 3, "total_tokens": 4 + i, "completion_tokens": i + 1}
             await response.write(b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n")
             await asyncio.sleep(0)
         if (body.get("stream_options") or {}).get("include_usage"):

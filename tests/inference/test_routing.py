@@ -314,7 +314,8 @@ def test_the_usage_chunk_is_passed_on_only_when_asked_and_every_stream_is_billed
                 chunks = [json.loads(line[6:]) for line in await _lines(events) if line.startswith(b"data: {")]
                 assert routed.headers()["x-coachforge-model"] == model
                 assert [c["model"] for c in chunks] == [model] * 3 and all(c["choices"] for c in chunks)
-                assert engine.bodies[-1]["stream_options"] == {"include_usage": True}  # asked anyway
+                assert engine.bodies[-1]["stream_options"] == {  # asked anyway
+                    "include_usage": True, "continuous_usage_stats": True}
                 events, _ = await service.stream(deps, TENANT, "/v1/completions", _body(
                     name, stream=True, stream_options={"include_usage": True}))
                 chunks = [json.loads(line[6:]) for line in await _lines(events) if line.startswith(b"data: {")]

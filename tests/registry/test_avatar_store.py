@@ -9,13 +9,13 @@ import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
+from test_versions import Recorder
 
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_registry import api
@@ -32,22 +32,13 @@ BASE = "SmolLM2-135M-Instruct"
 ACME, GLOBEX = {"Authorization": "Bearer cf-acme"}, {"Authorization": "Bearer cf-globex"}
 
 
-class _Publisher:
-    def __init__(self) -> None:
-        self.published: list[tuple[str, Any, str]] = []
-
-    def publish(self, topic: str, message: Any, tenant_id: str, **_: Any) -> str:
-        self.published.append((topic, message, tenant_id))
-        return "evt"
-
-
 @pytest.fixture
 def deps(db: Database, tmp_path: Path) -> RegistryDeps:
     for tenant in ("acme", "globex"):
         create_tenant(db, tenant)
         add_api_key(db, tenant, f"cf-{tenant}")
     return RegistryDeps(db=db, settings=RegistrySettings(base_models=[BASE]), artifacts_dir=tmp_path / "store",
-                        platform_models_dir=tmp_path / "models", publisher=_Publisher())  # type: ignore[arg-type]
+                        platform_models_dir=tmp_path / "models", publisher=Recorder(db))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -60,7 +51,7 @@ def client(deps: RegistryDeps) -> TestClient:
 
 
 def test_store_at_creation_and_patch_with_history(client: TestClient, deps: RegistryDeps) -> None:
-    publisher: _Publisher = deps.publisher  # type: ignore[assignment]
+    publisher: Recorder = deps.publisher  # type: ignore[assignment]
     r = client.post("/v1/avatars", headers=ACME, json={"name": "coach-anna", "model": BASE, "store": True})
     assert r.status_code == 200, r.text
     assert r.json()["store"] is True
@@ -69,17 +60,17 @@ def test_store_at_creation_and_patch_with_history(client: TestClient, deps: Regi
     r = client.post("/v1/avatars", headers=ACME, json={"name": "coach-x", "model": BASE, "store": "yes"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "store"
 
-    published = len(publisher.published)
+    published = len(publisher.events)
     r = client.patch("/v1/avatars/coach-anna", headers=ACME, json={"store": False, "reason": "GDPR review"})
     assert r.status_code == 200, r.text
     assert r.json()["store"] is False and r.json()["active_model"] == BASE
     assert client.get("/v1/avatars/coach-anna", headers=ACME).json()["store"] is False
-    assert [t for t, _, _ in publisher.published[published:]] == ["model.avatar_updated"]
-    _, message, tenant = publisher.published[-1]
+    assert [t for t, _, _ in publisher.events[published:]] == ["model.avatar_updated"]
+    _, message, tenant = publisher.events[-1]
     assert tenant == "acme" and message.avatar == "coach-anna"
 
     r = client.patch("/v1/avatars/coach-anna", headers=ACME, json={"store": False})  # no change: no history
-    assert r.status_code == 200 and len(publisher.published) == published + 1
+    assert r.status_code == 200 and len(publisher.events) == published + 1
     r = client.patch("/v1/avatars/coach-anna", headers=ACME, json={})
     assert r.status_code == 200 and r.json()["store"] is False
     r = client.patch("/v1/avatars/coach-anna", headers=ACME, json={"store": None})  # back to the tenant's

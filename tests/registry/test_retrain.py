@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_versions import Recorder
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.dataset.v1 import dataset_pb2
@@ -25,24 +26,10 @@ from coachforge_registry.settings import RegistrySettings
 from coachforge_shared.auth import create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import Conflict, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from coachforge_shared.events import encode
 from coachforge_shared.ids import utcnow
 
 BASE = "SmolLM2-135M-Instruct"
 V1 = f"ft:{BASE}:acme:coach-anna:1"
-
-
-class Recorder:
-    """Keeps what would have been published, encoded as the broker would carry it (a type the bus
-    does not know fails here as it would there)."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-
-    def publish(self, event_type: str, payload: Any, tenant_id: str, key: str | None = None, **_: Any) -> str:
-        encode(event_type, payload, tenant_id)
-        self.events.append((event_type, payload))
-        return "evt"
 
 
 def comparison(n: int, only_candidate: int, only_baseline: int, base_passed: int) -> dict[str, Any]:
@@ -154,7 +141,7 @@ def deps(db: Database, tmp_path: Path, services: Services) -> RegistryDeps:
     create_tenant(db, "acme")
     settings = RegistrySettings(base_models=[BASE], retrain_trigger_check_s=3600.0)
     deps = RegistryDeps(db=db, settings=settings, artifacts_dir=tmp_path / "store",
-                        platform_models_dir=tmp_path / "models", publisher=Recorder())  # type: ignore[arg-type]
+                        platform_models_dir=tmp_path / "models", publisher=Recorder(db))  # type: ignore[arg-type]
     deps.retrain = services  # type: ignore[assignment]
     service.create_avatar(deps, "acme", "api-key:k1", "coach-anna", BASE)
     return deps
@@ -231,7 +218,7 @@ def test_a_proven_model_becomes_the_candidate_with_its_numbers(deps: RegistryDep
     action, detail = history(deps)[0]
     assert action == "candidate_set" and detail["retrain_id"] == run["id"]
     assert detail["difference"] == pytest.approx(0.10) and detail["testing_criteria"] == "valid_json"
-    events = [(t, p) for t, p in deps.publisher.events if t.startswith("retrain.")]  # type: ignore[union-attr]
+    events = [(t, p) for t, p, _ in deps.publisher.events if t.startswith("retrain.")]  # type: ignore[union-attr]
     assert [t for t, _ in events] == ["retrain.promoted"] and events[0][1].model == V1
 
     driver.tick()  # a finished run never moves again

@@ -45,7 +45,7 @@ def s3_deps(db: Database, tmp_path: Path, s3_server: S3Server, s3_bucket: str,
     monkeypatch.setenv("COACHFORGE_REGISTRY_STORAGE_OPTIONS", json.dumps(s3_server.options))
     monkeypatch.setenv("COACHFORGE_REGISTRY_BASE_MODELS", json.dumps([BASE]))
     monkeypatch.setenv("COACHFORGE_REGISTRY_MODELS_DIR", str(models))
-    return RegistryDeps(db=db, settings=RegistrySettings(), publisher=Recorder())  # type: ignore[arg-type]
+    return RegistryDeps(db=db, settings=RegistrySettings(), publisher=Recorder(db))  # type: ignore[arg-type]
 
 
 def test_s3_store_checksums_verifies_and_deletes(s3_deps: RegistryDeps, s3_server: S3Server, s3_bucket: str,

@@ -20,6 +20,8 @@ import grpc
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -32,22 +34,30 @@ from coachforge_registry.storage import ArtifactStore
 from coachforge_shared.auth import Authenticator, add_api_key, create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from coachforge_shared.events import decode, publish_in
 from coachforge_shared.grpc_server import GrpcServerThread, wait_for_health
 from coachforge_shared.http import install_error_handlers
+from coachforge_shared.models import OutboxEvent
 
 BASE = "SmolLM2-135M-Instruct"
 CONFIG = b'{"architectures": ["LlamaForCausalLM"], "hidden_size": 576}'
 
 
 class Recorder:
-    """Stands in for the broker publisher: keeps what would have been published."""
+    """The publisher without a broker: writes events into the caller's transaction as the real one
+    does; ``events`` reads back the committed ones, oldest first (type, payload, tenant)."""
 
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any, str]] = []
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
-    def publish(self, event_type: str, payload: Any, tenant_id: str, key: str | None = None, **_: Any) -> str:
-        self.events.append((event_type, payload, tenant_id))
-        return "evt"
+    def publish_in(self, s: Session, event_type: str, payload: Any, tenant_id: str, key: str | None = None) -> str:
+        return publish_in(s, event_type, payload, tenant_id, key)
+
+    @property
+    def events(self) -> list[tuple[str, Any, str]]:
+        with self.db.session() as s:
+            rows = list(s.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+        return [(env.type, payload, env.tenant_id) for env, payload in (decode(row.envelope) for row in rows)]
 
     def of(self, event_type: str) -> list[Any]:
         return [p for t, p, _ in self.events if t == event_type]
@@ -73,7 +83,7 @@ def deps(db: Database, tmp_path: Path) -> RegistryDeps:
     (models / BASE).mkdir(parents=True)
     (models / BASE / "config.json").write_bytes(CONFIG)
     settings = RegistrySettings(base_models=[BASE], storage_url=str(tmp_path / "store"), models_dir=models)
-    return RegistryDeps(db=db, settings=settings, publisher=Recorder())  # type: ignore[arg-type]
+    return RegistryDeps(db=db, settings=settings, publisher=Recorder(db))  # type: ignore[arg-type]
 
 
 def job_done(deps: RegistryDeps, tenant: str, job_id: str, suffix: str, adapter: Path, rank: int = 8) -> str:

@@ -57,6 +57,7 @@ def test_one_service_composed_alone(tmp_path: Path, broker: str, monkeypatch: py
         ready = client.get("/ready")
         assert ready.status_code == 200, ready.text
         assert ready.json()["checks"] == {"database": True, "broker": True, "grpc": True, "consumers": True}
+        assert process.relay is not None and process.relay.running  # sends the outbox's events
         key = {"Authorization": "Bearer cf-acme-key"}
         assert [m["id"] for m in client.get("/v1/models", headers=key).json()["data"]] == ["base-1"]
         assert client.get("/v1/files", headers=key).status_code == 404  # only the registry's routes
@@ -73,3 +74,4 @@ def test_one_service_composed_alone(tmp_path: Path, broker: str, monkeypatch: py
             models = stub.ListModels(registry_pb2.ListModelsRequest(), metadata=metadata)
             assert [m.id for m in models.models] == ["base-1"]
     assert not any(c.running for c in process.consumers)  # stopped with the app
+    assert not process.relay.running

@@ -1,6 +1,6 @@
 """The job lifecycle on a real (SQLite) database: every legal move writes the status, its job events
-and publishes its event; every illegal one raises and leaves the job, its events and the broker
-untouched. The publisher is an in-process recorder (the broker itself is tested elsewhere)."""
+and its event (into the outbox, in the move's transaction); every illegal one raises and leaves the
+job, its events and the outbox untouched. The outbox relay and the broker are tested elsewhere."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session
 from coachforge.trainer.v1 import trainer_pb2
 from coachforge_shared.db import Database
 from coachforge_shared.errors import FailedPrecondition
+from coachforge_shared.events import decode, publish_in
 from coachforge_shared.ids import new_id, utcnow
-from coachforge_shared.models import Tenant
+from coachforge_shared.models import OutboxEvent, Tenant
 from coachforge_trainer import lifecycle, repository
 from coachforge_trainer.lifecycle import (
     CANCELLED,
@@ -36,17 +37,32 @@ from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 
 
 class Recorder:
-    """Stands in for the broker publisher: keeps what would have been published."""
+    """The publisher without a broker: writes events into the move's transaction as the real one
+    does (``events`` reads back the committed ones); with ``refuse`` the write fails. Events sent
+    without a transaction (``publish``) are kept in a list."""
 
-    def __init__(self, refuse: bool = False) -> None:
-        self.events: list[tuple[str, Any, str, str | None]] = []
+    def __init__(self, db: Database | None = None, refuse: bool = False) -> None:
+        self.db = db
+        self.sent: list[tuple[str, Any, str, str | None]] = []
         self.refuse = refuse
 
-    def publish(self, event_type: str, payload: Any, tenant_id: str, key: str | None = None, **_: Any) -> str:
+    def publish_in(self, s: Session, event_type: str, payload: Any, tenant_id: str, key: str | None = None) -> str:
         if self.refuse:
-            raise RuntimeError("broker unavailable")
-        self.events.append((event_type, payload, tenant_id, key))
+            raise RuntimeError("outbox unavailable")
+        return publish_in(s, event_type, payload, tenant_id, key)
+
+    def publish(self, event_type: str, payload: Any, tenant_id: str, key: str | None = None, **_: Any) -> str:
+        self.sent.append((event_type, payload, tenant_id, key))
         return "evt"
+
+    @property
+    def events(self) -> list[tuple[str, Any, str, str | None]]:
+        if self.db is None:
+            return list(self.sent)
+        with self.db.session() as s:
+            rows = list(s.scalars(select(OutboxEvent).order_by(OutboxEvent.id)))
+        return [(env.type, payload, env.tenant_id, row.key)
+                for row in rows for env, payload in [decode(row.envelope)]] + self.sent
 
     def types(self) -> list[str]:
         return [t for t, *_ in self.events]
@@ -60,8 +76,8 @@ def db(db: Database) -> Database:
 
 
 @pytest.fixture
-def publisher() -> Recorder:
-    return Recorder()
+def publisher(db: Database) -> Recorder:
+    return Recorder(db)
 
 
 def _job(db: Database, status: str = QUEUED, **fields: Any) -> str:
@@ -136,6 +152,17 @@ def test_a_refused_publish_leaves_no_job_behind(db: Database) -> None:
     with db.session() as s:
         assert s.get(Job, job.id) is None
         assert not list(s.scalars(select(JobEvent)))
+
+
+def test_a_create_rolled_back_leaves_no_event_behind(db: Database, publisher: Recorder) -> None:
+    job = Job(id=new_id("ftjob"), tenant_id="acme", model="base", training_file="file-x", n_epochs=1,
+              batch_size=1, learning_rate_multiplier=1.0, seed=1)
+    with pytest.raises(RuntimeError), db.session() as s:
+        lifecycle.create(s, publisher, job)  # type: ignore[arg-type]
+        raise RuntimeError("the request failed after the job was written")
+    with db.session() as s:
+        assert s.get(Job, job.id) is None
+    assert publisher.events == []
 
 
 # -- claim -------------------------------------------------------------------------------------

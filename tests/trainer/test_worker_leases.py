@@ -19,6 +19,7 @@ from coachforge_shared.events import EventPublisher, ensure_topics
 from coachforge_shared.grpc_server import InternalChannel
 from coachforge_shared.ids import new_id, utcnow
 from coachforge_shared.models import Tenant
+from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.settings import PlatformSettings
 from coachforge_trainer.models import Job, JobEvent
 from coachforge_trainer.service import TrainerDeps
@@ -31,10 +32,13 @@ def deps(db: Database, broker: str) -> Iterator[TrainerDeps]:
     ensure_topics(broker)
     with db.session() as s:
         s.add(Tenant(id="acme", name="Acme"))
-    publisher = EventPublisher(broker, "test-worker")
+    publisher = EventPublisher(broker, "test-worker", db=db)
+    relay = OutboxRelay(db, publisher)  # sends the events the moves write, as in a worker process
+    relay.start()
     channel = InternalChannel("127.0.0.1:1", "unused")
     yield TrainerDeps(db=db, settings=TrainerSettings(lease_seconds=30, max_attempts=2), publisher=publisher,
                       dataset=channel, registry=channel)
+    relay.stop()
     publisher.close()
     channel.close()
 
@@ -51,10 +55,9 @@ def _job(deps: TrainerDeps, status: str = "queued", **fields: object) -> str:
     return job_id
 
 
-def _claim(deps: TrainerDeps, worker: Worker, job_id: str) -> object:
-    env = Envelope(tenant_id="acme", type="train.requested", event_id=new_id("evt"))
-    with deps.db.session() as s:
-        return worker.handle(s, env, trainer_pb2.TrainRequested(job_id=job_id))
+def _claim(worker: Worker) -> tuple[str, str] | None:
+    """What the worker's next free slot claims: the longest waiting queued job."""
+    return worker.claim()
 
 
 def _get(deps: TrainerDeps, job_id: str) -> Job:
@@ -73,8 +76,8 @@ def _messages(deps: TrainerDeps, job_id: str) -> list[str]:
 def test_only_one_worker_claims_a_job(deps: TrainerDeps, tmp_path: Path) -> None:
     job_id = _job(deps)
     first, second = _worker(deps, "w1", tmp_path), _worker(deps, "w2", tmp_path)
-    assert callable(_claim(deps, first, job_id))
-    assert _claim(deps, second, job_id) is None  # a redelivered or duplicated request finds it taken
+    assert _claim(first) == (job_id, "acme")
+    assert _claim(second) is None  # taken: nothing else is queued
     job = _get(deps, job_id)
     assert (job.status, job.worker_id, job.attempts) == ("running", "w1", 1)
     assert job.lease_expires_at is not None and job.lease_expires_at > utcnow()
@@ -82,14 +85,14 @@ def test_only_one_worker_claims_a_job(deps: TrainerDeps, tmp_path: Path) -> None
 
 def test_a_cancelled_job_is_not_claimed(deps: TrainerDeps, tmp_path: Path) -> None:
     job_id = _job(deps, cancel_requested=True)
-    assert _claim(deps, _worker(deps, "w1", tmp_path), job_id) is None
+    assert _claim(_worker(deps, "w1", tmp_path)) is None
     assert _get(deps, job_id).status == "queued"
 
 
 def test_lease_renewal_fails_once_the_job_is_someone_elses(deps: TrainerDeps, tmp_path: Path) -> None:
     job_id = _job(deps)
     worker = _worker(deps, "w1", tmp_path)
-    _claim(deps, worker, job_id)
+    _claim(worker)
     assert worker.renew_lease(job_id)
     with deps.db.session() as s:
         row = s.get(Job, job_id)

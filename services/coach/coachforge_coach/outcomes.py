@@ -32,6 +32,7 @@ from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.inference.v1 import inference_pb2
 from coachforge_coach.metrics import OUTCOME_FEEDBACK
 from coachforge_coach.models import CoachOutcome
+from coachforge_shared.db import OutageBackoff
 from coachforge_shared.errors import NotFound
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
@@ -202,11 +203,14 @@ class OutcomeRetrier:
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
-        while not self._stop.wait(self.deps.settings.outcome_retry_interval_s):
+        backoff = OutageBackoff("coach-outcomes")
+        while not self._stop.wait(backoff.wait(self.deps.settings.outcome_retry_interval_s)):
             try:
                 deliver_due(self.deps)
-            except Exception:  # the database may be away for a moment: try again next round
-                log.exception("pending outcomes not sent")
+            except Exception as err:  # the database may be away: logged once, tried again next round
+                backoff.failed(err, "pending outcomes not sent")
+            else:
+                backoff.succeeded()
 
     def start(self) -> None:
         self._stop.clear()

@@ -393,7 +393,14 @@ _REASONS: dict[str, str] = {"NotFound": "model_not_found", "Unavailable": "model
 def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendIn) -> dict[str, Any]:
     """Ask the model for a modification constrained to the schema, check it against the rules, and
     fall back to the rule-based coach (marked ``source: "rules"``) when the model is unavailable
-    or its answer unusable. Nothing is changed; the recommendation is stored for apply."""
+    or its answer unusable. Nothing is changed; the recommendation is stored for apply.
+
+    Three steps, so that no database connection is held while other services answer (a model call
+    takes seconds; holding a pooled connection, and on SQLite a transaction, through it starves
+    the pool under load): the athlete's data is read in one short transaction; the registry and
+    the model are asked with no session open; the answer is checked and the recommendation written
+    in a second transaction. The check there reads the workouts the answer names as they are then,
+    so a workout completed or removed meanwhile is rejected, not proposed (apply checks again)."""
     settings = deps.settings
     today = today_or(body.today)
     model = body.model or settings.default_model
@@ -402,59 +409,63 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
         athlete = repo.athlete(s, tenant_id, athlete_id)
         snap = _snapshot(s, deps, athlete, today)
 
-        fallback: dict[str, str] | None = None
-        answer: dict[str, Any] | None = None
-        answered_by = ""
-        base = settings.default_base_model
-        if deps.models is None:
-            fallback = {"reason": "model_unavailable", "message": "No inference service is configured."}
-        else:
-            try:
-                base = deps.models.base_model(tenant_id, model)
-            except CoachForgeError as err:
-                fallback = {"reason": _REASONS.get(type(err).__name__, "model_error"), "message": err.message}
-        count, tokenizer = token_counter(deps.models_dir, base)
-        profile = Profile(name=athlete.name, sport=athlete.sport, plan_name=athlete.plan_name,
-                          plan_phase=athlete.plan_phase, goal=athlete.goal, goal_date=athlete.goal_date)
-        ctx = build_context(state=snap.state, upcoming=_week(snap), today=today, count_tokens=count, budget=budget,
-                            profile=profile, history=snap.history, load=snap.series, question=body.question,
-                            config=deps.config)
-        messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": ctx.text}]
-        digest = prompt_hash(messages)
-        if fallback is None and not ctx.fits:
-            fallback = {"reason": "context_over_budget",
-                        "message": f"The minimal context needs {ctx.tokens} tokens; the budget is {budget}."}
+    # No session from here to the second transaction: the registry and the model are remote.
+    fallback: dict[str, str] | None = None
+    answer: dict[str, Any] | None = None
+    answered_by = ""
+    base = settings.default_base_model
+    if deps.models is None:
+        fallback = {"reason": "model_unavailable", "message": "No inference service is configured."}
+    else:
+        try:
+            base = deps.models.base_model(tenant_id, model)
+        except CoachForgeError as err:
+            fallback = {"reason": _REASONS.get(type(err).__name__, "model_error"), "message": err.message}
+    count, tokenizer = token_counter(deps.models_dir, base)
+    profile = Profile(name=athlete.name, sport=athlete.sport, plan_name=athlete.plan_name,
+                      plan_phase=athlete.plan_phase, goal=athlete.goal, goal_date=athlete.goal_date)
+    ctx = build_context(state=snap.state, upcoming=_week(snap), today=today, count_tokens=count, budget=budget,
+                        profile=profile, history=snap.history, load=snap.series, question=body.question,
+                        config=deps.config)
+    messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": ctx.text}]
+    digest = prompt_hash(messages)
+    if fallback is None and not ctx.fits:
+        fallback = {"reason": "context_over_budget",
+                    "message": f"The minimal context needs {ctx.tokens} tokens; the budget is {budget}."}
 
-        rec_id = new_id("rec")
-        completion_id: str | None = None
-        proposal: Modification | None = None
-        verdict: tuple[list[int], list[RuleViolation], list[PlannedWorkout]] | None = None
-        if fallback is None and deps.models is not None:
+    rec_id = new_id("rec")
+    completion_id: str | None = None
+    proposal: Modification | None = None
+    if fallback is None and deps.models is not None:
+        try:
+            ids = [w.id for w in _week(snap)]
+            reply = deps.models.chat(tenant_id, model, messages, response_format=response_format(ids),
+                                     max_tokens=settings.max_answer_tokens, temperature=settings.temperature,
+                                     seed=settings.seed, timeout=settings.inference_timeout_s,
+                                     store_metadata={"source": "coach", "athlete": athlete_id,
+                                                     "recommendation": rec_id})
+        except CoachForgeError as err:
+            fallback = {"reason": _REASONS.get(type(err).__name__, "model_error"), "message": err.message}
+        else:
+            answered_by = reply.model
+            completion_id = reply.id or None
+            answer = {"valid": False, "error": None, "content": reply.content[:4000],
+                      "finish_reason": reply.finish_reason}
             try:
-                ids = [w.id for w in _week(snap)]
-                reply = deps.models.chat(tenant_id, model, messages, response_format=response_format(ids),
-                                         max_tokens=settings.max_answer_tokens, temperature=settings.temperature,
-                                         seed=settings.seed, timeout=settings.inference_timeout_s,
-                                         store_metadata={"source": "coach", "athlete": athlete_id,
-                                                         "recommendation": rec_id})
-            except CoachForgeError as err:
-                fallback = {"reason": _REASONS.get(type(err).__name__, "model_error"), "message": err.message}
+                proposal = parse_modification(reply.content)
+            except InvalidModification as err:
+                answer["error"] = str(err)
+                fallback = {"reason": "invalid_answer", "message": str(err)}
             else:
-                answered_by = reply.model
-                completion_id = reply.id or None
-                answer = {"valid": False, "error": None, "content": reply.content[:4000],
-                          "finish_reason": reply.finish_reason}
-                try:
-                    proposal = parse_modification(reply.content)
-                except InvalidModification as err:
-                    answer["error"] = str(err)
-                    fallback = {"reason": "invalid_answer", "message": str(err)}
-                else:
-                    answer["valid"] = True
-                    verdict = _check(s, snap, proposal, deps.config)
-                    if proposal.operations and not verdict[0]:
-                        fallback = {"reason": "rejected_by_rules",
-                                    "message": "Every operation the model proposed broke a safety rule."}
+                answer["valid"] = True
+
+    with deps.db.session() as s:
+        verdict: tuple[list[int], list[RuleViolation], list[PlannedWorkout]] | None = None
+        if fallback is None and proposal is not None:
+            verdict = _check(s, snap, proposal, deps.config)
+            if proposal.operations and not verdict[0]:
+                fallback = {"reason": "rejected_by_rules",
+                            "message": "Every operation the model proposed broke a safety rule."}
         if fallback is not None:
             FALLBACKS.labels(tenant_id, model, fallback["reason"]).inc()
             log.info("rule-based fallback", tenant=tenant_id, model=model, reason=fallback["reason"])

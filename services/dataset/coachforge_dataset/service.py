@@ -226,6 +226,10 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                 os.replace(tmp, final)
                 s.add(row)
                 s.add(_report_row(report_id, tenant_id, file_id, filename, purpose, "accepted", size, check, path))
+                if deps.publisher is not None:
+                    s.flush()  # the row's defaults (status, created_at) are part of the event
+                    deps.publisher.publish_in(s, "file.uploaded", dataset_pb2.FileUploaded(file=to_proto(row)),
+                                              tenant_id)
         except BaseException:
             final.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
@@ -237,8 +241,6 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
         issues_tmp.unlink(missing_ok=True)
     log.info("file stored", file_id=row.id, tenant=tenant_id, bytes=size, examples=check.examples, policy=policy,
              invalid_lines=check.invalid_lines)
-    if deps.publisher is not None:
-        deps.publisher.publish("file.uploaded", dataset_pb2.FileUploaded(file=to_proto(row)), tenant_id)
     return row
 
 

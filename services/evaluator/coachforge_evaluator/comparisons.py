@@ -305,9 +305,8 @@ def create(deps: EvaluatorDeps, tenant_id: str, body: Any) -> dict[str, Any]:
             repository.add_items(s, [{"id": new_id("outputitem"), "run_id": run.id, "item_index": i, "item": row,
                                       "prompt_tokens": 0, "completion_tokens": 0} for i, row in enumerate(rows)])
             if deps.publisher is not None:
-                deps.publisher.publish("eval.run.requested",
-                                       evaluator_pb2.EvalRunRequested(eval_id=hidden.id, run_id=run.id), tenant_id,
-                                       key=run.id)
+                deps.publisher.publish_in(s, "eval.run.requested", evaluator_pb2.EvalRunRequested(
+                    eval_id=hidden.id, run_id=run.id), tenant_id, key=run.id)
             RUNS_CREATED.labels(tenant_id).inc()
         s.bulk_insert_mappings(ComparisonPair, [
             {"id": new_id("pair"), "comparison_id": cmp_id, "prompt_index": i, "model_a": a, "model_b": b,

@@ -26,6 +26,7 @@ from coachforge_evaluator.clients import Sampled
 from coachforge_evaluator.metrics import GRADER_ERRORS, ITEM_SECONDS, ITEMS, RUNS_ACTIVE, RUNS_FINISHED, RUNS_RESUMED
 from coachforge_evaluator.models import Eval
 from coachforge_evaluator.service import EvaluatorDeps
+from coachforge_shared.db import OutageBackoff
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import get_logger
@@ -113,11 +114,14 @@ class RunExecutor:
                 self._active.discard(run_id)
 
     def _sweep_loop(self) -> None:
-        while not self._stop.wait(self.settings.sweep_interval_s):
+        backoff = OutageBackoff("eval-sweep")
+        while not self._stop.wait(backoff.wait(self.settings.sweep_interval_s)):
             try:
                 self.sweep()
-            except Exception:  # the sweeper must survive a database hiccup
-                log.exception("eval run sweep failed")
+            except Exception as err:  # the sweeper survives a database outage (logged once, retried)
+                backoff.failed(err, "eval run sweep failed")
+            else:
+                backoff.succeeded()
 
     def sweep(self) -> None:
         """Take queued runs nobody started and runs whose lease expired."""
@@ -312,7 +316,7 @@ class RunExecutor:
             e = s.get(Eval, row.eval_id)
             # A comparison's runs are not evaluations of the model (the registry would keep them).
             if self.deps.publisher is not None and not repository.hidden_eval(s, row.eval_id):
-                self.deps.publisher.publish(FINISHED_EVENTS[status], evaluator_pb2.EvalRunFinished(
+                self.deps.publisher.publish_in(s, FINISHED_EVENTS[status], evaluator_pb2.EvalRunFinished(
                     eval_id=row.eval_id, eval_name=e.name if e else "", run_id=run_id, model=row.model,
                     status=status, total=sum(counts.values()), passed=counts.get("pass", 0),
                     failed=counts.get("fail", 0), errored=counts.get("error", 0), criteria_pass_rates=rates),

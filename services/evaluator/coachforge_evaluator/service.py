@@ -417,9 +417,9 @@ def create_run(deps: EvaluatorDeps, tenant_id: str, eval_id: str, body: Any) -> 
         repository.add_items(s, [{"id": new_id("outputitem"), "run_id": run.id, "item_index": i, "item": row,
                                   "prompt_tokens": 0, "completion_tokens": 0} for i, row in enumerate(rows)])
         if deps.publisher is not None:
-            deps.publisher.publish("eval.run.requested",
-                                   evaluator_pb2.EvalRunRequested(eval_id=eval_id, run_id=run.id), tenant_id,
-                                   key=run.id)
+            deps.publisher.publish_in(s, "eval.run.requested",
+                                      evaluator_pb2.EvalRunRequested(eval_id=eval_id, run_id=run.id), tenant_id,
+                                      key=run.id)
         RUNS_CREATED.labels(tenant_id).inc()
         out = run_to_openai(run, {None: len(rows)}, e.testing_criteria, {}, (0, 0, 0))
     log.info("eval run queued", eval_id=eval_id, run_id=run.id, items=len(rows), model=model)

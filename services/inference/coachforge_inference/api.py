@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from coachforge_inference import policies, review, service, stored
 from coachforge_inference import usage as usage_mod
@@ -37,12 +38,25 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
+class _ClosingStream(StreamingResponse):
+    """A streamed answer whose event generator is closed as soon as the response is over, also
+    when the client went away in the middle of it: the generator's cleanup (the engine lease
+    released, the tokens generated until then billed) runs now, not whenever the garbage collector
+    finalizes the abandoned generator."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 async def _answer(request: Request, tenant_id: str, path: str) -> Any:
     body = await _body(request)
     arrived = request.scope.get(ARRIVED)
     if body.get("stream"):
         events, routed = await service.stream(_deps(request), tenant_id, path, body, arrived)
-        return StreamingResponse(events, media_type="text/event-stream", headers=routed.headers())
+        return _ClosingStream(events, media_type="text/event-stream", headers=routed.headers())
     content, routed = await service.complete(_deps(request), tenant_id, path, body, arrived)
     return Response(content, media_type="application/json", headers=routed.headers())
 

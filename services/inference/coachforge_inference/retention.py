@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from coachforge_inference import repository
 from coachforge_inference.metrics import STORED_PURGED
+from coachforge_shared.db import OutageBackoff
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import get_logger
 
@@ -88,10 +89,13 @@ class Purger:
         return self._thread is not None and self._thread.is_alive()
 
     def _run(self) -> None:
+        backoff = OutageBackoff("stored-purge")
         wait = self.first_pass_s
         while not self._stop.wait(wait):
             try:
                 purge_expired(self.deps, stop=self._stop)
-            except Exception:  # the purger must survive a database hiccup: the next pass catches up
-                log.exception("stored completion purge failed")
-            wait = self.deps.settings.stored_purge_interval_s
+            except Exception as err:  # the purger survives a database outage: the next pass catches up
+                backoff.failed(err, "stored completion purge failed")
+            else:
+                backoff.succeeded()
+            wait = backoff.wait(self.deps.settings.stored_purge_interval_s)

@@ -42,6 +42,7 @@ from coachforge_shared.db import Database
 from coachforge_shared.errors import CoachForgeError, InvalidArgument, NotFound, Unavailable
 from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
+from coachforge_shared.ids import new_id
 from coachforge_shared.logging import get_logger
 
 if TYPE_CHECKING:
@@ -272,7 +273,11 @@ class Routed:
     store: StoreRequest | None = None
     """Set when the request asked for ``store``: what is kept with the answer."""
     usage: dict[str, Any] | None = None
-    """A finished stream's usage (the engine's last chunk, passed on to the caller or not)."""
+    """A finished stream's usage (the engine's last chunk, passed on to the caller or not); for a
+    stream the client abandoned, the tokens until then."""
+    usage_event_id: str = field(default_factory=lambda: new_id("evt"))
+    """The id of this request's ``usage.recorded`` event, minted once per request: however often its
+    usage is published (a retry, a replay, an outbox relay), the usage consumer counts it once."""
 
     def headers(self) -> dict[str, str]:
         """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which
@@ -327,7 +332,7 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     engine_body = dict(routed.engine_body)
     engine_body["model"] = model.base_model
     return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm,
-                  purpose=routed.purpose, store=routed.store)
+                  purpose=routed.purpose, store=routed.store, usage_event_id=routed.usage_event_id)
 
 
 def _retry_or_raise(deps: InferenceDeps, tried: list[PooledEngine], err: EngineUnreachable) -> None:
@@ -429,9 +434,10 @@ async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
-                 started: float, avatar: str = "", purpose: str = APP) -> None:
+                 started: float, avatar: str = "", purpose: str = APP, *, event_id: str | None = None) -> None:
     """Count an answered request: latency, tokens and cost by ``purpose`` in the metrics, and a
-    ``usage.recorded`` event for the daily usage rows."""
+    ``usage.recorded`` event for the daily usage rows (``event_id``: the request's
+    :attr:`Routed.usage_event_id`, so that the request is billed once)."""
     elapsed = time.perf_counter() - started
     LATENCY.labels(model.id).observe(elapsed)
     REQUESTS.labels(tenant_id, model.id, "ok").inc()
@@ -448,22 +454,44 @@ def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model,
             deps.publisher.publish("usage.recorded", inference_pb2.UsageRecorded(
                 model=model.id, base_model=model.base_model, prompt_tokens=prompt, completion_tokens=completion,
                 cost_usd=cost, latency_seconds=elapsed, avatar=avatar, purpose=purpose), tenant_id, key=model.id,
-                wait=False)
+                wait=False, event_id=event_id)
         except Exception:  # usage events must never fail an answered request
             log.exception("usage event not published", model=model.id)
 
 
-def _bill_stream(body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
-    """Whether the caller asked for the usage chunk (``stream_options.include_usage``), i.e.
-    whether it is passed on, and ``body`` asking the engine for it anyway, so that every streamed
-    answer is billed."""
+def _bill_stream(body: dict[str, Any]) -> tuple[bool, bool, dict[str, Any]]:
+    """Whether the caller asked for the usage chunk (``stream_options.include_usage``) and for the
+    running usage in every chunk (vLLM's ``continuous_usage_stats``), i.e. whether they are passed
+    on, and ``body`` asking the engine for both anyway: every streamed answer is billed, and one
+    the client abandons is billed for the prompt and the tokens generated until then (the engine's
+    last chunk, with the final usage, never comes)."""
     options = body.get("stream_options")
     if options is None:
         options = {}
     elif not isinstance(options, dict):
-        return False, body  # not an object: validation refuses it
-    return bool(options.get("include_usage")), {**body, "stream": True,
-                                                 "stream_options": {**options, "include_usage": True}}
+        return False, False, body  # not an object: validation refuses it
+    return (bool(options.get("include_usage")), bool(options.get("continuous_usage_stats")),
+            {**body, "stream": True,
+             "stream_options": {**options, "include_usage": True, "continuous_usage_stats": True}})
+
+
+_RUNNING_USAGE = ',"usage":{'
+_JSON = json.JSONDecoder()
+
+
+def _take_usage(line: bytes) -> tuple[bytes, dict[str, Any] | None]:
+    """A chunk's running usage (the prompt's tokens and those generated so far) and the line
+    without it, cut out as text rather than by decoding and re-encoding the whole chunk;
+    ``(line, None)`` when it carries none."""
+    try:
+        text = line.decode()
+        at = text.rfind(_RUNNING_USAGE)
+        if at < 0:
+            return line, None
+        usage, end = _JSON.raw_decode(text, at + len(_RUNNING_USAGE) - 1)
+    except ValueError:
+        return line, None
+    return (text[:at] + text[end:]).encode(), usage if isinstance(usage, dict) else None
 
 
 def _usage_only(chunk: dict[str, Any]) -> bool:
@@ -505,7 +533,8 @@ async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[st
     if renamed is None:
         result["model"] = routed.model.id
         renamed = _dumps(result)
-    record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar, routed.purpose)
+    record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar, routed.purpose,
+                 event_id=routed.usage_event_id)
     if routed.store is not None:
         stored.publish(deps, tenant_id, routed, result, started)
     routed.timed("unary", started)
@@ -544,23 +573,32 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
             await upstream.aclose()  # type: ignore[attr-defined]
             raise
 
-    wanted, body = _bill_stream(body)
+    wanted, running_wanted, body = _bill_stream(body)
     (upstream, first), lease, routed = await _engage(deps, tenant_id, path, body, call, purpose)
     routed.timed("stream", started)
     model = routed.model
     engine_model = routed.engine_body["model"]
 
     async def events() -> AsyncIterator[bytes]:
-        usage = None
+        usage = None  # the engine's count: running (in every chunk), then final (its last chunk)
+        generated = 0  # chunks with a choice: about one token each, for an engine without a running count
         ttft_recorded = False
         dropped = False  # the usage-only chunk the caller did not ask for (its blank line goes too)
         open_event = False  # the last line sent was not an event's closing blank line
+        finished = broken = False
         line = first
         try:
             while line:
                 if line.startswith(b"data: {"):
                     if line.startswith(b'data: {"error"'):
                         raise _stream_error(line)
+                    chosen = b'"choices":[{' in line
+                    if chosen:
+                        generated += 1
+                        if not running_wanted:
+                            line, running = _take_usage(line)
+                            if running is not None:
+                                usage = running
                     renamed = _rename_model(line, engine_model, model.id)
                     if renamed is None or b'"usage":{' in line:
                         chunk = json.loads(line[6:])
@@ -569,7 +607,7 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
                             usage = chunk["usage"]
                         dropped = not wanted and _usage_only(chunk)
                         renamed = b"data: " + _dumps(chunk) + b"\n"
-                    if not ttft_recorded and b'"choices":[{' in line:
+                    if not ttft_recorded and chosen:
                         TTFT.labels(model.id).observe(time.perf_counter() - started)
                         ttft_recorded = True
                     line = renamed
@@ -582,7 +620,9 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
                     line = await upstream.__anext__()
                 except StopAsyncIteration:
                     break
+            finished = True
         except CoachForgeError as err:
+            broken = True
             REQUESTS.labels(tenant_id, model.id, "error").inc()
             log.warning("stream broken after it began", model=model.id, engine=routed.engine, error=str(err))
             routed.error = err
@@ -592,9 +632,17 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
             return
         finally:
             lease.release()
+            if not broken:
+                # Finished, or abandoned by the client (GeneratorExit, CancelledError: this runs once
+                # either way, before anything here awaits): billed for the tokens generated so far.
+                if not finished:
+                    log.info("stream abandoned by the client", model=model.id, generated_chunks=generated)
+                    if usage is None and generated:
+                        usage = {"prompt_tokens": 0, "completion_tokens": generated}
+                routed.usage = usage
+                record_usage(deps, tenant_id, model, usage, started, routed.avatar, routed.purpose,
+                             event_id=routed.usage_event_id)
             await upstream.aclose()  # type: ignore[attr-defined]
-        routed.usage = usage
-        record_usage(deps, tenant_id, model, usage, started, routed.avatar, routed.purpose)
 
     if routed.store is not None:  # kept once the stream has ended
         return stored.collect(deps, tenant_id, events(), routed, started), routed

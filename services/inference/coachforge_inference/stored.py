@@ -5,7 +5,8 @@
   the request's ``store``, else the avatar's, else the tenant's ``store_by_default``
   (:mod:`coachforge_inference.policies`, cached); once answered, :func:`publish` sends the completion
   as a ``completion.stored`` event without waiting for the broker (like ``usage.recorded``; the
-  publisher's own thread sends it); a stream is passed through :func:`collect`, which keeps its
+  publisher's own thread sends it, and one the producer cannot deliver is kept in the outbox table
+  and sent when the broker is back, same event id); a stream is passed through :func:`collect`, which keeps its
   data lines and, at its end (not when it broke or the client went away), adds up each choice's
   text and publishes from a worker thread.
 * The consumer (:func:`on_completion_stored`, its own consumer group) keeps one

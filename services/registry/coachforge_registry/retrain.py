@@ -35,6 +35,7 @@ from coachforge_registry.models import Avatar, RetrainPolicy, RetrainRun
 from coachforge_registry.retrain_clients import JOB_DONE, RetrainClients
 from coachforge_registry.schemas import RetrainPolicyBody
 from coachforge_registry.service import RegistryDeps
+from coachforge_shared.db import OutageBackoff
 from coachforge_shared.errors import (
     CoachForgeError,
     Conflict,
@@ -296,7 +297,7 @@ def _finish(deps: RegistryDeps, s: Any, avatar: Avatar, run: RetrainRun, status:
                         retrain_id=run.id, model=run.model_id, baseline_model=run.baseline_model, **numbers)
     RETRAINS.labels(status=status).inc()
     if deps.publisher is not None:
-        deps.publisher.publish(f"retrain.{status}", registry_pb2.RetrainFinished(
+        deps.publisher.publish_in(s, f"retrain.{status}", registry_pb2.RetrainFinished(
             run_id=run.id, avatar=avatar.name, status=status, model=run.model_id or "",
             baseline_model=run.baseline_model or "", reason=reason, decision_json=json.dumps(decision),
             trigger=run.trigger), avatar.tenant_id, key=avatar.name)
@@ -332,12 +333,15 @@ class RetrainDriver:
         self._wake.set()
 
     def _loop(self) -> None:
+        backoff = OutageBackoff("retrain-driver")
         while not self._stop.is_set():
             try:
                 self.tick()
-            except Exception:  # one bad pass must not stop the driver
-                log.exception("retrain pass failed")
-            self._wake.wait(self.settings.retrain_poll_interval_s)
+            except Exception as err:  # one bad pass, or a database outage, must not stop the driver
+                backoff.failed(err, "retrain pass failed")
+            else:
+                backoff.succeeded()
+            self._wake.wait(backoff.wait(self.settings.retrain_poll_interval_s))
             self._wake.clear()
 
     def tick(self, now: datetime | None = None) -> None:

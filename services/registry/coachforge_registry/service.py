@@ -145,8 +145,8 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
             base_config_sha256=config_sha, lineage_json=json.dumps(lineage), updated_at=utcnow())
         repository.add_version(s, v)
         if deps.publisher is not None:
-            deps.publisher.publish("model.registered", registry_pb2.ModelRegistered(model=version_proto(v)),
-                                   tenant_id, key=v.model_id)
+            deps.publisher.publish_in(s, "model.registered", registry_pb2.ModelRegistered(model=version_proto(v)),
+                                      tenant_id, key=v.model_id)
     except BaseException:
         if artifact_uri:
             deps.artifact_store().remove(artifact_uri)
@@ -211,7 +211,7 @@ def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_
     except InvalidArgument as err:
         log.warning("adapter refused", job_id=ev.job_id, model=ev.fine_tuned_model, reason=err.message)
         if deps.publisher is not None:
-            deps.publisher.publish("model.rejected", registry_pb2.ModelRejected(
+            deps.publisher.publish_in(s, "model.rejected", registry_pb2.ModelRejected(
                 job_id=ev.job_id, model_id=ev.fine_tuned_model, reason=err.message), env.tenant_id,
                 key=ev.fine_tuned_model)
         return None
@@ -393,9 +393,8 @@ def delete_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> dict[str,
         artifact_uri, adapter_name = v.artifact_uri, v.id
         repository.delete_version(s, v)
         if deps.publisher is not None:
-            deps.publisher.publish("model.deleted", registry_pb2.ModelDeleted(model_id=model_id,
-                                                                              adapter_name=adapter_name),
-                                   tenant_id, key=model_id)
+            deps.publisher.publish_in(s, "model.deleted", registry_pb2.ModelDeleted(
+                model_id=model_id, adapter_name=adapter_name), tenant_id, key=model_id)
     if artifact_uri:
         try:
             deps.artifact_store().remove(artifact_uri)
@@ -495,9 +494,11 @@ def _sync_status(s: Session, tenant_id: str, model_ids: Iterable[str | None]) ->
             v.status, v.updated_at = status, utcnow()
 
 
-def _publish(deps: RegistryDeps, event: str, tenant_id: str, avatar: Avatar, previous: str | None) -> None:
+def _publish(s: Session, deps: RegistryDeps, event: str, tenant_id: str, avatar: Avatar,
+             previous: str | None) -> None:
+    """The avatar's change as an event, in the change's transaction (the outbox)."""
     if deps.publisher is not None:
-        deps.publisher.publish(event, registry_pb2.AvatarChanged(
+        deps.publisher.publish_in(s, event, registry_pb2.AvatarChanged(
             avatar=avatar.name, model=avatar.active_model, previous_model=previous or "",
             candidate_model=avatar.candidate_model or "", candidate_share=avatar.candidate_share,
             pinned=avatar.pinned), tenant_id, key=avatar.name)
@@ -536,7 +537,7 @@ def create_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, mod
         repository.add_avatar(s, avatar)
         _record(s, avatar, "created", None, actor, reason, **({"store": store} if store is not None else {}))
         _sync_status(s, tenant_id, [model_id])
-        _publish(deps, "model.activated", tenant_id, avatar, None)
+        _publish(s, deps, "model.activated", tenant_id, avatar, None)
     return avatar
 
 
@@ -570,7 +571,7 @@ def activate_in(s: Session, deps: RegistryDeps, avatar: Avatar, actor: str, mode
         avatar.candidate_model, avatar.candidate_share = None, 0
     _record(s, avatar, "activated", previous, actor, reason, **(detail or {}))
     _sync_status(s, avatar.tenant_id, [previous, model_id])
-    _publish(deps, "model.activated", avatar.tenant_id, avatar, previous)
+    _publish(s, deps, "model.activated", avatar.tenant_id, avatar, previous)
     return avatar
 
 
@@ -589,7 +590,7 @@ def rollback(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: 
             avatar.candidate_model, avatar.candidate_share = None, 0
         _record(s, avatar, "rolled_back", previous, actor, reason)
         _sync_status(s, tenant_id, [previous, avatar.active_model])
-        _publish(deps, "model.rolled_back", tenant_id, avatar, previous)
+        _publish(s, deps, "model.rolled_back", tenant_id, avatar, previous)
     return avatar
 
 
@@ -604,7 +605,7 @@ def pin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str
             avatar.candidate_model, avatar.candidate_share = None, 0
         _record(s, avatar, "pinned", previous, actor, reason)
         _sync_status(s, tenant_id, [previous, model_id])
-        _publish(deps, "model.activated", tenant_id, avatar, previous)
+        _publish(s, deps, "model.activated", tenant_id, avatar, previous)
     return avatar
 
 
@@ -615,7 +616,7 @@ def unpin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str
             raise FailedPrecondition(f"Avatar {name!r} is not pinned.", param="avatar", code="avatar_not_pinned")
         avatar.pinned = False
         _record(s, avatar, "unpinned", avatar.active_model, actor, reason)
-        _publish(deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
+        _publish(s, deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
     return avatar
 
 
@@ -648,7 +649,7 @@ def set_candidate_in(s: Session, deps: RegistryDeps, avatar: Avatar, actor: str,
         action = "candidate_cleared"
     _record(s, avatar, action, avatar.active_model, actor, reason, candidate_model=avatar.candidate_model,
             traffic_share=avatar.candidate_share, previous_candidate=previous, **(detail or {}))
-    _publish(deps, "model.avatar_updated", avatar.tenant_id, avatar, avatar.active_model)
+    _publish(s, deps, "model.avatar_updated", avatar.tenant_id, avatar, avatar.active_model)
     return avatar
 
 
@@ -676,7 +677,7 @@ def update_avatar(deps: RegistryDeps, tenant_id: str, actor: str, name: str, cha
                 setattr(avatar, key, value)
             _record(s, avatar, "settings", avatar.active_model, actor, reason, **changed,
                     **{f"previous_{k}": before[k] for k in changed})
-            _publish(deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
+            _publish(s, deps, "model.avatar_updated", tenant_id, avatar, avatar.active_model)
     return avatar
 
 

@@ -6,7 +6,8 @@ The moves (statuses are OpenAI's), who makes them, and the Kafka event each publ
 move                           function (caller)                           publishes
 =============================  ==========================================  =====================
 (new) → queued                 :func:`create` (API)                        ``train.requested``
-queued → running               :func:`claim` (a worker takes the job)      (nothing)
+queued → running               :func:`claim_next` (a worker takes the      (nothing)
+                               longest waiting job), :func:`claim`
 validating_files/queued →      :func:`request_cancel` (API), before the    (nothing)
 cancelled                      job started
 running → queued               :func:`requeue` (its worker shuts down),    ``train.requested``
@@ -25,9 +26,11 @@ longer in the state (or with the worker) the mover expected, raises :class:`Ille
 and writes nothing.
 
 Each move writes its job events (the rows ``GET /v1/fine_tuning/jobs/{id}/events`` lists) and
-publishes its Kafka event inside the caller's transaction, so that a broker refusing the event
-leaves the job where it was. A running job's reports (:func:`record_progress`,
-:func:`record_checkpoint`) change no status; ``job.progress`` is published after the commit.
+its Kafka event into the caller's transaction (the outbox, :mod:`coachforge_shared.outbox`): the
+event is sent once the move committed and never for a move rolled back, and a broker away delays
+the event, not the move. A running job's reports (:func:`record_progress`,
+:func:`record_checkpoint`) change no status; ``job.progress`` is published after the commit, without
+waiting for the broker.
 
 Functions take the caller's session (which commits) and, where they publish, the publisher.
 """
@@ -148,19 +151,47 @@ def create(s: Session, publisher: EventPublisher, job: Job, notes: Iterable[Note
     add_event(s, job.id, f"Created fine-tuning job: {job.id}")
     for note in notes:
         add_event(s, job.id, note.message, data=note.data)
-    # Published inside the transaction: if the broker refuses, no job is left behind.
-    publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job.id), job.tenant_id, key=job.id)
+    # In the job's transaction: a worker can only receive train.requested for a committed job.
+    publisher.publish_in(s, "train.requested", trainer_pb2.TrainRequested(job_id=job.id), job.tenant_id,
+                         key=job.id)
     JOBS_CREATED.labels(job.tenant_id).inc()
     return job
 
 
+def _claimed_values(worker_id: str, lease_until: datetime) -> dict[str, Any]:
+    """What a claim writes besides the status: the holder, its lease, one more attempt, the first start."""
+    return {"worker_id": worker_id, "lease_expires_at": lease_until, "attempts": Job.attempts + 1,
+            "started_at": func.coalesce(Job.started_at, utcnow())}
+
+
 def claim(s: Session, job_id: str, tenant_id: str, worker_id: str, lease_until: datetime) -> Job:
-    """queued → running on ``worker_id``, unless a cancel was requested. Exactly one of several
-    workers claiming the same job wins; the others get :class:`IllegalTransition`."""
+    """queued → running on ``worker_id`` for this one job, unless a cancel was requested. Exactly one
+    of several workers claiming the same job wins; the others get :class:`IllegalTransition`.
+    Workers take whichever job waits longest with :func:`claim_next`."""
     _move(s, job_id, (QUEUED,), RUNNING, Job.tenant_id == tenant_id, Job.cancel_requested.is_(False),
-          worker_id=worker_id, lease_expires_at=lease_until, attempts=Job.attempts + 1,
-          started_at=func.coalesce(Job.started_at, utcnow()))
-    job = repository.job_by_id(s, job_id)
+          **_claimed_values(worker_id, lease_until))
+    return _started(s, job_id, worker_id)
+
+
+def claim_next(s: Session, worker_id: str, lease_until: datetime) -> Job | None:
+    """The longest waiting queued job without a cancel request → running on ``worker_id``; ``None``
+    when no job waits. Any free worker takes the next job, whichever worker its ``train.requested``
+    event went to, so as many jobs train at once as workers have free slots.
+
+    One UPDATE whose subquery picks the job (:func:`repository.next_claimable`): on PostgreSQL the
+    row is locked ``FOR UPDATE SKIP LOCKED``, so workers claiming at the same time each get a
+    different job and none waits for another; on SQLite (the all-in-one's database) writes run one
+    at a time and the status guard makes the update a compare-and-set."""
+    claimed = s.execute(update(Job).where(Job.id == repository.next_claimable(), Job.status == QUEUED,
+                                          Job.cancel_requested.is_(False))
+                        .values(status=RUNNING, **_claimed_values(worker_id, lease_until))
+                        .returning(Job.id).execution_options(synchronize_session=False)).scalar_one_or_none()
+    return None if claimed is None else _started(s, claimed, worker_id)
+
+
+def _started(s: Session, job_id: str, worker_id: str) -> Job:
+    """After a claim: the job as it is now, the time it waited in the queue, its "started" event."""
+    job = repository.job_by_id(s, job_id, lock=True)  # read afresh: the session may hold it from before
     assert job is not None
     QUEUE_WAIT.observe(max((utcnow() - (job.queued_at or job.created_at)).total_seconds(), 0.0))
     attempt = f" (attempt {job.attempts})" if job.attempts > 1 else ""
@@ -198,7 +229,7 @@ def requeue(s: Session, publisher: EventPublisher, job_id: str, tenant_id: str, 
           worker_id=None, lease_expires_at=None, queued_at=utcnow())
     add_event(s, job_id, f"Worker shut down at step {step}; a checkpoint was saved and the job was queued "
                          "again.", level="warn")
-    publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=job_id), tenant_id, key=job_id)
+    publisher.publish_in(s, "train.requested", trainer_pb2.TrainRequested(job_id=job_id), tenant_id, key=job_id)
     JOBS_REQUEUED.labels("shutdown").inc()
 
 
@@ -223,7 +254,7 @@ def _stop(s: Session, publisher: EventPublisher, job_id: str, tenant_id: str, st
     _move(s, job_id, (RUNNING,), status, *guards, finished_at=finished_at, lease_expires_at=None,
           error_code=error_code, error_message=(error_message or message) if status == FAILED else None)
     add_event(s, job_id, message, level=level)
-    publisher.publish(f"job.{status}", trainer_pb2.JobFinished(
+    publisher.publish_in(s, f"job.{status}", trainer_pb2.JobFinished(
         job_id=job_id, status=status_to_proto(status), error_message=message), tenant_id, key=job_id)
     JOBS_FINISHED.labels(status).inc()
 
@@ -247,8 +278,8 @@ def recover(s: Session, publisher: EventPublisher, lost: repository.ExpiredLease
     _move(s, lost.job_id, (RUNNING,), QUEUED, *expired, worker_id=None, lease_expires_at=None, queued_at=now)
     add_event(s, lost.job_id, f"{why}; the job was queued again and resumes from its last checkpoint.",
               level="warn")
-    publisher.publish("train.requested", trainer_pb2.TrainRequested(job_id=lost.job_id), lost.tenant_id,
-                      key=lost.job_id)
+    publisher.publish_in(s, "train.requested", trainer_pb2.TrainRequested(job_id=lost.job_id), lost.tenant_id,
+                         key=lost.job_id)
     JOBS_REQUEUED.labels("lease_expired").inc()
     return QUEUED
 
@@ -263,7 +294,7 @@ def succeed(s: Session, publisher: EventPublisher, job: Job, worker_id: str, res
     add_event(s, job.id, f"New fine-tuned model created: {fine_tuned_model}")
     add_event(s, job.id, "The job has successfully completed.")
     hyperparameters = {**job_hyperparameters(job), "seed": job.seed, "learning_rate": learning_rate}
-    publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
+    publisher.publish_in(s, "job.succeeded", trainer_pb2.JobSucceeded(
         job_id=job.id, base_model=job.model, fine_tuned_model=fine_tuned_model,
         adapter_uri=str(result.adapter_dir), trained_tokens=result.trained_tokens, lora_rank=result.lora_r,
         target_modules=result.target_modules, final_loss=result.final_loss or 0.0,
@@ -306,7 +337,8 @@ def record_progress(s: Session, job_id: str, worker_id: str, p: Progress) -> boo
 
 
 def publish_progress(publisher: EventPublisher, job_id: str, tenant_id: str, p: Progress) -> None:
-    """``job.progress``, without waiting for the broker (progress is frequent and expendable)."""
+    """``job.progress``, without waiting for the broker (progress is frequent and expendable; one the
+    producer cannot deliver is kept in the outbox when the publisher has a database)."""
     publisher.publish("job.progress", trainer_pb2.JobProgress(
         job_id=job_id, step=p.step, total_steps=p.total_steps, epoch=p.epoch,
         train_loss=p.train_loss or 0.0, tokens_per_second=p.tokens_per_second,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -13,6 +13,8 @@ from coachforge_shared.ids import utcnow
 
 class Job(Base):
     __tablename__ = "fine_tuning_jobs"
+    # Workers claim the longest waiting queued job: an index scan in claim order (repository.next_claimable).
+    __table_args__ = (Index("ix_fine_tuning_jobs_claim_order", "status", "queued_at", "created_at"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)

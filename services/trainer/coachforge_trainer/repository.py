@@ -7,8 +7,8 @@ import json
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ScalarSelect, select
+from sqlalchemy.orm import Session, aliased
 
 from coachforge_shared.errors import InvalidArgument, NotFound
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
@@ -76,6 +76,18 @@ def checkpoints_page(s: Session, job_id: str, after: str | None, limit: int) -> 
 def has_checkpoint(s: Session, job_id: str, step: int) -> bool:
     return s.scalar(select(JobCheckpoint.id).where(JobCheckpoint.job_id == job_id,
                                                    JobCheckpoint.step == step)) is not None
+
+
+def next_claimable() -> ScalarSelect[str]:
+    """The id of the job to train next, as a subquery for the claiming UPDATE: a queued job with no
+    cancel request, the longest waiting first (``queued_at``, set whenever a job is queued, then
+    ``created_at`` and the id for ties: index ``ix_fine_tuning_jobs_claim_order``). On PostgreSQL
+    the row is locked ``FOR UPDATE SKIP LOCKED``, so claimers at the same time each get a different
+    job without waiting for one another; SQLite has no row locks and runs one write at a time."""
+    queued = aliased(Job)
+    return (select(queued.id).where(queued.status == "queued", queued.cancel_requested.is_(False))
+            .order_by(queued.queued_at, queued.created_at, queued.id).limit(1)
+            .with_for_update(skip_locked=True).scalar_subquery())
 
 
 def cancel_requested(s: Session, job_id: str) -> bool:

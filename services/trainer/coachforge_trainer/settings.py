@@ -38,6 +38,14 @@ class TrainerSettings(BaseSettings):
                     "died) is queued again and resumes from its last checkpoint.")
     max_attempts: int = Field(
         default=3, ge=1, description="A job whose worker was lost this many times fails instead of being queued again.")
+    concurrency: int = Field(
+        default=1, ge=1,
+        description="Jobs one worker process trains at once (its slots): a free slot claims the oldest queued job "
+                    "from the database. On a GPU node keep one per GPU the process may use.")
+    claim_scan_seconds: float = Field(
+        default=10.0, gt=0,
+        description="An idle slot looks for a queued job this often even when no train.requested event woke it, "
+                    "so a job whose event was lost, or went to a busy worker, is still trained by any idle one.")
     checkpoint_steps: int = Field(
         default=0, ge=0, description="Default checkpoint interval in optimizer steps; 0 = at each epoch end.")
     metrics_port: int | None = Field(

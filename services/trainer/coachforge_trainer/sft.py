@@ -36,6 +36,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -75,6 +76,11 @@ CHECKPOINTS_DIRNAME = "checkpoints"
 """Name of the folder, inside ``output_dir``, that holds ``checkpoint-<step>`` folders."""
 _STATE_FILE = "trainer_state.json"
 """Written last into a checkpoint folder: a folder without it is incomplete."""
+
+_MODEL_LOAD = threading.Lock()
+"""Loading a model is not thread-safe: transformers swaps process-wide functions while it builds one
+(parameters on the meta device, skipped weight init), so two loads at once in one process leave
+models, or the process, with empty "meta" weights. A worker with several slots loads one at a time."""
 
 
 @dataclass
@@ -352,16 +358,17 @@ def run_sft(
         callbacks: list[TrainerCallback] = [callback]
         if early_stopping:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
-        trainer = _AnswerHeadSFTTrainer(
-            model=str(base_model_dir),
-            args=config,
-            train_dataset=dataset,
-            eval_dataset=eval_dataset,
-            processing_class=tokenizer,
-            peft_config=peft_config,
-            quantization_config=quantization_config,
-            callbacks=callbacks,
-        )
+        with _MODEL_LOAD:
+            trainer = _AnswerHeadSFTTrainer(
+                model=str(base_model_dir),
+                args=config,
+                train_dataset=dataset,
+                eval_dataset=eval_dataset,
+                processing_class=tokenizer,
+                peft_config=peft_config,
+                quantization_config=quantization_config,
+                callbacks=callbacks,
+            )
         # With tqdm disabled, transformers prints every log dict to stdout; progress is
         # reported through ``on_progress`` and the logger instead.
         trainer.remove_callback(PrinterCallback)

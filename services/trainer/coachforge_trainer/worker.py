@@ -1,7 +1,16 @@
-"""Trainer worker: a member of the ``trainer-workers`` consumer group that claims queued jobs
-from ``train.requested`` and runs LoRA SFT on them, one job at a time.
+"""Trainer worker: claims queued fine-tuning jobs from the database and runs LoRA SFT on them,
+``COACHFORGE_TRAINER_CONCURRENCY`` jobs at a time (its slots, default one).
 
 Run it as ``coachforge-trainer-worker`` (or ``python -m coachforge_trainer.worker``).
+
+Claiming: each slot is a thread that takes the longest waiting queued job
+(:func:`coachforge_trainer.lifecycle.claim_next`) whenever it is free, trains it, and looks again.
+The worker is also a member of the ``trainer-workers`` consumer group of ``train.requested``, but an
+event only wakes its idle slots; it does not decide who trains which job. So every idle slot of every
+worker can take any job (the topic's partitions do not bound how many jobs train at once, and a
+worker never trains two jobs one after the other while others idle), and the consumer's poll thread
+never trains: it keeps polling, and stays in its group, while jobs run for hours. An idle slot also
+looks every ``claim_scan_seconds``, so a job whose event was lost is trained all the same.
 
 Failure model: a worker holds a lease on its running job and renews it every
 ``lease_seconds / 3``. Every worker also sweeps for running jobs whose lease expired (their
@@ -34,11 +43,12 @@ from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.dataset.v1 import dataset_pb2
 from coachforge.trainer.v1 import trainer_pb2
 from coachforge_shared.bootstrap import internal_token
-from coachforge_shared.db import Database
+from coachforge_shared.db import Database, OutageBackoff
 from coachforge_shared.events import EventConsumer, EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import configure_logging, get_logger
+from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.settings import PlatformSettings
 from coachforge_trainer import lifecycle, repository
 from coachforge_trainer.lifecycle import IllegalTransition
@@ -83,21 +93,67 @@ class Worker:
         self.platform = platform
         self.worker_id = worker_id
         self.shutting_down = threading.Event()
+        self.wake = threading.Event()
+        """Set by a ``train.requested`` event (and by :meth:`stop`): idle slots look for a job now
+        rather than at their next scan."""
+        self._slots: list[threading.Thread] = []
 
     # -- claiming -----------------------------------------------------------------------------
     def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.deps.settings.lease_seconds)
 
-    def handle(self, s: Session, env: Envelope, payload: trainer_pb2.TrainRequested) -> Any:
-        """Claim the job inside the event's transaction (a conditional update, so exactly one
-        worker wins); train after it committed."""
-        try:
-            job = lifecycle.claim(s, payload.job_id, env.tenant_id, self.worker_id, self._lease_until())
-        except IllegalTransition:
-            log.info("skipping job that is not queued", job_id=payload.job_id)
-            return None
-        job_id, tenant_id = job.id, job.tenant_id
-        return lambda: self.run(job_id, tenant_id)
+    def handle(self, s: Session, env: Envelope, payload: trainer_pb2.TrainRequested) -> None:
+        """A ``train.requested`` event wakes the idle slots, which claim from the database (the job
+        named may already be another worker's; a slot takes whichever job waits longest). Returns at
+        once: training never runs in the consumer's poll thread."""
+        log.debug("training requested", job_id=payload.job_id)
+        self.wake.set()
+
+    def claim(self) -> tuple[str, str] | None:
+        """Claim the longest waiting queued job for this worker: its id and tenant, or ``None``."""
+        with self.deps.db.session() as s:
+            job = lifecycle.claim_next(s, self.worker_id, self._lease_until())
+            return None if job is None else (job.id, job.tenant_id)
+
+    # -- slots --------------------------------------------------------------------------------
+    def train_forever(self) -> None:
+        """One slot, until shutdown: claim a job, train it, repeat; with none queued, wait for a
+        wake-up or the next scan. The wake-up flag is cleared before the claim, so a request that
+        comes while the claim runs still wakes the slot afterwards."""
+        backoff = OutageBackoff("trainer-claim")
+        while not self.shutting_down.is_set():
+            self.wake.clear()
+            if self.shutting_down.is_set():
+                break  # woken by stop(): claim nothing more
+            try:
+                claimed = self.claim()
+            except Exception as err:  # the database may be away: logged once, claimed again later
+                backoff.failed(err, "claiming a job failed")
+                claimed = None
+            else:
+                backoff.succeeded()
+            if claimed is None:
+                self.wake.wait(backoff.wait(self.deps.settings.claim_scan_seconds))
+                continue
+            try:
+                self.run(*claimed)
+            except Exception:  # the lease expires and the sweep queues the job again
+                log.exception("running the job failed", job_id=claimed[0])
+
+    def start(self) -> None:
+        """Start the worker's slots: ``concurrency`` threads, each training one job at a time."""
+        self._slots = [threading.Thread(target=self.train_forever, name=f"slot-{i}", daemon=True)
+                       for i in range(self.deps.settings.concurrency)]
+        for slot in self._slots:
+            slot.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming and wait for the slots: a running job pauses after its current step, saves
+        a checkpoint and is queued again for the next worker."""
+        self.shutting_down.set()
+        self.wake.set()
+        for slot in self._slots:
+            slot.join(timeout)
 
     # -- leases -------------------------------------------------------------------------------
     def renew_lease(self, job_id: str) -> bool:
@@ -123,11 +179,14 @@ class Worker:
 
     def sweep_forever(self) -> None:
         """Background thread: look for jobs whose worker disappeared, until shutdown."""
-        while not self.shutting_down.wait(self.deps.settings.heartbeat_seconds):
+        backoff = OutageBackoff("lease-sweeper")
+        while not self.shutting_down.wait(backoff.wait(self.deps.settings.heartbeat_seconds)):
             try:
                 self.requeue_expired()
-            except Exception:
-                log.exception("lease sweep failed")
+            except Exception as err:  # the database may be away: logged once, swept again later
+                backoff.failed(err, "lease sweep failed")
+            else:
+                backoff.succeeded()
 
     # -- running ------------------------------------------------------------------------------
     def _load_examples(self, tenant_id: str, file_id: str, split: str = "train") -> list[dict[str, Any]]:
@@ -294,8 +353,9 @@ class Worker:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="coachforge-trainer-worker", description=(
-        "Trainer worker: claims fine-tuning jobs from the train.requested topic and trains them, one at a time. "
-        "Settings come from COACHFORGE_* / COACHFORGE_TRAINER_* environment variables."))
+        "Trainer worker: claims queued fine-tuning jobs and trains them, COACHFORGE_TRAINER_CONCURRENCY at a "
+        "time (train.requested events wake it). Settings come from COACHFORGE_* / COACHFORGE_TRAINER_* "
+        "environment variables."))
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="serve Prometheus metrics on this port (default: COACHFORGE_TRAINER_METRICS_PORT)")
     parser.add_argument("--metrics-port-offset", type=int, default=0,
@@ -310,10 +370,16 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(platform.log_level, json=platform.log_json)
     token = internal_token(platform)
     db = Database(platform.resolved_database_url)
-    publisher = EventPublisher(platform.kafka_bootstrap, "trainer-worker")
+    publisher = EventPublisher(platform.kafka_bootstrap, "trainer-worker", db=db,
+                               delivery_timeout_ms=platform.kafka_delivery_timeout_ms)
+    relay = OutboxRelay(db, publisher, poll_seconds=platform.outbox_poll_seconds,
+                        batch_size=platform.outbox_batch_size, name="outbox-trainer-worker")
+    relay.start()  # sends the job events this worker's moves write to the outbox
     deps = TrainerDeps(db=db, settings=settings, publisher=publisher,
-                       dataset=InternalChannel(settings.dataset_grpc_target or platform.grpc_target, token),
-                       registry=InternalChannel(settings.registry_grpc_target or platform.grpc_target, token))
+                       dataset=InternalChannel(settings.dataset_grpc_target or platform.grpc_target, token,
+                                               default_timeout_s=platform.grpc_client_timeout_s),
+                       registry=InternalChannel(settings.registry_grpc_target or platform.grpc_target, token,
+                                                default_timeout_s=platform.grpc_client_timeout_s))
     worker_id = settings.worker_id or f"{socket.gethostname()}-{os.getpid()}"
     worker = Worker(deps, platform, worker_id)
     if settings.metrics_port:
@@ -322,19 +388,24 @@ def main(argv: list[str] | None = None) -> None:
     sweeper = threading.Thread(target=worker.sweep_forever, name="lease-sweeper", daemon=True)
     sweeper.start()
     consumer = EventConsumer(platform.kafka_bootstrap, settings.consumer_group, ["train.requested"], worker.handle,
-                             db, max_poll_records=1, max_poll_interval_ms=24 * 3600 * 1000)
+                             db)
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         log.info("worker stopping", signal=signal.Signals(signum).name)
         worker.shutting_down.set()
-        consumer.stop()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("trainer worker ready", worker_id=worker_id, models_dir=str(platform.models_dir))
+    worker.start()
+    consumer.start()
+    log.info("trainer worker ready", worker_id=worker_id, slots=settings.concurrency,
+             models_dir=str(platform.models_dir))
     try:
-        consumer.run()
+        worker.shutting_down.wait()
+        worker.stop()  # running jobs pause at their next step and are queued again with their checkpoint
     finally:
+        consumer.stop()
+        relay.stop()
         publisher.close()
         db.dispose()
 

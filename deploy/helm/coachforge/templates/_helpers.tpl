@@ -147,6 +147,8 @@ app.kubernetes.io/part-of: coachforge
   value: {{ $root.Values.config.logJson | quote }}
 - name: COACHFORGE_DEFAULT_TENANT
   value: {{ $root.Values.config.defaultTenant | quote }}
+- name: COACHFORGE_EVENT_PARTITIONS
+  value: {{ $root.Values.config.eventPartitions | quote }}
 - name: COACHFORGE_DATA_DIR
   value: /var/lib/coachforge/data
 - name: COACHFORGE_MODELS_DIR
