@@ -30,7 +30,7 @@ from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
-from coachforge_shared.db import Database
+from coachforge_shared.db import Database, OutageBackoff
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_shared.metrics import (
@@ -160,13 +160,16 @@ class OutboxRelay:
         """Relay until :meth:`stop`: at once after a commit that wrote rows, else every
         ``poll_seconds``; after a pass that left rows unsent, again after a growing pause."""
         backoff = 0.0
+        database = OutageBackoff(self.name)  # a database outage is logged once, not every pass
         while not self._stop.is_set():
             self._wake.clear()  # a commit from now on wakes the next wait
             try:
                 sent, error = self.relay_once()
             except Exception as err:  # the database is away: same as the broker, try again later
-                log.exception("outbox relay failed", relay=self.name)
+                database.failed(err, "outbox relay failed")
                 sent, error = 0, str(err)
+            else:
+                database.succeeded()
             try:
                 self.count()
             except Exception:

@@ -253,13 +253,19 @@ class Worker:
         done = threading.Event()
 
         def heartbeat() -> None:
+            # Renewals keep their pace during a database outage (a longer pause would let the lease
+            # lapse); the outage is logged once, not every beat.
+            backoff = OutageBackoff(f"lease-{job_id}")
             while not done.wait(self.deps.settings.heartbeat_seconds):
                 try:
-                    if not self.renew_lease(job_id):
-                        lost_lease.set()
-                        return
-                except Exception:
-                    log.exception("lease renewal failed", job_id=job_id)
+                    renewed = self.renew_lease(job_id)
+                except Exception as err:
+                    backoff.failed(err, "lease renewal failed")
+                    continue
+                backoff.succeeded()
+                if not renewed:
+                    lost_lease.set()
+                    return
 
         beat = threading.Thread(target=heartbeat, name=f"lease-{job_id}", daemon=True)
         beat.start()
