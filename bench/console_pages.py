@@ -185,7 +185,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             platform = PlatformSettings(data_dir=Path(tmp), database_url=url, api_key=key)
             settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
-                                     broker_port=free_port(), worker_metrics_port=free_port())
+                                     broker_port=free_port(), worker_metrics_port=free_port(),
+                                     metrics_port=free_port())
             with Stack(platform, settings) as stack:
                 db = Database(url)
                 with db.session() as s:

@@ -109,9 +109,10 @@ def main() -> None:
     args = parser.parse_args()
     prompts = questions(args.items)
     with tempfile.TemporaryDirectory() as tmp:
-        platform = PlatformSettings(data_dir=Path(tmp), api_key="cf-bench-key")
+        platform = PlatformSettings(data_dir=Path(tmp), api_key="cf-bench-key-" + "0" * 24)
         settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
-                                 broker_port=free_port(), worker_metrics_port=free_port(), engine_max_model_len=1024)
+                                 broker_port=free_port(), worker_metrics_port=free_port(), metrics_port=free_port(),
+                                 engine_max_model_len=1024)
         stack = Stack(platform, settings, env={"COACHFORGE_EVALUATOR_RUN_CONCURRENCY": str(args.concurrency)})
         prepared = stack.start()
         try:

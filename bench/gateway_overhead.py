@@ -159,6 +159,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 STORE_GOAL_MS = 0.3
+BENCH_KEY = "cf-bench-" + "0" * 32
 """The request path's CPU that ``store: true`` may add per request."""
 
 STORE_METADATA = {"athlete_id": "ath-00042", "source": "app", "screen": "week", "app_version": "4.2.0"}
@@ -345,14 +346,16 @@ def main() -> None:
             raise SystemExit(f"--engine-cpus {args.engine_cpus} leaves no CPU for the gateway")
         os.sched_setaffinity(0, rest)
     with tempfile.TemporaryDirectory() as tmp:
-        platform = PlatformSettings(data_dir=Path(tmp), api_key="cf-bench")
+        platform = PlatformSettings(data_dir=Path(tmp), api_key=BENCH_KEY)
         settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
-                                 broker_port=free_port())
+                                 broker_port=free_port(), metrics_port=free_port())
         with Stack(platform, settings, env) as stack:
             direct = f"http://127.0.0.1:{settings.engine_port}/v1/chat/completions"
             gateway = f"http://127.0.0.1:{settings.http_port}/v1/chat/completions"
-            auth = {"Authorization": "Bearer cf-bench"}
-            drive(direct, {}, 8, 4, args.max_tokens)  # warm-up both paths
+            auth = {"Authorization": f"Bearer {BENCH_KEY}"}
+            assert stack.prepared is not None
+            engine_auth = {"Authorization": f"Bearer {stack.prepared.engine_api_key}"}
+            drive(direct, engine_auth, 8, 4, args.max_tokens)  # warm-up both paths
             drive(gateway, auth, 8, 4, args.max_tokens)
             services = services_process(stack)
             if args.engine_cpus:
@@ -373,7 +376,7 @@ def main() -> None:
             print(f"{'conc':>4} {'path':>8} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7}   added p50 / p99, own p50 / p99, "
                   "throughput, gateway CPU per request")
             for c in args.concurrency:
-                d_lat, d_wall, _ = drive(direct, {}, args.requests, c, args.max_tokens)
+                d_lat, d_wall, _ = drive(direct, engine_auth, args.requests, c, args.max_tokens)
                 cpu_before = cpu_seconds(services)
                 g_lat, g_wall, own = drive(gateway, auth, args.requests, c, args.max_tokens)
                 cpu_ms = (cpu_seconds(services) - cpu_before - idle * g_wall) * 1e3 / len(g_lat)

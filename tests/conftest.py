@@ -10,7 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,12 @@ class RunningStack:
     kafka_bootstrap: str
     worker_metrics_url: str = ""
     lease_seconds: float = 0.0
+    metrics_url: str = ""
+    """The services process's Prometheus metrics (its own port; the API port answers 404)."""
+    engine_api_key: str = ""
+    """The key the stack's vLLM engine requires (``Authorization: Bearer``)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Settings the stack's programs were started with on top of their defaults."""
 
 
 @pytest.fixture(scope="session")
@@ -120,12 +126,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
 
     data_dir = tmp_path_factory.mktemp("stack")
     platform = PlatformSettings(data_dir=data_dir, database_url=postgres_url, models_dir=model_cache_dir,
-                                api_key="cf-test-" + secrets.token_hex(8))
+                                api_key="cf-test-" + secrets.token_hex(16))
     settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
-                             broker_port=free_port(), worker_metrics_port=free_port(), engine_max_model_len=1024)
-    # A short lease, so that a killed worker's job is picked up again within seconds.
+                             broker_port=free_port(), worker_metrics_port=free_port(), metrics_port=free_port(),
+                             engine_max_model_len=1024)
+    # A short lease, so that a killed worker's job is picked up again within seconds; a short delivery
+    # timeout and stream idle timeout, so that the fault-injection tests (tests/chaos) outlast them quickly.
     lease_seconds = 6.0
-    running = Stack(platform, settings, env={"COACHFORGE_TRAINER_LEASE_SECONDS": str(lease_seconds)})
+    env = {"COACHFORGE_TRAINER_LEASE_SECONDS": str(lease_seconds), "COACHFORGE_KAFKA_DELIVERY_TIMEOUT_MS": "8000",
+           "COACHFORGE_GRPC_STREAM_IDLE_TIMEOUT_S": "10"}
+    running = Stack(platform, settings, env=env)
     prepared = running.start(progress=False)
     try:
         yield RunningStack(base_url=running.base_url, api_key=prepared.api_key,
@@ -133,7 +143,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
                            database_url=postgres_url, internal_token=internal_token(platform),
                            kafka_bootstrap=f"127.0.0.1:{settings.broker_port}",
                            worker_metrics_url=f"http://127.0.0.1:{settings.worker_metrics_port}/metrics",
-                           lease_seconds=lease_seconds)
+                           lease_seconds=lease_seconds, env=env,
+                           metrics_url=f"http://127.0.0.1:{settings.metrics_port}/metrics",
+                           engine_api_key=prepared.engine_api_key)
     finally:
         running.stop()
 

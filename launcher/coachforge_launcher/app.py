@@ -1,5 +1,6 @@
 """The services process of the all-in-one mode: every installed service (REST routers on one port,
-gRPC servicers on one port, event consumers) composed by the runtime into one process. Services
+gRPC servicers on one port, Prometheus metrics on one port, event consumers) composed by the
+runtime into one process. Services
 still reach each other through real gRPC calls (to this same server) and real events on the
 broker. Its ``/ready`` also asks the trainer workers the supervisor runs beside it.
 
@@ -33,7 +34,8 @@ def workers_answer(stack: StackSettings) -> bool:
 
 def build(platform: PlatformSettings, stack: StackSettings) -> tuple[FastAPI, runtime.Process]:
     return runtime.compose(sorted(runtime.available()), platform, f"{stack.host}:{stack.grpc_port}",
-                           extra_checks={"workers": lambda: workers_answer(stack)})
+                           extra_checks={"workers": lambda: workers_answer(stack)},
+                           metrics_address=f"{stack.host}:{stack.metrics_port}")
 
 
 def main() -> None:

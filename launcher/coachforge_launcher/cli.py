@@ -1,11 +1,16 @@
-"""``coachforge``: run the all-in-one stack, run the demo, prepare the base model."""
+"""``coachforge``: run the all-in-one stack, run the demo, prepare the base model, manage tenants
+and API keys."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from typing import Any
 
+from pydantic import ValidationError
+
+from coachforge_launcher import client
 from coachforge_launcher.settings import StackSettings
 from coachforge_shared import dead_letters, runtime
 from coachforge_shared.logging import configure_logging
@@ -24,6 +29,7 @@ CoachForge all-in-one
   OpenAI base URL  http://{stack.host}:{stack.http_port}/v1
   gRPC             {stack.host}:{stack.grpc_port}
   readiness        http://{stack.host}:{stack.http_port}/ready
+  metrics          http://{stack.host}:{stack.metrics_port}/metrics
   API key          {prepared.api_key}{'  (new; stored in ' + str(platform.data_dir / 'api-key') + ')'
                                       if prepared.key_created else ''}
   logs             {platform.data_dir / 'logs'}
@@ -51,7 +57,7 @@ def cmd_prepare_model(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from coachforge_launcher.serve import serve
 
-    serve(args.service, args.host, args.http_port, args.grpc_port)
+    serve(args.service, args.host, args.http_port, args.grpc_port, args.metrics_port)
     return 0
 
 
@@ -62,12 +68,86 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def cell(value: Any) -> str:
+        if isinstance(value, list):
+            return ",".join(value)
+        if isinstance(value, int) and value > 1_000_000_000:
+            import datetime
+
+            return datetime.datetime.fromtimestamp(value, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return "-" if value in (None, "") else str(value)
+
+    table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _admin(command: str, action: Any) -> int:
+    """Run ``action(db)`` on the platform's database (the one the services use, straight, as
+    ``coachforge migrate`` does); typed errors become one line and status 1."""
+    from coachforge_shared.db import Database
+    from coachforge_shared.errors import CoachForgeError
+
+    db = Database(PlatformSettings().resolved_database_url)
+    try:
+        action(db)
+    except CoachForgeError as err:
+        print(f"coachforge {command}: {err.message}", file=sys.stderr)
+        return 1
+    finally:
+        db.dispose()
+    return 0
+
+
+def cmd_tenants_create(args: argparse.Namespace) -> int:
+    from coachforge_shared import auth
+
+    return _admin("tenants create", lambda db: print(auth.new_tenant(db, args.name, args.display_name)["id"]))
+
+
+def cmd_tenants_list(args: argparse.Namespace) -> int:
+    from coachforge_shared import auth
+
+    return _admin("tenants list", lambda db: _print_table(auth.list_tenants(db), ["id", "name", "created_at"]))
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    from coachforge_shared import auth
+
+    def create(db: Any) -> None:
+        created, key = auth.create_api_key(db, args.tenant, name=args.name, scopes=args.scopes)
+        print(key)
+        print(f"API key {created['id']} of tenant {created['tenant']} with scopes {','.join(created['scopes'])}; "
+              "it is shown this once (only its hash is kept).", file=sys.stderr)
+
+    return _admin("keys create", create)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    from coachforge_shared import auth
+
+    columns = ["id", "tenant", "name", "prefix", "scopes", "created_at", "last_used_at", "revoked_at"]
+    return _admin("keys list", lambda db: _print_table(auth.list_api_keys(db, args.tenant), columns))
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    from coachforge_shared import auth
+
+    def revoke(db: Any) -> None:
+        revoked = auth.revoke_api_key(db, args.id)
+        print(f"revoked {revoked['id']} of tenant {revoked['tenant']}; running services stop accepting it within "
+              f"{PlatformSettings().api_key_cache_s:g} s (their key cache)")
+
+    return _admin("keys revoke", revoke)
+
+
 def cmd_coach_eval(args: argparse.Namespace) -> int:
     """The Polarize coach scenarios as a run of their stored eval (``polarize.scenarios``): the
     evaluator samples ``args.model`` on each scenario's prompt and grades the answers with the
     ``polarize_coach`` grader; this prints the table of the output items."""
     import time
-    from typing import Any
 
     import openai
     from tqdm import tqdm
@@ -320,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="0.0.0.0", help="interface to bind (default 0.0.0.0)")
     serve.add_argument("--http-port", type=int, default=8000, help="REST port (default 8000)")
     serve.add_argument("--grpc-port", type=int, default=50051, help="gRPC port (default 50051)")
+    serve.add_argument("--metrics-port", type=int, default=9400,
+                       help="Prometheus metrics port, apart from the REST port (default 9400)")
     serve.set_defaults(func=cmd_serve)
     sub.add_parser("migrate", help="upgrade the database to the latest schema; create the default tenant and "
                                    "register COACHFORGE_API_KEY if set").set_defaults(func=cmd_migrate)
@@ -351,6 +433,30 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--base-url", default=None, help="the stack's URL (default: this machine's stack)")
     compare.add_argument("--api-key", default=None, help="API key (default: COACHFORGE_API_KEY or the stored key)")
     compare.set_defaults(func=cmd_models_compare)
+    client.register(sub, models)
+    tenants = sub.add_parser(
+        "tenants", help="tenants (the database of COACHFORGE_DATABASE_URL / DATABASE_URL, as the services use)"
+    ).add_subparsers(dest="tenants_command", required=True)
+    tenant_create = tenants.add_parser("create", help="create a tenant")
+    tenant_create.add_argument("name", help="tenant id: lower-case letters, digits, '-' and '_'")
+    tenant_create.add_argument("--display-name", default=None, help="display name (default: the id)")
+    tenant_create.set_defaults(func=cmd_tenants_create)
+    tenants.add_parser("list", help="list the tenants").set_defaults(func=cmd_tenants_list)
+    keys = sub.add_parser("keys", help="API keys: random (32 bytes), shown once, stored hashed").add_subparsers(
+        dest="keys_command", required=True)
+    key_create = keys.add_parser("create", help="create an API key and print it (the only time it is shown)")
+    key_create.add_argument("--tenant", required=True, help="the tenant the key acts for")
+    key_create.add_argument("--name", default="", help="what the key is for")
+    key_create.add_argument("--scopes", default="read,write",
+                            help="comma separated: read (list, chat), write (upload, train, activate), admin "
+                                 "(keys, tenants) (default read,write)")
+    key_create.set_defaults(func=cmd_keys_create)
+    key_list = keys.add_parser("list", help="list API keys (never the keys themselves)")
+    key_list.add_argument("--tenant", default=None, help="only this tenant's keys")
+    key_list.set_defaults(func=cmd_keys_list)
+    key_revoke = keys.add_parser("revoke", help="revoke an API key")
+    key_revoke.add_argument("id", help="the key's id (key-…)")
+    key_revoke.set_defaults(func=cmd_keys_revoke)
     sub.add_parser("prepare-model", help="convert the bundled base model once and print its folder").set_defaults(
         func=cmd_prepare_model)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
@@ -395,8 +501,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="Kafka bootstrap servers (default: this machine's stack's broker)")
     replay.set_defaults(func=cmd_events_replay)
     args = parser.parse_args(argv)
-    platform = PlatformSettings()
-    configure_logging("WARNING" if args.command == "demo" else platform.log_level, json=platform.log_json)
+    try:
+        platform = PlatformSettings()
+    except ValidationError as err:
+        for problem in err.errors():
+            print(f"coachforge: {problem['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    # The demo and the client commands print their own progress; library INFO lines would bury it.
+    quiet = args.command == "demo" or getattr(args, "client_command", False)
+    configure_logging("WARNING" if quiet else platform.log_level, json=platform.log_json)
     result: int = args.func(args)
     return result
 

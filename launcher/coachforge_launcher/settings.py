@@ -12,6 +12,9 @@ class StackSettings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="Interface every port binds to.")
     http_port: int = Field(default=8000, description="REST port: every router, OpenAI base URL /v1.")
     grpc_port: int = Field(default=50051, description="gRPC port: every service.")
+    metrics_port: int = Field(
+        default=9400, description="Prometheus metrics of the services process (every service's /metrics); the REST "
+                                  "port does not serve them.")
     engine_port: int = Field(default=8100, description="Port of the embedded vLLM engine.")
     broker_port: int = Field(default=9092, description="Port of the embedded Kafka-compatible broker.")
     trainer_workers: int = Field(

@@ -5,6 +5,7 @@ runs in its own process group and is stopped as a group)."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from tqdm import tqdm
 from coachforge_launcher.models import BASE_MODEL_ID, prepare_base_model
 from coachforge_launcher.settings import StackSettings
 from coachforge_shared import migrate
-from coachforge_shared.auth import add_api_key, create_tenant, read_or_create_secret
+from coachforge_shared.auth import add_api_key, check_configured_key, create_tenant, read_or_create_secret
 from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
 from coachforge_shared.logging import get_logger
@@ -34,6 +35,8 @@ class Prepared:
     key_created: bool
     model_dir: Path
     env: dict[str, str]
+    engine_api_key: str = ""
+    """The key the vLLM engine requires; given only to the engine and the services process (inference)."""
 
 
 def external_broker(platform: PlatformSettings) -> bool:
@@ -42,8 +45,9 @@ def external_broker(platform: PlatformSettings) -> bool:
 
 
 def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
-    """Everything that must exist before the programs start: data dir, secrets, schema,
-    the default tenant and its API key, and the base model (converted once, then cached)."""
+    """Everything that must exist before the programs start: data dir, secrets (internal token, API
+    key, the engine's API key; each generated once and kept in data_dir, mode 0600), schema, the
+    default tenant and its API key, and the base model (converted once, then cached)."""
     platform.data_dir.mkdir(parents=True, exist_ok=True)
     (platform.data_dir / "logs").mkdir(exist_ok=True)
     token = internal_token(platform)
@@ -53,9 +57,12 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
     try:
         create_tenant(db, platform.default_tenant)
         api_key, created = read_or_create_secret(platform.data_dir / "api-key", platform.api_key)
+        check_configured_key(api_key, f"The API key in {platform.data_dir / 'api-key'}")
         add_api_key(db, platform.default_tenant, api_key, name="all-in-one")
     finally:
         db.dispose()
+    engine_key, _ = read_or_create_secret(platform.data_dir / "engine-api-key", None,
+                                          make=lambda: secrets.token_urlsafe(32))
     model_dir = prepare_base_model(platform.models_dir)
     bootstrap = platform.kafka_bootstrap if external_broker(platform) else f"{stack.host}:{stack.broker_port}"
     env = {
@@ -77,21 +84,30 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
     }
     if platform.database_url:
         env["DATABASE_URL"] = platform.database_url
-    return Prepared(api_key=api_key, key_created=created, model_dir=model_dir, env=env)
+    return Prepared(api_key=api_key, key_created=created, model_dir=model_dir, env=env, engine_api_key=engine_key)
 
 
 def _program(name: str, command: list[str], logs: Path, *, console: bool, priority: int,
-             stopwaitsecs: int = 15, numprocs: int = 1, raw_args: str = "") -> str:
+             stopwaitsecs: int = 15, numprocs: int = 1, raw_args: str = "",
+             environment: dict[str, str] | None = None) -> str:
     quoted = " ".join([*(_quote(c) for c in command), *([raw_args] if raw_args else [])])
     if console:
         output = "stdout_logfile=/dev/stdout\nstdout_logfile_maxbytes=0\n"
     else:
         output = f"stdout_logfile={logs}/{name}%(process_num)s.log\nstdout_logfile_maxbytes=50MB\n"
     proc_name = "%(program_name)s-%(process_num)s" if numprocs > 1 else "%(program_name)s"
+    if environment:  # this program's own variables (secrets only it may hold)
+        output += "environment=" + ",".join(f'{k}="{_env_value(v)}"' for k, v in environment.items()) + "\n"
     return (f"[program:{name}]\ncommand={quoted}\nprocess_name={proc_name}\nnumprocs={numprocs}\n"
             f"priority={priority}\nautostart=true\nautorestart=unexpected\nstartsecs=0\n"
             f"stopasgroup=true\nkillasgroup=true\nstopwaitsecs={stopwaitsecs}\nstopsignal=TERM\n"
             f"redirect_stderr=true\n{output}\n")
+
+
+def _env_value(value: str) -> str:
+    if any(c in value for c in '"\\\n,'):
+        raise ValueError("a program's environment value may not hold quotes, backslashes, commas or newlines")
+    return value.replace("%", "%%")
 
 
 def _quote(arg: str) -> str:
@@ -124,14 +140,18 @@ def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared
         "--enable-lora", "--max-lora-rank", str(stack.engine_max_lora_rank), "--max-loras",
         str(stack.engine_max_loras), "--max-model-len", str(stack.engine_max_model_len),
         "--dtype", stack.engine_dtype, "--gpu-memory-utilization", str(stack.engine_kv_cache_share),
-        "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30))
-    parts.append(_program("services", [py, "-m", "coachforge_launcher.app"], logs, console=console, priority=30))
+        "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30,
+        environment={"VLLM_API_KEY": prepared.engine_api_key}))
+    parts.append(_program("services", [py, "-m", "coachforge_launcher.app"], logs, console=console, priority=30,
+                          environment={"COACHFORGE_INFERENCE_ENGINE_API_KEY": prepared.engine_api_key}))
     # Worker i serves its metrics on worker_metrics_port + i (supervisord expands process_num).
     worker = [py, "-m", "coachforge_trainer.worker", "--metrics-port", str(stack.worker_metrics_port)]
     parts.append(_program("trainer-worker", worker, logs, console=console, priority=40,
                           numprocs=stack.trainer_workers, stopwaitsecs=60,
                           raw_args="--metrics-port-offset %(process_num)d"))
     path = data / "supervisord.conf"
+    path.touch(mode=0o600)
+    path.chmod(0o600)  # it holds the engine's API key
     path.write_text("".join(parts))
     return path
 

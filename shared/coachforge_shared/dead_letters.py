@@ -18,7 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from coachforge.common.v1.dead_letter_pb2 import DeadLetter
-from coachforge_shared.events import DEAD_LETTER_TOPIC, decode
+from coachforge_shared.events import DEAD_LETTER_TOPIC, decode, kafka_options
 from coachforge_shared.logging import get_logger
 
 log = get_logger("coachforge.dead_letters")
@@ -50,7 +50,7 @@ def read(bootstrap: str, *, consumer: str | None = None, event_type: str | None 
     event type), oldest failure first. Read from the beginning up to the end offsets seen at the
     start, by a consumer without a group: nothing is committed, no group is joined."""
     reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                           client_id="coachforge-dead-letters")
+                           client_id="coachforge-dead-letters", **kafka_options())
     found: dict[str, Letter] = {}
     try:
         partitions = reader.partitions_for_topic(DEAD_LETTER_TOPIC)
@@ -97,7 +97,8 @@ def replay(bootstrap: str, letters: Iterable[Letter]) -> list[Letter]:
         sent.setdefault((dl.topic, identity), letter)
     if not sent:
         return []
-    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="coachforge-replay", acks="all", linger_ms=0)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="coachforge-replay", acks="all", linger_ms=0,
+                             **kafka_options())
     try:
         futures = [producer.send(letter.letter.topic, value=letter.letter.record, key=letter.letter.key or None)
                    for letter in sent.values()]

@@ -5,7 +5,10 @@
 * Handling is idempotent: the handler runs in the same database transaction as the insert
   of a ``processed_events`` row for (group, event_id), so a redelivered event is skipped.
 * A record whose handler fails is retried in place with backoff; after the last attempt (at once
-  when it cannot be decoded) it goes to the ``dead-letter`` topic, and the consumer moves on.
+  when it cannot be decoded, or its handler found it invalid: :class:`InvalidEvent`) it goes to the
+  ``dead-letter`` topic, and the consumer moves on.
+* Every client connects with the platform's Kafka security settings (:func:`kafka_options`:
+  TLS, SASL).
 """
 
 from __future__ import annotations
@@ -43,8 +46,21 @@ from coachforge_shared.ids import new_id, utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_shared.metrics import EVENTS_CONSUMED, EVENTS_DEAD_LETTERED, EVENTS_PUBLISHED, OUTBOX_SPILLED
 from coachforge_shared.models import ProcessedEvent
+from coachforge_shared.settings import platform_settings
 
 log = get_logger("coachforge.events")
+
+
+def kafka_options() -> dict[str, Any]:
+    """The security options (``security_protocol``, SASL, TLS CA) every kafka-python client of this
+    process is made with: the platform settings' (``COACHFORGE_KAFKA_*``)."""
+    return platform_settings().kafka_options()
+
+
+class InvalidEvent(ValueError):
+    """Raised by a handler for an event that can never be handled (it breaks a rule the consumer
+    checks, e.g. an artifact outside the artifact store, a negative count): dead-lettered at once,
+    with this message, instead of being retried."""
 
 DEAD_LETTER_TOPIC = "dead-letter"
 """Where consumers put the records they gave up on (see :class:`EventConsumer`)."""
@@ -109,7 +125,7 @@ def decode(raw: bytes) -> tuple[Envelope, Message]:
 @_connect_retry
 def ensure_topics(bootstrap: str, topics: Iterable[str] = EVENT_TYPES, partitions: int = 3) -> None:
     """Create the topics that do not exist yet (idempotent)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="coachforge-admin")
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="coachforge-admin", **kafka_options())
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]
@@ -188,6 +204,7 @@ class EventPublisher:
         # when it first sends) turns fatal and fails every later send until the process restarts.
         # Consumers skip duplicates by event id anyway; one request in flight keeps the order.
         return KafkaProducer(bootstrap_servers=bootstrap, client_id=client_id, acks="all", linger_ms=0,
+                             **kafka_options(),
                              delivery_timeout_ms=delivery_timeout_ms,
                              request_timeout_ms=min(30_000, delivery_timeout_ms),
                              max_block_ms=min(60_000, delivery_timeout_ms),
@@ -398,6 +415,7 @@ class EventConsumer:
             heartbeat_interval_ms=1000,
             max_poll_interval_ms=max_poll_interval_ms,
             max_poll_records=max_poll_records,
+            **kafka_options(),
         )
         consumer.subscribe(topics)
         return consumer
@@ -433,6 +451,9 @@ class EventConsumer:
             if is_outage(err):  # not the event's fault: one line, not a traceback per attempt
                 log.warning("event handler: database unavailable", consumer=self.group, type=env.type,
                             event_id=env.event_id)
+            elif isinstance(err, InvalidEvent):
+                log.warning("invalid event refused", consumer=self.group, type=env.type, event_id=env.event_id,
+                            error=str(err))
             else:
                 log.exception("event handler failed", consumer=self.group, type=env.type, event_id=env.event_id)
             EVENTS_CONSUMED.labels(self.group, env.type, "failed").inc()
@@ -453,6 +474,8 @@ class EventConsumer:
         assert err is not None
         if outcome == "undecodable":  # no attempt can succeed
             attempts = 0
+        elif isinstance(err, InvalidEvent):  # nor for an event its handler found invalid
+            attempts = 1
         elif is_outage(err):
             # The database is away: no fault of the event, so it is not an attempt; the record waits
             # (retried every retry_max_s) until the database is back, and is never dead-lettered for it.
@@ -516,7 +539,7 @@ class EventConsumer:
                      event_id=f"dlq-{digest.hexdigest()[:24]}")
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=self._bootstrap, client_id=f"{self.group}-dead-letters",
-                                           acks="all", linger_ms=0)
+                                           acks="all", linger_ms=0, **kafka_options())
         self._producer.send(DEAD_LETTER_TOPIC, value=out.SerializeToString(), key=self.group.encode()).get(timeout=30)
         type_label = env.type if env is not None and env.type in EVENT_TYPES else "unknown"
         EVENTS_DEAD_LETTERED.labels(self.group, type_label).inc()

@@ -35,6 +35,8 @@ from coachforge_shared.auth import (
     INTERNAL_HEADER,
     TENANT_HEADER,
     Authenticator,
+    Principal,
+    grpc_scope,
     reset_principal,
     set_principal,
 )
@@ -154,9 +156,9 @@ class _IdleLimitedAsyncRequests:
 
 
 class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Authenticates each call (API key or internal token) and turns :class:`CoachForgeError`
-    into the matching status code; a database outage becomes UNAVAILABLE; anything else becomes
-    INTERNAL without leaking details.
+    """Authenticates each call (API key, with the scope the method needs, or internal token) and
+    turns :class:`CoachForgeError` into the matching status code; a database outage becomes
+    UNAVAILABLE; anything else becomes INTERNAL without leaking details.
 
     The server is a ``grpc.aio`` one: a servicer written with ``async def`` methods runs on the
     event loop; one with plain methods runs in the server's thread pool. Both get the caller as
@@ -249,8 +251,16 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return _IdleLimitedRequests(request, self.stream_idle_timeout_s)
         return request
 
-    def _sync_enter(self, context: Any) -> object:
-        return set_principal(self.authenticator.authenticate(*self._headers(context)))
+    @staticmethod
+    def _allowed(method: str, principal: Principal) -> Principal:
+        """``principal`` if it may call ``method``: internal callers may call anything, an API key
+        needs the method's scope (:func:`~coachforge_shared.auth.grpc_scope`)."""
+        if not principal.internal:
+            principal.require(grpc_scope(method))
+        return principal
+
+    def _sync_enter(self, method: str, context: Any) -> object:
+        return set_principal(self._allowed(method, self.authenticator.authenticate(*self._headers(context))))
 
     def _sync_fail(self, method: str, context: Any, err: Exception) -> None:
         code, message, trailing = self._failure(method, err)
@@ -264,7 +274,7 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 token = None
                 request = self._sync_requests(request, client_streams)
                 try:
-                    token = self._sync_enter(context)
+                    token = self._sync_enter(method, context)
                     result = inner(request, context)
                     if getattr(request, "idle", None) is not None:
                         raise request.idle
@@ -286,7 +296,7 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 token = None
                 request = self._sync_requests(request, client_streams)
                 try:
-                    token = self._sync_enter(context)
+                    token = self._sync_enter(method, context)
                     yield from inner(request, context)
                     if getattr(request, "idle", None) is not None:
                         raise request.idle
@@ -308,12 +318,12 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             return _IdleLimitedAsyncRequests(request, self.stream_idle_timeout_s)
         return request
 
-    async def _async_enter(self, context: Any) -> object:
+    async def _async_enter(self, method: str, context: Any) -> object:
         headers = self._headers(context)
         principal = self.authenticator.authenticate_cached(*headers)
         if principal is None:  # not cached: the database is asked from a worker thread
             principal = await asyncio.to_thread(self.authenticator.authenticate, *headers)
-        return set_principal(principal)
+        return set_principal(self._allowed(method, principal))
 
     async def _async_fail(self, method: str, context: Any, err: Exception) -> None:
         code, message, trailing = self._failure(method, err)
@@ -326,7 +336,7 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             token = None
             request = self._async_requests(request, client_streams)
             try:
-                token = await self._async_enter(context)
+                token = await self._async_enter(method, context)
                 result = await inner(request, context)
                 if getattr(request, "idle", None) is not None:
                     raise request.idle
@@ -347,7 +357,7 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             token = None
             request = self._async_requests(request, client_streams)
             try:
-                token = await self._async_enter(context)
+                token = await self._async_enter(method, context)
                 async for reply in inner(request, context):
                     yield reply
                 if getattr(request, "idle", None) is not None:

@@ -1,5 +1,8 @@
 """FastAPI plumbing: the ONE exception handler mapping typed errors to HTTP codes with
-OpenAI-style bodies, authentication, ``/metrics`` and request latency."""
+OpenAI-style bodies, authentication with scopes, request latency and the metrics listener.
+
+Prometheus metrics are not served on the API port: :func:`start_metrics_server` serves them on a
+port of their own, which the ingress does not route."""
 
 from __future__ import annotations
 
@@ -9,13 +12,13 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi.responses import JSONResponse
+from prometheus_client import start_http_server
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coachforge_shared.auth import INTERNAL_HEADER, TENANT_HEADER, Authenticator, Principal
+from coachforge_shared.auth import READ, SCOPES, WRITE, Authenticator, Principal
 from coachforge_shared.db import OUTAGE_ERRORS, is_outage, unavailable
 from coachforge_shared.errors import CoachForgeError, InvalidArgument
 from coachforge_shared.logging import get_logger
@@ -118,26 +121,66 @@ class RequestLatencyMiddleware:
                 HTTP_REQUESTS.labels(route, scope["method"], str(status)).observe(time.perf_counter() - start)
 
 
-def add_metrics_route(app: FastAPI) -> None:
-    """Serve ``/metrics`` and observe every request's latency (:class:`RequestLatencyMiddleware`)."""
+def add_request_metrics(app: FastAPI) -> None:
+    """Observe every request's latency (:class:`RequestLatencyMiddleware`)."""
     app.add_middleware(RequestLatencyMiddleware)
 
-    @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+class MetricsServer:
+    """Prometheus's text format on ``host:port`` (``/metrics``, any path in fact), in a thread of
+    its own: the metrics of every service in the process, apart from the public API port."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.server, self.thread = start_http_server(port, addr=host)
+        self.port = int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_metrics_server(host: str, port: int) -> MetricsServer:
+    """Serve the process's metrics on ``host:port`` (``0``: a free port, see ``.port``)."""
+    return MetricsServer(host, port)
+
+
+SCOPE_KEY = "x-coachforge-scope"
+"""OpenAPI extension naming the scope an operation needs, where it is not the default (``read``
+for GET and HEAD, ``write`` for every other method)."""
+
+
+def needs_scope(scope: str) -> dict[str, Any]:
+    """``openapi_extra`` of a route that needs ``scope`` rather than its method's default, e.g.
+    ``@router.post("/chat/completions", openapi_extra=needs_scope(READ))``."""
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+    return {SCOPE_KEY: scope}
+
+
+def required_scope(request: Request) -> str:
+    """The scope the matched route needs: its :func:`needs_scope`, else its method's default."""
+    extra = getattr(request.scope.get("route"), "openapi_extra", None) or {}
+    scope = extra.get(SCOPE_KEY)
+    if isinstance(scope, str):
+        return scope
+    return READ if request.method in ("GET", "HEAD") else WRITE
 
 
 async def get_principal(request: Request) -> Principal:
-    """Authenticate the caller with the app's :class:`Authenticator` (``app.state.authenticator``):
-    on the event loop when its key is cached (most requests: no thread hop), else from a worker
-    thread that asks the database."""
+    """Authenticate the caller with the app's :class:`Authenticator` (``app.state.authenticator``)
+    and check that its key has the scope the route needs (:func:`required_scope`; 403 naming it).
+
+    Only the API key counts here: the internal token and tenant headers are the gRPC listener's
+    and are ignored on the public REST port. The key is checked on the event loop when it is cached
+    (most requests: no thread hop), else from a worker thread that asks the database."""
     authenticator: Authenticator = request.app.state.authenticator
-    h = request.headers
-    headers = (h.get("authorization"), h.get(INTERNAL_HEADER), h.get(TENANT_HEADER))
-    principal = authenticator.authenticate_cached(*headers)
-    if principal is not None:
-        return principal
-    return await run_in_threadpool(authenticator.authenticate, *headers)
+    authorization = request.headers.get("authorization")
+    principal = authenticator.authenticate_cached(authorization, None, None)
+    if principal is None:
+        principal = await run_in_threadpool(authenticator.authenticate, authorization, None, None)
+    principal.require(required_scope(request))
+    return principal
 
 
 #: Declare ``principal: CurrentPrincipal`` on every endpoint: it authenticates the call.

@@ -20,7 +20,8 @@ class Tenant(Base):
 
 
 class ApiKey(Base):
-    """An API key, stored as its sha256 (the key itself is shown once, at creation)."""
+    """An API key, stored as its sha256 (the key itself is shown once, at creation). ``scopes`` is a
+    comma-separated subset of ``read``, ``write``, ``admin``."""
 
     __tablename__ = "api_keys"
 
@@ -31,6 +32,9 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    scopes: Mapped[str] = mapped_column(String(100), default="read,write,admin", server_default="read,write,admin")
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    """When the key last authenticated a request (to within a minute)."""
 
 
 class ProcessedEvent(Base):

@@ -12,7 +12,9 @@ one for ``coachforge serve <service>``. The app's lifespan starts one ``grpc.aio
 same event loop (every servicer, plus health and reflection), the event consumers and the
 services' own tasks, and stops them in reverse order. ``/health`` says the process is alive,
 ``/ready`` runs the one readiness check (database, broker, gRPC, consumers, each service's own
-checks), ``/metrics`` is Prometheus's.
+checks). Prometheus's metrics are served on a port of their own (``metrics_address``), never on the
+API port. Every composed app also mounts the admin API (``/v1/tenants``, ``/v1/keys``,
+:mod:`coachforge_shared.admin`).
 """
 
 from __future__ import annotations
@@ -32,13 +34,14 @@ from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import text
 
+from coachforge_shared import admin
 from coachforge_shared.auth import Authenticator
 from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database
 from coachforge_shared.errors import NotFound
 from coachforge_shared.events import EventConsumer, EventPublisher, Handler, ensure_topics
 from coachforge_shared.grpc_server import InternalChannel, ServiceRegistration, build_server, mark_serving
-from coachforge_shared.http import add_metrics_route, install_error_handlers
+from coachforge_shared.http import MetricsServer, add_request_metrics, install_error_handlers, start_metrics_server
 from coachforge_shared.logging import get_logger
 from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.settings import PlatformSettings
@@ -175,10 +178,12 @@ class Process:
 
 def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str, *,
             title: str = "CoachForge", extra_checks: Mapping[str, Check] | None = None,
-            client_id: str = "coachforge-services") -> tuple[FastAPI, Process]:
+            client_id: str = "coachforge-services", metrics_address: str | None = None) -> tuple[FastAPI, Process]:
     """One process running the services ``names``: their REST routers in the returned app, their
     gRPC servicers on ``grpc_address``, their consumers and tasks, all started and stopped by the
-    app's lifespan. ``extra_checks`` join ``/ready`` (e.g. the all-in-one's trainer workers)."""
+    app's lifespan. ``extra_checks`` join ``/ready`` (e.g. the all-in-one's trainer workers).
+    ``metrics_address`` (``host:port``): where Prometheus's metrics are served while the app runs
+    (``None``: nowhere)."""
     wires = [(name, load(name)) for name in names]
     db = Database(platform.resolved_database_url)
     ensure_topics(platform.kafka_bootstrap, partitions=platform.event_partitions)
@@ -191,11 +196,15 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
                                         batch_size=platform.outbox_batch_size, name=f"outbox-{client_id}")
     process.consumers = [EventConsumer(platform.kafka_bootstrap, c.group, list(c.topics), c.handler, db)
                          for service in services for c in service.consumers]
-    authenticator = Authenticator(db, wiring.token)
+    authenticator = Authenticator(db, wiring.token, key_cache_s=platform.api_key_cache_s)
     registrations = [reg for service in services for reg in service.servicers]
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        metrics: MetricsServer | None = None
+        if metrics_address is not None:
+            host, port = metrics_address.rsplit(":", 1)
+            metrics = start_metrics_server(host, int(port))
         server, health_servicer = build_server(registrations, authenticator, grpc_address,
                                                method_concurrency=platform.grpc_method_concurrency,
                                                stream_idle_timeout_s=platform.grpc_stream_idle_timeout_s)
@@ -207,7 +216,7 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
         for service in services:
             for hook in service.on_start:
                 await _call(hook)
-        log.info("services up", services=[s.name for s in services], grpc=grpc_address)
+        log.info("services up", services=[s.name for s in services], grpc=grpc_address, metrics=metrics_address)
         try:
             yield
         finally:
@@ -222,14 +231,18 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
             await asyncio.to_thread(relay.stop)
             await asyncio.to_thread(wiring.publisher.close)
             db.dispose()
+            if metrics is not None:
+                await asyncio.to_thread(metrics.stop)
 
     app = FastAPI(title=title, version="0.1.0", lifespan=lifespan,
                   description="Fine-tune and serve LoRA adapters; OpenAI-compatible under /v1.")
     app.state.authenticator = authenticator
+    app.state.admin = admin.AdminDeps(db=db, authenticator=authenticator, operator_tenant=platform.default_tenant)
     for service in services:
         setattr(app.state, service.name, service.deps)
     install_error_handlers(app)
-    add_metrics_route(app)
+    add_request_metrics(app)
+    app.include_router(admin.router)
     for service in services:
         for router in service.routers:
             app.include_router(router)

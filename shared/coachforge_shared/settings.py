@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +43,22 @@ class PlatformSettings(BaseSettings):
         "exist yet (existing topics keep theirs). A consumer group handles events on at most this many members "
         "at once; trainer workers claim their jobs from the database, so it does not limit training.",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Kafka client (producers, consumers, topic admin, the CLI) talks to the brokers: "
+        "PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS; use it whenever SASL passwords cross a "
+        "network).",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism when kafka_security_protocol is SASL_*.",
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the certificate authority that signed the brokers' certificates (SSL and "
+        "SASL_SSL; default: the system's trust store).",
+    )
     kafka_delivery_timeout_ms: int = Field(
         default=120_000, ge=1_000,
         description="How long the producer keeps trying to deliver an event before it gives up (kafka-python's "
@@ -65,8 +82,15 @@ class PlatformSettings(BaseSettings):
     )
     api_key: str | None = Field(
         default=None,
-        description="All-in-one mode: accepted as an API key of the default tenant. "
-        "When unset a key is generated on first start and stored in data_dir/api-key.",
+        description="Accepted as an API key of the default tenant with every scope (all-in-one start, "
+        "coachforge migrate); at least 32 characters. When unset the all-in-one mode generates one on first "
+        "start and stores it in data_dir/api-key.",
+    )
+    api_key_cache_s: float = Field(
+        default=5.0, ge=0,
+        description="How long a process remembers a valid API key before asking the database again, seconds. A "
+        "key revoked through the admin API stops working at once in the process that revoked it; in other "
+        "processes (and after coachforge keys revoke) within this time. 0: every request asks the database.",
     )
     default_tenant: str = Field(default="default", description="Tenant id of the all-in-one mode's owner.")
     grpc_target: str = Field(
@@ -92,7 +116,11 @@ class PlatformSettings(BaseSettings):
         "long streaming calls, such as exports and training data, set theirs where they are made).",
     )
     log_level: str = Field(default="INFO", description="Log level (DEBUG, INFO, WARNING, ERROR).")
-    log_json: bool = Field(default=False, description="Log one JSON object per line instead of console text.")
+    log_json: bool | None = Field(
+        default=None,
+        description="Log one JSON object per line instead of console text. Default: JSON unless standard error "
+        "is a terminal. Control characters in logged values are escaped either way.",
+    )
     artifacts_dir: Path | None = Field(
         default=None, description="Where adapters and result files are stored. Default: data_dir/artifacts."
     )
@@ -100,6 +128,33 @@ class PlatformSettings(BaseSettings):
         default_factory=lambda: Path.home() / ".cache" / "coachforge" / "models",
         description="Directory holding prepared base models, one folder per model id.",
     )
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_long_enough(cls, value: str | None) -> str | None:
+        from coachforge_shared.auth import check_configured_key
+
+        return None if value is None else check_configured_key(value)
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> PlatformSettings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"COACHFORGE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "COACHFORGE_KAFKA_SASL_MECHANISM, COACHFORGE_KAFKA_SASL_USERNAME and "
+                             "COACHFORGE_KAFKA_SASL_PASSWORD")
+        return self
+
+    def kafka_options(self) -> dict[str, Any]:
+        """Security options of every kafka-python client (producer, consumer, admin)."""
+        options: dict[str, Any] = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_security_protocol.startswith("SASL_"):
+            assert self.kafka_sasl_password is not None
+            options.update(sasl_mechanism=self.kafka_sasl_mechanism, sasl_plain_username=self.kafka_sasl_username,
+                           sasl_plain_password=self.kafka_sasl_password.get_secret_value())
+        if self.kafka_ssl_cafile is not None:
+            options["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return options
 
     @property
     def resolved_database_url(self) -> str:

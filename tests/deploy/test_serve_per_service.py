@@ -60,7 +60,8 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
                                                         tmp_path: Path, processes: list[subprocess.Popen[bytes]],
                                                         model_cache_dir: Path) -> None:
     ports = {name: (_free_port(), _free_port()) for name in SERVICES}
-    api_key = "cf-k8s-" + secrets.token_hex(8)
+    metrics_ports = {name: _free_port() for name in SERVICES}
+    api_key = "cf-k8s-" + secrets.token_hex(16)
     target = {name: f"127.0.0.1:{grpc_port}" for name, (_, grpc_port) in ports.items()}
     env = {
         **os.environ,
@@ -75,6 +76,7 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
         "COACHFORGE_TRAINER_REGISTRY_GRPC_TARGET": target["registry"],
         "COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET": target["registry"],
         "COACHFORGE_INFERENCE_ENGINE_URL": engine_url(stack.data_dir),
+        "COACHFORGE_INFERENCE_ENGINE_API_KEY": stack.engine_api_key,
         "COACHFORGE_COACH_INFERENCE_GRPC_TARGET": target["inference"],
         "COACHFORGE_COACH_REGISTRY_GRPC_TARGET": target["registry"],
         "COACHFORGE_EVALUATOR_INFERENCE_GRPC_TARGET": target["inference"],
@@ -97,7 +99,8 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
         with logs[name].open("wb") as out:
             processes.append(subprocess.Popen(
                 [COACHFORGE, "serve", name, "--host", "127.0.0.1", "--http-port", str(http_port),
-                 "--grpc-port", str(grpc_port)], env=env, stdout=out, stderr=subprocess.STDOUT))
+                 "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_ports[name])], env=env, stdout=out,
+                stderr=subprocess.STDOUT))
     deadline = time.monotonic() + 300
     for (name, (http_port, grpc_port)), proc in zip(ports.items(), processes, strict=True):
         checks = _wait_ready(f"http://127.0.0.1:{http_port}/ready", proc, logs[name], deadline)
@@ -111,7 +114,9 @@ def test_each_service_runs_alone_and_they_work_together(stack, scratch_postgres:
                     with pytest.raises(grpc.RpcError) as err:
                         health.Check(health_pb2.HealthCheckRequest(service=GRPC_NAMES[other]), timeout=5)
                     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        assert "coachforge_grpc_requests_total" in httpx.get(f"http://127.0.0.1:{http_port}/metrics").text
+        metrics_port = metrics_ports[name]  # metrics on their own port, not the API's
+        assert "coachforge_grpc_requests_total" in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        assert httpx.get(f"http://127.0.0.1:{http_port}/metrics").status_code == 404
 
     # Only its own routes: the registry answers /v1/models, the dataset process does not.
     headers = {"Authorization": f"Bearer {api_key}"}

@@ -81,7 +81,7 @@ def test_upload_finetune_register_and_chat(client: OpenAI, stack) -> None:  # ty
         assert answer.usage is not None
         assert answer.usage.prompt_tokens > 0 and answer.usage.completion_tokens > 0
 
-    metrics = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
+    metrics = httpx.get(stack.metrics_url).text
     assert (f'coachforge_inference_tokens_total{{kind="completion",model="{ft}",purpose="app",tenant="default"}}'
             in metrics)
 
@@ -250,7 +250,7 @@ def test_unservable_adapter_falls_back_to_base_only_where_the_avatar_allows(clie
     publisher = EventPublisher(stack.kafka_bootstrap, "e2e-test")
     publisher.publish("job.succeeded", trainer_pb2.JobSucceeded(
         job_id=f"ftjob-broken-{tag}", base_model=BASE_MODEL_ID, fine_tuned_model=broken,
-        adapter_uri=str(stack.data_dir / "no-such-adapter"), lora_rank=16), "default")
+        adapter_uri=str(stack.data_dir / "artifacts" / "default" / "no-such-adapter"), lora_rank=16), "default")
     publisher.close()
     deadline = time.monotonic() + 60
     while broken not in {m.id for m in client.models.list()}:
@@ -272,5 +272,5 @@ def test_unservable_adapter_falls_back_to_base_only_where_the_avatar_allows(clie
     assert raw.headers["x-coachforge-fallback"] == f"base; from={broken}"
     answer = raw.parse()
     assert answer.model == BASE_MODEL_ID and answer.choices[0].message.content
-    metrics = httpx.get(f"{root}/metrics").text
+    metrics = httpx.get(stack.metrics_url).text
     assert f'coachforge_inference_fallbacks_total{{model="{broken}",tenant="default"}} 1.0' in metrics

@@ -48,7 +48,8 @@ def test_a_run_survives_its_evaluator_being_killed(stack, tmp_path: Path) -> Non
     log = tmp_path / "doomed.log"
     with log.open("wb") as out:
         doomed = subprocess.Popen([str(Path(sys.executable).parent / "coachforge"), "serve", "evaluator", "--host",
-                                   "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port)],
+                                   "127.0.0.1", "--http-port", str(http_port), "--grpc-port", str(grpc_port),
+                                   "--metrics-port", str(_free_port())],
                                   env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
@@ -102,7 +103,7 @@ def test_a_run_survives_its_evaluator_being_killed(stack, tmp_path: Path) -> Non
     assert done.per_model_usage[0].invocation_count == ITEMS
     items = list(client.evals.runs.output_items.list(run.id, eval_id=ev.id, limit=100))
     assert sorted(i.datasource_item_id for i in items) == list(range(ITEMS))
-    metrics = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
+    metrics = httpx.get(stack.metrics_url).text
     resumed = [line for line in metrics.splitlines() if line.startswith("coachforge_eval_runs_resumed_total ")]
     assert resumed and float(resumed[0].split()[1]) >= 1
 

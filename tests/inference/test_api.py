@@ -30,17 +30,28 @@ from coachforge_shared.auth import (
     TENANT_HEADER,
     Authenticator,
     Principal,
+    add_api_key,
+    create_tenant,
     reset_principal,
     set_principal,
 )
+from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument, Unavailable
 from coachforge_shared.grpc_server import InternalChannel, build_server
 from coachforge_shared.http import install_error_handlers
 
 TENANT = "api-test"
 TOKEN = "internal-test-token"
+KEY = "cf-api-test-key"
 BASE = "fake-base"
 """The base model a FakeEngine serves (``FakeEngine.BASE``, tests/inference/conftest.py)."""
+
+
+def _rest_authenticator(db: Database) -> Authenticator:
+    """The REST port takes API keys only (the internal token is the gRPC listener's): one of TENANT's."""
+    create_tenant(db, TENANT)
+    add_api_key(db, TENANT, KEY)
+    return Authenticator(db, TOKEN)
 
 
 def _deps(url: str) -> InferenceDeps:
@@ -63,16 +74,16 @@ class _Context:
         self.initial = dict(metadata)
 
 
-def test_rest_answers_and_checks_bodies(fake_engine: Any) -> None:
+def test_rest_answers_and_checks_bodies(fake_engine: Any, db: Database) -> None:
     async def run() -> None:
         async with fake_engine(chunks=3) as engine:
             deps = _deps(engine.url)
             app = FastAPI()
-            app.state.authenticator = Authenticator(None, TOKEN)  # type: ignore[arg-type]  # internal calls only
+            app.state.authenticator = _rest_authenticator(db)
             app.state.inference = deps
             install_error_handlers(app)
             app.include_router(api.router)
-            headers = {INTERNAL_HEADER: TOKEN, TENANT_HEADER: TENANT}
+            headers = {"Authorization": f"Bearer {KEY}"}
             chat = {"model": "coach", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3}
             try:
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
@@ -220,7 +231,8 @@ class _Registry(registry_pb2_grpc.RegistryServiceServicer):
         return registry_pb2.Avatar(name=request.name, active_model="ft:priced", fallback="error")
 
 
-def test_grpc_purpose_bills_evaluations_apart_and_model_prices_resolve_like_requests(fake_engine: Any) -> None:
+def test_grpc_purpose_bills_evaluations_apart_and_model_prices_resolve_like_requests(fake_engine: Any,
+                                                                                    db: Database) -> None:
     """Over a real gRPC server: a completion asked with purpose "evaluation" is counted as one, a
     purpose that is neither app nor evaluation is refused naming it, REST is always "app"; and
     GetModelPrice answers the price table's entry, the base or fine-tuned default, an avatar's
@@ -301,13 +313,13 @@ def test_grpc_purpose_bills_evaluations_apart_and_model_prices_resolve_like_requ
 
                 # REST has no purpose: a body that names one is still an app's request.
                 app = FastAPI()
-                app.state.authenticator = Authenticator(None, TOKEN)  # type: ignore[arg-type]
+                app.state.authenticator = _rest_authenticator(db)
                 app.state.inference = deps
                 install_error_handlers(app)
                 app.include_router(api.router)
                 before = tokens("app"), tokens("evaluation")
                 async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-                    r = await client.post("/v1/completions", headers=dict(metadata),
+                    r = await client.post("/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
                                           json={"model": BASE, "prompt": "x", "purpose": "evaluation"})
                     assert r.status_code == 200, r.text
                 assert (tokens("app"), tokens("evaluation")) == (before[0] + 3, before[1])

@@ -58,6 +58,6 @@ def test_bad_bodies_are_field_errors(stack) -> None:  # type: ignore[no-untyped-
                    json={"model": typed, "messages": [{"role": "user", "content": "x"}]})
     assert r.status_code == 404 and r.json()["error"]["param"] == "model"
     # What a client typed never becomes a metric label (labels stay bounded).
-    metrics = httpx.get(f"{root}/metrics").text
+    metrics = httpx.get(stack.metrics_url).text
     assert typed not in metrics
     assert 'coachforge_inference_requests_total{model="unresolved",outcome="error",tenant="default"}' in metrics

@@ -125,7 +125,7 @@ def test_every_stream_is_billed(stack, base_avatar: str, avatar_usage) -> None: 
     chunks = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
     assert chunks and not any(c.get("usage") for c in chunks) and "data: [DONE]" in lines
     assert timing["engine"] > 0 and timing["gateway"] >= 0
-    metrics = httpx.get(f"{root}/metrics").text
+    metrics = httpx.get(stack.metrics_url).text
     assert 'coachforge_inference_gateway_seconds_count{mode="stream"}' in metrics
 
     with grpc.insecure_channel(stack.grpc_target) as channel:

@@ -49,7 +49,7 @@ def test_activation_and_rollback_reach_a_running_service_before_the_ttl(  # type
     _post(stack, "/avatars", {"name": avatar, "model": BASE_MODEL_ID})
     deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token),
-                         engines=EnginePool([stack_engine_url], health_interval_s=0),
+                         engines=EnginePool([stack_engine_url], health_interval_s=0, api_key=stack.engine_api_key),
                          kafka_bootstrap=stack.kafka_bootstrap)
 
     async def run() -> None:
@@ -124,11 +124,12 @@ def test_a_deleted_model_is_unloaded_from_the_engines(  # type: ignore[no-untype
     version = _upload(stack, lora_adapters[3], f"del{secrets.token_hex(3)}")
     deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token),
-                         engines=EnginePool([stack_engine_url], health_interval_s=0),
+                         engines=EnginePool([stack_engine_url], health_interval_s=0, api_key=stack.engine_api_key),
                          kafka_bootstrap=stack.kafka_bootstrap)
 
     def on_engine() -> set[str]:
-        return {m["id"] for m in httpx.get(f"{stack_engine_url}/v1/models", timeout=10).json()["data"]}
+        headers = {"Authorization": f"Bearer {stack.engine_api_key}"}  # the engine requires its key
+        return {m["id"] for m in httpx.get(f"{stack_engine_url}/v1/models", headers=headers, timeout=10).json()["data"]}
 
     async def run() -> None:
         try:

@@ -42,7 +42,9 @@ def _dead_url() -> str:
 
 
 def _deps(stack, urls: list[str], max_loras: int = 2, health_interval_s: float = 0) -> InferenceDeps:  # type: ignore[no-untyped-def]
-    pool = EnginePool(urls, timeout_s=120, max_loras=max_loras, health_interval_s=health_interval_s)
+    # The stack's engine requires its key; the second engine, started without one, ignores it.
+    pool = EnginePool(urls, timeout_s=120, max_loras=max_loras, health_interval_s=health_interval_s,
+                      api_key=stack.engine_api_key)
     return InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token), engines=pool)
 
@@ -68,8 +70,13 @@ async def _ask(deps: InferenceDeps, model: str) -> service.Routed:
     return routed
 
 
+ENGINE_HEADERS: dict[str, str] = {}
+"""Headers of a direct call to an engine: the stack's engine key (set by the ``engines`` fixture)."""
+
+
 def _on_engine(url: str) -> set[str]:
-    return {m["id"] for m in httpx.get(f"{url}/v1/models", timeout=10).json()["data"]} - {BASE_MODEL_ID}
+    found = httpx.get(f"{url}/v1/models", headers=ENGINE_HEADERS, timeout=10).json()["data"]
+    return {m["id"] for m in found} - {BASE_MODEL_ID}
 
 
 def _metric(name: str, **labels: str) -> float:
@@ -77,7 +84,8 @@ def _metric(name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def engines(stack_engine_url: str, second_engine: str) -> Iterator[tuple[str, str]]:
+def engines(stack, stack_engine_url: str, second_engine: str) -> Iterator[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    ENGINE_HEADERS["Authorization"] = f"Bearer {stack.engine_api_key}"
     yield stack_engine_url, second_engine
 
 

@@ -49,7 +49,8 @@ def test_adapter_in_object_storage_is_fetched_once_and_served(stack, stack_engin
     assert is_remote(uri) and not is_remote(str(source)) and not is_remote(f"file://{source}")
 
     cache = AdapterCache(tmp_path / "cache", {**s3_server.options, "endpoint_url": s3_server.endpoint_url})
-    pool = EnginePool([stack_engine_url], timeout_s=120, health_interval_s=0, adapters=cache)
+    pool = EnginePool([stack_engine_url], timeout_s=120, health_interval_s=0, adapters=cache,
+                      api_key=stack.engine_api_key)
     deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600),
                          registry=InternalChannel(stack.grpc_target, stack.internal_token), engines=pool)
     adapter = f"remote-{secrets.token_hex(3)}"

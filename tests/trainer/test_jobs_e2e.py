@@ -111,7 +111,7 @@ def test_checkpoints_with_validation_loss_then_cancel_keeps_them(client: OpenAI,
 
     metrics = httpx.get(stack.worker_metrics_url).text
     assert "coachforge_training_checkpoints_total" in metrics
-    services = httpx.get(stack.base_url.removesuffix("/v1") + "/metrics").text
+    services = httpx.get(stack.metrics_url).text
     assert 'coachforge_training_jobs{status="cancelled"}' in services
 
 

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Body, Query, Request
 from coachforge_coach import service
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, OutcomeIn, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.service import CoachDeps
-from coachforge_shared.http import CurrentPrincipal
+from coachforge_shared.auth import READ
+from coachforge_shared.http import CurrentPrincipal, needs_scope
 
 router = APIRouter(prefix="/v1/coach", tags=["coach"])
 
@@ -30,7 +31,7 @@ def modification_schema(principal: CurrentPrincipal) -> dict[str, Any]:
     return service.schema()
 
 
-@router.post("/validate")
+@router.post("/validate", openapi_extra=needs_scope(READ))
 def validate_modification(principal: CurrentPrincipal, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
     """Check a proposed modification (``{"modification": "<json text>"}``) against the schema."""
     text = body.get("modification")
@@ -81,7 +82,7 @@ def load_metrics(request: Request, principal: CurrentPrincipal, athlete_id: str,
     return service.load_metrics(_deps(request), principal.tenant_id, athlete_id, today, days)
 
 
-@router.post("/athletes/{athlete_id}/recommendations")
+@router.post("/athletes/{athlete_id}/recommendations", openapi_extra=needs_scope(READ))
 def recommend(request: Request, principal: CurrentPrincipal, athlete_id: str,
               body: RecommendIn | None = None) -> dict[str, Any]:
     """A preview: the model's (or, as a marked fallback, the rules') proposal with the verdict on

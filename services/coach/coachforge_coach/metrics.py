@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from prometheus_client import Counter
 
+OTHER_MODEL = "other"
+"""The ``model`` label of a recommendation whose requested model the registry does not know (the
+requested string comes from the client: it never becomes a label)."""
+
 RECOMMENDATIONS = Counter("coachforge_coach_recommendations_total",
                           "Recommendations previewed, by who answered (model or rules).",
                           ["tenant", "model", "source"])

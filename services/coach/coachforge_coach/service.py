@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from coachforge_coach import outcomes
 from coachforge_coach import repository as repo
 from coachforge_coach.clients import ModelClient, token_counter
-from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, RECOMMENDATIONS
+from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, OTHER_MODEL, RECOMMENDATIONS
 from coachforge_coach.models import Athlete, CoachOutcome, PlanChange, Recommendation, Wellness, Workout
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.settings import CoachSettings
@@ -414,11 +414,13 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
     answer: dict[str, Any] | None = None
     answered_by = ""
     base = settings.default_base_model
+    known_model = False  # the registry knows ``model``; else it is a client's string: no label, no log value
     if deps.models is None:
         fallback = {"reason": "model_unavailable", "message": "No inference service is configured."}
     else:
         try:
             base = deps.models.base_model(tenant_id, model)
+            known_model = True
         except CoachForgeError as err:
             fallback = {"reason": _REASONS.get(type(err).__name__, "model_error"), "message": err.message}
     count, tokenizer = token_counter(deps.models_dir, base)
@@ -466,15 +468,16 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
             if proposal.operations and not verdict[0]:
                 fallback = {"reason": "rejected_by_rules",
                             "message": "Every operation the model proposed broke a safety rule."}
+        model_label = model if known_model else OTHER_MODEL
         if fallback is not None:
-            FALLBACKS.labels(tenant_id, model, fallback["reason"]).inc()
-            log.info("rule-based fallback", tenant=tenant_id, model=model, reason=fallback["reason"])
+            FALLBACKS.labels(tenant_id, model_label, fallback["reason"]).inc()
+            log.info("rule-based fallback", tenant=tenant_id, model=model_label, reason=fallback["reason"])
             proposal = rule_based(snap.state, _week(snap), today, config=deps.config)
             verdict = _check(s, snap, proposal, deps.config)
         assert proposal is not None and verdict is not None
         accepted, violations, upcoming = verdict
         source = "rules" if fallback is not None else "model"
-        RECOMMENDATIONS.labels(tenant_id, model, source).inc()
+        RECOMMENDATIONS.labels(tenant_id, model_label, source).inc()
         rec = Recommendation(id=rec_id, tenant_id=tenant_id, athlete_id=athlete.id, source=source,
                              model=(answered_by or model) if source == "model" else "", prompt_hash=digest,
                              modification_json=proposal.to_json(),

@@ -15,8 +15,9 @@ from coachforge_inference import usage as usage_mod
 from coachforge_inference.schemas import CompletionSettingsIn, FeedbackIn, ReviewIn, UpdateCompletion
 from coachforge_inference.service import InferenceDeps
 from coachforge_inference.validation import CHAT, COMPLETIONS
+from coachforge_shared.auth import READ
 from coachforge_shared.errors import InvalidArgument, Unavailable
-from coachforge_shared.http import ARRIVED, CurrentPrincipal
+from coachforge_shared.http import ARRIVED, CurrentPrincipal, needs_scope
 
 router = APIRouter(prefix="/v1", tags=["inference"])
 
@@ -61,14 +62,14 @@ async def _answer(request: Request, tenant_id: str, path: str) -> Any:
     return Response(content, media_type="application/json", headers=routed.headers())
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=needs_scope(READ))
 async def chat_completions(request: Request, principal: CurrentPrincipal) -> Any:
     """OpenAI chat completions (``stream`` for server-sent events); checked by
     :func:`coachforge_inference.validation.validate` like the gRPC ones."""
     return await _answer(request, principal.tenant_id, CHAT)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=needs_scope(READ))
 async def completions(request: Request, principal: CurrentPrincipal) -> Any:
     """OpenAI text completions (``stream`` for server-sent events)."""
     return await _answer(request, principal.tenant_id, COMPLETIONS)

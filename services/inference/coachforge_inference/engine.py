@@ -56,8 +56,10 @@ def engine_error(status: int, text: str) -> CoachForgeError:
 
 
 class Engine:
-    def __init__(self, base_url: str, timeout_s: float) -> None:
+    def __init__(self, base_url: str, timeout_s: float, api_key: str | None = None) -> None:
+        """``api_key``: the engine's (sent as ``Authorization: Bearer`` with every call)."""
         self.base_url = base_url.rstrip("/")
+        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=5.0, sock_read=timeout_s)
         self._http: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -74,7 +76,7 @@ class Engine:
             self._loop = loop
             # read_bufsize: a server-sent event line may be up to twice this long (long logprobs).
             self._http = aiohttp.ClientSession(timeout=self._timeout, connector=aiohttp.TCPConnector(limit=256),
-                                               read_bufsize=2**20, auto_decompress=False)
+                                               read_bufsize=2**20, auto_decompress=False, headers=self._headers)
         return self._http
 
     def _unreachable(self, what: str, err: BaseException) -> EngineUnreachable:

@@ -25,6 +25,7 @@ from kafka.structs import TopicPartition
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.registry.v1 import registry_pb2
 from coachforge_inference.metrics import CACHE_INVALIDATIONS
+from coachforge_shared.events import kafka_options
 from coachforge_shared.logging import get_logger
 
 log = get_logger("coachforge.inference.invalidation")
@@ -92,7 +93,8 @@ class ModelEventListener:
         while not self._stop.is_set():
             try:
                 consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                         enable_auto_commit=False, client_id="coachforge-inference-models")
+                                         enable_auto_commit=False, client_id="coachforge-inference-models",
+                                         **kafka_options())
             except (KafkaError, OSError) as err:
                 log.warning("model events: broker unreachable", error=str(err))
                 self._stop.wait(2)

@@ -95,10 +95,13 @@ class Lease:
 class EnginePool:
     def __init__(self, urls: Iterable[str] = (), *, timeout_s: float = 300.0, max_loras: int = 4,
                  health_interval_s: float = 5.0, service: str | None = None,
-                 discovery_interval_s: float = 15.0, adapters: AdapterCache | None = None) -> None:
+                 discovery_interval_s: float = 15.0, adapters: AdapterCache | None = None,
+                 api_key: str | None = None) -> None:
         """``urls``: the engines always in the pool; ``service``: a headless service whose addresses
         join them (at :meth:`start`, then every ``discovery_interval_s``); ``adapters``: where remote
-        adapters are fetched to (none: only local adapter paths can be loaded)."""
+        adapters are fetched to (none: only local adapter paths can be loaded); ``api_key``: the
+        engines' API key."""
+        self.api_key = api_key
         self.adapters = adapters
         self.timeout_s, self.max_loras = timeout_s, max_loras
         self.health_interval_s, self.service, self.discovery_interval_s = (
@@ -107,7 +110,7 @@ class EnginePool:
         for url in urls:
             url = url.rstrip("/")
             if url not in self._engines:
-                self._engines[url] = PooledEngine(Engine(url, timeout_s))
+                self._engines[url] = PooledEngine(Engine(url, timeout_s, api_key))
         self._static = set(self._engines)
         self._retired: list[Engine] = []
         self._discovered_at = float("-inf")
@@ -126,7 +129,8 @@ class EnginePool:
         return cls(urls, timeout_s=settings.request_timeout_s, max_loras=settings.engine_max_loras,
                    health_interval_s=settings.engine_health_interval_s, service=settings.engine_service,
                    discovery_interval_s=settings.engine_discovery_interval_s,
-                   adapters=AdapterCache(cache_dir, settings.adapter_storage_options) if cache_dir else None)
+                   adapters=AdapterCache(cache_dir, settings.adapter_storage_options) if cache_dir else None,
+                   api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
 
     @property
     def engines(self) -> list[PooledEngine]:
@@ -151,7 +155,7 @@ class EnginePool:
         for url in found:
             if url not in self._engines:
                 log.info("engine discovered", engine=url)
-                self._engines[url] = PooledEngine(Engine(url, self.timeout_s))
+                self._engines[url] = PooledEngine(Engine(url, self.timeout_s, self.api_key))
         wanted = set(found) | self._static
         for url in [u for u in self._engines if u not in wanted]:
             log.info("engine gone from the service", engine=url)

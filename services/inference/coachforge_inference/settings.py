@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -23,6 +23,11 @@ class InferenceSettings(BaseSettings):
     engine_url: str = Field(default="http://127.0.0.1:8100",
                             description="Base URL of the vLLM OpenAI-compatible server (without /v1); the one "
                                         "engine used when neither engine_urls nor engine_service is set.")
+    engine_api_key: SecretStr | None = Field(
+        default=None,
+        description="API key the engines require (vLLM's --api-key / VLLM_API_KEY), sent as 'Authorization: "
+                    "Bearer' on every engine call. Only inference holds it: nothing else may load adapters into "
+                    "or generate with the engines.")
     engine_urls: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Base URLs of several vLLM engines (comma-separated or a JSON list); replaces engine_url.")

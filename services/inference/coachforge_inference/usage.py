@@ -10,6 +10,7 @@ consumers adding to the same row never lose an increment.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from datetime import UTC, date
 from typing import Any
@@ -24,13 +25,21 @@ from coachforge_inference.models import UsageDaily
 from coachforge_inference.service import APP, PURPOSES
 from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.events import InvalidEvent
 from coachforge_shared.ids import utcnow
 
 GROUP_FIELDS = ("model", "avatar", "purpose")
 
 
 def on_usage_recorded(s: Session, env: Envelope, event: inference_pb2.UsageRecorded) -> None:
-    """Add one answered request to its day's row (the day of the event, UTC)."""
+    """Add one answered request to its day's row (the day of the event, UTC). An event with a
+    negative token count or a negative or non-finite cost is refused (dead-lettered): it would
+    lower a tenant's bill."""
+    if event.prompt_tokens < 0 or event.completion_tokens < 0:
+        raise InvalidEvent(f"usage.recorded with negative token counts (prompt {event.prompt_tokens}, completion "
+                           f"{event.completion_tokens}).")
+    if not math.isfinite(event.cost_usd) or event.cost_usd < 0:
+        raise InvalidEvent(f"usage.recorded with an invalid cost_usd ({event.cost_usd}).")
     day = (env.occurred_at.ToDatetime(tzinfo=UTC).date() if env.HasField("occurred_at")
            else utcnow().date())
     s.execute(_upsert(s.get_bind().dialect.name), dict(

@@ -4,6 +4,7 @@ can be served, number their versions per line, store their artifacts, and resolv
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -42,7 +43,7 @@ from coachforge_shared.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
-from coachforge_shared.events import EventPublisher
+from coachforge_shared.events import EventPublisher, InvalidEvent
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
 
@@ -71,6 +72,9 @@ class RegistryDeps:
     feedback: FeedbackSource | None = None
     """Inference's feedback statistics for avatars' experiments (None: GET /v1/avatars/{name}/experiment
     is unavailable)."""
+    job_artifacts_dir: Path | None = None
+    """Where trainer workers write adapters (the platform's artifacts_dir, one folder per tenant): a
+    ``job.succeeded`` naming anything else is refused (None: not checked)."""
 
     def artifact_store(self) -> ArtifactStore:
         """Where artifacts go: ``storage_url`` (with ``storage_endpoint_url`` and ``storage_options``),
@@ -186,10 +190,32 @@ def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
     return lineage
 
 
+def check_job_artifact(deps: RegistryDeps, tenant_id: str, adapter_uri: str) -> None:
+    """Refuse (:class:`InvalidEvent`) a job's adapter that is not a local path inside the tenant's
+    folder of the job artifact store: a forged or corrupted event must not make the registry copy,
+    or inference load, files from anywhere else (another tenant's folder, the server's files, a
+    foreign bucket)."""
+    root = deps.job_artifacts_dir
+    if root is None:
+        return
+    if not adapter_uri:
+        raise InvalidEvent("job.succeeded names no adapter (adapter_uri is empty).")
+    if "://" in adapter_uri or adapter_uri.startswith("file:"):
+        raise InvalidEvent(f"job.succeeded adapter_uri {adapter_uri[:200]!r} has a scheme; only paths inside "
+                           "the job artifact store are accepted.")
+    tenant_root = Path(os.path.realpath(root / tenant_id))
+    if not tenant_id or not Path(adapter_uri).is_absolute() or not Path(
+            os.path.realpath(adapter_uri)).is_relative_to(tenant_root):
+        raise InvalidEvent(f"job.succeeded adapter_uri {adapter_uri[:200]!r} is outside the job artifact store "
+                           f"of tenant {tenant_id!r}.")
+
+
 def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_pb2.JobSucceeded) -> Any:
     """Register the adapter a job produced. Runs in the event's idempotency transaction; a job
     already registered (e.g. replayed under a new event id) creates nothing new. An incompatible
-    adapter is not registered: ``model.rejected`` says which fact differs."""
+    adapter is not registered: ``model.rejected`` says which fact differs. An adapter outside the
+    tenant's job artifact folder is refused (:func:`check_job_artifact`: dead-lettered)."""
+    check_job_artifact(deps, env.tenant_id, ev.adapter_uri)
     if repository.job_registered(s, ev.job_id):
         log.info("job already registered", job_id=ev.job_id)
         return None

@@ -23,7 +23,8 @@ def wire(w: Wiring) -> Service:
     settings = RegistrySettings()
     deps = RegistryDeps(db=w.db, settings=settings, publisher=w.publisher,
                         artifacts_dir=w.platform.resolved_artifacts_dir / "registry",
-                        platform_models_dir=w.platform.models_dir)
+                        platform_models_dir=w.platform.models_dir,
+                        job_artifacts_dir=w.platform.resolved_artifacts_dir)
     registers = Consumer(settings.consumer_group, ["job.succeeded"],
                          lambda s, env, ev: service.on_job_succeeded(deps, s, env, ev))
     evaluated = Consumer(f"{settings.consumer_group}-evals", ["eval.run.succeeded"],
