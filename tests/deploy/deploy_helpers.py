@@ -41,13 +41,37 @@ def render(helm_env: dict[str, str], *value_args: str, release: str = "coachforg
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+#: ``helm template`` arguments that make the cluster advertise the custom resource APIs the chart checks for
+#: (the Prometheus operator's and KEDA's); without them, ServiceMonitors, PrometheusRules and ScaledObjects
+#: are left out.
+MONITORING_API = ("--api-versions", "monitoring.coreos.com/v1")
+KEDA_API = ("--api-versions", "keda.sh/v1alpha1")
+EXAMPLES_DIR = REPO / "deploy" / "helm" / "examples"
+
 #: Value sets rendered and validated by the checks: (name, helm arguments).
 VALUE_SETS: list[tuple[str, tuple[str, ...]]] = [
     ("defaults", ()),
-    ("external", ("-f", str(VALUES_DIR / "external.yaml"))),
-    ("gpu-bundled", ("-f", str(VALUES_DIR / "gpu-bundled.yaml"))),
+    ("external", ("-f", str(VALUES_DIR / "external.yaml"), *MONITORING_API)),
+    ("gpu-bundled", ("-f", str(VALUES_DIR / "gpu-bundled.yaml"), *MONITORING_API)),
+    ("gitops-minio", ("-f", str(VALUES_DIR / "gitops-minio.yaml"), *MONITORING_API, *KEDA_API)),
     ("cpu-dev", ("-f", str(REPO / "deploy" / "helm" / "values-cpu-dev.yaml"))),
+    ("strimzi", ("-f", str(EXAMPLES_DIR / "values-strimzi.yaml"))),
+    ("cloudnativepg", ("-f", str(EXAMPLES_DIR / "values-cloudnativepg.yaml"))),
 ]
+
+
+def values_args(args: tuple[str, ...]) -> tuple[str, ...]:
+    """``args`` without ``--api-versions`` (``helm lint`` and ``helm install`` do not take it)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--api-versions":
+            skip = True
+        else:
+            kept.append(arg)
+    return tuple(kept)
 
 
 def engine_url(data_dir: Path) -> str:

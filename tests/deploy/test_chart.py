@@ -12,11 +12,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from deploy_helpers import CHART, REPO, VALUE_SETS, helm, render
+from deploy_helpers import CHART, REPO, VALUE_SETS, helm, render, values_args
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.35.0")
 #: Custom resources of the Prometheus operator: no schema in kubernetes-validate; checked below.
-CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
+CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+        ("keda.sh/v1alpha1", "ScaledObject")}
 API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "console")
 
 
@@ -39,7 +40,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_helm_lint_passes_for_every_value_set(helm_env: dict[str, str]) -> None:
     for _, args in VALUE_SETS:
-        out = helm(helm_env, "lint", "--strict", str(CHART), *args).stdout
+        out = helm(helm_env, "lint", "--strict", str(CHART), *values_args(args)).stdout
         assert "0 chart(s) failed" in out, out
 
 
@@ -82,6 +83,8 @@ def test_custom_resources_are_well_formed(rendered: dict[str, list[dict[str, Any
         ports = {p["name"] for p in targets[0]["spec"]["ports"]}
         assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
         assert all(e["path"] == "/metrics" for e in monitor["spec"]["endpoints"])
+        # /metrics is on its own port, never on the REST port the ingress routes.
+        assert all(e["port"] == "metrics" for e in monitor["spec"]["endpoints"])
     jobs = {m.removeprefix("coachforge-") for m in monitors}
     assert jobs == {*API_SERVICES, "trainer-worker"}  # engines external
     rule = by_kind(docs, "PrometheusRule")["coachforge"]
@@ -97,14 +100,16 @@ def test_services_have_grpc_and_http_probes_named_ports_and_pdbs(rendered: dict[
         name = f"coachforge-{component}"
         pod = deployments[name]["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 50051}
+        assert {p["name"]: p["containerPort"] for p in container["ports"]} == {"http": 8000, "grpc": 50051,
+                                                                               "metrics": 9400}
         assert container["livenessProbe"]["grpc"]["port"] == 50051
         assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
         assert container["startupProbe"]["httpGet"]["path"] == "/health"
-        assert container["args"] == ["--http-port", "8000", "--grpc-port", "50051"]
+        assert container["args"] == ["--http-port", "8000", "--grpc-port", "50051", "--metrics-port", "9400"]
         assert container["image"] == f"coachforge/{component}:0.1.0"
         service = by_kind(docs, "Service")[name]
-        assert {p["name"]: p.get("appProtocol") for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc"}
+        assert {p["name"]: p.get("appProtocol") for p in service["spec"]["ports"]} == {"http": "http", "grpc": "grpc",
+                                                                                   "metrics": "http"}
         assert pdbs[name]["spec"]["selector"]["matchLabels"] == deployments[name]["spec"]["selector"]["matchLabels"]
     for name in ("coachforge-trainer-worker", "coachforge-engine"):
         assert name in pdbs
@@ -187,8 +192,10 @@ def test_adapters_are_written_and_read_at_the_same_path_on_one_volume(
     assert pv["spec"]["csi"]["volumeHandle"] == "coachforge-artifacts/prod"
     assert pv["spec"]["csi"]["nodePublishSecretRef"] == {"name": "csi-s3-secret", "namespace": "kube-system"}
     assert by_kind(s3, "PersistentVolumeClaim")["coachforge-artifacts"]["spec"]["volumeName"] == pv["metadata"]["name"]
-    pvc = by_kind(rendered["defaults"], "PersistentVolumeClaim")["coachforge-artifacts"]
-    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # A single node suffices by default: no ReadWriteMany storage class needed.
+    for claim in ("coachforge-artifacts", "coachforge-models"):
+        pvc = by_kind(rendered["defaults"], "PersistentVolumeClaim")[claim]
+        assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"], claim
 
 
 def test_bundled_or_external_database_and_kafka(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -224,6 +231,11 @@ def test_migrations_run_as_a_hook_before_install_and_upgrade(rendered: dict[str,
     # The bundled PostgreSQL only exists once the release does: first install migrates right after it.
     bundled = by_kind(rendered["defaults"], "Job")["coachforge-migrations"]
     assert bundled["metadata"]["annotations"]["helm.sh/hook"] == "post-install,pre-upgrade"
+    # Its service account is a hook created before it, in the same phases (the release's does not exist yet).
+    account = by_kind(rendered["external"], "ServiceAccount")[job["spec"]["template"]["spec"]["serviceAccountName"]]
+    assert account["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    assert int(account["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+        job["metadata"]["annotations"]["helm.sh/hook-weight"])
 
 
 def test_inference_scales_with_an_hpa(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -238,9 +250,8 @@ def test_inference_scales_with_an_hpa(rendered: dict[str, list[dict[str, Any]]])
     assert by_kind(rendered["cpu-dev"], "Deployment")["coachforge-inference"]["spec"]["replicas"] == 1
 
 
-def test_network_policies_are_opt_in_and_cover_every_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    assert not by_kind(rendered["defaults"], "NetworkPolicy")
-    for value_set in ("external", "gpu-bundled"):
+def test_network_policies_are_on_by_default_and_cover_every_pod(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for value_set in rendered:
         docs = rendered[value_set]
         policies = by_kind(docs, "NetworkPolicy")
 
@@ -469,7 +480,7 @@ def apply_patches(config: dict[str, Any], patches: list[dict[str, Any]]) -> dict
 def test_install_notes_tell_how_to_reach_the_api_and_get_the_key(helm_env: dict[str, str]) -> None:
     for name, args in VALUE_SETS:
         out = helm(helm_env, "install", "coachforge", str(CHART), "--namespace", "coachforge", "--dry-run=client",
-                   *args).stdout
+                   *values_args(args)).stdout
         notes = out[out.index("NOTES:"):]
         assert "/v1" in notes and "base64 -d" in notes, (name, notes)
         assert "get secret coachforge-auth" in notes, (name, notes)  # generated, or external.yaml's own

@@ -76,22 +76,142 @@ app.kubernetes.io/part-of: coachforge
 {{- end -}}
 {{- end -}}
 
+{{/* The service account of the migrations hook: one created as a hook of its own (weight -10, before the Job)
+     while serviceAccount.create, since the release's service account does not exist yet before install. */}}
+{{- define "coachforge.hookServiceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- include "coachforge.componentName" (dict "root" . "component" "hooks") -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Capabilities: custom resources are rendered only where their API exists (or the values say to assume it). */}}
+{{- define "coachforge.monitoringApi" -}}
+{{- if or .Values.metrics.assumeApiPresent (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.kedaApi" -}}
+{{- if or .Values.trainerWorker.autoscaling.assumeApiPresent (.Capabilities.APIVersions.Has "keda.sh/v1alpha1") -}}true{{- end -}}
+{{- end -}}
+
 {{/* Secrets and connection settings ------------------------------------------------------------- */}}
 
 {{- define "coachforge.authSecretName" -}}
 {{- printf "%s-auth" (include "coachforge.fullname" .) -}}
 {{- end -}}
 
-{{- define "coachforge.databaseSecretName" -}}
-{{- if .Values.postgresql.enabled -}}
-{{- include "coachforge.componentName" (dict "root" . "component" "postgresql") -}}
+{{/* A generated credential (plain text). With secrets.seed: sha256 of seed, namespace, Secret and key, the same
+     in every render (GitOps). Without: read back from the live Secret, else random (the helm CLI only: `helm
+     template` cannot read the cluster). call with (dict "root" $ "secret" <name> "key" <key> "prefix" "cf-") */}}
+{{- define "coachforge.generatedValue" -}}
+{{- $root := .root -}}
+{{- $prefix := .prefix | default "" -}}
+{{- if $root.Values.secrets.seed -}}
+{{- printf "%s%s" $prefix (printf "%s/%s/%s/%s" $root.Values.secrets.seed $root.Release.Namespace .secret .key | sha256sum) -}}
 {{- else -}}
-{{- .Values.externalDatabase.existingSecret -}}
+{{- $existing := (lookup "v1" "Secret" $root.Release.Namespace .secret).data | default dict -}}
+{{- $found := index $existing .key -}}
+{{- if $found -}}{{- b64dec $found -}}{{- else -}}{{- printf "%s%s" $prefix (randAlphaNum 48) -}}{{- end -}}
 {{- end -}}
 {{- end -}}
 
-{{- define "coachforge.databaseSecretKey" -}}
-{{- if .Values.postgresql.enabled -}}database-url{{- else -}}{{ .Values.externalDatabase.existingSecretKey }}{{- end -}}
+{{/* Secret holding the engines' API key ("" = none: external engines without a key). */}}
+{{- define "coachforge.engineApiKeySecret" -}}
+{{- if .Values.engine.apiKey.existingSecret -}}
+{{- .Values.engine.apiKey.existingSecret -}}
+{{- else if .Values.engine.enabled -}}
+{{- include "coachforge.authSecretName" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "coachforge.minioName" -}}
+{{- include "coachforge.componentName" (dict "root" . "component" "minio") -}}
+{{- end -}}
+
+{{- define "coachforge.minioSecretName" -}}
+{{- .Values.minio.auth.existingSecret | default (include "coachforge.minioName" .) -}}
+{{- end -}}
+
+{{- define "coachforge.minioEndpoint" -}}
+{{- printf "http://%s.%s.svc:9000" (include "coachforge.minioName" .) .Release.Namespace -}}
+{{- end -}}
+
+{{/* The csi-s3 driver's Secret for the artifacts bucket: the given one, else the chart's for the bundled MinIO. */}}
+{{- define "coachforge.csiS3SecretName" -}}
+{{- .Values.artifacts.s3.secret.name | default (include "coachforge.componentName" (dict "root" . "component" "csi-s3")) -}}
+{{- end -}}
+
+{{/* DATABASE_URL (and what it is built from) of every pod that reads the database. */}}
+{{- define "coachforge.databaseEnv" -}}
+{{- if .Values.postgresql.enabled }}
+{{- $pg := .Values.postgresql }}
+{{- if $pg.auth.existingSecret }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.auth.existingSecret }}
+      key: {{ $pg.auth.passwordKey }}
+- name: DATABASE_URL
+  value: {{ printf "postgresql+psycopg://%s:$(PGPASSWORD)@%s:5432/%s" $pg.username (include "coachforge.componentName" (dict "root" . "component" "postgresql")) $pg.database | quote }}
+{{- else }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "coachforge.componentName" (dict "root" . "component" "postgresql") }}
+      key: database-url
+{{- end }}
+{{- else if .Values.externalDatabase.urlFromKeys.enabled }}
+{{- $db := .Values.externalDatabase }}
+{{- range $var, $key := dict "PGUSER" $db.urlFromKeys.usernameKey "PGPASSWORD" $db.urlFromKeys.passwordKey "PGHOST" $db.urlFromKeys.hostKey "PGPORT" $db.urlFromKeys.portKey "PGDATABASE" $db.urlFromKeys.databaseKey }}
+- name: {{ $var }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $db.existingSecret }}
+      key: {{ $key }}
+{{- end }}
+- name: DATABASE_URL
+  value: "postgresql+psycopg://$(PGUSER):$(PGPASSWORD)@$(PGHOST):$(PGPORT)/$(PGDATABASE)"
+{{- else }}
+- name: DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.externalDatabase.existingSecret }}
+      key: {{ .Values.externalDatabase.existingSecretKey }}
+{{- end }}
+{{- end -}}
+
+{{/* S3 credentials of the registry and inference (objectStorage): the given Secret, else the bundled MinIO's. */}}
+{{- define "coachforge.objectStorageEnv" -}}
+{{- $os := .Values.objectStorage -}}
+{{- $secret := $os.credentials.existingSecret -}}
+{{- $idKey := $os.credentials.accessKeyKey -}}
+{{- $keyKey := $os.credentials.secretKeyKey -}}
+{{- if and (not $secret) .Values.minio.enabled -}}
+{{- $secret = include "coachforge.minioSecretName" . -}}
+{{- $idKey = .Values.minio.auth.userKey -}}
+{{- $keyKey = .Values.minio.auth.passwordKey -}}
+{{- end -}}
+{{- if $secret }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $idKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ $keyKey }}
+{{- end }}
+{{- with $os.region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "coachforge.objectStorageEndpoint" -}}
+{{- .Values.objectStorage.endpoint | default (ternary (include "coachforge.minioEndpoint" .) "" .Values.minio.enabled) -}}
 {{- end -}}
 
 {{- define "coachforge.kafkaBootstrap" -}}
@@ -137,10 +257,12 @@ app.kubernetes.io/part-of: coachforge
 
 {{/* Environment ----------------------------------------------------------------------------------- */}}
 
-{{/* What every CoachForge process reads: platform settings, secrets, the other services' addresses.
-     call with (dict "root" $ "component" "dataset" "env" .Values.dataset.env) */}}
+{{/* What every CoachForge process reads: platform settings, secrets, the other services' addresses. Paths are
+     set only where their volume is mounted ("models", "artifacts": whether the pod mounts them).
+     call with (dict "root" $ "component" "dataset" "env" .Values.dataset.env "models" true "artifacts" true) */}}
 {{- define "coachforge.env" -}}
 {{- $root := .root -}}
+{{- $component := .component -}}
 - name: COACHFORGE_LOG_LEVEL
   value: {{ $root.Values.config.logLevel | quote }}
 - name: COACHFORGE_LOG_JSON
@@ -149,17 +271,27 @@ app.kubernetes.io/part-of: coachforge
   value: {{ $root.Values.config.defaultTenant | quote }}
 - name: COACHFORGE_EVENT_PARTITIONS
   value: {{ $root.Values.config.eventPartitions | quote }}
+- name: COACHFORGE_KAFKA_DELIVERY_TIMEOUT_MS
+  value: {{ $root.Values.config.kafkaDeliveryTimeoutMs | quote }}
+{{- with $root.Values.config.grpcMethodConcurrency }}
+- name: COACHFORGE_GRPC_METHOD_CONCURRENCY
+  value: {{ . | quote }}
+{{- end }}
+- name: COACHFORGE_GRPC_STREAM_IDLE_TIMEOUT_S
+  value: {{ $root.Values.config.grpcStreamIdleTimeoutSeconds | quote }}
+- name: COACHFORGE_GRPC_CLIENT_TIMEOUT_S
+  value: {{ $root.Values.config.grpcClientTimeoutSeconds | quote }}
 - name: COACHFORGE_DATA_DIR
   value: /var/lib/coachforge/data
+{{- if .models }}
 - name: COACHFORGE_MODELS_DIR
   value: /models
+{{- end }}
+{{- if .artifacts }}
 - name: COACHFORGE_ARTIFACTS_DIR
   value: {{ $root.Values.artifacts.mountPath | quote }}
-- name: DATABASE_URL
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "coachforge.databaseSecretName" $root }}
-      key: {{ include "coachforge.databaseSecretKey" $root }}
+{{- end }}
+{{- include "coachforge.databaseEnv" $root }}
 {{- if and (not $root.Values.kafka.enabled) $root.Values.externalKafka.existingSecret }}
 - name: COACHFORGE_KAFKA_BOOTSTRAP
   valueFrom:
@@ -183,12 +315,13 @@ app.kubernetes.io/part-of: coachforge
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_TRAINER_MAX_LORA_RANK
   value: {{ $root.Values.engine.maxLoraRank | quote }}
-# Before a file or dataset version is deleted, the dataset service asks the trainer whether an unfinished job uses it.
+# Before a file or dataset version is deleted, the dataset service asks the trainer whether an unfinished job uses
+# it; "" (no trainer in this release) turns the check off rather than falling back to the platform's target.
 - name: COACHFORGE_DATASET_TRAINER_GRPC_TARGET
-  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "trainer") | quote }}
-# Gold dataset versions (stored_completions) read stored chat completions from inference.
+  value: {{ ternary (include "coachforge.grpcTarget" (dict "root" $root "component" "trainer")) "" $root.Values.trainer.enabled | quote }}
+# Gold dataset versions (stored_completions) read stored chat completions from inference ("" = none).
 - name: COACHFORGE_DATASET_INFERENCE_GRPC_TARGET
-  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
+  value: {{ ternary (include "coachforge.grpcTarget" (dict "root" $root "component" "inference")) "" $root.Values.inference.enabled | quote }}
 - name: COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_INFERENCE_ENGINE_URL
@@ -201,10 +334,38 @@ app.kubernetes.io/part-of: coachforge
 # Adapters kept loaded per engine before the least recently used is unloaded (its --max-cpu-loras, else --max-loras).
 - name: COACHFORGE_INFERENCE_ENGINE_MAX_LORAS
   value: {{ $root.Values.engine.maxCpuLoras | default $root.Values.engine.maxLoras | quote }}
+{{- if and (eq $component "inference") .artifacts }}
 # Adapters the registry keeps in an object store (s3://…) are downloaded here, on the artifacts
 # volume the engines also mount, so an engine can load them by path.
 - name: COACHFORGE_INFERENCE_ADAPTER_CACHE_DIR
   value: {{ printf "%s/adapter-cache" $root.Values.artifacts.mountPath | quote }}
+{{- end }}
+{{- $engineKey := include "coachforge.engineApiKeySecret" $root }}
+{{- if and (eq $component "inference") $engineKey }}
+# The engines demand this key (VLLM_API_KEY); no other component holds it.
+- name: COACHFORGE_INFERENCE_ENGINE_API_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $engineKey }}
+      key: {{ $root.Values.engine.apiKey.key }}
+{{- end }}
+{{- if and $root.Values.objectStorage.enabled (has $component (list "registry" "inference")) }}
+{{- $endpoint := include "coachforge.objectStorageEndpoint" $root }}
+{{- if eq $component "registry" }}
+# The registry keeps its checksummed copy of every adapter in the bucket.
+- name: COACHFORGE_REGISTRY_STORAGE_URL
+  value: {{ printf "s3://%s/%s" $root.Values.objectStorage.bucket $root.Values.objectStorage.prefix | trimSuffix "/" | quote }}
+{{- with $endpoint }}
+- name: COACHFORGE_REGISTRY_STORAGE_ENDPOINT_URL
+  value: {{ . | quote }}
+{{- end }}
+{{- else }}
+# Inference fetches those adapters into its adapter cache.
+- name: COACHFORGE_INFERENCE_ADAPTER_STORAGE_OPTIONS
+  value: {{ (ternary (dict "endpoint_url" $endpoint) (dict) (ne $endpoint "")) | toJson | quote }}
+{{- end }}
+{{- include "coachforge.objectStorageEnv" $root }}
+{{- end }}
 - name: COACHFORGE_COACH_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_COACH_INFERENCE_GRPC_TARGET
@@ -213,9 +374,9 @@ app.kubernetes.io/part-of: coachforge
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "inference") | quote }}
 - name: COACHFORGE_EVALUATOR_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
-# Runs whose items are an uploaded evals file (source file_id) read it from the dataset service.
+# Runs whose items are an uploaded evals file (source file_id) read it from the dataset service ("" = none).
 - name: COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET
-  value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "dataset") | quote }}
+  value: {{ ternary (include "coachforge.grpcTarget" (dict "root" $root "component" "dataset")) "" $root.Values.dataset.enabled | quote }}
 # The experiment view (GET /v1/avatars/{name}/experiment) reads feedback statistics from inference,
 # and a retrain policy's trigger counts new gold completions there.
 - name: COACHFORGE_REGISTRY_INFERENCE_GRPC_TARGET
@@ -325,7 +486,6 @@ tolerations:
 {{- end -}}
 {{- if eq .Values.artifacts.type "s3" -}}
 {{- $_ := required "artifacts.s3.bucket is required when artifacts.type is s3" .Values.artifacts.s3.bucket -}}
-{{- $_ := required "artifacts.s3.secret.name is required when artifacts.type is s3 (the csi-s3 credentials Secret)" .Values.artifacts.s3.secret.name -}}
 {{- end -}}
 {{- if and (not .Values.engine.enabled) .Values.inference.enabled -}}
 {{- $_ := required "engine.externalUrl is required when engine.enabled is false" .Values.engine.externalUrl -}}
@@ -336,6 +496,22 @@ tolerations:
 {{- end -}}
 {{- if and .Values.inference.autoscaling.enabled (gt (int .Values.inference.autoscaling.minReplicas) (int .Values.inference.autoscaling.maxReplicas)) -}}
 {{- fail "inference.autoscaling.minReplicas is above maxReplicas" -}}
+{{- end -}}
+{{- $keda := .Values.trainerWorker.autoscaling -}}
+{{- if and .Values.trainerWorker.enabled $keda.enabled -}}
+{{- if gt (int $keda.minReplicaCount) (int $keda.maxReplicaCount) -}}
+{{- fail "trainerWorker.autoscaling.minReplicaCount is above maxReplicaCount" -}}
+{{- end -}}
+{{- $_ := required "trainerWorker.autoscaling.prometheusServerAddress is required when trainerWorker.autoscaling.enabled (the Prometheus KEDA asks for the queue)" $keda.prometheusServerAddress -}}
+{{- end -}}
+{{- if and .Values.externalDatabase.urlFromKeys.enabled .Values.postgresql.enabled -}}
+{{- fail "externalDatabase.urlFromKeys.enabled needs postgresql.enabled=false (it reads externalDatabase.existingSecret)" -}}
+{{- end -}}
+{{- if and .Values.minio.enabled .Values.objectStorage.endpoint -}}
+{{- fail "minio.enabled and objectStorage.endpoint are both set: choose the bundled MinIO or your own S3 endpoint" -}}
+{{- end -}}
+{{- if and (eq .Values.artifacts.type "s3") (not .Values.artifacts.s3.secret.name) (or (not .Values.minio.enabled) .Values.minio.auth.existingSecret) -}}
+{{- fail "artifacts.s3.secret.name is required when artifacts.type is s3 (the csi-s3 credentials Secret; the chart writes one only for the bundled MinIO with generated credentials)" -}}
 {{- end -}}
 {{- end -}}
 
