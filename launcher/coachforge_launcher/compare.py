@@ -93,6 +93,11 @@ def finish(client: OpenAI, http: httpx.Client, eval_id: str, runs: list[Any], *,
     for run in runs:
         if run.status != "completed":
             raise SystemExit(f"run {run.id} of {run.model} {run.status}: {run.error}")
+    return report(http, eval_id, runs)
+
+
+def report(http: httpx.Client, eval_id: str, runs: list[Any]) -> Comparison:
+    """The evaluator's comparison of completed ``runs`` (the baseline first)."""
     r = http.get(f"evals/{eval_id}/compare", params={"runs": ",".join(r.id for r in runs)})
     r.raise_for_status()
     return Comparison(report=r.json(), runs=runs)

@@ -61,14 +61,14 @@ def test_full_context_has_every_section_in_order() -> None:
     assert ctx.fits and ctx.level == "full"
     lines = ctx.text.splitlines()
     assert lines[0] == "Athlete Anna: run; plan Spring (build); goal Berlin Marathon 2025-04-27 (48d)"
-    assert lines[1:4] == render_context(STATE, PLAN, TODAY, "Should I rest?").splitlines()[:3]
-    assert lines[4] == "Flags: TSB -22, sleep 5.5h"
+    assert lines[1:5] == render_context(STATE, PLAN, TODAY, "Should I rest?").splitlines()[:4]
+    assert lines[4] == "Readiness: fatigued, severe (TSB -22, sleep 5.5h)"
     # 20 days of history: the trend shows the points it has (-14d, -7d, today), not -21d
     assert lines[5].startswith("Trend: -14d CTL ") and lines[5].count("|") == 2 and "| today CTL " in lines[5]
     assert lines[6] == "Last 14 days:"
     assert lines[7].startswith("2025-02-24 Mon: ") and lines[20].startswith("2025-03-09 Sun: ")
-    assert lines[21:] == ["Plan:", "w1 2025-03-10 Mon run intervals Z4 60min 85TSS key",
-                          "w2 2025-03-12 Wed run endurance Z2 60min 50TSS", "Athlete: Should I rest?"]
+    assert lines[21:] == ["Plan:", "w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key",
+                          "w2 2025-03-12 Wed +2d run endurance Z2 60min 50TSS", "Athlete: Should I rest?"]
     assert ctx.tokens == words(SYSTEM_PROMPT + "\n" + ctx.text)
 
 
@@ -124,7 +124,7 @@ def test_never_cuts_a_record_and_keeps_the_essentials() -> None:
         for line in lines:  # every line is a whole record of the full context, or a summary of whole days
             assert line in full_lines or ".." in line, line
         assert "Plan:" in lines and "Athlete: Should I rest?" in lines
-        assert "w1 2025-03-10 Mon run intervals Z4 60min 85TSS key" in lines
+        assert "w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key" in lines
 
 
 def test_minimal_form_is_the_training_prompt_and_may_not_fit() -> None:
@@ -141,5 +141,5 @@ def test_without_profile_or_history_it_still_renders() -> None:
                         upcoming=[], today=TODAY, count_tokens=words, budget=10_000)
     lines = ctx.text.splitlines()
     assert lines[0] == "Today 2025-03-10 Mon"
-    assert "Flags: ill/injured" in lines and "Plan: none" in lines
+    assert "Readiness: ill/injured" in lines and "Plan: none" in lines
     assert sum(1 for line in lines if line.endswith(": rest")) == 14

@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from polarize.prompt import SYSTEM_PROMPT, render_context
+import pytest
+
+from polarize.prompt import SYSTEM_PROMPT, readiness, render_context, tsb_band
 from polarize.rules import AthleteState, PlannedWorkout
 
 TODAY = dt.date(2025, 3, 10)  # a Monday
@@ -46,17 +48,18 @@ def test_render_exact() -> None:
     text = render_context(STATE, _plan(), TODAY, "  Can I   swap\nTuesday? ")
     assert text == (
         "Today 2025-03-10 Mon\n"
-        "Load CTL 62 ATL 71 TSB -9 ramp +3.1\n"
+        "Load CTL 62 ATL 71 TSB -9 (neutral) ramp +3.1\n"
         "Sleep 6.5h soreness 4/10 HRV -7% ill/injured no\n"
+        "Readiness: normal\n"
         "Plan:\n"
-        "w1 2025-03-10 Mon run intervals Z4 60min 85TSS key\n"
-        "w2 2025-03-11 Tue bike endurance Z2 90min 75TSS\n"
-        "w3 2025-03-12 Wed run recovery Z1 40min 20TSS\n"
-        "w4 2025-03-13 Thu bike tempo Z3 60min 70TSS\n"
-        "w5 2025-03-14 Fri swim endurance Z2 45min 38TSS\n"
-        "w6 2025-03-15 Sat bike long Z2 180min 150TSS key\n"
-        "w6b 2025-03-15 Sat run recovery Z1 30min 15TSS\n"
-        "w7 2025-03-16 Sun run endurance Z2 60min 50TSS\n"
+        "w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key\n"
+        "w2 2025-03-11 Tue +1d bike endurance Z2 90min 75TSS\n"
+        "w3 2025-03-12 Wed +2d run recovery Z1 40min 20TSS\n"
+        "w4 2025-03-13 Thu +3d bike tempo Z3 60min 70TSS hard\n"
+        "w5 2025-03-14 Fri +4d swim endurance Z2 45min 38TSS\n"
+        "w6 2025-03-15 Sat +5d bike long Z2 180min 150TSS key\n"
+        "w6b 2025-03-15 Sat +5d run recovery Z1 30min 15TSS\n"
+        "w7 2025-03-16 Sun +6d run endurance Z2 60min 50TSS\n"
         "Athlete: Can I swap Tuesday?"
     )
 
@@ -76,10 +79,32 @@ def test_render_flags_and_empty_plan() -> None:
     text = render_context(ill, [], TODAY, None)
     assert text.splitlines() == [
         "Today 2025-03-10 Mon",
-        "Load CTL 40 ATL 30 TSB +10 ramp +0.0",
+        "Load CTL 40 ATL 30 TSB +10 (neutral) ramp +0.0",
         "Sleep 8.0h soreness 2/10 HRV 0% ill/injured yes",
+        "Readiness: ill/injured",
         "Plan: none",
     ]
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (AthleteState(ctl=60, atl=84, tsb=-24, sleep_hours=7, soreness=3), "fatigued (TSB -24)"),
+    (AthleteState(ctl=60, atl=84, tsb=-24, sleep_hours=5.5, soreness=3), "fatigued, severe (TSB -24, sleep 5.5h)"),
+    (AthleteState(ctl=60, atl=92, tsb=-32, sleep_hours=7, soreness=3), "fatigued, severe (TSB -32)"),
+    (AthleteState(ctl=60, atl=40, tsb=14, sleep_hours=8, soreness=2), "fresh"),
+    (AthleteState(ctl=60, atl=40, tsb=14, sleep_hours=8, soreness=2, days_to_race=9), "tapering, race in 9d"),
+    (AthleteState(ctl=60, atl=60, tsb=0, sleep_hours=7, soreness=4, days_to_race=48), "normal, race in 48d"),
+    (AthleteState(ctl=60, atl=60, tsb=0, sleep_hours=4.5, soreness=4, ill_or_injured=True),
+     "ill/injured, fatigued, severe (sleep 4.5h)"),
+])
+def test_readiness_states_what_the_rules_derive(state: AthleteState, expected: str) -> None:
+    assert readiness(state) == expected
+    assert f"Readiness: {expected}" in render_context(state, [], TODAY)
+
+
+@pytest.mark.parametrize(("tsb", "band"), [(-31, "very low"), (-30.4, "low"), (-21, "low"), (-20, "neutral"),
+                                           (10.4, "neutral"), (10.6, "high")])
+def test_tsb_band_follows_the_shown_value(tsb: float, band: str) -> None:
+    assert tsb_band(tsb) == band
 
 
 def test_render_is_short() -> None:
@@ -89,7 +114,7 @@ def test_render_is_short() -> None:
     assert len(text.splitlines()[-1]) <= len("Athlete: ") + 200
     # pessimistic token count: every digit, word and punctuation mark is a token
     tokens = re.findall(r"\d|[A-Za-z]+|[^\w\s]", text)
-    assert len(tokens) < 300, len(tokens)
+    assert len(tokens) < 340, len(tokens)
     assert len(re.findall(r"\d|[A-Za-z]+|[^\w\s]", SYSTEM_PROMPT)) < 60
 
 

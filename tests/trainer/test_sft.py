@@ -20,7 +20,9 @@ from coachforge_trainer.sft import (
     TrainingCancelled,
     TrainingPaused,
     TrainParams,
+    cpu_has_bf16,
     list_checkpoints,
+    resolve_precision,
     run_sft,
 )
 
@@ -224,3 +226,42 @@ def test_answer_head_loss_equals_trl_loss(base_model_dir: Path, tmp_path: Path) 
 
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ("flags\t\t: fpu sse avx avx2 fma", "fp32"),
+    ("flags\t\t: fpu avx2 avx512f avx512_bf16", "bf16"),
+    ("flags\t\t: fpu avx2 amx_bf16 amx_tile", "bf16"),
+    ("", "fp32"),
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_in_it(flags: str, expected: str) -> None:
+    cpuinfo = f"processor\t: 0\n{flags}\n"
+    assert resolve_precision("auto", cuda=False, cpuinfo=cpuinfo) == expected
+    assert cpu_has_bf16(cpuinfo) is (expected == "bf16")
+    assert resolve_precision("auto", cuda=True, cpuinfo=cpuinfo) == "bf16"
+    assert resolve_precision("fp32", cuda=False, cpuinfo="flags : avx512_bf16") == "fp32"
+    assert resolve_precision("bf16", cuda=False, cpuinfo=cpuinfo) == "bf16"
+
+
+def test_run_reports_the_precision_it_chose(base_model_dir: Path, tmp_path: Path) -> None:
+    result = run_sft(base_model_dir, _examples(4), tmp_path / "run", _small_params(max_steps=1, batch_size=2,
+                                                                                   save_checkpoints=False))
+    assert result.precision == resolve_precision("auto", cuda=torch.cuda.is_available())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and not cpu_has_bf16(),
+                    reason="this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag in /proc/cpuinfo): "
+                           "training runs in fp32 here, and emulated bf16 would only be slow")
+def test_bf16_training_tracks_the_fp32_loss(base_model_dir: Path, tmp_path: Path) -> None:
+    """A few optimizer steps in bf16 autocast follow the fp32 run's losses closely."""
+    losses: dict[str, list[float]] = {}
+    for precision in ("fp32", "bf16"):
+        reports: list[Progress] = []
+        result = run_sft(base_model_dir, _examples(), tmp_path / precision,
+                         _small_params(max_steps=4, precision=precision, save_checkpoints=False),
+                         on_progress=reports.append)
+        assert result.precision == precision
+        losses[precision] = [p.train_loss for p in reports if p.train_loss is not None]
+    assert len(losses["bf16"]) == len(losses["fp32"]) == 4
+    for low, full in zip(losses["bf16"], losses["fp32"], strict=True):
+        assert low == pytest.approx(full, rel=0.05)

@@ -4,8 +4,11 @@
 (plus the tokenizer) to ``output_dir / "adapter"``, ready to be served by vLLM next to
 the unchanged base model.
 
-* **CPU** (no CUDA device): full-precision (float32) LoRA, no gradient checkpointing, and
-  the output head projected only at the answer's positions (:class:`_AnswerHeadSFTTrainer`).
+* **CPU** (no CUDA device): LoRA on float32 weights, no gradient checkpointing, and the output
+  head projected only at the answer's positions (:class:`_AnswerHeadSFTTrainer`). The precision
+  of the computation is chosen by :func:`resolve_precision`: bfloat16 autocast where the CPU has
+  native bfloat16 instructions (``avx512_bf16`` or ``amx_bf16`` in ``/proc/cpuinfo``), float32
+  elsewhere (emulated bfloat16 is slower than float32).
 * **CUDA**: QLoRA -- the base model is loaded in 4-bit NF4 with bitsandbytes (compute in
   bfloat16), training runs in bf16 with gradient checkpointing. bitsandbytes is imported
   only on this path; if it is not installed, the base model is loaded in bfloat16
@@ -41,7 +44,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from datasets import Dataset
@@ -64,9 +67,15 @@ __all__ = [
     "TrainResult",
     "TrainingCancelled",
     "TrainingPaused",
+    "cpu_has_bf16",
     "list_checkpoints",
+    "resolve_precision",
     "run_sft",
 ]
+
+Precision = Literal["auto", "bf16", "fp32"]
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""``/proc/cpuinfo`` flags of CPUs that compute in bfloat16 natively."""
 
 logger = logging.getLogger("coachforge.trainer.sft")
 
@@ -115,6 +124,9 @@ class TrainParams:
     early_stopping_patience: int = 0
     """Stop when the validation loss has not improved for this many evaluations (``0``: never).
     Needs validation examples; the best checkpoint becomes the final adapter."""
+    precision: Precision = "auto"
+    """Computation precision: ``"bf16"`` (autocast; weights stay float32 on the CPU), ``"fp32"``, or
+    ``"auto"``: bf16 on CUDA and on CPUs with native bfloat16 (:func:`resolve_precision`), fp32 elsewhere."""
 
 
 @dataclass
@@ -165,6 +177,8 @@ class TrainResult:
     """Step of the checkpoint training resumed from (``0``: started from scratch)."""
     device: str
     """``"cpu"`` or ``"cuda"``."""
+    precision: str
+    """``"bf16"`` or ``"fp32"``: the precision training computed in."""
     lora_r: int
     target_modules: list[str]
     """Names of the modules that were actually adapted (``"all-linear"`` resolved)."""
@@ -246,6 +260,26 @@ class _AnswerHeadSFTTrainer(SFTTrainer):  # type: ignore[misc]  # trl is untyped
         return loss
 
 
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU computes in bfloat16 natively (a flag of :data:`CPU_BF16_FLAGS` in
+    ``/proc/cpuinfo``, or in ``cpuinfo`` when given); ``False`` where that file cannot be read."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    flags = {flag for line in cpuinfo.splitlines() if line.startswith("flags") for flag in line.split()}
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def resolve_precision(precision: Precision, cuda: bool, cpuinfo: str | None = None) -> Literal["bf16", "fp32"]:
+    """The precision a run computes in: ``precision`` unless ``"auto"``, which is bf16 on CUDA and on a
+    CPU with native bfloat16 (:func:`cpu_has_bf16`), fp32 on any other CPU."""
+    if precision != "auto":
+        return precision
+    return "bf16" if cuda or cpu_has_bf16(cpuinfo) else "fp32"
+
+
 def micro_batch_for(params: TrainParams, cuda: bool) -> int:
     """The micro-batch size a run uses: ``params.micro_batch_size``, or the device's default."""
     chosen = params.micro_batch_size or (8 if cuda else 1)
@@ -317,6 +351,7 @@ def run_sft(
         tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
         quantization_config = _quantization_config() if cuda else None
         micro_batch = micro_batch_for(params, cuda)
+        precision = resolve_precision(params.precision, cuda)
         save_strategy = ("no" if not params.save_checkpoints
                          else "steps" if params.checkpoint_steps > 0 else "epoch")
         early_stopping = bool(params.early_stopping_patience) and save_strategy != "no"
@@ -332,7 +367,7 @@ def run_sft(
             logging_steps=params.logging_steps,
             max_length=params.max_length,
             use_cpu=not cuda,
-            bf16=cuda,
+            bf16=precision == "bf16",
             gradient_checkpointing=cuda,
             model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
             include_num_input_tokens_seen="non_padding",
@@ -377,8 +412,8 @@ def run_sft(
 
         quantized = " (QLoRA, 4-bit NF4)" if quantization_config is not None else ""
         resumed = f", resuming from step {resume_from.step}" if resume_from else ""
-        logger.info("training LoRA r=%d on %d examples on %s%s%s", params.lora_r, len(dataset), device,
-                    quantized, resumed)
+        logger.info("training LoRA r=%d on %d examples on %s in %s%s%s", params.lora_r, len(dataset), device,
+                    precision, quantized, resumed)
         train_output = trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
         if callback.cancelled:
             raise TrainingCancelled(f"training cancelled after step {trainer.state.global_step}")
@@ -423,6 +458,7 @@ def run_sft(
             valid_loss=valid_loss,
             resumed_from_step=resume_from.step if resume_from else 0,
             device=device,
+            precision=precision,
             lora_r=params.lora_r,
             target_modules=target_modules,
         )

@@ -4,22 +4,23 @@ The most detailed form reads::
 
     Athlete Anna: run; plan Spring build (build), goal Berlin Marathon 2025-04-27 (48d)
     Today 2025-03-10 Mon                                        ┐
-    Load CTL 62 ATL 71 TSB -9 ramp +3.1                         │ the lines of render_context()
-    Sleep 6.5h soreness 4/10 HRV -7% ill/injured no             ┘
-    Flags: none
+    Load CTL 62 ATL 71 TSB -9 (neutral) ramp +3.1               │ the lines of render_context()
+    Sleep 6.5h soreness 4/10 HRV -7% ill/injured no             │
+    Readiness: normal, race in 48d                              ┘
     Trend: -21d CTL 55 ATL 60 TSB -4 | -14d … | -7d … | today …
     Last 14 days:
     2025-02-24 Mon: run intervals Z4 60min 85TSS; sleep 7.2h sore 3 HRV 61 RHR 48 RPE 6
     …
     Plan:                                                       ┐
-    w1 2025-03-10 Mon run intervals Z4 60min 85TSS key          │ the lines of render_context()
+    w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key │ the lines of render_context()
     Athlete: Should I adjust my plan?                           ┘
 
 When the prompt (system prompt + context) exceeds the budget, older history is *summarised*
 (first the older week into one line, then both weeks, then the trend goes and the fortnight
 becomes one line) — records are never cut in the middle.  The last resort is exactly
-:func:`render_context`, the form the synthetic training data uses.  Equal inputs give equal
-output: nothing depends on the clock, the locale or dict order.
+:func:`render_context`, the compact form (about 250 tokens with the system prompt) that a small
+budget asks for, as the demo's training data does.  Equal inputs give equal output: nothing
+depends on the clock, the locale or dict order.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Final
 
 from .load import LoadPoint
 from .prompt import SYSTEM_PROMPT, render_context
-from .rules import DEFAULT_CONFIG, AthleteState, PlannedWorkout, RuleConfig, fatigue_flags, is_tapering, weekday
+from .rules import DEFAULT_CONFIG, AthleteState, PlannedWorkout, RuleConfig, weekday
 
 HISTORY_DAYS: Final = 14
 TREND_WEEKS: Final = 3
@@ -179,12 +180,12 @@ def _history(days: Sequence[Day], today: dt.date) -> list[Day]:
     return out
 
 
-def _render(level: str, core: list[str], profile: str | None, flags: str, trend: str | None,
-            history: list[Day], config: RuleConfig) -> str:
+def _render(level: str, core: list[str], profile: str | None, trend: str | None, history: list[Day],
+            config: RuleConfig) -> str:
     if level == "minimal":
         return "\n".join(core)
     plan_at = next(i for i, line in enumerate(core) if line.startswith("Plan"))
-    extra: list[str] = [flags]
+    extra: list[str] = []
     if level != "fortnight_summarised" and trend is not None:
         extra.append(trend)
     older, recent = history[: HISTORY_DAYS // 2], history[HISTORY_DAYS // 2 :]
@@ -224,17 +225,14 @@ def build_context(
     only the 14 before ``today`` are shown.  ``load`` is the load series (for the trend line).
     When not even the minimal form fits, that form is returned with ``fits=False``.
     """
-    core = render_context(state, upcoming, today, question).split("\n")
-    flags = [*fatigue_flags(state, config), *(["ill/injured"] if state.ill_or_injured else []),
-             *([f"tapering (race in {state.days_to_race}d)"] if is_tapering(state, config) else [])]
-    flag_line = "Flags: " + (", ".join(flags) if flags else "none")
+    core = render_context(state, upcoming, today, question, config).split("\n")
     trend = trend_line(load, today)
     days = _history(history, today)
     head = profile_line(profile, today) if profile is not None else None
     text = ""
     tokens = 0
     for level in LEVELS:
-        text = _render(level, core, head, flag_line, trend, days, config)
+        text = _render(level, core, head, trend, days, config)
         tokens = count_tokens(SYSTEM_PROMPT + "\n" + text)
         if tokens <= budget:
             return Context(text=text, tokens=tokens, budget=budget, level=level, fits=True)

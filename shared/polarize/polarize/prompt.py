@@ -2,7 +2,19 @@
 
 The same renderer is used to build training data and to query the served adapter, so the
 model sees identical formatting at train and inference time.  Output is stable for equal
-inputs (no clock, locale or dict-order dependence) and stays well under 300 tokens.
+inputs (no clock, locale or dict-order dependence) and stays near 300 tokens.
+
+Besides the raw numbers it states the facts the rules derive from them, which a small model
+cannot compute reliably: the TSB band, the readiness (ill, fatigued with its red flags and
+severity, fresh, tapering, normal) with the days to the race, and for every planned workout
+its day offset from today and whether it is hard (zone >= ``config.hard_zone``)::
+
+    Today 2025-03-10 Mon
+    Load CTL 62 ATL 71 TSB -22 (low) ramp +3.1
+    Sleep 5.5h soreness 4/10 HRV -7% ill/injured no
+    Readiness: fatigued, severe (TSB -22, sleep 5.5h), race in 48d
+    Plan:
+    w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key
 """
 
 from __future__ import annotations
@@ -11,7 +23,17 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Final
 
-from .rules import AthleteState, PlannedWorkout, weekday
+from .rules import (
+    DEFAULT_CONFIG,
+    AthleteState,
+    PlannedWorkout,
+    RuleConfig,
+    fatigue_flags,
+    is_fresh,
+    is_severe,
+    is_tapering,
+    weekday,
+)
 
 SYSTEM_PROMPT: Final = (
     "You are Polarize's endurance coach. Reply only with JSON matching the workout modification "
@@ -32,10 +54,43 @@ def _hrv(drop_pct: float) -> str:
     return f"-{drop}%" if drop > 0 else "0%"
 
 
-def _workout_line(w: PlannedWorkout) -> str:
-    key = " key" if w.key_session else ""
-    day = f"{w.date.isoformat()} {weekday(w.date)}"
-    return f"{w.id} {day} {w.sport} {w.type} Z{w.zone} {w.duration_min}min {w.tss:.0f}TSS{key}"
+def tsb_band(tsb: float, config: RuleConfig = DEFAULT_CONFIG) -> str:
+    """The band of the rounded TSB the prompt shows: ``very low`` (below ``severe_tsb``), ``low`` (below
+    ``fatigue_tsb``), ``high`` (above ``fresh_tsb``) or ``neutral``."""
+    shown = round(tsb)
+    if shown < config.severe_tsb:
+        return "very low"
+    if shown < config.fatigue_tsb:
+        return "low"
+    if shown > config.fresh_tsb:
+        return "high"
+    return "neutral"
+
+
+def readiness(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> str:
+    """The athlete's readiness as the rules see it, e.g. ``fatigued, severe (TSB -32, sleep 5.5h)``,
+    ``ill/injured``, ``fresh``, ``tapering, race in 9d`` or ``normal, race in 48d``."""
+    parts: list[str] = []
+    if state.ill_or_injured:
+        parts.append("ill/injured")
+    flags = fatigue_flags(state, config)
+    if flags:
+        parts.append(f"fatigued{', severe' if is_severe(state, config) else ''} ({', '.join(flags)})")
+    if is_fresh(state, config):
+        parts.append("fresh")
+    if is_tapering(state, config):
+        parts.append("tapering")
+    if not parts:
+        parts.append("normal")
+    if state.days_to_race is not None:
+        parts.append(f"race in {state.days_to_race}d")
+    return ", ".join(parts)
+
+
+def _workout_line(w: PlannedWorkout, today: dt.date, config: RuleConfig) -> str:
+    tags = (" hard" if w.zone >= config.hard_zone else "") + (" key" if w.key_session else "")
+    day = f"{w.date.isoformat()} {weekday(w.date)} {(w.date - today).days:+d}d"
+    return f"{w.id} {day} {w.sport} {w.type} Z{w.zone} {w.duration_min}min {w.tss:.0f}TSS{tags}"
 
 
 def render_context(
@@ -43,19 +98,22 @@ def render_context(
     upcoming: Sequence[PlannedWorkout],
     today: dt.date,
     question: str | None = None,
+    config: RuleConfig = DEFAULT_CONFIG,
 ) -> str:
-    """The user message: load, wellness, flags and the plan of the next 7 days (one line per
-    workout, starting with its id), then the athlete's question if any."""
+    """The user message: load (with the TSB band), wellness, readiness, and the plan of the next 7
+    days (one line per workout, starting with its id), then the athlete's question if any."""
     end = today + dt.timedelta(days=PLAN_DAYS)
     plan = sorted((w for w in upcoming if today <= w.date < end), key=lambda w: (w.date, w.id))
     lines = [
         f"Today {today.isoformat()} {weekday(today)}",
-        f"Load CTL {state.ctl:.0f} ATL {state.atl:.0f} TSB {state.tsb:+.0f} ramp {state.ramp:+.1f}",
+        f"Load CTL {state.ctl:.0f} ATL {state.atl:.0f} TSB {state.tsb:+.0f} ({tsb_band(state.tsb, config)}) "
+        f"ramp {state.ramp:+.1f}",
         f"Sleep {state.sleep_hours:.1f}h soreness {state.soreness}/10 HRV {_hrv(state.hrv_drop_pct)} "
         f"ill/injured {'yes' if state.ill_or_injured else 'no'}",
+        f"Readiness: {readiness(state, config)}",
         "Plan:" if plan else "Plan: none",
     ]
-    lines.extend(_workout_line(w) for w in plan)
+    lines.extend(_workout_line(w, today, config) for w in plan)
     if question is not None and question.strip():
         q = " ".join(question.split())
         if len(q) > MAX_QUESTION_CHARS:

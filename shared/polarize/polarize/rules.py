@@ -231,6 +231,17 @@ def is_fatigued(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> boo
     return bool(fatigue_flags(state, config))
 
 
+def is_severe(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> bool:
+    """Fatigue is severe: two red flags or more, or one beyond the severe thresholds (a hard session then
+    becomes a short recovery instead of an easier one)."""
+    return (
+        len(fatigue_flags(state, config)) >= 2
+        or state.tsb < config.severe_tsb
+        or state.soreness >= config.severe_soreness
+        or state.sleep_hours < config.severe_sleep_hours
+    )
+
+
 def is_tapering(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> bool:
     """The goal event is at most ``config.taper_days`` away: a taper only takes load away."""
     return state.days_to_race is not None and 0 <= state.days_to_race <= config.taper_days
@@ -546,12 +557,7 @@ def recommend(
         flags = fatigue_flags(state, config)
         reason = _clip(", ".join(flags), MAX_REASON_CHARS)
         flag_text = " and ".join(flags)
-        severe = (
-            len(flags) >= 2
-            or state.tsb < config.severe_tsb
-            or state.soreness >= config.severe_soreness
-            or state.sleep_hours < config.severe_sleep_hours
-        )
+        severe = is_severe(state, config)
         for w in (w for w in future if is_hard(w, config)):
             if w.key_session:
                 for offset in range(2, config.max_move_days + 1):

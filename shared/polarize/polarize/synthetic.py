@@ -16,9 +16,11 @@ Two kinds of example:
 
 * ``modification`` (the default share ``1 - free_text_share``): the JSON system prompt and, as
   the assistant's answer, the rule-based modification of :func:`recommend`.  Scenarios are
-  balanced across :data:`SCENARIOS` (ill, fatigued, fresh, normal, taper): with ``m`` of them
-  each scenario gets ``m // 5`` or ``m // 5 + 1``.  ``taper`` is a race within
-  ``config.taper_days``: the rules keep the plan (no load increase), even for a fresh athlete.
+  dealt in turn by :data:`SCENARIO_WEIGHTS` (ill, fatigued twice, fresh, normal, taper), so that
+  "no change" (normal and taper) is a third of the answers rather than the largest share and the
+  three fatigued answers (easier, recovery, moved key session) are seen as often as the others.
+  ``taper`` is a race within ``config.taper_days``: the rules keep the plan (no load increase),
+  even for a fresh athlete.
 * ``free_text`` (``round(n * free_text_share)``, default 15 %): a coaching question answered in
   plain words, templated from the athlete's numbers (:data:`CHAT_SYSTEM_PROMPT`), so a
   fine-tuned model keeps its conversational voice.
@@ -74,6 +76,8 @@ FREE_TEXT_QUESTIONS: Final[dict[str, tuple[str, ...]]] = {
     "week": ("What is the focus of my week?", "Which session matters most this week?"),
     "easy_days": ("Why are so many of my sessions easy?", "Can I push harder on my easy days?"),
 }
+SCENARIO_WEIGHTS: Final[dict[Scenario, int]] = {"ill": 1, "fatigued": 2, "fresh": 1, "normal": 1, "taper": 1}
+"""How many of every ``sum(SCENARIO_WEIGHTS.values())`` modification examples each scenario gets."""
 DEFAULT_FREE_TEXT_SHARE: Final = 0.15
 DEFAULT_TOKEN_BUDGET: Final = 600  # the coach service's default prompt budget
 HISTORY_DAYS: Final = 90
@@ -471,8 +475,9 @@ def generate_examples(
     """``n`` deterministic examples for ``seed`` (same arguments, same examples).
 
     ``round(n * free_text_share)`` of them are free-text questions, the rest rule-based JSON
-    modifications balanced over :data:`SCENARIOS`.  ``count_tokens`` and ``budget`` are handed to
-    the context builder; pass the serving model's tokenizer for an exact match with inference.
+    modifications dealt over :data:`SCENARIOS` by :data:`SCENARIO_WEIGHTS`.  ``count_tokens`` and
+    ``budget`` are handed to the context builder; pass the serving model's tokenizer for an exact
+    match with inference.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -481,7 +486,8 @@ def generate_examples(
     rng = random.Random(seed)
     n_free = round(n * free_text_share)
     n_mod = n - n_free
-    plan: list[tuple[Kind, Scenario]] = [("modification", SCENARIOS[i % len(SCENARIOS)]) for i in range(n_mod)]
+    turns = [scenario for scenario in SCENARIOS for _ in range(SCENARIO_WEIGHTS[scenario])]
+    plan: list[tuple[Kind, Scenario]] = [("modification", turns[i % len(turns)]) for i in range(n_mod)]
     plan += [("free_text", rng.choice(SCENARIOS)) for _ in range(n_free)]
     rng.shuffle(plan)
     examples: list[SyntheticExample] = []
