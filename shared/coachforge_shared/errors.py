@@ -104,6 +104,10 @@ TOO_MANY_CALLS = "too_many_concurrent_calls"
 server is busy, not the request too large (RESOURCE_EXHAUSTED alone means :class:`PayloadTooLarge`)."""
 
 
+UPSTREAM_RETRY_AFTER_S = 5
+"""``Retry-After`` of a 503 caused by another service being away (the database's own outage uses the same)."""
+
+
 def from_rpc_error(err: grpc.RpcError) -> CoachForgeError:
     """Turn a gRPC error received from another service back into the typed error it came from."""
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
@@ -118,4 +122,8 @@ def from_rpc_error(err: grpc.RpcError) -> CoachForgeError:
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code == TOO_MANY_CALLS:
         return Unavailable(details, param=param, code=error_code, retry_after_s=1)
     cls = _BY_GRPC_CODE.get(code, Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal)
-    return cls(details, param=param)
+    if cls is Unavailable:
+        # Away for now on the other side (its database, a service it needs): the caller's client should
+        # retry after the same pause a local outage asks for.
+        return Unavailable(details, param=param, code=error_code, retry_after_s=UPSTREAM_RETRY_AFTER_S)
+    return cls(details, param=param, code=error_code)
