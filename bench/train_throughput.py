@@ -10,8 +10,8 @@ peak memory is its own), and report non-padding tokens per second measured after
   output head projected only at the answer's positions on CPU, QLoRA on CUDA).
 * ``baseline`` -- ``SFTTrainer`` with its defaults (``per_device_train_batch_size=8``, loss on
   every token), ``use_cpu`` on a machine without CUDA, in the precision the service chooses
-  (:func:`coachforge_trainer.sft.resolve_precision`: bf16 autocast on CUDA and on CPUs with native
-  bfloat16, fp32 elsewhere), so the two compare like for like.
+  (:func:`coachforge_trainer.sft.resolve_precision`: bf16 autocast on CUDA, fp32 on CPUs), so the
+  two compare like for like.
 
 MFU counts 4·N FLOPs per trained token for LoRA (forward 2N + backward through the frozen base
 2N; the adapter's own weight gradients are negligible), N = the base model's parameters; it is

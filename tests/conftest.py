@@ -112,13 +112,21 @@ class RunningStack:
     """The key the stack's vLLM engine requires (``Authorization: Bearer``)."""
     env: dict[str, str] = field(default_factory=dict)
     """Settings the stack's programs were started with on top of their defaults."""
+    second_base: str = ""
+    """A second base model (the bundled weights under another id) with an engine of its own."""
+    second_engine_url: str = ""
+    """That engine's base URL."""
+
+
+SECOND_BASE = "SmolLM2-135M-Instruct-b"
 
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cache_dir: Path,
           base_model_dir: Path) -> Iterator[RunningStack]:
-    """The whole all-in-one stack (broker, vLLM engine on CPU, services, trainer worker) on free
-    ports, with PostgreSQL as its database. Started once per test run."""
+    """The whole all-in-one stack (broker, vLLM engines on CPU, services, trainer worker) on free
+    ports, with PostgreSQL as its database, serving two base models (the bundled one, and the same
+    weights as :data:`SECOND_BASE` with an engine of its own). Started once per test run."""
     from coachforge_launcher.settings import StackSettings
     from coachforge_launcher.stack import Stack
     from coachforge_shared.bootstrap import internal_token
@@ -129,7 +137,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
                                 api_key="cf-test-" + secrets.token_hex(16))
     settings = StackSettings(http_port=free_port(), grpc_port=free_port(), engine_port=free_port(),
                              broker_port=free_port(), worker_metrics_port=free_port(), metrics_port=free_port(),
-                             engine_max_model_len=1024)
+                             engine_max_model_len=1024, engine_kv_cache_share=0.1,
+                             extra_base_models={SECOND_BASE: str(base_model_dir)}, extra_engine_port=free_port())
     # A short lease, so that a killed worker's job is picked up again within seconds; a short delivery
     # timeout and stream idle timeout, so that the fault-injection tests (tests/chaos) outlast them quickly.
     lease_seconds = 6.0
@@ -145,7 +154,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
                            worker_metrics_url=f"http://127.0.0.1:{settings.worker_metrics_port}/metrics",
                            lease_seconds=lease_seconds, env=env,
                            metrics_url=f"http://127.0.0.1:{settings.metrics_port}/metrics",
-                           engine_api_key=prepared.engine_api_key)
+                           engine_api_key=prepared.engine_api_key, second_base=SECOND_BASE,
+                           second_engine_url=f"http://127.0.0.1:{settings.extra_engine_port}")
     finally:
         running.stop()
 

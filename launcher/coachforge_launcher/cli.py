@@ -113,6 +113,37 @@ def cmd_tenants_list(args: argparse.Namespace) -> int:
     return _admin("tenants list", lambda db: _print_table(auth.list_tenants(db), ["id", "name", "created_at"]))
 
 
+def _limit(text: str) -> float | None:
+    """A limit given on the command line: a number of at least 0 (0: no limit) or "default"."""
+    if text == "default":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'default', got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a limit is at least 0 (0: no limit)")
+    return value
+
+
+def cmd_tenants_limits(args: argparse.Namespace) -> int:
+    from coachforge_shared import auth
+
+    changes = {name: getattr(args, name) for name in auth.LIMIT_FIELDS if getattr(args, name) is not _UNSET}
+    changes = {k: (v if v is None or k == "max_cost_usd_per_1_day" else int(v)) for k, v in changes.items()}
+
+    def show(db: Any) -> None:
+        limits = auth.set_tenant_limits(db, args.name, changes) if changes else auth.tenant_limits(db, args.name)
+        for name in auth.LIMIT_FIELDS:
+            value = limits[name]
+            print(f"{name}: {'default' if value is None else ('none' if value == 0 else value)}")
+
+    return _admin("tenants limits", show)
+
+
+_UNSET: Any = object()
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     from coachforge_shared import auth
 
@@ -158,6 +189,9 @@ def cmd_coach_eval(args: argparse.Namespace) -> int:
     if args.variants < 1:
         print("coachforge coach eval: --variants must be at least 1", file=sys.stderr)
         return 2
+    if args.max_answer_tokens < 1:
+        print("coachforge coach eval: --max-answer-tokens must be at least 1", file=sys.stderr)
+        return 2
     api = _stack_api(args.base_url, args.api_key)
     if api is None:
         return 2
@@ -194,7 +228,8 @@ def cmd_coach_eval(args: argparse.Namespace) -> int:
             eval_id = client.evals.create(**scenarios.eval_definition()).id
             print(f"created eval {eval_id} ({scenarios.EVAL_NAME})", file=sys.stderr)
         run: Any = client.evals.runs.create(
-            eval_id, name=f"coach eval {args.model}", data_source=scenarios.run_data_source(args.model, items),
+            eval_id, name=f"coach eval {args.model}", data_source=scenarios.run_data_source(
+                args.model, items, max_completion_tokens=args.max_answer_tokens),
             metadata={"kind": scenarios.EVAL_KIND, "variants": str(args.variants), "tokens": counted_by,
                       "token_budget": str(DEFAULT_TOKEN_BUDGET)})
         with tqdm(total=run.result_counts.total, desc=f"coach eval {args.model}", unit="item",
@@ -413,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
                                                 "the pass rates and the run id")
     coach_eval.add_argument("--model", required=True, help="model id or avatar to evaluate")
     coach_eval.add_argument("--variants", type=int, default=2, help="variants per scenario (default 2: 12 items)")
+    coach_eval.add_argument("--max-answer-tokens", type=int, default=360,
+                            help="most tokens of each answer (default 360, the coach service's; a cut answer is "
+                                 "invalid JSON)")
     coach_eval.add_argument("--base-url", default=None, help="the stack's URL (default: this machine's stack)")
     coach_eval.add_argument("--api-key", default=None, help="API key (default: COACHFORGE_API_KEY or the stored key)")
     coach_eval.set_defaults(func=cmd_coach_eval)
@@ -442,6 +480,19 @@ def main(argv: list[str] | None = None) -> int:
     tenant_create.add_argument("--display-name", default=None, help="display name (default: the id)")
     tenant_create.set_defaults(func=cmd_tenants_create)
     tenants.add_parser("list", help="list the tenants").set_defaults(func=cmd_tenants_list)
+    tenant_limits = tenants.add_parser(
+        "limits", help="show or change a tenant's limits on inference",
+        description="Show a tenant's rate limits and daily quotas, or change those given. Each is a number (0: no "
+                    "limit) or 'default' (the deployment's COACHFORGE_INFERENCE_DEFAULT_MAX_… setting). Inference "
+                    "applies a change within its limits cache time (COACHFORGE_INFERENCE_LIMITS_CACHE_S, 5 s).")
+    tenant_limits.add_argument("name", help="the tenant's id")
+    for flag, dest, what in (("--requests-per-minute", "max_requests_per_1_minute", "requests per minute"),
+                             ("--tokens-per-minute", "max_tokens_per_1_minute",
+                              "tokens (prompt + completion) per minute"),
+                             ("--tokens-per-day", "max_tokens_per_1_day", "tokens per UTC day"),
+                             ("--cost-per-day", "max_cost_usd_per_1_day", "US dollars per UTC day")):
+        tenant_limits.add_argument(flag, dest=dest, type=_limit, default=_UNSET, metavar="N", help=what)
+    tenant_limits.set_defaults(func=cmd_tenants_limits)
     keys = sub.add_parser("keys", help="API keys: random (32 bytes), shown once, stored hashed").add_subparsers(
         dest="keys_command", required=True)
     key_create = keys.add_parser("create", help="create an API key and print it (the only time it is shown)")

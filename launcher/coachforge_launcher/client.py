@@ -155,13 +155,16 @@ def cmd_jobs_list(args: argparse.Namespace) -> int:
 
 
 def follow_job(client: OpenAI, job_id: str, *, poll_seconds: float = 2.0, out: IO[str] | None = None,
-               disable: bool = False) -> Any:
+               disable: bool = False, desc: str | None = None, ncols: int | None = None, messages: bool = True,
+               on_metrics: Callable[[dict[str, Any]], None] | None = None) -> Any:
     """Show a progress bar of a fine-tuning job (step of total, training loss, tokens/s, ETA) and
-    its messages until it ends; returns the finished job."""
+    its messages (unless ``messages`` is false) until it ends; returns the finished job.
+    ``on_metrics`` sees each metrics event's data (step, losses, tokens/s) as it arrives."""
     seen: set[str] = set()
     out = out or sys.stderr
     job = client.fine_tuning.jobs.retrieve(job_id)
-    with tqdm(desc=job_id, unit="step", file=out, disable=disable, dynamic_ncols=True) as bar:
+    with tqdm(desc=desc or job_id, unit="step", file=out, disable=disable, ncols=ncols,
+              dynamic_ncols=ncols is None) as bar:
         while True:
             events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
             for ev in reversed(events):
@@ -170,6 +173,8 @@ def follow_job(client: OpenAI, job_id: str, *, poll_seconds: float = 2.0, out: I
                 seen.add(ev.id)
                 data = ev.data if isinstance(ev.data, dict) else None
                 if ev.type == "metrics" and data:
+                    if on_metrics is not None:
+                        on_metrics(data)
                     bar.total = data.get("total_steps") or bar.total
                     bar.n = int(data.get("step") or bar.n)
                     postfix = {"loss": f"{data.get('train_loss') or 0:.3f}"}
@@ -179,7 +184,7 @@ def follow_job(client: OpenAI, job_id: str, *, poll_seconds: float = 2.0, out: I
                         postfix["tok/s"] = f"{data['tokens_per_second']:.0f}"
                     bar.set_postfix(postfix)
                     bar.refresh()
-                elif not disable:
+                elif messages and not disable:
                     bar.write(f"{_when(ev.created_at)}  {ev.message}", file=out)
             job = client.fine_tuning.jobs.retrieve(job_id)
             if job.status in FINAL:

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 from openai import OpenAI
-from tqdm import tqdm
 
+from coachforge_launcher import client as client_commands
 from coachforge_launcher.compare import Comparison, report, wait
 from coachforge_launcher.models import BASE_MODEL_ID
 from coachforge_launcher.settings import StackSettings
@@ -188,28 +188,10 @@ class Training:
 
 
 def follow_job(client: OpenAI, job_id: str) -> Training:
-    """Show a progress bar (step, loss, tokens/s, ETA) until the job finishes."""
-    seen: set[str] = set()
+    """Show a progress bar (step, loss, tokens/s, ETA) until the job finishes (``coachforge jobs follow``'s)."""
     last: dict[str, Any] = {}
-    with tqdm(desc="Fine-tuning", unit="step", ncols=WIDTH) as bar:
-        while True:
-            job = client.fine_tuning.jobs.retrieve(job_id)
-            events = client.fine_tuning.jobs.list_events(job_id, limit=50).data
-            for ev in reversed(events):
-                if ev.id in seen:
-                    continue
-                seen.add(ev.id)
-                data = ev.data if isinstance(ev.data, dict) else None
-                if ev.type == "metrics" and data:
-                    last = data
-                    bar.total = data.get("total_steps")
-                    bar.n = data.get("step", bar.n)
-                    bar.set_postfix(loss=f"{data.get('train_loss') or 0:.3f}",
-                                    tok_s=f"{data.get('tokens_per_second') or 0:.0f}")
-                    bar.refresh()
-            if job.status in ("succeeded", "failed", "cancelled"):
-                break
-            time.sleep(2)
+    job = client_commands.follow_job(client, job_id, desc="Fine-tuning", ncols=WIDTH, messages=False,
+                                     on_metrics=last.update)
     if job.status != "succeeded" or not job.fine_tuned_model:
         raise RuntimeError(f"fine-tuning job {job_id} ended {job.status}: {job.error}")
     return Training(model=job.fine_tuned_model, steps=int(last.get("step") or 0),

@@ -59,6 +59,7 @@ __all__ = [
     "locate_gguf",
     "main",
     "prepare_base_model",
+    "prepare_extra_base",
 ]
 
 logger = logging.getLogger("coachforge.launcher.models")
@@ -185,6 +186,75 @@ def prepare_base_model(cache_dir: Path, *, progress: bool = True) -> Path:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("base model ready at %s (%.1f s)", target, time.monotonic() - started)
+    return target
+
+
+def _folder_digest(folder: Path) -> str:
+    """A digest of a model folder's file names, sizes and modification times (cheap: no file is read)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MARKER_NAME):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+MODEL_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def prepare_extra_base(cache_dir: Path, model_id: str, source: Path, *, progress: bool = True) -> Path:
+    """Make another base model servable and trainable as ``cache_dir / model_id`` and return that folder.
+
+    ``source`` is a Hugging Face model folder (``config.json``, safetensors weights, tokenizer
+    files), copied in (hard links where the file system allows), or a GGUF file, de-quantized
+    like the bundled model. Idempotent, atomic and process-safe like :func:`prepare_base_model`:
+    a folder already prepared from the same source (same GGUF digest, or same file names, sizes
+    and times) is returned at once.
+
+    Raises:
+        ValueError: for a ``model_id`` that is not a plain name, or a source that is neither.
+    """
+    if not model_id or set(model_id) - MODEL_ID_CHARS or model_id.startswith(".") or model_id == BASE_MODEL_ID:
+        raise ValueError(f"a base model id is letters, digits, '.', '-', '_' and not {BASE_MODEL_ID!r}: "
+                         f"got {model_id!r}")
+    cache_dir = Path(cache_dir).expanduser().resolve()
+    source = Path(source).expanduser().resolve()
+    target = cache_dir / model_id
+    if source.is_dir():
+        if not (source / "config.json").is_file():
+            raise ValueError(f"{source} has no config.json: not a Hugging Face model folder")
+        if source == target:
+            return target
+        digest = _folder_digest(source)
+    elif source.is_file() and source.suffix == ".gguf":
+        digest = _sha256(source)
+    else:
+        raise ValueError(f"{source} is neither a model folder nor a .gguf file")
+    if _is_prepared(target, digest):
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(cache_dir / f".{model_id}.lock")):
+        if _is_prepared(target, digest):
+            return target
+        logger.info("preparing base model %s from %s", model_id, source)
+        staging = Path(tempfile.mkdtemp(prefix=f".{model_id}.tmp-", dir=cache_dir))
+        try:
+            if source.is_dir():
+                shutil.rmtree(staging)
+                try:
+                    shutil.copytree(source, staging, copy_function=os.link)
+                except OSError:  # another file system: copy the bytes
+                    shutil.rmtree(staging, ignore_errors=True)
+                    shutil.copytree(source, staging)
+                (staging / MARKER_NAME).unlink(missing_ok=True)
+            else:
+                _convert(source, staging, progress=progress)
+                _apply_umask_permissions(staging)
+            marker = {"model_id": model_id, "source_file": str(source), "source_sha256": digest,
+                      "recipe_version": _RECIPE_VERSION}
+            (staging / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+            _install(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

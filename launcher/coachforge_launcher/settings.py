@@ -22,6 +22,13 @@ class StackSettings(BaseSettings):
                                "default one).")
     worker_metrics_port: int = Field(
         default=8101, description="Prometheus metrics port of the first trainer worker; worker i uses this + i.")
+    extra_base_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='More base models to serve and fine-tune, JSON {"<model id>": "<Hugging Face model folder or '
+                    '.gguf file>"}: each is prepared into the models folder under its id and served by an engine of '
+                    "its own (the same engine settings); requests for it and its fine-tuned versions go there.")
+    extra_engine_port: int = Field(
+        default=8110, description="Port of the first extra base model's engine; the i-th extra base uses this + i.")
     engine_max_model_len: int = Field(default=2048, description="vLLM --max-model-len.")
     engine_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters active in one batch.")
     engine_max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")

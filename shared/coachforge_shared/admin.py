@@ -51,6 +51,19 @@ class KeyIn(BaseModel):
                               description="Any of read, write, admin (default: read, write).")
 
 
+class LimitsIn(BaseModel):
+    """Fields left out keep their value; ``null`` puts one back to the deployment's default; 0 is no limit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_requests_per_1_minute: int | None = Field(default=None, ge=0, description="Requests per minute.")
+    max_tokens_per_1_minute: int | None = Field(
+        default=None, ge=0, description="Tokens per minute (prompt + completion; a request is admitted on its "
+                                        "prompt's estimate plus its max_tokens, then charged what it used).")
+    max_tokens_per_1_day: int | None = Field(default=None, ge=0, description="Tokens per UTC day.")
+    max_cost_usd_per_1_day: float | None = Field(default=None, ge=0, description="US dollars per UTC day.")
+
+
 def _deps(request: Request) -> AdminDeps:
     deps: AdminDeps = request.app.state.admin
     return deps
@@ -110,3 +123,20 @@ def revoke_key(request: Request, principal: CurrentPrincipal, key_id: str) -> di
     revoked = auth.revoke_api_key(deps.db, key_id, owner)
     deps.authenticator.forget_key(key_id)
     return revoked
+
+
+@router.get("/tenants/{tenant_id}/limits", openapi_extra=ADMIN_ONLY)
+def get_limits(request: Request, principal: CurrentPrincipal, tenant_id: str) -> dict[str, Any]:
+    """A tenant's own limits on inference (``null``: the deployment's default, 0: none); an admin key
+    reads its own tenant's, the operator any tenant's."""
+    deps = _deps(request)
+    return auth.tenant_limits(deps.db, _tenant(deps, principal, tenant_id))
+
+
+@router.post("/tenants/{tenant_id}/limits", openapi_extra=ADMIN_ONLY)
+def set_limits(request: Request, principal: CurrentPrincipal, tenant_id: str, body: LimitsIn) -> dict[str, Any]:
+    """Change a tenant's limits (operator only): requests and tokens per minute, tokens and cost per
+    day. Inference replicas apply them within their limits cache time."""
+    deps = _deps(request)
+    _operator(deps, principal)
+    return auth.set_tenant_limits(deps.db, tenant_id, body.model_dump(exclude_unset=True))

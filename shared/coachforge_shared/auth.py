@@ -154,6 +154,47 @@ def list_tenants(db: Database) -> list[dict[str, Any]]:
         return [tenant_dict(t) for t in s.scalars(select(Tenant).order_by(Tenant.created_at, Tenant.id))]
 
 
+LIMIT_FIELDS = ("max_requests_per_1_minute", "max_tokens_per_1_minute", "max_tokens_per_1_day",
+                "max_cost_usd_per_1_day")
+"""A tenant's limits on inference (requests and tokens per minute, tokens and US dollars per UTC day);
+``None``: the deployment's default, 0: no limit."""
+
+
+def limits_dict(row: Tenant) -> dict[str, Any]:
+    """A tenant's own limits as the API and the CLI show them (``None``: the deployment's default)."""
+    return {"object": "tenant.limits", "tenant": row.id, **{f: getattr(row, f) for f in LIMIT_FIELDS},
+            "updated_at": _epoch(row.limits_updated_at)}
+
+
+def tenant_limits(db: Database, tenant_id: str) -> dict[str, Any]:
+    """Tenant ``tenant_id``'s limits; :class:`NotFound` if there is no such tenant."""
+    with db.session() as s:
+        row = s.get(Tenant, tenant_id)
+        if row is None:
+            raise NotFound(f"No tenant {tenant_id!r}.", param="tenant", code="tenant_not_found")
+        return limits_dict(row)
+
+
+def set_tenant_limits(db: Database, tenant_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Change some of tenant ``tenant_id``'s limits (a field set to ``None`` goes back to the default);
+    negative values are refused naming the field."""
+    for name, value in changes.items():
+        if name not in LIMIT_FIELDS:
+            raise InvalidArgument(f"Unknown limit {name!r}; expected one of {', '.join(LIMIT_FIELDS)}.", param=name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise InvalidArgument(f"{name} must be a number of at least 0 (0: no limit) or null (the default).",
+                                  param=name, code="invalid_value")
+    with db.session() as s:
+        row = s.get(Tenant, tenant_id)
+        if row is None:
+            raise NotFound(f"No tenant {tenant_id!r}.", param="tenant", code="tenant_not_found")
+        for name, value in changes.items():
+            setattr(row, name, value if value is None or name == "max_cost_usd_per_1_day" else int(value))
+        row.limits_updated_at = utcnow()
+        s.flush()
+        return limits_dict(row)
+
+
 def add_api_key(db: Database, tenant_id: str, key: str, name: str = "",
                 scopes: Iterable[str] = SCOPES) -> None:
     """Store ``key`` (hashed) for ``tenant_id``; a key already stored is left as it is."""

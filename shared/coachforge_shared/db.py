@@ -5,10 +5,15 @@ Every service declares its tables on :class:`Base`; Alembic (``migrations/``) ow
 Database outages (:func:`is_outage`) are not bugs: requests answer 503 with ``Retry-After``
 (:func:`unavailable`, applied by the two error mappings) and background loops wait and retry
 (:class:`OutageBackoff`); the pool replaces dead connections, so nothing needs a restart.
+
+A value the database refuses as data (PostgreSQL's text with a NUL character, a number out of its
+column's range) came from the caller: :meth:`Database.session` raises it as
+:class:`~coachforge_shared.errors.InvalidArgument` (:func:`refused_value`), a 400, not a 500.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import threading
 import time
@@ -22,7 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from coachforge_shared.errors import Unavailable
+from coachforge_shared.errors import InvalidArgument, Unavailable
 from coachforge_shared.logging import get_logger
 
 log = get_logger("coachforge.db")
@@ -175,6 +180,28 @@ class OutageBackoff:
         return float(min(interval * 2 ** min(self.outage_failures, 16), max(self.max_wait_s, interval)))
 
 
+_BOUND_SUFFIX = re.compile(r"_\d+$")
+
+
+def _refused_param(params: Any) -> str | None:
+    """The column a bound value with a NUL character was meant for (``name``, ``id`` of ``id_1``)."""
+    rows = params if isinstance(params, list | tuple) else [params]
+    for row in rows:
+        if isinstance(row, dict):
+            for key, value in row.items():
+                if isinstance(value, str) and "\x00" in value:
+                    return _BOUND_SUFFIX.sub("", str(key))
+    return None
+
+
+def refused_value(err: sa_exc.DataError) -> InvalidArgument:
+    """The typed error of a value the database refused as data (``err``): the driver's reason, and
+    the column where it can be told."""
+    reason = _describe(err).split(": ", 1)[-1]
+    return InvalidArgument(f"A value in the request is refused by the database: {reason}.",
+                           param=_refused_param(err.params), code="invalid_value")
+
+
 class Database:
     """Owns one engine and its session factory."""
 
@@ -185,9 +212,13 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on any error."""
-        with self._factory() as session, session.begin():
-            yield session
+        """A session in one transaction: committed on success, rolled back on any error. A value the
+        database refused as data is raised as :class:`InvalidArgument` (:func:`refused_value`)."""
+        try:
+            with self._factory() as session, session.begin():
+                yield session
+        except sa_exc.DataError as err:
+            raise refused_value(err) from err
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -16,6 +16,8 @@ class CoachForgeError(Exception):
     type = "server_error"
     retry_after_s: int | None = None
     """Seconds after which trying again may succeed (sent as HTTP ``Retry-After``), when known."""
+    headers: dict[str, str] | None = None
+    """More response headers of the error's HTTP answer (e.g. the ``x-ratelimit-*`` of a 429)."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -84,6 +86,26 @@ class Unavailable(CoachForgeError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimited(CoachForgeError):
+    """Too many requests or tokens for the tenant's limits (``code`` ``rate_limit_exceeded``, ``type``
+    the limit that was hit: ``requests`` or ``tokens``), or its daily quota spent (``code`` and
+    ``type`` ``insufficient_quota``): 429 with ``Retry-After`` and the ``x-ratelimit-*`` headers."""
+
+    http_status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, kind: str, code: str, retry_after_s: int,
+                 headers: dict[str, str] | None = None, param: str | None = None) -> None:
+        super().__init__(message, param=param, code=code)
+        self.type = kind
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
+RATE_LIMIT_CODES = ("rate_limit_exceeded", "insufficient_quota")
+"""The ``code`` of a :class:`RateLimited` error; over gRPC they tell it from a :class:`PayloadTooLarge`."""
+
+
 class Internal(CoachForgeError):
     pass
 
@@ -99,6 +121,8 @@ ERROR_PARAM_KEY = "x-error-param"
 """Trailing metadata of a failed gRPC call: the ``param`` of the typed error it stands for."""
 ERROR_CODE_KEY = "x-error-code"
 """Trailing metadata of a failed gRPC call: the machine ``code`` of the typed error, where one is set."""
+ERROR_RETRY_AFTER_KEY = "x-retry-after"
+"""Trailing metadata of a failed gRPC call: seconds after which trying again may succeed, where known."""
 TOO_MANY_CALLS = "too_many_concurrent_calls"
 """The code of a call refused because its method had as many calls in progress as it may: the
 server is busy, not the request too large (RESOURCE_EXHAUSTED alone means :class:`PayloadTooLarge`)."""
@@ -113,17 +137,23 @@ def from_rpc_error(err: grpc.RpcError) -> CoachForgeError:
     code = err.code() if isinstance(err, grpc.Call) else grpc.StatusCode.UNKNOWN
     details = (err.details() if isinstance(err, grpc.Call) else None) or str(err)
     param = error_code = None
+    retry_after_s = UPSTREAM_RETRY_AFTER_S
     if isinstance(err, grpc.Call):
         for key, value in err.trailing_metadata() or ():
             if key == ERROR_PARAM_KEY:
                 param = str(value)
             elif key == ERROR_CODE_KEY:
                 error_code = str(value)
+            elif key == ERROR_RETRY_AFTER_KEY and str(value).isdigit():
+                retry_after_s = int(value)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code == TOO_MANY_CALLS:
         return Unavailable(details, param=param, code=error_code, retry_after_s=1)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and error_code in RATE_LIMIT_CODES:
+        kind = "insufficient_quota" if error_code == "insufficient_quota" else "requests"
+        return RateLimited(details, kind=kind, code=error_code, retry_after_s=retry_after_s, param=param)
     cls = _BY_GRPC_CODE.get(code, Unavailable if code == grpc.StatusCode.DEADLINE_EXCEEDED else Internal)
     if cls is Unavailable:
         # Away for now on the other side (its database, a service it needs): the caller's client should
         # retry after the same pause a local outage asks for.
-        return Unavailable(details, param=param, code=error_code, retry_after_s=UPSTREAM_RETRY_AFTER_S)
+        return Unavailable(details, param=param, code=error_code, retry_after_s=retry_after_s)
     return cls(details, param=param, code=error_code)

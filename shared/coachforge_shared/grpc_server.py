@@ -44,6 +44,7 @@ from coachforge_shared.db import is_outage, unavailable
 from coachforge_shared.errors import (
     ERROR_CODE_KEY,
     ERROR_PARAM_KEY,
+    ERROR_RETRY_AFTER_KEY,
     TOO_MANY_CALLS,
     CoachForgeError,
     from_rpc_error,
@@ -202,8 +203,8 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     @staticmethod
     def _failure(method: str, err: Exception) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
-        """The status, message and trailing metadata (``x-error-param``, ``x-error-code``) an error
-        ends the call with (counted)."""
+        """The status, message and trailing metadata (``x-error-param``, ``x-error-code``,
+        ``x-retry-after``) an error ends the call with (counted)."""
         if is_outage(err):
             err = unavailable(err)
         if isinstance(err, CoachForgeError):
@@ -211,6 +212,8 @@ class ErrorAndAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             trailing: tuple[tuple[str, str], ...] = ((ERROR_PARAM_KEY, err.param),) if err.param else ()
             if err.code:
                 trailing += ((ERROR_CODE_KEY, err.code),)
+            if err.retry_after_s is not None:
+                trailing += ((ERROR_RETRY_AFTER_KEY, str(err.retry_after_s)),)
             return err.grpc_code, err.message, trailing
         GRPC_REQUESTS.labels(method, "INTERNAL").inc()
         log.error("unhandled error in gRPC method", method=method, exc_info=err)

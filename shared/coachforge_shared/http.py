@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -20,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coachforge_shared.auth import READ, SCOPES, WRITE, Authenticator, Principal
 from coachforge_shared.db import OUTAGE_ERRORS, is_outage, unavailable
-from coachforge_shared.errors import CoachForgeError, InvalidArgument
+from coachforge_shared.errors import CoachForgeError, InvalidArgument, PayloadTooLarge
 from coachforge_shared.logging import get_logger
 from coachforge_shared.metrics import HTTP_REQUESTS
 
@@ -49,8 +50,10 @@ def install_error_handlers(app: FastAPI) -> None:
     is :class:`~coachforge_shared.errors.Unavailable`: 503 with ``Retry-After``, not a 500."""
 
     def typed(err: CoachForgeError) -> JSONResponse:
-        headers = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s is not None else None
-        return JSONResponse(err.to_body(), status_code=err.http_status, headers=headers)
+        headers = dict(err.headers or {})
+        if err.retry_after_s is not None:
+            headers["Retry-After"] = str(err.retry_after_s)
+        return JSONResponse(err.to_body(), status_code=err.http_status, headers=headers or None)
 
     @app.exception_handler(CoachForgeError)
     async def _typed(_: Request, err: CoachForgeError) -> JSONResponse:
@@ -119,6 +122,87 @@ class RequestLatencyMiddleware:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             if route not in ("/metrics", "/health", "/ready"):
                 HTTP_REQUESTS.labels(route, scope["method"], str(status)).observe(time.perf_counter() - start)
+
+
+class BodyTooLarge(PayloadTooLarge):
+    """A request body over its route's limit (:class:`BodyLimitMiddleware`)."""
+
+
+class BodyLimitMiddleware:
+    """Refuses a request body larger than its route's limit with a 413, before the application has
+    read more than the limit: a declared ``Content-Length`` over it is refused before a byte of the
+    body is read; a body without one (chunked) is counted as it arrives and cut off as soon as it
+    passes the limit. Multipart uploads included: nothing beyond the limit is ever spooled.
+
+    ``limits`` are ``(path pattern, bytes)`` pairs, the first whose regular expression matches the
+    whole path wins (a service's upload routes); every other request gets ``default_limit``. A
+    plain ASGI middleware: responses and streams pass through untouched."""
+
+    def __init__(self, app: ASGIApp, default_limit: int, limits: Sequence[tuple[str, int]] = ()) -> None:
+        self.app = app
+        self.default_limit = default_limit
+        self.limits = [(re.compile(pattern), limit) for pattern, limit in limits]
+
+    def limit_for(self, path: str) -> int:
+        for pattern, limit in self.limits:
+            if pattern.fullmatch(path):
+                return limit
+        return self.default_limit
+
+    @staticmethod
+    async def _refuse(send: Send, limit: int) -> None:
+        err = BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.", param="body",
+                           code="request_too_large")
+        response = JSONResponse(err.to_body(), status_code=413, headers={"Connection": "close"})
+        await response({"type": "http"}, _no_receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, limit)
+            return
+        received = 0
+        exceeded = started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes.",
+                                       param="body", code="request_too_large")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return  # the application's answer to a body cut short: the 413 goes out instead
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, guarded_send)
+        except Exception:
+            if not exceeded:
+                raise
+        if exceeded and not started:
+            await self._refuse(send, limit)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def add_body_limits(app: FastAPI, default_limit: int, limits: Sequence[tuple[str, int]] = ()) -> None:
+    """Limit request bodies (:class:`BodyLimitMiddleware`)."""
+    app.add_middleware(BodyLimitMiddleware, default_limit=default_limit, limits=list(limits))
 
 
 def add_request_metrics(app: FastAPI) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from coachforge_shared.db import Base, UTCDateTime
@@ -12,11 +12,18 @@ from coachforge_shared.ids import utcnow
 
 
 class Tenant(Base):
+    """A tenant, with its own limits on inference (``None``: the deployment's default; 0: no limit)."""
+
     __tablename__ = "tenants"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    max_requests_per_1_minute: Mapped[int | None] = mapped_column(Integer(), nullable=True)
+    max_tokens_per_1_minute: Mapped[int | None] = mapped_column(BigInteger(), nullable=True)
+    max_tokens_per_1_day: Mapped[int | None] = mapped_column(BigInteger(), nullable=True)
+    max_cost_usd_per_1_day: Mapped[float | None] = mapped_column(Float(), nullable=True)
+    limits_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ApiKey(Base):

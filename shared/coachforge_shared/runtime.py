@@ -41,8 +41,15 @@ from coachforge_shared.db import Database
 from coachforge_shared.errors import NotFound
 from coachforge_shared.events import EventConsumer, EventPublisher, Handler, ensure_topics
 from coachforge_shared.grpc_server import InternalChannel, ServiceRegistration, build_server, mark_serving
-from coachforge_shared.http import MetricsServer, add_request_metrics, install_error_handlers, start_metrics_server
+from coachforge_shared.http import (
+    MetricsServer,
+    add_body_limits,
+    add_request_metrics,
+    install_error_handlers,
+    start_metrics_server,
+)
 from coachforge_shared.logging import get_logger
+from coachforge_shared.openapi import install_openapi
 from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.settings import PlatformSettings
 
@@ -76,6 +83,9 @@ class Service:
     routers: Sequence[APIRouter] = ()
     servicers: Sequence[ServiceRegistration] = ()
     consumers: Sequence[Consumer] = ()
+    body_limits: Sequence[tuple[str, int]] = ()
+    """Request body limits of its routes that differ from the platform's ``max_request_bytes``, as
+    ``(path regular expression, bytes)`` pairs (its upload routes)."""
     checks: Mapping[str, Check] = field(default_factory=dict)
     """Readiness checks of its own (e.g. the inference engines), by the name ``/ready`` shows."""
     on_start: Sequence[Hook] = ()
@@ -241,6 +251,8 @@ def compose(names: Iterable[str], platform: PlatformSettings, grpc_address: str,
     for service in services:
         setattr(app.state, service.name, service.deps)
     install_error_handlers(app)
+    install_openapi(app)
+    add_body_limits(app, platform.max_request_bytes, [limit for service in services for limit in service.body_limits])
     add_request_metrics(app)
     app.include_router(admin.router)
     for service in services:

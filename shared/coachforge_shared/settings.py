@@ -98,6 +98,11 @@ class PlatformSettings(BaseSettings):
         description="Address of the gRPC server hosting the other services (all-in-one: one port). "
         "Per-service overrides live in each service's settings.",
     )
+    max_request_bytes: int = Field(
+        default=4 * 1024**2, ge=1024,
+        description="Largest request body on the REST port, in bytes (chat requests, every JSON body); a larger one "
+        "is refused with 413 before it is read. Upload routes have their own limit, their service's max_upload_bytes.",
+    )
     grpc_method_concurrency: int | None = Field(
         default=None, ge=1,
         description="Calls of one plain (thread-pool) gRPC method a process serves at once; one more is refused "

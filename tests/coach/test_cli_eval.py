@@ -148,8 +148,8 @@ def test_the_cli_evaluates_the_base_model_on_the_stack(stack) -> None:  # type: 
     from coachforge_launcher.models import BASE_MODEL_ID
 
     done = subprocess.run([str(Path(sys.executable).parent / "coachforge"), "coach", "eval", "--model",
-                           BASE_MODEL_ID, "--variants", "1", "--base-url", stack.base_url, "--api-key",
-                           stack.api_key], capture_output=True, text=True, timeout=900)
+                           BASE_MODEL_ID, "--variants", "1", "--max-answer-tokens", "96", "--base-url",
+                           stack.base_url, "--api-key", stack.api_key], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith(f"coach eval: {BASE_MODEL_ID}  (run evalrun-")

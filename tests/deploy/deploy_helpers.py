@@ -54,6 +54,7 @@ VALUE_SETS: list[tuple[str, tuple[str, ...]]] = [
     ("external", ("-f", str(VALUES_DIR / "external.yaml"), *MONITORING_API)),
     ("gpu-bundled", ("-f", str(VALUES_DIR / "gpu-bundled.yaml"), *MONITORING_API)),
     ("gitops-minio", ("-f", str(VALUES_DIR / "gitops-minio.yaml"), *MONITORING_API, *KEDA_API)),
+    ("several-bases", ("-f", str(VALUES_DIR / "several-bases.yaml"), *MONITORING_API)),
     ("cpu-dev", ("-f", str(REPO / "deploy" / "helm" / "values-cpu-dev.yaml"))),
     ("strimzi", ("-f", str(EXAMPLES_DIR / "values-strimzi.yaml"))),
     ("cloudnativepg", ("-f", str(EXAMPLES_DIR / "values-cloudnativepg.yaml"))),

@@ -104,10 +104,13 @@ def _avatar(store: bool | None) -> Resolution:
 
 
 def _engine_deps(url: str, publisher: _Publisher, db: Database | None) -> InferenceDeps:
-    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600, stored_policy_cache_s=3600),
+    deps = InferenceDeps(settings=InferenceSettings(resolve_cache_s=3600, stored_policy_cache_s=3600,
+                                                    limits_cache_s=3600),
                          registry=InternalChannel("127.0.0.1:9", "internal"),
                          engines=EnginePool([url], timeout_s=10, health_interval_s=0),
                          publisher=publisher, db=db)  # type: ignore[arg-type]
+    if db is not None:
+        deps.limiter.refresh(TENANT)  # the tenant's rate limits (none), read before the queries are counted
     now = time.monotonic()
     deps._cache[(TENANT, BASE)] = (now, Resolution(registry_pb2.Model(id=BASE, base_model=BASE)))
     for name, store in (("follows", None), ("keeps", True), ("skips", False)):

@@ -223,3 +223,12 @@ def test_rest_experiment(deps: RegistryDeps, db: Database) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "since"
     deps.feedback = None
     assert client.get("/v1/avatars/coach-anna/experiment", headers=ACME).status_code == 503
+
+
+def test_since_beyond_any_unix_time_is_refused_naming_it(deps: RegistryDeps) -> None:
+    """A ``since`` too large for a unix time (found by the API fuzzer: a 500 before) is a 400."""
+    service.create_avatar(deps, "acme", "k", "coach-anna", V1)
+    with pytest.raises(InvalidArgument) as refused:
+        experiment.experiment(deps, "acme", "coach-anna", since=10**20)
+    assert refused.value.param == "since"
+    assert experiment.experiment(deps, "acme", "coach-anna", since=experiment.LATEST_SINCE)["variants"] == []

@@ -45,6 +45,7 @@ def s3_deps(db: Database, tmp_path: Path, s3_server: S3Server, s3_bucket: str,
     monkeypatch.setenv("COACHFORGE_REGISTRY_STORAGE_OPTIONS", json.dumps(s3_server.options))
     monkeypatch.setenv("COACHFORGE_REGISTRY_BASE_MODELS", json.dumps([BASE]))
     monkeypatch.setenv("COACHFORGE_REGISTRY_MODELS_DIR", str(models))
+    monkeypatch.setenv("COACHFORGE_REGISTRY_STAGING_DIR", str(tmp_path / "staging"))
     return RegistryDeps(db=db, settings=RegistrySettings(), publisher=Recorder(db))  # type: ignore[arg-type]
 
 
@@ -54,6 +55,7 @@ def test_s3_store_checksums_verifies_and_deletes(s3_deps: RegistryDeps, s3_serve
     assert deps.artifact_store().fs.protocol[0] == "s3" and not deps.artifact_store().is_local
     local = {f.path: f for f in manifest(peft_adapter)}
     assert set(local) == {"README.md", "adapter_config.json", "adapter_model.safetensors"}
+    kept = {"adapter_config.json", "adapter_model.safetensors"}  # peft's README.md is not stored
     assert json.loads((peft_adapter / "adapter_config.json").read_text())["r"] == 8
 
     m1 = job_done(deps, "acme", "ftjob-s30001", "coach", peft_adapter)
@@ -65,7 +67,7 @@ def test_s3_store_checksums_verifies_and_deletes(s3_deps: RegistryDeps, s3_serve
 
     # Every stored object, read back with a plain S3 client, has the sha256 and size recorded for it.
     stored = _objects(s3_server, s3_bucket, prefix1)
-    assert set(stored) == set(local)
+    assert set(stored) == kept and json.loads(v1.lineage_json)["ignored_files"] == ["README.md"]
     for f in v1.files:
         assert hashlib.sha256(stored[f.path]).hexdigest() == f.sha256 == local[f.path].sha256
         assert len(stored[f.path]) == f.size
@@ -90,13 +92,13 @@ def test_s3_store_checksums_verifies_and_deletes(s3_deps: RegistryDeps, s3_serve
     # Deleting a version removes its objects, and only its.
     assert service.delete_model(deps, "acme", m2)["deleted"] is True
     assert _objects(s3_server, s3_bucket, prefix2) == {}
-    assert set(_objects(s3_server, s3_bucket, prefix1)) == set(local)
+    assert set(_objects(s3_server, s3_bucket, prefix1)) == kept
 
     # An uploaded archive goes to the same store.
     up = service.upload_version(deps, "acme", "api-key:k1", BASE, "anna",
                                 [("adapter.tar.gz", io.BytesIO(tar_gz(peft_adapter)))])
     assert up.artifact_uri.startswith(f"s3://{s3_bucket}/registry/acme/")
-    assert set(_objects(s3_server, s3_bucket, f"registry/acme/{up.id}/")) == set(local)
+    assert set(_objects(s3_server, s3_bucket, f"registry/acme/{up.id}/")) == kept
 
 
 def test_s3_store_refuses_a_missing_bucket_without_creating_it(s3_server: S3Server, peft_adapter: Path) -> None:

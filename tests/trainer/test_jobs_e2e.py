@@ -101,11 +101,12 @@ def test_checkpoints_with_validation_loss_then_cancel_keeps_them(client: OpenAI,
 
     checkpoints = _checkpoints(client, job.id)
     assert checkpoints and checkpoints[-1].step_number == 3  # 24 examples / batch 8 = 3 steps per epoch
+    [run_dir] = Path(stack.data_dir, "artifacts").glob(f"*/{job.id}")  # the server's folder is not shown
     for checkpoint in checkpoints:
         assert checkpoint.metrics.valid_loss is not None and checkpoint.metrics.valid_loss > 0
-        path = Path((checkpoint.model_extra or {})["adapter_path"])
+        assert "adapter_path" not in (checkpoint.model_extra or {})
+        path = run_dir / "checkpoints" / f"checkpoint-{checkpoint.step_number}"
         assert (path / "adapter_model.safetensors").is_file()  # kept, and usable as an adapter
-    run_dir = Path((checkpoints[0].model_extra or {})["adapter_path"]).parent.parent
     assert not (run_dir / "adapter").exists()
     assert not list(run_dir.glob(".adapter-tmp-*"))
 

@@ -44,10 +44,11 @@ def workouts_between(s: Session, athlete_id: str, start: dt.date, end: dt.date,
         .order_by(Workout.date, Workout.external_id)))
 
 
-def completed_until(s: Session, athlete_id: str, until: dt.date) -> list[Workout]:
+def completed_between(s: Session, athlete_id: str, start: dt.date, until: dt.date) -> list[Workout]:
+    """Completed workouts with ``start <= date <= until``, oldest first."""
     return list(s.scalars(select(Workout).where(
-        Workout.athlete_id == athlete_id, Workout.status == "completed", Workout.date <= until)
-        .order_by(Workout.date, Workout.external_id)))
+        Workout.athlete_id == athlete_id, Workout.status == "completed", Workout.date >= start,
+        Workout.date <= until).order_by(Workout.date, Workout.external_id)))
 
 
 def wellness_between(s: Session, athlete_id: str, start: dt.date, end: dt.date) -> list[Wellness]:

@@ -98,8 +98,19 @@ def validate(text: str) -> tuple[bool, str]:
     return True, ""
 
 
+EARLIEST_TODAY, LATEST_TODAY = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
+"""The athlete's ``today`` a request may name: the load windows and the plan around it stay dates."""
+
+
 def today_or(value: dt.date | None) -> dt.date:
-    return value if value is not None else utcnow().date()
+    """``value`` (the athlete's today, refused outside :data:`EARLIEST_TODAY`..:data:`LATEST_TODAY`),
+    else the server's date (UTC)."""
+    if value is None:
+        return utcnow().date()
+    if not EARLIEST_TODAY <= value <= LATEST_TODAY:
+        raise InvalidArgument(f"today must be a date from {EARLIEST_TODAY} to {LATEST_TODAY}, got {value}",
+                              param="today")
+    return value
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -238,9 +249,17 @@ def list_workouts(deps: CoachDeps, tenant_id: str, athlete_id: str, start: dt.da
 # -- load and state ----------------------------------------------------------------------------
 
 
+MAX_LOAD_DAYS = 3650
+"""The longest load history a request shows (``GET …/load?days=``)."""
+LOAD_WINDOW_DAYS = MAX_LOAD_DAYS + 365
+"""Days of training up to today that the load model reads: the longest history shown, plus a year
+for CTL (a 42-day average) to settle; training before that weighs less than 0.02 % today. However
+far back an athlete's workouts go, a request costs at most this many days of computing."""
+
+
 def _load_series(s: Session, athlete: Athlete, today: dt.date) -> list[LoadPoint]:
     daily: dict[dt.date, float] = {}
-    for w in repo.completed_until(s, athlete.id, today):
+    for w in repo.completed_between(s, athlete.id, today - dt.timedelta(days=LOAD_WINDOW_DAYS), today):
         daily[w.date] = daily.get(w.date, 0.0) + w.tss
     return compute_load(daily, until=today)
 
@@ -253,8 +272,8 @@ def _today_point(series: list[LoadPoint], today: dt.date) -> LoadPoint:
 
 def load_metrics(deps: CoachDeps, tenant_id: str, athlete_id: str, today: dt.date | None,
                  days: int = 42) -> dict[str, Any]:
-    if not 1 <= days <= 3650:
-        raise InvalidArgument("days must be between 1 and 3650.", param="days")
+    if not 1 <= days <= MAX_LOAD_DAYS:
+        raise InvalidArgument(f"days must be between 1 and {MAX_LOAD_DAYS}.", param="days")
     day = today_or(today)
     with deps.db.session() as s:
         athlete = repo.athlete(s, tenant_id, athlete_id)

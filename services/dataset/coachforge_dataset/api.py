@@ -13,12 +13,14 @@ from coachforge_dataset import service, versions
 from coachforge_dataset.models import FileReport
 from coachforge_dataset.schemas import CreateDatasetVersion, CreateSyntheticData
 from coachforge_dataset.service import DatasetDeps
-from coachforge_shared.errors import PayloadTooLarge
 from coachforge_shared.http import CurrentPrincipal
 
 router = APIRouter(prefix="/v1", tags=["files"])
 
 ReportFormat = Literal["json", "jsonl"]
+JSONL = {"application/jsonl": {"schema": {"type": "string", "description": "One JSON object a line."}}}
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": JSONL}}
+"""A report is JSON, or JSON lines with ``format=jsonl`` (declared beside the default JSON)."""
 
 
 def _deps(request: Request) -> DatasetDeps:
@@ -34,11 +36,7 @@ def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile,
     the file object's ``status_details``/``validation`` and in ``GET /v1/files/{id}/report``.
     ``purpose`` is ``fine-tune`` (training data) or ``evals`` (``{"item": …, "sample"?: …}`` lines
     that an eval run reads through ``source: {"type": "file_id"}``; never training data)."""
-    deps = _deps(request)
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > deps.settings.max_upload_bytes + 64 * 1024:
-        raise PayloadTooLarge(f"File is larger than the limit of {deps.settings.max_upload_bytes} bytes.",
-                              param="file")
+    deps = _deps(request)  # the body was size-limited while it arrived (the service's body_limits)
 
     def chunks() -> Iterator[bytes]:
         while chunk := file.file.read(deps.settings.chunk_bytes):
@@ -65,7 +63,7 @@ def _report_response(report: FileReport, format: ReportFormat) -> StreamingRespo
     return StreamingResponse(service.report_json_chunks(report), media_type="application/json")
 
 
-@router.get("/files/reports/{report_id}")
+@router.get("/files/reports/{report_id}", responses=REPORT_RESPONSES)
 def upload_report(request: Request, principal: CurrentPrincipal, report_id: str,
                   format: ReportFormat = "json") -> StreamingResponse:
     """The report of any upload, rejected ones included: totals and every problem."""
@@ -85,13 +83,15 @@ def delete_file(request: Request, principal: CurrentPrincipal, file_id: str) -> 
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-@router.get("/files/{file_id}/content")
+@router.get("/files/{file_id}/content", response_class=StreamingResponse, responses={200: {
+    "description": "The file's bytes.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 def file_content(request: Request, principal: CurrentPrincipal, file_id: str) -> StreamingResponse:
     chunks = service.read_content(_deps(request), principal.tenant_id, file_id)
     return StreamingResponse(chunks, media_type="application/octet-stream")
 
 
-@router.get("/files/{file_id}/report")
+@router.get("/files/{file_id}/report", responses=REPORT_RESPONSES)
 def file_report(request: Request, principal: CurrentPrincipal, file_id: str,
                 format: ReportFormat = "json") -> StreamingResponse:
     """The file's validation report: totals and every problem (``format=jsonl``: a summary line,
@@ -150,7 +150,8 @@ def dataset_stats(request: Request, principal: CurrentPrincipal, version_id: str
     return stats
 
 
-@datasets.get("/{version_id}/export")
+@datasets.get("/{version_id}/export", response_class=StreamingResponse,
+              responses={200: {"description": "One JSON line per example.", "content": JSONL}})
 def export_dataset_version(request: Request, principal: CurrentPrincipal, version_id: str,
                            format: str = "openai", split: str = "train") -> StreamingResponse:
     """One split as JSONL in ``openai``, ``chatml`` or ``alpaca`` format."""

@@ -34,7 +34,7 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, to_unix
 from coachforge_shared.logging import get_logger
 from coachforge_shared.plugins import synthetic_generator
-from coachforge_shared.streams import iter_lines
+from coachforge_shared.streams import TooLong, iter_lines
 
 log = get_logger("coachforge.dataset")
 
@@ -66,6 +66,8 @@ class DatasetDeps:
 
 
 POLICIES = ("strict", "lenient")
+MAX_FILENAME_CHARS = 255
+"""Longest name an upload may give its file (kept as the file object's ``filename``)."""
 
 
 @dataclass
@@ -131,14 +133,20 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
     report of the rejected upload (its id is in the error message). ``lenient``: invalid lines
     are dropped (stored as blank lines, so line numbers keep matching the upload) and reported.
     Every problem goes to the upload's report file; the first ones are in the error or in the
-    file object. The temporary files are removed on any error."""
+    file object. The temporary files are removed on any error. The upload's size is checked while
+    it streams (``max_upload_bytes``: 413), and a line longer than ``max_line_bytes`` is an invalid
+    line that is never held whole in memory."""
     if purpose not in PURPOSES:
         raise InvalidArgument(f"Unsupported purpose {purpose!r}; expected one of {sorted(PURPOSES)}.",
                               param="purpose")
+    if len(filename) > MAX_FILENAME_CHARS or any(ord(c) < 32 or ord(c) == 127 for c in filename):
+        raise InvalidArgument(f"filename must be at most {MAX_FILENAME_CHARS} characters, without control "
+                              "characters.", param="filename")
     policy = policy or deps.settings.default_upload_policy
     if policy not in POLICIES:
         raise InvalidArgument(f"Unsupported policy {policy!r}; expected 'strict' or 'lenient'.", param="policy")
     limit = deps.settings.max_upload_bytes
+    line_limit = deps.settings.max_line_bytes
     shown = deps.settings.max_errors_in_response
     target_dir = deps.files_dir / tenant_id
     target_dir.mkdir(parents=True, exist_ok=True)
@@ -168,13 +176,17 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                         out.write(chunk)
                     yield chunk
 
-            for line_no, line in iter_lines(counted()):
+            for line_no, line in iter_lines(counted(), max_line_bytes=line_limit):
                 check.lines = line_no
-                if not evals and not line.strip():
+                if not evals and not isinstance(line, TooLong) and not line.strip():
                     check.blank += 1
                     keep = line
                 else:
-                    line_errors = _check_eval_line(line_no, line) if evals else parse_line(line_no, line)[1]
+                    if isinstance(line, TooLong):  # only its first line_limit bytes were kept: never parsed
+                        line_errors = [LineIssue(line_no, "line", f"longer than the limit of {line_limit} bytes "
+                                                                  f"({line.length} bytes)")]
+                    else:
+                        line_errors = _check_eval_line(line_no, line) if evals else parse_line(line_no, line)[1]
                     if line_errors:
                         check.invalid_lines += 1
                         check.issues_total += len(line_errors)

@@ -14,6 +14,11 @@ class DatasetSettings(BaseSettings):
     max_upload_bytes: int = Field(
         default=1024**3, description="Largest accepted upload in bytes; enforced while reading the stream."
     )
+    max_line_bytes: int = Field(
+        default=8 * 1024**2, ge=1,
+        description="Longest line of an upload in bytes (without its newline). A longer line is never held whole "
+                    "in memory: it is an invalid line ('longer than the limit'), which rejects the file under the "
+                    "strict policy and is dropped and reported under the lenient one.")
     max_errors_in_response: int = Field(
         default=20, description="How many invalid lines an error response lists (the total is always given)."
     )

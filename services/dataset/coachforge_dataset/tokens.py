@@ -7,7 +7,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tokenizers import Tokenizer
@@ -52,9 +52,17 @@ class TokenCounter:
 
 
 def tokenizer_path(models_dir: Path, base_model: str) -> Path:
-    path = models_dir / base_model / "tokenizer.json"
-    if not path.exists():
-        raise InvalidArgument(f"No tokenizer for base model {base_model!r} (looked for {path}).", param="model")
+    """The tokenizer of ``base_model``, one of the prepared models (a folder of ``models_dir``):
+    a name that is not one plain folder name (a path, '..') is refused before it is joined to the
+    folder, and the error lists the prepared models, never where they lie."""
+    plain = base_model not in ("", ".", "..") and PurePosixPath(base_model).name == base_model \
+        and "\\" not in base_model and "\x00" not in base_model
+    path = models_dir / base_model / "tokenizer.json" if plain else None
+    if path is None or not path.is_file():
+        known = sorted(p.name for p in models_dir.iterdir() if (p / "tokenizer.json").is_file()) \
+            if models_dir.is_dir() else []
+        raise InvalidArgument(f"No tokenizer for base model {base_model[:200]!r} (prepared base models: "
+                              f"{', '.join(known) or 'none'}).", param="model")
     return path
 
 

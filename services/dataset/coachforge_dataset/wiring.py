@@ -18,4 +18,7 @@ def wire(w: Wiring) -> Service:
     deps = DatasetDeps(db=w.db, settings=settings, files_dir=w.platform.resolved_artifacts_dir / "files",
                        publisher=w.publisher, models_dir=w.platform.models_dir, trainer=trainer,
                        inference=inference)
-    return Service("dataset", deps, routers=[api.router, api.datasets], servicers=[grpc.registration(deps)])
+    # an upload's multipart envelope (boundaries, part headers, the form fields) on top of the file
+    upload_limit = deps.settings.max_upload_bytes + 64 * 1024
+    return Service("dataset", deps, routers=[api.router, api.datasets], servicers=[grpc.registration(deps)],
+                   body_limits=[("/v1/files", upload_limit)])

@@ -141,7 +141,8 @@ def delete_comparison(request: Request, principal: CurrentPrincipal, comparison_
     return comparisons.delete(_deps(request), principal.tenant_id, comparison_id)
 
 
-@comparisons_router.get("/{comparison_id}/next", response_model=None)
+@comparisons_router.get("/{comparison_id}/next", response_model=None,
+                        responses={204: {"description": "No pair is left for this voter."}})
 def next_pair(request: Request, principal: CurrentPrincipal, comparison_id: str,
               voter: str | None = None) -> dict[str, Any] | Response:
     """A pair this voter has not judged, without model names, and how many remain for them (204 when none

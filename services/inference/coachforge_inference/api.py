@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from fastapi import APIRouter, Query, Request
@@ -14,9 +13,9 @@ from coachforge_inference import policies, review, service, stored
 from coachforge_inference import usage as usage_mod
 from coachforge_inference.schemas import CompletionSettingsIn, FeedbackIn, ReviewIn, UpdateCompletion
 from coachforge_inference.service import InferenceDeps
-from coachforge_inference.validation import CHAT, COMPLETIONS
+from coachforge_inference.validation import CHAT, COMPLETIONS, parse_body
 from coachforge_shared.auth import READ
-from coachforge_shared.errors import InvalidArgument, Unavailable
+from coachforge_shared.errors import Unavailable
 from coachforge_shared.http import ARRIVED, CurrentPrincipal, needs_scope
 
 router = APIRouter(prefix="/v1", tags=["inference"])
@@ -28,15 +27,9 @@ def _deps(request: Request) -> InferenceDeps:
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    """The request's JSON object, parsed once (no pydantic pass over an arbitrary dict)."""
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except ValueError as err:
-        raise InvalidArgument(f"The request body is not valid JSON: {err}", param="body") from None
-    if not isinstance(body, dict):
-        raise InvalidArgument("The request body must be a JSON object.", param="body")
-    return body
+    """The request's JSON object, parsed once (no pydantic pass over an arbitrary dict); its size was
+    limited while it arrived (the platform's ``max_request_bytes``)."""
+    return parse_body(await request.body(), _deps(request).settings.max_json_depth)
 
 
 class _ClosingStream(StreamingResponse):

@@ -44,8 +44,9 @@ def _body(request: inference_pb2.ChatCompletionRequest | inference_pb2.Completio
     if request.response_format_json:
         try:
             body["response_format"] = json.loads(request.response_format_json)
-        except json.JSONDecodeError as err:
-            raise InvalidArgument(f"response_format_json is not JSON: {err}", param="response_format") from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise InvalidArgument(f"response_format_json is not JSON or nests too deeply: {err}",
+                                  param="response_format") from None
     if isinstance(request, inference_pb2.ChatCompletionRequest):
         body["messages"] = [{"role": m.role, "content": m.content} for m in request.messages]
         if request.store:

@@ -33,7 +33,8 @@ ADAPTER_EVICTIONS = Counter("coachforge_inference_adapter_evictions_total",
 RETRIES = Counter("coachforge_inference_retries_total",
                   "Requests retried on another engine after a connection failure before anything was streamed "
                   "(engine = the engine that failed).", ["engine"])
-ENGINES = Gauge("coachforge_inference_engines", "Engines in the pool, by state (up, down).", ["state"])
+ENGINES = Gauge("coachforge_inference_engines",
+                "Engines in each pool (a base model's, or the default), by state (up, down).", ["state", "pool"])
 CACHE_INVALIDATIONS = Counter("coachforge_inference_resolve_invalidations_total",
                               "Resolution cache entries dropped by model.* events, by event type.", ["event"])
 CANDIDATE_ROUTED = Counter("coachforge_inference_candidate_requests_total",
@@ -56,3 +57,6 @@ STORED_SCRUBBED = Counter("coachforge_inference_stored_completions_scrubbed_tota
 STORED_PURGED = Counter("coachforge_inference_stored_completions_purged_total",
                         "Stored chat completions deleted (with their metadata and feedback) because they were "
                         "older than their tenant's retention_days.", ["tenant"])
+RATE_LIMITED = Counter("coachforge_inference_rate_limited_total",
+                       "Requests refused by their tenant's limits, by the limit hit (requests, tokens, quota).",
+                       ["tenant", "limit"])

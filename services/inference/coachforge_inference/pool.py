@@ -92,15 +92,20 @@ class Lease:
             self.pool.release(self.engine, self.adapter)
 
 
+DEFAULT_POOL = "default"
+"""The name of the pool of every base model without a pool of its own."""
+
+
 class EnginePool:
     def __init__(self, urls: Iterable[str] = (), *, timeout_s: float = 300.0, max_loras: int = 4,
                  health_interval_s: float = 5.0, service: str | None = None,
                  discovery_interval_s: float = 15.0, adapters: AdapterCache | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, name: str = DEFAULT_POOL) -> None:
         """``urls``: the engines always in the pool; ``service``: a headless service whose addresses
         join them (at :meth:`start`, then every ``discovery_interval_s``); ``adapters``: where remote
         adapters are fetched to (none: only local adapter paths can be loaded); ``api_key``: the
-        engines' API key."""
+        engines' API key; ``name``: the pool's name in metrics (its base model, or "default")."""
+        self.name = name
         self.api_key = api_key
         self.adapters = adapters
         self.timeout_s, self.max_loras = timeout_s, max_loras
@@ -118,19 +123,26 @@ class EnginePool:
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_settings(cls, settings: InferenceSettings, adapter_cache_dir: Path | None = None) -> EnginePool:
-        """The pool ``settings`` describe: ``engine_urls`` (or the one ``engine_url`` when neither they
-        nor ``engine_service`` are set) and ``engine_service``. Remote adapters are fetched into
-        ``adapter_cache_dir`` (default: ``settings.adapter_cache_dir``; neither: local adapters only)."""
-        urls = list(settings.engine_urls)
-        if not urls and not settings.engine_service:
-            urls = [settings.engine_url]
+    def from_settings(cls, settings: InferenceSettings, adapter_cache_dir: Path | None = None, *,
+                      urls: Iterable[str] | None = None, service: str | None = None,
+                      name: str = DEFAULT_POOL) -> EnginePool:
+        """The default pool ``settings`` describe: ``engine_urls`` (or the one ``engine_url`` when
+        neither they nor ``engine_service`` are set) and ``engine_service``; or, with ``urls`` or
+        ``service``, the pool of base model ``name`` (an entry of ``engine_pools``), with the same
+        timeouts, adapter cache and API key. Remote adapters are fetched into ``adapter_cache_dir``
+        (default: ``settings.adapter_cache_dir``; neither: local adapters only)."""
+        if urls is None and service is None:
+            urls = list(settings.engine_urls)
+            service = settings.engine_service
+            if not urls and not service:
+                urls = [settings.engine_url]
         cache_dir = adapter_cache_dir if adapter_cache_dir is not None else settings.adapter_cache_dir
-        return cls(urls, timeout_s=settings.request_timeout_s, max_loras=settings.engine_max_loras,
-                   health_interval_s=settings.engine_health_interval_s, service=settings.engine_service,
+        return cls(urls or (), timeout_s=settings.request_timeout_s, max_loras=settings.engine_max_loras,
+                   health_interval_s=settings.engine_health_interval_s, service=service,
                    discovery_interval_s=settings.engine_discovery_interval_s,
                    adapters=AdapterCache(cache_dir, settings.adapter_storage_options) if cache_dir else None,
-                   api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None)
+                   api_key=settings.engine_api_key.get_secret_value() if settings.engine_api_key else None,
+                   name=name)
 
     @property
     def engines(self) -> list[PooledEngine]:
@@ -169,8 +181,8 @@ class EnginePool:
         ups = await asyncio.gather(*(e.client.health() for e in engines))
         for engine, up in zip(engines, ups, strict=True):
             self.mark(engine, up)
-        ENGINES.labels("up").set(sum(ups))
-        ENGINES.labels("down").set(len(ups) - sum(ups))
+        ENGINES.labels("up", self.name).set(sum(ups))
+        ENGINES.labels("down", self.name).set(len(ups) - sum(ups))
         return any(ups)
 
     async def healthy(self) -> bool:

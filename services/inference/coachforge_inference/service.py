@@ -24,6 +24,7 @@ from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_inference import policies, stored
 from coachforge_inference.engine import EngineUnreachable, engine_error
+from coachforge_inference.limits import Admission, RateLimiter
 from coachforge_inference.metrics import (
     CANDIDATE_ROUTED,
     COST,
@@ -103,7 +104,10 @@ class InferenceDeps:
     kafka_bootstrap: str | None = None
     """Where model.* events are read from to drop stale resolutions (none: only the TTL)."""
     engines: EnginePool | None = None
-    """The engines requests are routed to (default: the ones ``settings`` name)."""
+    """The default pool: the engines of every base model without a pool of its own (default: the
+    ones ``settings`` name in ``engine_url``/``engine_urls``/``engine_service``)."""
+    pools: dict[str, EnginePool] = field(default_factory=dict)
+    """The pools of further base models, by base model id (default: ``settings.engine_pools``)."""
     adapter_cache_dir: Path | None = None
     """Where adapters kept in object storage are fetched to before an engine loads them (for the
     default pool; none: only local adapter paths can be served)."""
@@ -116,16 +120,36 @@ class InferenceDeps:
     _started: bool = field(default=False, init=False, repr=False)
     policy_cache: policies.PolicyCache = field(init=False, repr=False)
     """Tenants' stored completion policies, for requests that do not say ``store``."""
+    limiter: RateLimiter = field(init=False, repr=False)
+    """Tenants' rate limits and daily quotas (:mod:`coachforge_inference.limits`)."""
 
     def __post_init__(self) -> None:
         if self.engines is None:
             self.engines = EnginePool.from_settings(self.settings, self.adapter_cache_dir)
+        if not self.pools:
+            self.pools = {base: EnginePool.from_settings(self.settings, self.adapter_cache_dir, urls=pool.urls,
+                                                         service=pool.service, name=base)
+                          for base, pool in self.settings.engine_pools.items()}
         self.policy_cache = policies.PolicyCache(self.settings.stored_policy_cache_s)
+        self.limiter = RateLimiter(self.settings, self.db)
 
     @property
     def pool(self) -> EnginePool:
+        """The default pool."""
         assert self.engines is not None
         return self.engines
+
+    def pool_for(self, model: registry_pb2.Model) -> EnginePool:
+        """The engines serving ``model``'s base model (a base model is its own base)."""
+        return self.pools.get(model.base_model or model.id, self.pool)
+
+    @property
+    def all_pools(self) -> list[EnginePool]:
+        return [self.pool, *self.pools.values()]
+
+    async def drop_adapter(self, name: str) -> None:
+        """Unload a deleted model's adapter wherever it sits idle."""
+        await asyncio.gather(*(pool.drop_adapter(name) for pool in self.all_pools))
 
     async def start(self) -> None:
         """Start the engines' health checks and the model.* event listener, on the running event
@@ -133,11 +157,12 @@ class InferenceDeps:
         if self._started:
             return
         self._started = True
-        await self.pool.start()
+        for pool in self.all_pools:
+            await pool.start()
         if self.kafka_bootstrap:
             from coachforge_inference.invalidation import ModelEventListener
 
-            self._listener = ModelEventListener(self.kafka_bootstrap, self.invalidate, deleted=self.pool.drop_adapter)
+            self._listener = ModelEventListener(self.kafka_bootstrap, self.invalidate, deleted=self.drop_adapter)
             self._listener.start()
 
     async def close(self) -> None:
@@ -145,12 +170,13 @@ class InferenceDeps:
         listener, self._listener = self._listener, None
         if listener is not None:
             await asyncio.to_thread(listener.stop)
-        await self.pool.close()
+        for pool in self.all_pools:
+            await pool.close()
         self._started = False
 
     async def healthy(self) -> bool:
-        """Readiness: at least one engine answers its health check now."""
-        return await self.pool.healthy()
+        """Readiness: every pool (each base model) has an engine that answers its health check now."""
+        return all(await asyncio.gather(*(pool.healthy() for pool in self.all_pools)))
 
     # --- resolution cache ---
 
@@ -275,6 +301,8 @@ class Routed:
     usage: dict[str, Any] | None = None
     """A finished stream's usage (the engine's last chunk, passed on to the caller or not); for a
     stream the client abandoned, the tokens until then."""
+    admission: Admission | None = None
+    """What the tenant's rate limits admitted the request on (None: no limits); settled once billed."""
     usage_event_id: str = field(default_factory=lambda: new_id("evt"))
     """The id of this request's ``usage.recorded`` event, minted once per request: however often its
     usage is published (a retry, a replay, an outbox relay), the usage consumer counts it once."""
@@ -292,6 +320,8 @@ class Routed:
             headers[VARIANT_HEADER] = self.arm
         if self.fallback_from:
             headers[FALLBACK_HEADER] = f"base; from={self.fallback_from}"
+        if self.admission is not None:
+            headers.update(self.admission.headers)
         return headers
 
     def timed(self, mode: str, started: float) -> None:
@@ -332,12 +362,18 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     engine_body = dict(routed.engine_body)
     engine_body["model"] = model.base_model
     return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm,
-                  purpose=routed.purpose, store=routed.store, usage_event_id=routed.usage_event_id)
+                  purpose=routed.purpose, store=routed.store, usage_event_id=routed.usage_event_id,
+                  admission=routed.admission)
 
 
-def _retry_or_raise(deps: InferenceDeps, tried: list[PooledEngine], err: EngineUnreachable) -> None:
-    """After a connection failure before anything was streamed: retry once on another engine, if any."""
-    others = [e for e in deps.pool.engines if all(e is not t for t in tried)]
+EngineCall = Callable[[EnginePool, PooledEngine, bytes], Awaitable[T]]
+"""Asks one engine of a pool (the pool of the routed model's base) for the answer to the encoded body."""
+
+
+def _retry_or_raise(pool: EnginePool, tried: list[PooledEngine], err: EngineUnreachable) -> None:
+    """After a connection failure before anything was streamed: retry once on another engine of the
+    same pool, if any."""
+    others = [e for e in pool.engines if all(e is not t for t in tried)]
     if len(tried) > 1 or not others:
         raise Unavailable(f"No inference engine could serve the request: {err}") from None
     RETRIES.labels(tried[-1].url).inc()
@@ -354,28 +390,34 @@ async def _timed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any) 
 
 
 async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                  call: Callable[[PooledEngine, bytes], Awaitable[T]], purpose: str = APP) -> tuple[T, Lease, Routed]:
+                  call: EngineCall[T], purpose: str = APP) -> tuple[T, Lease, Routed]:
     """Check ``body``, resolve and route its model, pick an engine, load the adapter there, and
     ``call`` it; returns the result, the engine lease (the caller releases it when the answer is
     done) and the routing actually used, with the time spent in ``call`` as its ``engine_seconds``.
     A failure counts in ``coachforge_inference_requests_total{outcome="error"}``."""
     label = UNRESOLVED
+    admission: Admission | None = None
     try:
         purpose = check_purpose(purpose)
-        model_id = validate(path, body)
+        model_id = validate(path, body, deps.settings.max_n)
         asked: bool | None = None
         metadata: dict[str, str] = {}
         if "store" in body or "metadata" in body:  # only these requests pay for checking them
             asked, metadata, body = take_store(path, body)
+        if purpose == APP:  # eval runs are not refused (their cost counts toward the daily quotas)
+            admission = await deps.limiter.admit(tenant_id, path, body)
         resolution = await deps.resolve(tenant_id, model_id)
         routed = _route(tenant_id, model_id, body, resolution)
         routed.purpose = purpose
+        routed.admission = admission
         if await _stores(deps, tenant_id, path, purpose, asked, resolution):
             routed.store = stored.StoreRequest(model_id, metadata, body)
         label = routed.model.id
         return await _engage_routed(deps, tenant_id, routed, call)
-    except CoachForgeError:
-        REQUESTS.labels(tenant_id, label, "error").inc()
+    except BaseException as err:
+        deps.limiter.settle(admission, 0, 0.0)  # nothing was generated: the tokens admitted on come back
+        if isinstance(err, CoachForgeError):
+            REQUESTS.labels(tenant_id, label, "error").inc()
         raise
 
 
@@ -394,11 +436,11 @@ async def _stores(deps: InferenceDeps, tenant_id: str, path: str, purpose: str, 
 
 
 async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
-                         call: Callable[[PooledEngine, bytes], Awaitable[T]]) -> tuple[T, Lease, Routed]:
-    pool = deps.pool
+                         call: EngineCall[T]) -> tuple[T, Lease, Routed]:
     tried: list[PooledEngine] = []
     while True:
         model = routed.model
+        pool = deps.pool_for(model)
         adapter = model.adapter_name or None
         lease = pool.lease(adapter, tried)
         try:
@@ -415,37 +457,41 @@ async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
                     continue
             content = _dumps(routed.engine_body)
             try:
-                result = await _timed(routed, call, lease.engine, content)
+                result = await _timed(routed, call, pool, lease.engine, content)
             except NotFound:
                 if not adapter:
                     raise
                 pool.forget(lease.engine, adapter)  # the engine lost the adapter (restart): load it again once
                 await pool.ensure(lease.engine, adapter, model.adapter_uri)
-                result = await _timed(routed, call, lease.engine, content)
+                result = await _timed(routed, call, pool, lease.engine, content)
             routed.engine = lease.engine.url
             return result, lease, routed
         except EngineUnreachable as err:
             lease.release()
             tried.append(lease.engine)
-            _retry_or_raise(deps, tried, err)
+            _retry_or_raise(pool, tried, err)
         except BaseException:
             lease.release()
             raise
 
 
 def record_usage(deps: InferenceDeps, tenant_id: str, model: registry_pb2.Model, usage: dict[str, Any] | None,
-                 started: float, avatar: str = "", purpose: str = APP, *, event_id: str | None = None) -> None:
+                 started: float, avatar: str = "", purpose: str = APP, *, event_id: str | None = None,
+                 admission: Admission | None = None) -> None:
     """Count an answered request: latency, tokens and cost by ``purpose`` in the metrics, and a
     ``usage.recorded`` event for the daily usage rows (``event_id``: the request's
-    :attr:`Routed.usage_event_id`, so that the request is billed once)."""
+    :attr:`Routed.usage_event_id`, so that the request is billed once); charge its tenant's rate
+    limits what it used (``admission``: what they admitted it on)."""
     elapsed = time.perf_counter() - started
     LATENCY.labels(model.id).observe(elapsed)
     REQUESTS.labels(tenant_id, model.id, "ok").inc()
     if not usage:
+        deps.limiter.settle(admission, 0, 0.0)
         return
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     price = price_of(deps.settings, model)
     cost = (prompt * price.input + completion * price.output) / 1_000_000
+    deps.limiter.settle(admission, prompt + completion, cost)
     TOKENS.labels(tenant_id, model.id, "prompt", purpose).inc(prompt)
     TOKENS.labels(tenant_id, model.id, "completion", purpose).inc(completion)
     COST.labels(tenant_id, model.id, purpose).inc(cost)
@@ -521,9 +567,8 @@ async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[st
     asked with ``store: true`` is also published as ``completion.stored``
     (:mod:`coachforge_inference.stored`); ``store`` and ``metadata`` never reach the engine."""
     started = time.perf_counter() if arrived is None else arrived
-    pool = deps.pool
 
-    def call(engine: PooledEngine, content: bytes) -> Awaitable[bytes]:
+    def call(pool: EnginePool, engine: PooledEngine, content: bytes) -> Awaitable[bytes]:
         return pool.post(engine, path, content)
 
     raw, lease, routed = await _engage(deps, tenant_id, path, body, call, purpose)
@@ -534,7 +579,7 @@ async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[st
         result["model"] = routed.model.id
         renamed = _dumps(result)
     record_usage(deps, tenant_id, routed.model, result.get("usage"), started, routed.avatar, routed.purpose,
-                 event_id=routed.usage_event_id)
+                 event_id=routed.usage_event_id, admission=routed.admission)
     if routed.store is not None:
         stored.publish(deps, tenant_id, routed, result, started)
     routed.timed("unary", started)
@@ -561,9 +606,8 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
     With ``store: true`` the answer's text is added up on the way and published once the stream
     ended without an error."""
     started = time.perf_counter() if arrived is None else arrived
-    pool = deps.pool
 
-    async def call(engine: PooledEngine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
+    async def call(pool: EnginePool, engine: PooledEngine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
         upstream = pool.stream(engine, path, content)
         try:
             return upstream, await upstream.__anext__()  # raises before anything was sent to the client
@@ -641,7 +685,7 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
                         usage = {"prompt_tokens": 0, "completion_tokens": generated}
                 routed.usage = usage
                 record_usage(deps, tenant_id, model, usage, started, routed.avatar, routed.purpose,
-                             event_id=routed.usage_event_id)
+                             event_id=routed.usage_event_id, admission=routed.admission)
             await upstream.aclose()  # type: ignore[attr-defined]
 
     if routed.store is not None:  # kept once the stream has ended

@@ -17,6 +17,13 @@ class Price(BaseModel):
     output: float
 
 
+class EnginePoolSettings(BaseModel):
+    """The engines of one base model: fixed URLs and/or a headless service resolved again and again."""
+
+    urls: list[str] = Field(default_factory=list, description="Base URLs of its vLLM engines (without /v1).")
+    service: str | None = Field(default=None, description='Headless service "host:port" whose addresses join them.')
+
+
 class InferenceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="COACHFORGE_INFERENCE_", extra="ignore")
 
@@ -36,6 +43,12 @@ class InferenceSettings(BaseSettings):
         description='Headless service "host:port" whose addresses are the engines (e.g. '
                     '"coachforge-engine.ns.svc:8000"); re-resolved every engine_discovery_interval_s and '
                     "added to engine_urls.")
+    engine_pools: dict[str, EnginePoolSettings] = Field(
+        default_factory=dict,
+        description='Engines of further base models, JSON: {"<base model id>": {"urls": ["http://…:8000"], "service": '
+                    '"host:port"}}. A request for a base model, or a model fine-tuned on it, goes to its pool; every '
+                    "base without an entry to the default pool (engine_url, engine_urls, engine_service). Each engine "
+                    "serves its base under the base model's id (vLLM --served-model-name).")
     engine_discovery_interval_s: float = Field(
         default=15.0, description="How often engine_service is resolved again, seconds.")
     engine_health_interval_s: float = Field(
@@ -82,6 +95,25 @@ class InferenceSettings(BaseSettings):
         description="How long a tenant's stored completion policy is cached on the request path, seconds (a PUT "
                     "refreshes this replica at once, other replicas within this time).")
     request_timeout_s: float = Field(default=300.0, description="Timeout of one engine call, seconds.")
+    max_n: int = Field(default=16, ge=1, description="Most choices (n) one completion request may ask for.")
+    max_json_depth: int = Field(
+        default=32, ge=4, description="Deepest nesting of objects and arrays accepted in a completion request's body.")
+    default_max_requests_per_1_minute: int = Field(
+        default=0, ge=0, description="Requests per minute of a tenant without its own limit (0: no limit), per "
+                                     "inference replica.")
+    default_max_tokens_per_1_minute: int = Field(
+        default=0, ge=0, description="Tokens (prompt + completion) per minute of a tenant without its own limit "
+                                     "(0: no limit), per inference replica.")
+    default_max_tokens_per_1_day: int = Field(
+        default=0, ge=0, description="Tokens per UTC day of a tenant without its own quota (0: no quota).")
+    default_max_cost_usd_per_1_day: float = Field(
+        default=0.0, ge=0, description="US dollars per UTC day of a tenant without its own quota (0: no quota).")
+    limits_cache_s: float = Field(
+        default=5.0, gt=0, description="How long a tenant's limits and the day's usage are cached on the request "
+                                       "path, seconds (a daily quota is enforced to within this time).")
+    limits_default_max_tokens: int = Field(
+        default=256, ge=1, description="Completion tokens a request without max_tokens is admitted on by a tokens "
+                                       "limit (it is charged what it used once answered).")
     resolve_cache_s: float = Field(
         default=5.0, description="How long a model resolution is cached, seconds (a safety net: model.* events "
                                  "drop a tenant's entries as soon as they arrive); one used past half of it is "

@@ -108,11 +108,15 @@ def _arm(rows: Sequence[dict[str, Any]], model: str | None, variant: str) -> dic
     return next((r for r in rows if r["model"] == model and r["variant"] == variant), None)
 
 
+LATEST_SINCE = 253_402_300_799
+"""The last second of year 9999 (UTC): the latest ``since`` a unix time can name here."""
+
+
 def experiment(deps: RegistryDeps, tenant_id: str, name: str, since: int | None = None) -> dict[str, Any]:
     """The avatar's active and candidate models side by side on their completions' feedback since
     ``since`` (unix seconds; default: :func:`default_since`)."""
-    if since is not None and since < 0:
-        raise InvalidArgument("since must not be negative", param="since")
+    if since is not None and not 0 <= since <= LATEST_SINCE:
+        raise InvalidArgument(f"since must be a unix time from 0 to {LATEST_SINCE}, got {since}", param="since")
     with deps.db.session() as s:
         avatar = repository.avatar(s, tenant_id, name)
         start = since if since is not None else to_unix(default_since(avatar, repository.changes(s, avatar.id)))

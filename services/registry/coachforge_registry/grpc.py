@@ -31,16 +31,26 @@ def avatar_proto(a: Avatar) -> registry_pb2.Avatar:
     return out
 
 
+def _for_caller(model: registry_pb2.Model) -> registry_pb2.Model:
+    """Where an adapter lies (a path on the server, a bucket's URI) is for the platform's own
+    services (inference loads it from there); a tenant's API key is answered without it."""
+    if not current_principal().internal:
+        model.adapter_uri = ""
+        model.artifact_uri = ""
+    return model
+
+
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, deps: RegistryDeps) -> None:
         self.deps = deps
 
     def ListModels(self, request: registry_pb2.ListModelsRequest,
                    context: grpc.ServicerContext) -> registry_pb2.ListModelsResponse:
-        return registry_pb2.ListModelsResponse(models=service.list_models(self.deps, current_principal().tenant_id))
+        return registry_pb2.ListModelsResponse(
+            models=[_for_caller(m) for m in service.list_models(self.deps, current_principal().tenant_id)])
 
     def GetModel(self, request: registry_pb2.GetModelRequest, context: grpc.ServicerContext) -> registry_pb2.Model:
-        return service.get_model(self.deps, current_principal().tenant_id, request.model_id)
+        return _for_caller(service.get_model(self.deps, current_principal().tenant_id, request.model_id))
 
 
     def CreateAvatar(self, request: registry_pb2.CreateAvatarRequest,
@@ -96,15 +106,15 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
 
     def ListModelVersions(self, request: registry_pb2.ListModelVersionsRequest,
                           context: grpc.ServicerContext) -> registry_pb2.ListModelsResponse:
-        return registry_pb2.ListModelsResponse(
-            models=service.list_versions(self.deps, current_principal().tenant_id, request.model_id))
+        return registry_pb2.ListModelsResponse(models=[
+            _for_caller(m) for m in service.list_versions(self.deps, current_principal().tenant_id, request.model_id)])
 
     def UploadModelVersion(self, request: registry_pb2.UploadModelVersionRequest,
                            context: grpc.ServicerContext) -> registry_pb2.Model:
         p = current_principal()
         v = service.upload_version(self.deps, p.tenant_id, p.actor, request.base_model, request.suffix,
                                    [(request.filename, io.BytesIO(request.content))])
-        return service.version_proto(v)
+        return _for_caller(service.version_proto(v))
 
     def DeleteModel(self, request: registry_pb2.DeleteModelRequest,
                     context: grpc.ServicerContext) -> registry_pb2.DeleteModelResponse:
@@ -114,8 +124,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def RecordEvaluation(self, request: registry_pb2.RecordEvaluationRequest,
                          context: grpc.ServicerContext) -> registry_pb2.Model:
         p = current_principal()
-        return service.record_evaluation(self.deps, p.tenant_id, p.actor, request.model_id, request.name,
-                                         dict(request.metrics))
+        return _for_caller(service.record_evaluation(self.deps, p.tenant_id, p.actor, request.model_id,
+                                                     request.name, dict(request.metrics)))
 
 
 def registration(deps: RegistryDeps) -> ServiceRegistration:

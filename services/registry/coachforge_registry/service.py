@@ -4,15 +4,17 @@ can be served, number their versions per line, store their artifacts, and resolv
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import re
-import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 from sqlalchemy.exc import IntegrityError
@@ -24,16 +26,20 @@ from coachforge.registry.v1 import registry_pb2
 from coachforge.trainer.v1 import trainer_pb2
 from coachforge_registry import repository
 from coachforge_registry.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_FILES,
+    PICKLED_WEIGHTS,
     AdapterFacts,
     base_config_sha256,
     check_compatible,
+    pickled_weights_refused,
     read_adapter,
 )
 from coachforge_registry.feedback import FeedbackSource
 from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
 from coachforge_registry.retrain_clients import RetrainClients
 from coachforge_registry.settings import RegistrySettings
-from coachforge_registry.storage import ArtifactFile, ArtifactStore, manifest, manifest_digest
+from coachforge_registry.storage import ArtifactFile, ArtifactStore, manifest_digest, sha256_file
 from coachforge_shared.db import Database
 from coachforge_shared.errors import (
     Conflict,
@@ -46,12 +52,19 @@ from coachforge_shared.errors import (
 from coachforge_shared.events import EventPublisher, InvalidEvent
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.redact import redact_paths
 
 log = get_logger("coachforge.registry")
 
 BASE_OWNER = "coachforge"
 SUFFIX = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")
+MAX_ARCHIVE_MEMBERS = 10_000
+"""Most entries an uploaded archive may hold (an adapter has two files)."""
+MAX_IGNORED_LISTED = 100
+"""Most ignored file names a version's lineage lists (the total is given when there are more)."""
+STAGING_FOLDER = ".registry-staging"
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -95,6 +108,19 @@ class RegistryDeps:
             raise RuntimeError("the registry has no models folder: set models_dir or platform_models_dir")
         return found
 
+    def staging_dir(self) -> Path:
+        """Where uploads are received and archives unpacked before they are checked and stored:
+        ``settings.staging_dir``, else ``.registry-staging`` beside :attr:`artifacts_dir` (on the
+        data volume), else beside a local store's folder; never the system's temporary folder."""
+        if self.settings.staging_dir is not None:
+            return self.settings.staging_dir
+        if self.artifacts_dir is not None:
+            return self.artifacts_dir.parent / STAGING_FOLDER
+        store = self.artifact_store()
+        if store.is_local:
+            return Path(store.root).parent / STAGING_FOLDER
+        raise RuntimeError("the registry has no folder to stage uploads in: set staging_dir")
+
 
 def base_model_proto(model_id: str) -> registry_pb2.Model:
     return registry_pb2.Model(id=model_id, owned_by=BASE_OWNER, created=0, base_model=model_id)
@@ -121,20 +147,37 @@ def _next_version(s: Session, tenant_id: str, base_model: str, suffix: str) -> i
     return repository.latest_version(s, tenant_id, base_model, suffix) + 1
 
 
+def _adapter_files(adapter_dir: Path) -> tuple[list[ArtifactFile], list[str]]:
+    """The adapter's files the registry keeps (:data:`ADAPTER_FILES`, checksummed) and the paths of
+    every other file in the folder, which are ignored (never stored, never given to the engines)."""
+    files = [ArtifactFile(name, sha256_file(adapter_dir / name), (adapter_dir / name).stat().st_size)
+             for name in ADAPTER_FILES]
+    ignored = sorted(p.relative_to(adapter_dir).as_posix() for p in adapter_dir.rglob("*")
+                     if (p.is_file() or p.is_symlink()) and p.relative_to(adapter_dir).as_posix() not in ADAPTER_FILES)
+    return files, ignored
+
+
 def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str, suffix: str, model_id: str,
               facts: AdapterFacts, adapter_dir: Path | None, adapter_uri: str, source: str, job_id: str | None,
-              lineage: dict[str, Any], param: str) -> tuple[ModelVersion, str]:
-    """Check compatibility, store the artifact (when readable), insert the row as a candidate.
-    Returns the row and the stored artifact's URI ("" when none) so a caller can remove it if its
-    transaction fails."""
-    config_sha = base_config_sha256(deps.models_dir(), base_model)
+              lineage: dict[str, Any], param: str, ignored: Iterable[str] = ()) -> tuple[ModelVersion, str]:
+    """Check compatibility, store the artifact (when readable: only adapter_config.json and the
+    safetensors weights; every other file, found in the folder or given in ``ignored``, is listed
+    in the lineage's ``ignored_files``), insert the row as a candidate. Returns the row and the
+    stored artifact's URI ("" when none) so a caller can remove it if its transaction fails."""
     check_compatible(base_model=base_model, adapter_base=facts.base_model_name_or_path, lora_rank=facts.lora_rank,
                      target_modules=facts.target_modules, modules_to_save=facts.modules_to_save,
                      base_models=deps.settings.base_models, max_lora_rank=deps.settings.max_lora_rank, param=param)
+    config_sha = base_config_sha256(deps.models_dir(), base_model)  # a configured base model's folder only
     vid = new_id("mv")
-    files, artifact_uri = [], ""
+    files: list[ArtifactFile] = []
+    artifact_uri = ""
     if adapter_dir is not None:
-        files = manifest(adapter_dir)
+        files, found = _adapter_files(adapter_dir)
+        skipped = sorted({*ignored, *found})
+        if skipped:
+            lineage = {**lineage, "ignored_files": skipped[:MAX_IGNORED_LISTED]}
+            if len(skipped) > MAX_IGNORED_LISTED:
+                lineage["ignored_files_total"] = len(skipped)
         store = deps.artifact_store()
         artifact_uri = store.put_dir(adapter_dir, f"{tenant_id}/{vid}", files)
         adapter_uri = artifact_uri
@@ -246,55 +289,152 @@ def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_
 
 # -- upload -------------------------------------------------------------------------------------
 
-def _safe_name(name: str) -> bool:
-    parts = Path(name).parts
-    return bool(parts) and not Path(name).is_absolute() and ".." not in parts and "\\" not in name
+def _member_path(name: str) -> str | None:
+    """An archive entry's path as ``a/b`` (``./`` parts dropped), or None when it is absolute,
+    climbs out ('..') or holds a backslash or NUL."""
+    if not name or "\\" in name or "\x00" in name:
+        return None
+    path = PurePosixPath(name)
+    if path.is_absolute() or ".." in path.parts:
+        return None
+    return "/".join(part for part in path.parts if part != ".")
 
 
-def _extract(archive: Path, dest: Path, limit: int) -> None:
-    """Extract regular files and folders only, no absolute or parent paths, within the size limit."""
-    name = archive.name.lower()
-    try:
-        if name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                infos = zf.infolist()
-                if any(not _safe_name(i.filename) for i in infos):
-                    raise InvalidArgument("The archive holds an absolute or parent ('..') path.", param="file")
-                if sum(i.file_size for i in infos) > limit:
-                    raise PayloadTooLarge(f"The archive unpacks to more than {limit} bytes.", param="file")
-                zf.extractall(dest)
-        else:
-            with tarfile.open(archive, "r:*") as tf:
-                members = tf.getmembers()
-                if any(not (m.isfile() or m.isdir()) for m in members):
-                    raise InvalidArgument("The archive holds links or special files; only files are accepted.",
-                                          param="file")
-                if any(not _safe_name(m.name) for m in members):
-                    raise InvalidArgument("The archive holds an absolute or parent ('..') path.", param="file")
-                if sum(m.size for m in members) > limit:
-                    raise PayloadTooLarge(f"The archive unpacks to more than {limit} bytes.", param="file")
-                tf.extractall(dest, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as err:
-        raise InvalidArgument(f"The archive cannot be read: {err}", param="file") from None
-
-
-def _adapter_root(staging: Path) -> Path:
-    """The folder holding adapter_config.json: the top, or the archive's single top-level folder."""
-    if (staging / "adapter_config.json").is_file():
-        return staging
-    found = sorted(p.parent for p in staging.rglob("adapter_config.json"))
-    if len(found) == 1 and found[0].parent == staging:
-        return found[0]
+def _archive_root(names: Iterable[str]) -> str:
+    """The folder of the archive holding adapter_config.json: its top (""), or its one top-level folder."""
+    names = set(names)
+    if ADAPTER_CONFIG in names:
+        return ""
+    found = sorted(n for n in names if n.rsplit("/", 1)[-1] == ADAPTER_CONFIG)
+    if len(found) == 1 and found[0].count("/") == 1:
+        return found[0].split("/", 1)[0]
     if len(found) > 1:
         raise InvalidArgument("The upload holds more than one adapter_config.json.", param="file")
     raise InvalidArgument("The upload has no adapter_config.json (at its top or in one top-level folder).",
                           param="file")
 
 
+@dataclass
+class _Entry:
+    """One entry of an uploaded archive."""
+
+    name: str
+    kind: str  # "file", "dir" or "other" (links, devices, ...)
+    size: int
+    ref: Any  # the TarInfo or ZipInfo
+
+
+def _unpack(entries: list[_Entry], open_entry: Callable[[Any], IO[bytes]], dest: Path, limit: int) -> list[str]:
+    """Write the adapter's files (:data:`ADAPTER_FILES`) of an archive's entries to ``dest``; the
+    paths of the other files, which are not written, are returned. Links, special files, absolute
+    or parent paths, more than ``limit`` bytes unpacked and pickled weights are refused."""
+    if any(e.kind == "other" for e in entries):
+        raise InvalidArgument("The archive holds links or special files; only files are accepted.", param="file")
+    files: dict[str, _Entry] = {}
+    for e in entries:
+        path = _member_path(e.name)
+        if path is None:
+            raise InvalidArgument("The archive holds an absolute or parent ('..') path.", param="file")
+        if e.kind == "file":
+            files[path] = e
+    if sum(e.size for e in files.values()) > limit:
+        raise PayloadTooLarge(f"The archive unpacks to more than {limit} bytes.", param="file")
+    root = _archive_root(files)
+    prefix = f"{root}/" if root else ""
+    if prefix + PICKLED_WEIGHTS in files:
+        raise pickled_weights_refused("file")
+    for name in ADAPTER_FILES:
+        entry = files.get(prefix + name)
+        if entry is None:
+            continue
+        with open_entry(entry.ref) as src, (dest / name).open("wb") as out:
+            written = 0
+            while chunk := src.read(CHUNK):
+                written += len(chunk)
+                if written > entry.size:
+                    raise InvalidArgument(f"The archive's {name} is longer than its entry says.", param="file")
+                out.write(chunk)
+    return sorted(n for n in files if n not in {prefix + name for name in ADAPTER_FILES})
+
+
+def _too_many_entries() -> InvalidArgument:
+    return InvalidArgument(f"The archive holds more than {MAX_ARCHIVE_MEMBERS} entries; an adapter needs two files.",
+                           param="file")
+
+
+def _archive_error(err: BaseException, staging: Path) -> str:
+    """What went wrong reading an archive, without a server path (an OSError's text names its file)."""
+    if isinstance(err, OSError) and (err.filename or err.filename2):
+        return err.strerror or "read error"
+    return redact_paths(str(err), {"upload": staging})[:300] or type(err).__name__
+
+
+def _extract(archive: Path, dest: Path, limit: int) -> list[str]:
+    """Unpack the adapter's files of a .tar(.gz)/.tgz/.zip archive into ``dest`` (see :func:`_unpack`);
+    the other files' paths are returned. Entries are counted and sized as they are read, so a
+    bomb is refused before it is unpacked."""
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                infos = zf.infolist()
+                if len(infos) > MAX_ARCHIVE_MEMBERS:
+                    raise _too_many_entries()
+                entries = []
+                for info in infos:
+                    mode = stat.S_IFMT(info.external_attr >> 16)
+                    kind = "dir" if info.is_dir() else "file" if mode in (0, stat.S_IFREG) else "other"
+                    entries.append(_Entry(info.filename, kind, info.file_size, info))
+                return _unpack(entries, zf.open, dest, limit)
+        with tarfile.open(archive, "r:*") as tf:
+            entries, total = [], 0
+            for member in tf:
+                if len(entries) >= MAX_ARCHIVE_MEMBERS:
+                    raise _too_many_entries()
+                kind = "file" if member.isfile() else "dir" if member.isdir() else "other"
+                total += member.size if kind == "file" else 0
+                if total > limit:
+                    raise PayloadTooLarge(f"The archive unpacks to more than {limit} bytes.", param="file")
+                entries.append(_Entry(member.name, kind, member.size, member))
+
+            def open_member(member: tarfile.TarInfo) -> IO[bytes]:
+                found = tf.extractfile(member)
+                assert found is not None  # a regular file
+                return found
+
+            return _unpack(entries, open_member, dest, limit)
+    except (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, lzma.LZMAError,
+            OSError, NotImplementedError, RuntimeError, ValueError) as err:
+        # ValueError: a damaged zip's fields; RuntimeError: an encrypted zip entry; NotImplementedError: an
+        # unknown compression method.
+        raise InvalidArgument(f"The archive cannot be read: {_archive_error(err, dest.parent)}",
+                              param="file") from None
+
+
+def _receive(stream: IO[bytes], target: Path | None, total: int, limit: int) -> int:
+    """Read one uploaded file into ``target`` (None: read and count it only); the upload's running total."""
+    out = target.open("wb") if target is not None else None
+    try:
+        while chunk := stream.read(CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"The upload exceeds {limit} bytes.", param="file")
+            if out is not None:
+                out.write(chunk)
+    finally:
+        if out is not None:
+            out.close()
+    return total
+
+
 def upload_version(deps: RegistryDeps, tenant_id: str, actor: str, base_model: str, suffix: str,
                    uploads: list[tuple[str, IO[bytes]]]) -> ModelVersion:
-    """Register an existing PEFT LoRA adapter: files (adapter_config.json + weights) or one archive
-    (.tar.gz/.tgz/.tar/.zip). Validated, checked for compatibility, checksummed, stored, a candidate."""
+    """Register an existing PEFT LoRA adapter: files (adapter_config.json + adapter_model.safetensors)
+    or one archive (.tar.gz/.tgz/.tar/.zip) holding them at its top or in one top-level folder.
+    Validated, checked for compatibility, checksummed, stored, a candidate. Weights in pickle form
+    (adapter_model.bin) are refused; any other file is ignored (not stored, listed in the lineage's
+    ``ignored_files``). The upload is received, and an archive unpacked, in a folder of
+    :meth:`RegistryDeps.staging_dir` (the data volume, not the system's temporary folder), removed
+    afterwards; file names sent by the client are never used as paths."""
     if base_model not in deps.settings.base_models:
         raise NotFound(f"The base model '{base_model}' does not exist.", param="base_model", code="model_not_found")
     if suffix and not SUFFIX.match(suffix):
@@ -303,43 +443,46 @@ def upload_version(deps: RegistryDeps, tenant_id: str, actor: str, base_model: s
     if not uploads:
         raise InvalidArgument("Send the adapter files or one archive in 'file'.", param="file")
     limit = deps.settings.max_upload_bytes
-    with tempfile.TemporaryDirectory(prefix="coachforge-upload-") as tmp:
-        raw, staging = Path(tmp) / "raw", Path(tmp) / "adapter"
-        raw.mkdir()
+    staging_root = deps.staging_dir()
+    staging_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="upload-", dir=staging_root) as tmp:
+        archive_path, staging = Path(tmp) / "archive", Path(tmp) / "adapter"
         staging.mkdir()
         total = 0
-        names = []
+        names: list[str] = []
+        archives: list[str] = []
         for filename, stream in uploads:
-            name = Path(filename or "").name
-            if not name or name in (".", "..") or name != (filename or "").replace("\\", "/").rsplit("/", 1)[-1]:
-                raise InvalidArgument(f"Bad file name {filename!r}.", param="file")
+            name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+            if not name or name in (".", "..") or "\x00" in name or len(name) > 255:
+                raise InvalidArgument(f"Bad file name {(filename or '')[:300]!r}.", param="file")
             if name in names:
                 raise InvalidArgument(f"The file {name!r} was sent twice.", param="file")
             names.append(name)
-            with (raw / name).open("wb") as out:
-                while chunk := stream.read(1 << 20):
-                    total += len(chunk)
-                    if total > limit:
-                        raise PayloadTooLarge(f"The upload exceeds {limit} bytes.", param="file")
-                    out.write(chunk)
-        archives = [n for n in names if n.lower().endswith(ARCHIVES)]
+            if name == PICKLED_WEIGHTS:
+                raise pickled_weights_refused("file")
+            if name.lower().endswith(ARCHIVES):
+                archives.append(name)
+                ext = next(e for e in ARCHIVES if name.lower().endswith(e))
+                archive_path = Path(tmp) / f"archive{ext}"
+                target: Path | None = archive_path if len(archives) == 1 else None
+            else:
+                target = staging / name if name in ADAPTER_FILES else None
+            total = _receive(stream, target, total, limit)
         if archives:
             if len(names) != 1:
                 raise InvalidArgument("Send either one archive or the adapter's files, not both.", param="file")
-            _extract(raw / archives[0], staging, limit)
+            ignored = _extract(archive_path, staging, limit)
         else:
-            for n in names:
-                shutil.move(str(raw / n), staging / n)
-        root = _adapter_root(staging)
-        facts = read_adapter(root, param="file")
+            ignored = [n for n in names if n not in ADAPTER_FILES]
+        facts = read_adapter(staging, param="file")
         for attempt in range(3):
             artifact_uri = ""
             try:
                 with deps.db.session() as s:
                     v, artifact_uri = _register(
                         s, deps, tenant_id=tenant_id, base_model=base_model, suffix=suffix, model_id="",
-                        facts=facts, adapter_dir=root, adapter_uri="", source="upload", job_id=None,
-                        lineage={"uploaded_by": actor, "files": names}, param="file")
+                        facts=facts, adapter_dir=staging, adapter_uri="", source="upload", job_id=None,
+                        lineage={"uploaded_by": actor, "files": names}, param="file", ignored=ignored)
                 return v
             except IntegrityError:  # a concurrent registration took the same version number
                 if artifact_uri:

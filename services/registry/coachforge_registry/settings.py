@@ -40,7 +40,14 @@ class RegistrySettings(BaseSettings):
         description="Directory of the base models (one folder per id, with config.json) whose config hash "
         "identifies the base. Default: COACHFORGE_MODELS_DIR.")
     max_upload_bytes: int = Field(
-        default=2 * 1024**3, ge=1, description="Largest adapter upload (all files or the archive), in bytes.")
+        default=2 * 1024**3, ge=1, description="Largest adapter upload (all files or the archive), in bytes; also "
+                                               "the most an archive may unpack to.")
+    staging_dir: Path | None = Field(
+        default=None,
+        description="Folder where adapter uploads are received and archives unpacked before they are checked and "
+        "stored (a folder per upload, removed afterwards); it needs room for max_upload_bytes twice per upload in "
+        "flight. Default: .registry-staging in the platform's artifacts_dir (the data volume), not the system's "
+        "temporary folder.")
     inference_grpc_target: str | None = Field(
         default=None, description="gRPC address of inference, asked for the feedback on an avatar's stored "
                                   "completions (GET /v1/avatars/{name}/experiment) and how many new gold ones it "

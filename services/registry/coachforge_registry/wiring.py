@@ -42,5 +42,7 @@ def wire(w: Wiring) -> Service:
         driver = RetrainDriver(deps, deps.retrain, owner=f"{socket.gethostname()}:{os.getpid()}")
         deps.retrain_wake = driver.wake
         hooks = {"on_start": [driver.start], "on_stop": [driver.stop]}
+    upload_limit = deps.settings.max_upload_bytes + 64 * 1024  # the multipart envelope on top of the files
     return Service("registry", deps, routers=[api.router], servicers=[grpc.registration(deps)],
-                   consumers=[registers, evaluated], **hooks)
+                   consumers=[registers, evaluated], body_limits=[("/v1/models/.+/versions", upload_limit)],
+                   **hooks)

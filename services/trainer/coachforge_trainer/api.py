@@ -90,10 +90,9 @@ def event_to_openai(ev: JobEvent) -> dict[str, Any]:
 
 
 def checkpoint_to_openai(job: Job, ckpt: JobCheckpoint) -> dict[str, Any]:
-    """The OpenAI ``fine_tuning.job.checkpoint`` object."""
+    """The OpenAI ``fine_tuning.job.checkpoint`` object (where its files lie on the server is not shown)."""
     return {"id": ckpt.id, "object": "fine_tuning.job.checkpoint", "created_at": to_unix(ckpt.created_at),
             "fine_tuned_model_checkpoint": f"{job.fine_tuned_model or job.id}:ckpt-step-{ckpt.step}",
             "fine_tuning_job_id": job.id, "step_number": ckpt.step,
             "metrics": {"step": ckpt.step, "epoch": ckpt.epoch, "train_loss": ckpt.train_loss,
-                        "valid_loss": ckpt.valid_loss},
-            "adapter_path": ckpt.path}
+                        "valid_loss": ckpt.valid_loss}}

@@ -69,8 +69,9 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
                            context: grpc.ServicerContext) -> trainer_pb2.ListJobCheckpointsResponse:
         rows, more = service.list_checkpoints(self.deps, current_principal().tenant_id, request.job_id,
                                               request.after or None, request.limit or 10)
-        return trainer_pb2.ListJobCheckpointsResponse(checkpoints=[_checkpoint_to_proto(c) for c in rows],
-                                                      has_more=more)
+        internal = current_principal().internal  # a checkpoint's folder is for the platform's services only
+        return trainer_pb2.ListJobCheckpointsResponse(
+            checkpoints=[_checkpoint_to_proto(c, with_path=internal) for c in rows], has_more=more)
 
 
 def registration(deps: TrainerDeps) -> ServiceRegistration:
@@ -78,10 +79,10 @@ def registration(deps: TrainerDeps) -> ServiceRegistration:
                                TrainerServicer(deps), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
 
 
-def _checkpoint_to_proto(c: JobCheckpoint) -> trainer_pb2.JobCheckpoint:
+def _checkpoint_to_proto(c: JobCheckpoint, with_path: bool = False) -> trainer_pb2.JobCheckpoint:
     return trainer_pb2.JobCheckpoint(id=c.id, created_at=to_unix(c.created_at), job_id=c.job_id, step=c.step,
                                      epoch=c.epoch, train_loss=c.train_loss or 0.0, valid_loss=c.valid_loss or 0.0,
-                                     path=c.path)
+                                     path=c.path if with_path else "")
 
 
 def _event_to_proto(e: JobEvent) -> trainer_pb2.JobEvent:

@@ -24,6 +24,37 @@ JOBS_REQUEUED = Counter("coachforge_training_jobs_requeued_total",
                         ["reason"])
 CHECKPOINTS = Counter("coachforge_training_checkpoints_total", "Checkpoints saved by trainer workers.")
 
+_JOB_LABELS = ["tenant", "job"]
+JOB_STEP = Gauge("coachforge_training_job_step", "Optimizer steps done by a running job.", _JOB_LABELS)
+JOB_TOTAL_STEPS = Gauge("coachforge_training_job_total_steps", "Optimizer steps a running job will take.", _JOB_LABELS)
+JOB_LOSS = Gauge("coachforge_training_job_loss", "Latest training loss of a running job.", _JOB_LABELS)
+JOB_TOKENS_PER_SECOND = Gauge("coachforge_training_job_tokens_per_second", "Training throughput of a running job.",
+                              _JOB_LABELS)
+JOB_ETA = Gauge("coachforge_training_job_eta_seconds", "Estimated seconds until a running job ends.", _JOB_LABELS)
+_JOB_GAUGES = (JOB_STEP, JOB_TOTAL_STEPS, JOB_LOSS, JOB_TOKENS_PER_SECOND, JOB_ETA)
+
+
+def job_progress(tenant: str, job: str, step: int, total_steps: int, loss: float | None,
+                 tokens_per_second: float, eta_seconds: float | None) -> None:
+    """Show a running job's progress (one series per gauge and job, while it trains on this worker;
+    :func:`job_ended` removes them, so the label values stay bounded by the jobs running now)."""
+    JOB_STEP.labels(tenant, job).set(step)
+    JOB_TOTAL_STEPS.labels(tenant, job).set(total_steps)
+    JOB_TOKENS_PER_SECOND.labels(tenant, job).set(tokens_per_second)
+    if loss is not None:
+        JOB_LOSS.labels(tenant, job).set(loss)
+    if eta_seconds is not None:
+        JOB_ETA.labels(tenant, job).set(eta_seconds)
+
+
+def job_ended(tenant: str, job: str) -> None:
+    """The job stopped training here (finished, failed, cancelled or handed back): its series go."""
+    for gauge in _JOB_GAUGES:
+        try:
+            gauge.remove(tenant, job)
+        except KeyError:
+            pass
+
 
 class JobStatusCollector:
     """``coachforge_training_jobs{status}``: jobs per status, counted in the database at scrape time

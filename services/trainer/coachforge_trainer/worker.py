@@ -49,10 +49,11 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import configure_logging, get_logger
 from coachforge_shared.outbox import OutboxRelay
+from coachforge_shared.redact import redact_paths
 from coachforge_shared.settings import PlatformSettings
 from coachforge_trainer import lifecycle, repository
 from coachforge_trainer.lifecycle import IllegalTransition
-from coachforge_trainer.metrics import STEP_SECONDS, TOKENS_PER_SECOND
+from coachforge_trainer.metrics import STEP_SECONDS, TOKENS_PER_SECOND, job_ended, job_progress
 from coachforge_trainer.models import Job
 from coachforge_trainer.service import TrainerDeps
 from coachforge_trainer.settings import TrainerSettings
@@ -97,6 +98,13 @@ class Worker:
         """Set by a ``train.requested`` event (and by :meth:`stop`): idle slots look for a job now
         rather than at their next scan."""
         self._slots: list[threading.Thread] = []
+
+    def _public(self, err: BaseException) -> str:
+        """An error's text as a job's owner may see it (job.error, events): no server paths (the
+        models, artifacts and data folders are named by label, any other path is ``<path>``)."""
+        return redact_paths(str(err), {"models": self.platform.models_dir,
+                                       "artifacts": self.platform.resolved_artifacts_dir,
+                                       "data": self.platform.data_dir})[:2000]
 
     # -- claiming -----------------------------------------------------------------------------
     def _lease_until(self) -> datetime:
@@ -244,7 +252,8 @@ class Worker:
         except Exception as err:
             log.warning("could not store the results file", job_id=job_id, error=str(err))
             with self.deps.db.session() as s:
-                lifecycle.add_event(s, job_id, f"The metrics file could not be stored: {err}", level="warn")
+                lifecycle.add_event(s, job_id, f"The metrics file could not be stored: {self._public(err)}",
+                                level="warn")
             return None
         return str(stored.id)
 
@@ -289,17 +298,22 @@ class Worker:
             assert job is not None
             s.expunge(job)
         log.info("training", job_id=job_id, model=job.model, epochs=job.n_epochs, attempt=job.attempts)
-        base_dir = self.platform.models_dir / job.model
-        if not (base_dir / "config.json").exists():
-            self._fail(job_id, tenant_id, f"Base model files for {job.model} are missing on this worker "
-                       f"({base_dir}).", "model_unavailable")
+        # job.model was checked against the registry's models when the job was created; it is joined
+        # to the models folder only as one plain folder name.
+        plain = job.model not in ("", ".", "..") and not any(c in job.model for c in "/\\\x00")
+        base_dir = self.platform.models_dir / job.model if plain else None
+        if base_dir is None or not (base_dir / "config.json").exists():
+            log.error("base model files missing", job_id=job_id, model=job.model, folder=str(base_dir or ""))
+            self._fail(job_id, tenant_id, f"Base model files for {job.model} are missing on this worker.",
+                       "model_unavailable")
             return
         try:
             examples = self._load_examples(tenant_id, job.training_file, "train")
             eval_examples = (self._load_examples(tenant_id, job.validation_file, "validation")
                              if job.validation_file else None)
         except Exception as err:
-            self._fail(job_id, tenant_id, f"Could not read the training data: {err}", "invalid_training_file")
+            self._fail(job_id, tenant_id, f"Could not read the training data: {self._public(err)}",
+                       "invalid_training_file")
             return
         params = method_settings(self.deps.settings, job).train_params(job, self.deps.settings.base_learning_rate)
         out_dir = self.platform.resolved_artifacts_dir / tenant_id / job_id
@@ -318,6 +332,7 @@ class Worker:
                 STEP_SECONDS.observe((now - last["t"]) / (p.step - last["step"]))
             last.update(t=now, step=p.step)
             TOKENS_PER_SECOND.set(p.tokens_per_second)
+            job_progress(tenant_id, job_id, p.step, p.total_steps, p.train_loss, p.tokens_per_second, p.eta_seconds)
             with self.deps.db.session() as s:
                 recorded = lifecycle.record_progress(s, job_id, self.worker_id, p)
             if recorded:
@@ -330,10 +345,13 @@ class Worker:
                 return repository.cancel_requested(s, job_id)
 
         try:
-            result = run_sft(base_dir, examples, out_dir, params, on_progress=on_progress,
-                             should_cancel=should_cancel, eval_examples=eval_examples,
-                             on_checkpoint=lambda c: self._record_checkpoint(job_id, c),
-                             should_pause=self.shutting_down.is_set)
+            try:
+                result = run_sft(base_dir, examples, out_dir, params, on_progress=on_progress,
+                                 should_cancel=should_cancel, eval_examples=eval_examples,
+                                 on_checkpoint=lambda c: self._record_checkpoint(job_id, c),
+                                 should_pause=self.shutting_down.is_set)
+            finally:
+                job_ended(tenant_id, job_id)
         except TrainingPaused as paused:
             self._requeue(job_id, tenant_id, paused.step)
             return
@@ -345,7 +363,8 @@ class Worker:
             return
         except Exception as err:
             log.exception("training failed", job_id=job_id)
-            self._fail(job_id, tenant_id, f"Training failed: {type(err).__name__}: {err}", "training_failed")
+            self._fail(job_id, tenant_id, f"Training failed: {type(err).__name__}: {self._public(err)}",
+                       "training_failed")
             return
         name = fine_tuned_name(job)
         result_file = self._store_results(job_id, tenant_id)

@@ -246,13 +246,72 @@ app.kubernetes.io/part-of: coachforge
 {{- end -}}
 {{- end -}}
 
-{{/* The file whose presence says the model cache is ready. */}}
-{{- define "coachforge.modelReadyFile" -}}
-{{- if .Values.models.download.enabled -}}
-{{- printf "/models/%s/.coachforge-complete" .Values.models.id -}}
-{{- else -}}
-{{- printf "/models/%s/config.json" .Values.models.id -}}
+{{/* Several base models ------------------------------------------------------------------------- */}}
+
+{{/* A model id as a DNS label: lower case, every run of other characters one "-", none at either end
+     ("Qwen2.5-7B_Instruct" -> "qwen2-5-7b-instruct"). */}}
+{{- define "coachforge.modelSlug" -}}
+{{- regexReplaceAll "[^a-z0-9]+" (lower (toString .)) "-" | trimAll "-" -}}
 {{- end -}}
+
+{{/* The base models: models.id (with engine and models.download), then every models.extra entry, whose
+     download and engine fields default to models.download's and engine's. Each is a dict {id, source, revision,
+     download, engine, main, index (in models.extra; -1 for models.id), slug, name (its engines' StatefulSet and
+     headless Service, <fullname>-engine-<slug>, at most 52 characters so that the StatefulSet's
+     controller-revision-hash label fits in 63), component (their app.kubernetes.io/component, engine-<slug>),
+     readyFile (whose presence says the cache holds it)}.
+     Templates get the list as .out.bases: call with (dict "root" $ "out" $out) and discard the output. */}}
+{{- define "coachforge.bases" -}}
+{{- $root := .root -}}
+{{- $m := $root.Values.models -}}
+{{- $engineName := include "coachforge.componentName" (dict "root" $root "component" "engine") -}}
+{{- $bases := list (dict "id" $m.id "source" $m.source "revision" $m.revision "download" $m.download
+      "engine" $root.Values.engine "main" true "index" -1 "slug" (include "coachforge.modelSlug" $m.id)
+      "name" $engineName "component" "engine") -}}
+{{- range $i, $entry := $m.extra | default list -}}
+{{- $download := deepCopy $m.download -}}
+{{- range $k, $v := omit ($entry.download | default dict) "hfTokenSecret" -}}
+{{- $_ := set $download $k $v -}}
+{{- end -}}
+{{- range $k, $v := dig "download" "hfTokenSecret" (dict) $entry -}}
+{{- $_ := set $download.hfTokenSecret $k $v -}}
+{{- end -}}
+{{- $engine := deepCopy $root.Values.engine -}}
+{{- $over := $entry.engine | default dict -}}
+{{- range $k, $v := omit $over "gpu" -}}
+{{- $_ := set $engine $k $v -}}
+{{- end -}}
+{{- range $k, $v := $over.gpu | default dict -}}
+{{- $_ := set $engine.gpu $k $v -}}
+{{- end -}}
+{{- $_ := set $engine "tensorParallelSize" ($over.tensorParallelSize | default $engine.gpu.count) -}}
+{{- $slug := include "coachforge.modelSlug" $entry.id -}}
+{{- /* Names too long are cut and end with a hash of the id instead, so that long ids stay apart. */ -}}
+{{- $hash := $entry.id | toString | sha256sum | trunc 8 -}}
+{{- $name := printf "%s-%s" $engineName $slug -}}
+{{- if gt (len $name) 52 }}{{ $name = printf "%s-%s" ($name | trunc 43 | trimSuffix "-") $hash }}{{ end -}}
+{{- $component := printf "engine-%s" $slug -}}
+{{- if gt (len $component) 63 }}{{ $component = printf "%s-%s" ($component | trunc 54 | trimSuffix "-") $hash }}{{ end -}}
+{{- $bases = append $bases (dict "id" $entry.id "source" ($entry.source | default "") "revision" ($entry.revision | default "main")
+      "download" $download "engine" $engine "main" false "index" $i "slug" $slug "name" $name "component" $component) -}}
+{{- end -}}
+{{- range $b := $bases -}}
+{{- if $b.download.enabled -}}
+{{- $_ := set $b "readyFile" (printf "/models/%s/.coachforge-complete" $b.id) -}}
+{{- else -}}
+{{- $_ := set $b "readyFile" (printf "/models/%s/config.json" $b.id) -}}
+{{- end -}}
+{{- end -}}
+{{- $_ := set .out "bases" $bases -}}
+{{- end -}}
+
+{{/* The ready files of every base model, space-separated (what pods that use any base wait for). */}}
+{{- define "coachforge.modelReadyFiles" -}}
+{{- $out := dict -}}
+{{- $_ := include "coachforge.bases" (dict "root" . "out" $out) -}}
+{{- $files := list -}}
+{{- range $out.bases }}{{- $files = append $files .readyFile }}{{- end -}}
+{{- join " " $files -}}
 {{- end -}}
 
 {{/* Environment ----------------------------------------------------------------------------------- */}}
@@ -263,6 +322,21 @@ app.kubernetes.io/part-of: coachforge
 {{- define "coachforge.env" -}}
 {{- $root := .root -}}
 {{- $component := .component -}}
+{{- $out := dict -}}
+{{- $_ := include "coachforge.bases" (dict "root" $root "out" $out) -}}
+{{- /* Rank and adapters per engine are one setting each for every pool: the smallest of the pools'. */ -}}
+{{- $rank := int $root.Values.engine.maxLoraRank -}}
+{{- $loras := int ($root.Values.engine.maxCpuLoras | default $root.Values.engine.maxLoras) -}}
+{{- $ids := list -}}
+{{- $pools := dict -}}
+{{- range $b := $out.bases -}}
+{{- $rank = min $rank (int $b.engine.maxLoraRank) -}}
+{{- $loras = min $loras (int ($b.engine.maxCpuLoras | default $b.engine.maxLoras)) -}}
+{{- $ids = append $ids $b.id -}}
+{{- if not $b.main -}}
+{{- $_ := set $pools $b.id (dict "service" (printf "%s:%v" $b.name $root.Values.engine.port)) -}}
+{{- end -}}
+{{- end -}}
 - name: COACHFORGE_LOG_LEVEL
   value: {{ $root.Values.config.logLevel | quote }}
 - name: COACHFORGE_LOG_JSON
@@ -281,6 +355,16 @@ app.kubernetes.io/part-of: coachforge
   value: {{ $root.Values.config.grpcStreamIdleTimeoutSeconds | quote }}
 - name: COACHFORGE_GRPC_CLIENT_TIMEOUT_S
   value: {{ $root.Values.config.grpcClientTimeoutSeconds | quote }}
+- name: COACHFORGE_MAX_REQUEST_BYTES
+  value: {{ $root.Values.config.maxRequestBytes | int64 | quote }}
+- name: COACHFORGE_INFERENCE_DEFAULT_MAX_REQUESTS_PER_1_MINUTE
+  value: {{ $root.Values.config.tenantLimits.requestsPerMinute | int64 | quote }}
+- name: COACHFORGE_INFERENCE_DEFAULT_MAX_TOKENS_PER_1_MINUTE
+  value: {{ $root.Values.config.tenantLimits.tokensPerMinute | int64 | quote }}
+- name: COACHFORGE_INFERENCE_DEFAULT_MAX_TOKENS_PER_1_DAY
+  value: {{ $root.Values.config.tenantLimits.tokensPerDay | int64 | quote }}
+- name: COACHFORGE_INFERENCE_DEFAULT_MAX_COST_USD_PER_1_DAY
+  value: {{ $root.Values.config.tenantLimits.costUsdPerDay | quote }}
 - name: COACHFORGE_DATA_DIR
   value: /var/lib/coachforge/data
 {{- if .models }}
@@ -314,7 +398,7 @@ app.kubernetes.io/part-of: coachforge
 - name: COACHFORGE_TRAINER_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_TRAINER_MAX_LORA_RANK
-  value: {{ $root.Values.engine.maxLoraRank | quote }}
+  value: {{ $rank | quote }}
 # Before a file or dataset version is deleted, the dataset service asks the trainer whether an unfinished job uses
 # it; "" (no trainer in this release) turns the check off rather than falling back to the platform's target.
 - name: COACHFORGE_DATASET_TRAINER_GRPC_TARGET
@@ -331,9 +415,14 @@ app.kubernetes.io/part-of: coachforge
 - name: COACHFORGE_INFERENCE_ENGINE_SERVICE
   value: {{ printf "%s:%v" (include "coachforge.componentName" (dict "root" $root "component" "engine")) $root.Values.engine.port | quote }}
 {{- end }}
+{{- with $pools }}
+# The engines of each further base model (models.extra), by base model id: their headless Services.
+- name: COACHFORGE_INFERENCE_ENGINE_POOLS
+  value: {{ toJson . | quote }}
+{{- end }}
 # Adapters kept loaded per engine before the least recently used is unloaded (its --max-cpu-loras, else --max-loras).
 - name: COACHFORGE_INFERENCE_ENGINE_MAX_LORAS
-  value: {{ $root.Values.engine.maxCpuLoras | default $root.Values.engine.maxLoras | quote }}
+  value: {{ $loras | quote }}
 {{- if and (eq $component "inference") .artifacts }}
 # Adapters the registry keeps in an object store (s3://…) are downloaded here, on the artifacts
 # volume the engines also mount, so an engine can load them by path.
@@ -389,7 +478,10 @@ app.kubernetes.io/part-of: coachforge
 - name: COACHFORGE_REGISTRY_EVALUATOR_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "evaluator") | quote }}
 - name: COACHFORGE_REGISTRY_BASE_MODELS
-  value: {{ list $root.Values.models.id | toJson | quote }}
+  value: {{ $ids | toJson | quote }}
+# The registry refuses adapters the engines would refuse (rank above their --max-lora-rank).
+- name: COACHFORGE_REGISTRY_MAX_LORA_RANK
+  value: {{ $rank | quote }}
 - name: HF_HUB_OFFLINE
   value: "1"
 {{- range $name, $value := $root.Values.config.env }}
@@ -412,17 +504,18 @@ app.kubernetes.io/part-of: coachforge
 {{ toYaml .Values.containerSecurityContext }}
 {{- end -}}
 
-{{/* An init container that waits until the model cache holds the base model.
-     call with (dict "root" $ "image" <image values>) */}}
+{{/* An init container that waits until the model cache holds the base models ("files": their ready files;
+     default: every base's). call with (dict "root" $ "image" <image values>) */}}
 {{- define "coachforge.waitForModel" -}}
+{{- $files := .files | default (splitList " " (include "coachforge.modelReadyFiles" .root)) -}}
 - name: wait-for-model
   image: {{ include "coachforge.image" . }}
   imagePullPolicy: {{ include "coachforge.pullPolicy" . }}
   command: ["sh", "-c"]
   args:
     - |
-      until [ -f {{ include "coachforge.modelReadyFile" .root }} ]; do
-        echo "waiting for {{ include "coachforge.modelReadyFile" .root }}"; sleep 5
+      until [ -f {{ join " ] && [ -f " $files }} ]; do
+        echo "waiting for {{ join " " $files }}"; sleep 5
       done
   securityContext:
     {{- include "coachforge.containerSecurityContext" .root | nindent 4 }}
@@ -493,6 +586,39 @@ tolerations:
 {{- $rank := .Values.trainerWorker.env.COACHFORGE_TRAINER_LORA_R | default 16 | int -}}
 {{- if gt $rank (int .Values.engine.maxLoraRank) -}}
 {{- fail (printf "trainerWorker.env.COACHFORGE_TRAINER_LORA_R (%d) is above engine.maxLoraRank (%d): the engines could not load the adapters" $rank (int .Values.engine.maxLoraRank)) -}}
+{{- end -}}
+{{- $out := dict -}}
+{{- $_ := include "coachforge.bases" (dict "root" . "out" $out) -}}
+{{- if and .Values.models.extra (not .Values.engine.enabled) -}}
+{{- fail "models.extra needs engine.enabled: the chart deploys the engines of every further base model" -}}
+{{- end -}}
+{{- $seen := dict -}}
+{{- range $b := $out.bases -}}
+{{- if not $b.main -}}
+{{- $where := printf "models.extra[%d]" (int $b.index) -}}
+{{- if and $b.download.enabled (not $b.source) -}}
+{{- fail (printf "%s.source is required (the Hugging Face repository of %s) unless %s.download.enabled is false" $where $b.id $where) -}}
+{{- end -}}
+{{- $tp := int $b.engine.tensorParallelSize -}}
+{{- if and $b.engine.gpu.enabled (gt $tp (int $b.engine.gpu.count)) -}}
+{{- fail (printf "%s.engine.tensorParallelSize (%d) is above its gpu.count (%d)" $where $tp (int $b.engine.gpu.count)) -}}
+{{- end -}}
+{{- if gt $rank (int $b.engine.maxLoraRank) -}}
+{{- fail (printf "trainerWorker.env.COACHFORGE_TRAINER_LORA_R (%d) is above %s.engine.maxLoraRank (%d): the engines of %s could not load the adapters" $rank $where (int $b.engine.maxLoraRank) $b.id) -}}
+{{- end -}}
+{{- end -}}
+{{- $self := ternary "models.id" (printf "models.extra[%d].id" (int $b.index)) $b.main -}}
+{{- with index $seen (printf "id %s" $b.id) -}}
+{{- fail (printf "%s and %s are both %q: each base model is listed once" . $self $b.id) -}}
+{{- end -}}
+{{- range $key := list (printf "name %s" $b.name) (printf "label %s" $b.component) -}}
+{{- with index $seen $key -}}
+{{- fail (printf "%s and %s (%s) give the same engine %s: ids must differ in more than case and punctuation (engines are named by the id in lower case, every run of other characters than letters and digits as one \"-\")" . $self $b.id $key) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key := list (printf "id %s" $b.id) (printf "name %s" $b.name) (printf "label %s" $b.component) -}}
+{{- $_ := set $seen $key (printf "%s (%s)" $self $b.id) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.inference.autoscaling.enabled (gt (int .Values.inference.autoscaling.minReplicas) (int .Values.inference.autoscaling.maxReplicas)) -}}
 {{- fail "inference.autoscaling.minReplicas is above maxReplicas" -}}

@@ -27,9 +27,8 @@ Every problem is a :class:`LineIssue` whose ``field`` is a JSON path such as ``m
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeAlias
 
@@ -52,7 +51,9 @@ CHATML_START: Final = "<|im_start|>"
 CHATML_END: Final = "<|im_end|>"
 DEFAULT_DETECT_LINES: Final = 50
 
-_CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*)\n(.*?)<\|im_end\|>\n?", re.DOTALL)
+MAX_JSON_DEPTH: Final = 64
+"""Deepest nesting of arrays and objects a line may have (chat lines need fewer than ten levels);
+deeper ones are refused before anything walks them recursively."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,40 @@ def detect_format(obj: dict[str, Any]) -> str:
     return UNKNOWN
 
 
+def _lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _structure_problem(value: Any, strings: bool) -> str | None:
+    """Why decoded JSON cannot be used, walked without recursion: arrays/objects nested more than
+    :data:`MAX_JSON_DEPTH` deep, or (``strings``) a string holding a lone UTF-16 surrogate (from a
+    ``\\ud800``-style escape), which is not text and could not be written out again as UTF-8."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, str):
+            if strings and _lone_surrogate(node):
+                return "a \\u escape gives a lone UTF-16 surrogate, which is not text"
+            continue
+        if isinstance(node, dict):
+            if strings and any(_lone_surrogate(key) for key in node):
+                return "a \\u escape gives a lone UTF-16 surrogate, which is not text"
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_JSON_DEPTH:
+            return f"nested deeper than {MAX_JSON_DEPTH} levels"
+        stack.extend((child, depth + 1) for child in children
+                     if isinstance(child, dict | list) or (strings and isinstance(child, str)))
+    return None
+
+
 def _decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """Decode one line to a JSON object, or return the reason it cannot be."""
     try:
@@ -134,8 +169,19 @@ def _decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         obj: Any = json.loads(text)
     except json.JSONDecodeError as err:
         return None, f"invalid JSON ({err.msg} at column {err.colno})"
+    except RecursionError:
+        return None, f"invalid JSON (nested deeper than {MAX_JSON_DEPTH} levels)"
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        return None, f"invalid JSON ({err})"
     if not isinstance(obj, dict):
         return None, "expected a JSON object"
+    # Strings are only checked when an escape could have made a surrogate (UTF-8 input cannot); the
+    # nesting only when the line has more brackets than the limit (most lines pay two scans, no walk).
+    surrogates = "\\ud" in text or "\\uD" in text
+    if surrogates or text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        problem = _structure_problem(obj, strings=surrogates)
+        if problem is not None:
+            return None, f"invalid JSON ({problem})"
     return obj, None
 
 
@@ -285,6 +331,53 @@ def _convert_alpaca(line: int, obj: dict[str, Any]) -> tuple[list[Message], list
     return turns, []
 
 
+class _NextFrom:
+    """Positions of ``needle`` in ``text`` asked for in non-decreasing order: each part of the text
+    is searched at most once, however many times it is asked."""
+
+    _NONE = -2  # no needle after the last search: never searched again
+
+    def __init__(self, text: str, needle: str) -> None:
+        self.text, self.needle, self.found = text, needle, -1
+
+    def at_or_after(self, pos: int) -> int:
+        """The first position >= ``pos`` of the needle, or -1."""
+        if self.found == self._NONE:
+            return -1
+        if self.found < pos:
+            self.found = self.text.find(self.needle, pos)
+            if self.found < 0:
+                self.found = self._NONE
+                return -1
+        return self.found
+
+
+def _chatml_turns(text: str) -> Iterator[tuple[int, int, str, str]]:
+    r"""The turns of a chatml text as (start, end, role, content), found as the pattern
+    ``<|im_start|>([^\n<]*)\n(.*?)<|im_end|>\n?`` (DOTALL) would find them left to right, in
+    linear time: every search below moves forward only, so a text of many ``<|im_start|>`` and no
+    ``<|im_end|>`` is not rescanned from each start."""
+    newline, angle, end_tag = _NextFrom(text, "\n"), _NextFrom(text, "<"), _NextFrom(text, CHATML_END)
+    pos = 0
+    while (start := text.find(CHATML_START, pos)) >= 0:
+        role_at = start + len(CHATML_START)
+        role_end = newline.at_or_after(role_at)
+        lt = angle.at_or_after(role_at)
+        if role_end < 0 or 0 <= lt < role_end:  # the role runs into a '<' or never ends: no turn here
+            pos = start + 1
+            continue
+        content_at = role_end + 1
+        close = end_tag.at_or_after(content_at)
+        if close < 0:
+            pos = start + 1
+            continue
+        end = close + len(CHATML_END)
+        if text.startswith("\n", end):
+            end += 1
+        yield start, end, text[role_at:role_end], text[content_at:close]
+        pos = end
+
+
 def _convert_chatml(line: int, obj: dict[str, Any]) -> tuple[list[Message], list[LineIssue]]:
     text = obj.get("text")
     if not isinstance(text, str) or not text.strip():
@@ -293,11 +386,10 @@ def _convert_chatml(line: int, obj: dict[str, Any]) -> tuple[list[Message], list
     turns: list[Message] = []
     pos = 0
     index = 0
-    for match in _CHATML_TURN.finditer(text):
-        if text[pos : match.start()].strip():
+    for start, end, name, content in _chatml_turns(text):
+        if text[pos:start].strip():
             issues.append(LineIssue(line, "text", f"unexpected text outside a turn at character {pos}"))
-        pos = match.end()
-        name, content = match.group(1), match.group(2)
+        pos = end
         role = _as_role(name)
         where = f"text.turns[{index}]"
         index += 1
