@@ -1,5 +1,6 @@
-"""Error texts without server paths: what a client may be shown of an exception whose message
-names files (an ``OSError``, a library's "cannot load /models/...", a traceback line)."""
+"""Server paths kept from clients: error texts without them (what a client may be shown of an
+exception whose message names files: an ``OSError``, a library's "cannot load /models/...", a
+traceback line), and the check that a client's name may be joined to a folder at all."""
 
 from __future__ import annotations
 
@@ -24,3 +25,9 @@ def redact_paths(text: str, known: Mapping[str, Path | str | None] | None = None
     for root, label in sorted(roots, key=lambda r: -len(r[0])):
         text = re.sub(re.escape(root) + r"(?=/|\b|$)", f"<{label}>", text)
     return _ABSOLUTE_PATH.sub("<path>", text)
+
+
+def plain_name(name: str) -> bool:
+    """Whether ``name`` is one plain folder name (no separator, not '.' or '..', no NUL): safe to
+    join to a folder such as the models folder."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\x00")

@@ -7,13 +7,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
 from coachforge_dataset.pipeline import Example, LineIssue
 from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.redact import plain_name
 
 
 @lru_cache(maxsize=8)
@@ -55,9 +56,7 @@ def tokenizer_path(models_dir: Path, base_model: str) -> Path:
     """The tokenizer of ``base_model``, one of the prepared models (a folder of ``models_dir``):
     a name that is not one plain folder name (a path, '..') is refused before it is joined to the
     folder, and the error lists the prepared models, never where they lie."""
-    plain = base_model not in ("", ".", "..") and PurePosixPath(base_model).name == base_model \
-        and "\\" not in base_model and "\x00" not in base_model
-    path = models_dir / base_model / "tokenizer.json" if plain else None
+    path = models_dir / base_model / "tokenizer.json" if plain_name(base_model) else None
     if path is None or not path.is_file():
         known = sorted(p.name for p in models_dir.iterdir() if (p / "tokenizer.json").is_file()) \
             if models_dir.is_dir() else []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.redact import plain_name
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -197,11 +198,6 @@ def _check_safetensors(path: Path, param: str) -> int:
 def base_name(name_or_path: str) -> str:
     """``/models/SmolLM2-135M-Instruct/`` and ``HuggingFaceTB/SmolLM2-135M-Instruct`` name the same base."""
     return name_or_path.rstrip("/").rsplit("/", 1)[-1]
-
-
-def plain_name(name: str) -> bool:
-    """Whether ``name`` is one plain folder name (no separator, not '.' or '..'): safe to join to a folder."""
-    return name not in ("", ".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
 
 
 def base_config_sha256(models_dir: Path | None, base_model: str) -> str:

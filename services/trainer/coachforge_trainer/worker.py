@@ -49,7 +49,7 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import configure_logging, get_logger
 from coachforge_shared.outbox import OutboxRelay
-from coachforge_shared.redact import redact_paths
+from coachforge_shared.redact import plain_name, redact_paths
 from coachforge_shared.settings import PlatformSettings
 from coachforge_trainer import lifecycle, repository
 from coachforge_trainer.lifecycle import IllegalTransition
@@ -300,8 +300,7 @@ class Worker:
         log.info("training", job_id=job_id, model=job.model, epochs=job.n_epochs, attempt=job.attempts)
         # job.model was checked against the registry's models when the job was created; it is joined
         # to the models folder only as one plain folder name.
-        plain = job.model not in ("", ".", "..") and not any(c in job.model for c in "/\\\x00")
-        base_dir = self.platform.models_dir / job.model if plain else None
+        base_dir = self.platform.models_dir / job.model if plain_name(job.model) else None
         if base_dir is None or not (base_dir / "config.json").exists():
             log.error("base model files missing", job_id=job_id, model=job.model, folder=str(base_dir or ""))
             self._fail(job_id, tenant_id, f"Base model files for {job.model} are missing on this worker.",
