@@ -66,14 +66,22 @@ def answers(model_dir: Path, adapter_dir: Path, prompts: list[list[dict[str, str
     return out
 
 
-def grade(items: list[dict[str, Any]], texts: list[str]) -> dict[str, int]:
-    """How many answers pass each of the demo's criteria."""
+def grade(items: list[dict[str, Any]], texts: list[str]) -> dict[str, Any]:
+    """How many answers pass each of the demo's criteria, and the rules matched per scenario
+    (``"fatigued": "3/6"``)."""
     from polarize.plugins import COACH_GRADER
 
-    passed = dict.fromkeys(CRITERIA, 0)
+    passed: dict[str, Any] = dict.fromkeys(CRITERIA, 0)
+    scenarios: dict[str, list[int]] = {}
     for item, text in zip(items, texts, strict=True):
         for check in CRITERIA:
-            passed[check] += COACH_GRADER.grade({"check": check}, item, {"output_text": text})[1]
+            ok = COACH_GRADER.grade({"check": check}, item, {"output_text": text})[1]
+            passed[check] += ok
+            if check == "agrees":
+                counts = scenarios.setdefault(item["scenario"], [0, 0])
+                counts[0] += int(ok)
+                counts[1] += 1
+    passed["by_scenario"] = {name: f"{ok}/{n}" for name, (ok, n) in sorted(scenarios.items())}
     return passed
 
 
@@ -128,7 +136,8 @@ def main() -> None:
         while (row := queue.get()) is not None:
             rows.append(row)
             print(f"{config} after epoch {row['epochs']}: valid {row['valid']}, match {row['agrees']} of "
-                  f"{row['n']}; first answer: {row['example'][:160]}", flush=True)
+                  f"{row['n']} ({', '.join(f'{k} {v}' for k, v in row['by_scenario'].items())}); "
+                  f"first answer: {row['example'][:160]}", flush=True)
         proc.join()
     print(f"\nheld-out prompts: {rows[0]['n']} (seed {args.seed} + 10000); precision {rows[0]['precision']}")
     print(head)

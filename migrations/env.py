@@ -11,6 +11,7 @@ import coachforge_inference.models  # noqa: F401
 import coachforge_registry.models  # noqa: F401
 import coachforge_shared.models  # noqa: F401
 import coachforge_trainer.models  # noqa: F401
+import coachforge_webhooks.models  # noqa: F401
 from coachforge_shared.db import Base, make_engine
 from coachforge_shared.settings import PlatformSettings
 

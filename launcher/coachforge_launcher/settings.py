@@ -32,7 +32,13 @@ class StackSettings(BaseSettings):
     engine_max_model_len: int = Field(default=2048, description="vLLM --max-model-len.")
     engine_max_loras: int = Field(default=4, description="vLLM --max-loras: adapters active in one batch.")
     engine_max_lora_rank: int = Field(default=16, description="vLLM --max-lora-rank.")
+    engine_kv_cache_bytes: int = Field(
+        default=2 * 1024**3, ge=0,
+        description="vLLM --kv-cache-memory-bytes of each engine (2 GiB: about 45k tokens of the bundled model); "
+                    "0 sizes the KV cache by engine_kv_cache_share instead.")
     engine_kv_cache_share: float = Field(
-        default=0.3, description="vLLM --gpu-memory-utilization; on CPU the share of RAM for the KV cache.")
+        default=0.3, description="vLLM --gpu-memory-utilization, used when engine_kv_cache_bytes is 0; on CPU the "
+                                 "share of the memory node's RAM the engine may use, its own memory included (so "
+                                 "a small share fails on a machine with little RAM per node).")
     engine_dtype: str = Field(default="float32", description="vLLM --dtype (float32 is fastest on AVX2 CPUs).")
     ready_timeout_s: float = Field(default=600, description="How long start-up may take before giving up.")

@@ -132,6 +132,14 @@ def _quote(arg: str) -> str:
     return shlex.quote(arg).replace("%", "%%")
 
 
+def kv_cache_args(stack: StackSettings) -> list[str]:
+    """The engine's KV cache size: explicit bytes, or a share of the memory node (vLLM's CPU backend
+    refuses a share smaller than what the engine process itself already uses)."""
+    if stack.engine_kv_cache_bytes > 0:
+        return ["--kv-cache-memory-bytes", str(stack.engine_kv_cache_bytes)]
+    return ["--gpu-memory-utilization", str(stack.engine_kv_cache_share)]
+
+
 def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared: Prepared, *,
                       console: bool) -> Path:
     """Write the supervisord configuration for this stack and return its path."""
@@ -159,7 +167,7 @@ def supervisor_config(platform: PlatformSettings, stack: StackSettings, prepared
             "--served-model-name", model_id, "--host", stack.host, "--port", str(port),
             "--enable-lora", "--max-lora-rank", str(stack.engine_max_lora_rank), "--max-loras",
             str(stack.engine_max_loras), "--max-model-len", str(stack.engine_max_model_len),
-            "--dtype", stack.engine_dtype, "--gpu-memory-utilization", str(stack.engine_kv_cache_share),
+            "--dtype", stack.engine_dtype, *kv_cache_args(stack),
             "--disable-uvicorn-access-log"], logs, console=False, priority=20, stopwaitsecs=30,
             environment={"VLLM_API_KEY": prepared.engine_api_key}))
     parts.append(_program("services", [py, "-m", "coachforge_launcher.app"], logs, console=console, priority=30,

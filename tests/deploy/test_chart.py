@@ -18,7 +18,7 @@ KUBERNETES_VERSIONS = ("1.29.0", "1.35.0")
 #: Custom resources of the Prometheus operator: no schema in kubernetes-validate; checked below.
 CRDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
         ("keda.sh/v1alpha1", "ScaledObject")}
-API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "console")
+API_SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "webhooks", "console")
 
 
 @pytest.fixture(scope="module")
@@ -321,7 +321,8 @@ def test_ingress_routes_every_api_path_to_its_service(rendered: dict[str, list[d
                      "/v1/avatars": "coachforge-registry", "/v1/chat": "coachforge-inference",
                      "/v1/completions": "coachforge-inference", "/v1/coach": "coachforge-coach",
                      "/v1/evals": "coachforge-evaluator", "/v1/comparisons": "coachforge-evaluator",
-                     "/v1/usage": "coachforge-inference", "/console": "coachforge-console"}
+                     "/v1/usage": "coachforge-inference", "/v1/webhooks": "coachforge-webhooks",
+                     "/console": "coachforge-console"}
 
 
 def test_dashboards_ship_as_labelled_config_maps(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -354,10 +355,11 @@ def test_every_coachforge_variable_the_chart_sets_is_a_real_setting(
     from coachforge_registry.settings import RegistrySettings
     from coachforge_shared.settings import PlatformSettings
     from coachforge_trainer.settings import TrainerSettings
+    from coachforge_webhooks.settings import WebhooksSettings
 
     known = {"DATABASE_URL"}
     for cls in (PlatformSettings, DatasetSettings, TrainerSettings, RegistrySettings, InferenceSettings,
-                CoachSettings, EvaluatorSettings, ConsoleSettings):
+                CoachSettings, EvaluatorSettings, WebhooksSettings, ConsoleSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for name, field in cls.model_fields.items():
             known.add(f"{prefix}{name}".upper())
@@ -439,7 +441,7 @@ def test_skaffold_builds_every_image_the_chart_uses_and_deploys_the_chart(
                     if isinstance(values[key], dict) and isinstance(values[key].get("image"), dict)
                     and str(values[key]["image"].get("repository", "")).startswith("coachforge/")}
     assert set(chart_images) == {"migrations", "dataset", "trainer", "trainerWorker", "registry", "inference",
-                                 "coach", "evaluator", "engine", "console"}
+                                 "coach", "evaluator", "webhooks", "engine", "console"}
     for key, repository in chart_images.items():
         sanitized = re.sub(r"[/\-.:]", "_", repository)
         assert repository in artifacts, f"no artifact builds {repository}"
@@ -511,7 +513,7 @@ def test_the_console_calls_each_service_and_keeps_its_session_key_in_a_secret(
     policies = by_kind(rendered["external"], "NetworkPolicy")
     labels = by_kind(rendered["external"], "Deployment")["coachforge-console"]["spec"]["template"]["metadata"][
         "labels"]
-    for callee in ("dataset", "trainer", "registry", "inference", "coach", "evaluator"):
+    for callee in ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "webhooks"):
         rules = [r for r in policies[f"coachforge-{callee}"]["spec"]["ingress"]
                  if {"port": 8000, "protocol": "TCP"} in r["ports"]]
         assert any(peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()

@@ -14,7 +14,7 @@ import pytest
 from deploy_helpers import REPO
 
 DOCKER = REPO / "docker"
-SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator")
+SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "webhooks")
 
 
 @dataclass

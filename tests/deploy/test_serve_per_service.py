@@ -26,11 +26,12 @@ from coachforge_launcher.models import BASE_MODEL_ID
 pytestmark = pytest.mark.stack
 
 COACHFORGE = str(Path(sys.executable).parent / "coachforge")
-SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator")
+SERVICES = ("dataset", "trainer", "registry", "inference", "coach", "evaluator", "webhooks")
 GRPC_NAMES = {"dataset": "coachforge.dataset.v1.DatasetService", "trainer": "coachforge.trainer.v1.TrainerService",
               "registry": "coachforge.registry.v1.RegistryService",
               "inference": "coachforge.inference.v1.InferenceService", "coach": "coachforge.coach.v1.CoachService",
-              "evaluator": "coachforge.evaluator.v1.EvaluatorService"}
+              "evaluator": "coachforge.evaluator.v1.EvaluatorService",
+              "webhooks": "coachforge.webhooks.v1.WebhooksService"}
 
 
 def _free_port() -> int:

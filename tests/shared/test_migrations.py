@@ -16,7 +16,8 @@ TABLES = {
     "usage_daily", "evals", "eval_runs", "eval_run_items", "stored_completions", "stored_completion_metadata",
     "stored_completion_policies",
     "completion_feedback", "completion_reviews", "coach_outcomes", "comparisons", "comparison_pairs",
-    "comparison_votes", "retrain_policies", "retrain_runs", "outbox_events",
+    "comparison_votes", "retrain_policies", "retrain_runs", "outbox_events", "avatar_personas",
+    "webhook_endpoints", "webhook_deliveries",
 }
 
 

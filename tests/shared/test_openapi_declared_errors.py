@@ -117,12 +117,14 @@ def _platform_app() -> FastAPI:
     from coachforge_inference import api as inference
     from coachforge_registry import api as registry
     from coachforge_trainer import api as trainer
+    from coachforge_webhooks import api as webhooks
 
     app = FastAPI()
     install_error_handlers(app)
     install_openapi(app)
     routers: list[APIRouter] = [admin.router, dataset.router, dataset.datasets, trainer.router, inference.router,
-                                registry.router, coach.router, evaluator.router, evaluator.comparisons_router]
+                                registry.router, coach.router, evaluator.router, evaluator.comparisons_router,
+                                webhooks.router]
     for router in routers:
         app.include_router(router)
     return app

@@ -36,6 +36,7 @@ from coachforge_inference.metrics import (
     TOKENS,
     TTFT,
 )
+from coachforge_inference.persona import apply_persona
 from coachforge_inference.pool import EnginePool, Lease, PooledEngine
 from coachforge_inference.settings import InferenceSettings, Price
 from coachforge_inference.validation import CHAT, take_store, validate
@@ -64,6 +65,7 @@ background when it is used (refresh-ahead: a model in steady use never expires).
 FALLBACK_HEADER = "x-coachforge-fallback"
 MODEL_HEADER = "x-coachforge-model"
 VARIANT_HEADER = "x-coachforge-variant"
+PERSONA_HEADER = "x-coachforge-persona-version"
 TIMING_HEADER = "server-timing"
 
 APP = "app"
@@ -86,12 +88,18 @@ def check_purpose(purpose: str) -> str:
 class Resolution:
     """What a requested model id resolves to: the model, and for an avatar with a candidate, the
     candidate and its share of the traffic (0-100); for an avatar, its own ``store`` setting (None:
-    the tenant's default)."""
+    the tenant's default) and its persona (:mod:`coachforge_inference.persona`) with its version,
+    for the active model and for the candidate (a candidate that is only another persona version
+    is the active model with that persona)."""
 
     model: registry_pb2.Model
     candidate: registry_pb2.Model | None = None
     share: int = 0
     store: bool | None = None
+    persona: dict[str, Any] | None = None
+    persona_version: int = 0
+    candidate_persona: dict[str, Any] | None = None
+    candidate_persona_version: int = 0
 
 
 @dataclass
@@ -245,16 +253,41 @@ class InferenceDeps:
             if model.fallback:  # the registry sets a fallback policy only for avatars
                 avatar = stub.GetAvatar(registry_pb2.GetAvatarRequest(name=model_id), metadata=metadata, timeout=10)
                 store = avatar.store if avatar.HasField("store") else None
-                resolution = Resolution(model, store=store)
-                if avatar.candidate_model and avatar.candidate_share > 0:
-                    candidate: registry_pb2.Model = stub.GetModel(
-                        registry_pb2.GetModelRequest(model_id=avatar.candidate_model), metadata=metadata, timeout=10)
-                    candidate.fallback = model.fallback
-                    resolution = Resolution(model, candidate, min(100, int(avatar.candidate_share)), store)
+                persona = _persona(avatar.persona_json)
+                version = avatar.persona_version if persona is not None else 0
+                resolution = Resolution(model, store=store, persona=persona, persona_version=version)
+                if (avatar.candidate_model or avatar.candidate_persona_version) and avatar.candidate_share > 0:
+                    if avatar.candidate_model:
+                        candidate: registry_pb2.Model = stub.GetModel(
+                            registry_pb2.GetModelRequest(model_id=avatar.candidate_model), metadata=metadata,
+                            timeout=10)
+                        candidate.fallback = model.fallback
+                    else:  # another persona version of the active model
+                        candidate = registry_pb2.Model()
+                        candidate.CopyFrom(model)
+                    candidate_persona, candidate_version = persona, version
+                    if avatar.candidate_persona_version:
+                        candidate_persona = _persona(avatar.candidate_persona_json)
+                        candidate_version = avatar.candidate_persona_version if candidate_persona is not None else 0
+                    resolution = Resolution(model, candidate, min(100, int(avatar.candidate_share)), store,
+                                            persona, version, candidate_persona, candidate_version)
         with self._cache_lock:
             if self._generation.get(tenant_id, 0) == generation:  # no model.* event meanwhile
                 self._cache[(tenant_id, model_id)] = (now, resolution)
         return resolution
+
+
+def _persona(persona_json: str) -> dict[str, Any] | None:
+    """A persona's settings as the registry sent them; None for none (or, defensively, for one that
+    is not a JSON object: the avatar answers without it rather than not at all)."""
+    if not persona_json:
+        return None
+    try:
+        persona = json.loads(persona_json)
+    except ValueError:
+        log.warning("persona settings are not JSON; answering without them")
+        return None
+    return persona if isinstance(persona, dict) else None
 
 
 def price_of(settings: InferenceSettings, model: registry_pb2.Model) -> Price:
@@ -306,13 +339,16 @@ class Routed:
     usage_event_id: str = field(default_factory=lambda: new_id("evt"))
     """The id of this request's ``usage.recorded`` event, minted once per request: however often its
     usage is published (a retry, a replay, an outbox relay), the usage consumer counts it once."""
+    persona_version: int = 0
+    """The avatar's persona version applied to the request (0: none)."""
 
     def headers(self) -> dict[str, str]:
         """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which
         version (``x-coachforge-variant: active|candidate``); a fallback answer says so:
         ``x-coachforge-fallback: base; from=<model that could not be served>``; where the time went
-        (``server-timing: gateway;dur=<ms>, engine;dur=<ms>``, up to the first chunk for a stream).
-        REST sends these as response headers, gRPC as initial metadata."""
+        (``server-timing: gateway;dur=<ms>, engine;dur=<ms>``, up to the first chunk for a stream);
+        the avatar's persona version applied (``x-coachforge-persona-version``). REST sends these
+        as response headers, gRPC as initial metadata."""
         headers = {MODEL_HEADER: self.model.id,
                    TIMING_HEADER: f"gateway;dur={self.gateway_seconds * 1e3:.2f}, "
                                   f"engine;dur={self.engine_seconds * 1e3:.2f}"}
@@ -320,6 +356,8 @@ class Routed:
             headers[VARIANT_HEADER] = self.arm
         if self.fallback_from:
             headers[FALLBACK_HEADER] = f"base; from={self.fallback_from}"
+        if self.persona_version:
+            headers[PERSONA_HEADER] = str(self.persona_version)
         if self.admission is not None:
             headers.update(self.admission.headers)
         return headers
@@ -337,9 +375,13 @@ def candidate_bucket(tenant_id: str, avatar: str, user: str) -> int:
     return int.from_bytes(digest[:8], "big") % 100
 
 
-def _route(tenant_id: str, model_id: str, body: dict[str, Any], res: Resolution) -> Routed:
+def _route(tenant_id: str, model_id: str, body: dict[str, Any], res: Resolution, path: str = CHAT,
+           metadata: dict[str, str] | None = None) -> Routed:
+    """Pick the avatar's active or candidate arm (sticky per ``user``) and build the engine's body:
+    for a chat completion, with the arm's persona applied (``metadata`` fills its system prompt)."""
     avatar = model_id if res.model.fallback else ""  # the registry sets a fallback policy only for avatars
     model, arm = res.model, ""
+    persona, persona_version = res.persona, res.persona_version
     if res.candidate is not None and res.share > 0:
         user = body.get("user")
         bucket = (candidate_bucket(tenant_id, model_id, user) if isinstance(user, str) and user
@@ -347,10 +389,14 @@ def _route(tenant_id: str, model_id: str, body: dict[str, Any], res: Resolution)
         arm = "candidate" if bucket < res.share else "active"
         if arm == "candidate":
             model = res.candidate
+            persona, persona_version = res.candidate_persona, res.candidate_persona_version
         CANDIDATE_ROUTED.labels(tenant_id, model_id, arm).inc()
-    engine_body = dict(body)
+    if persona is not None and path == CHAT:
+        engine_body = apply_persona(body, persona, metadata or {})
+    else:
+        engine_body, persona_version = dict(body), 0
     engine_body["model"] = model.adapter_name or model.id
-    return Routed(model, engine_body, avatar=avatar, arm=arm)
+    return Routed(model, engine_body, avatar=avatar, arm=arm, persona_version=persona_version)
 
 
 def _fallback(tenant_id: str, routed: Routed) -> Routed:
@@ -363,7 +409,7 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     engine_body["model"] = model.base_model
     return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm,
                   purpose=routed.purpose, store=routed.store, usage_event_id=routed.usage_event_id,
-                  admission=routed.admission)
+                  admission=routed.admission, persona_version=routed.persona_version)
 
 
 EngineCall = Callable[[EnginePool, PooledEngine, bytes], Awaitable[T]]
@@ -407,7 +453,7 @@ async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
         if purpose == APP:  # eval runs are not refused (their cost counts toward the daily quotas)
             admission = await deps.limiter.admit(tenant_id, path, body)
         resolution = await deps.resolve(tenant_id, model_id)
-        routed = _route(tenant_id, model_id, body, resolution)
+        routed = _route(tenant_id, model_id, body, resolution, path, metadata)
         routed.purpose = purpose
         routed.admission = admission
         if await _stores(deps, tenant_id, path, purpose, asked, resolution):

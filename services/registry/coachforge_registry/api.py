@@ -9,12 +9,14 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from coachforge.registry.v1 import registry_pb2
 from coachforge_registry import experiment, retrain, service
-from coachforge_registry.models import Avatar, AvatarChange
+from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona
 from coachforge_registry.schemas import (
     Activate,
     Candidate,
     CreateAvatar,
     Evaluation,
+    PersonaBody,
+    PersonaRollback,
     Pin,
     Retrain,
     RetrainPolicyBody,
@@ -51,7 +53,16 @@ def to_openai(m: registry_pb2.Model) -> dict[str, object]:
 def avatar_to_openai(a: Avatar) -> dict[str, object]:
     return {"object": "avatar", "name": a.name, "active_model": a.active_model, "fallback": a.fallback,
             "candidate_model": a.candidate_model, "candidate_share": a.candidate_share, "pinned": a.pinned,
-            "store": a.store, "created_at": to_unix(a.created_at), "updated_at": to_unix(a.updated_at)}
+            "store": a.store, "persona_version": a.persona_version,
+            "candidate_persona_version": a.candidate_persona_version, "created_at": to_unix(a.created_at),
+            "updated_at": to_unix(a.updated_at)}
+
+
+def persona_to_openai(a: Avatar, p: AvatarPersona) -> dict[str, object]:
+    """A persona version: its settings (for the active one, ``store`` is the avatar's), who, when, why."""
+    return {"object": "avatar.persona", "avatar": a.name, "version": p.version,
+            "active": p.version == a.persona_version, **service.persona_settings(a, p), "actor": p.actor,
+            "reason": p.reason, "created_at": to_unix(p.created_at)}
 
 
 def change_to_openai(c: AvatarChange) -> dict[str, object]:
@@ -143,8 +154,44 @@ def unpin(request: Request, principal: CurrentPrincipal, name: str, body: Unpin 
 def set_candidate(request: Request, principal: CurrentPrincipal, name: str, body: Candidate) -> dict[str, object]:
     """Set (or clear, with ``model: null``) the avatar's candidate version and its traffic share."""
     a = service.set_candidate(_deps(request), principal.tenant_id, principal.actor, name, body.model,
-                              body.traffic_share, body.reason)
+                              body.traffic_share, body.reason,
+                              candidate_persona_version=body.candidate_persona_version)
     return avatar_to_openai(a)
+
+
+@router.put("/avatars/{name}/persona")
+def put_persona(request: Request, principal: CurrentPrincipal, name: str, body: PersonaBody) -> dict[str, object]:
+    """Replace the avatar's persona (a new version, kept in its history): the system prompt (a
+    template: ``{metadata.<key>}`` becomes the request's metadata value), whether it is prepended
+    or replaces the request's system messages, sampling defaults, few-shot turns, a default
+    response format, and the avatar's ``store`` setting."""
+    a, p = service.set_persona(_deps(request), principal.tenant_id, principal.actor, name, body.settings(),
+                               body.reason)
+    return persona_to_openai(a, p)
+
+
+@router.get("/avatars/{name}/persona")
+def get_persona(request: Request, principal: CurrentPrincipal, name: str) -> dict[str, object]:
+    """The avatar's active persona with its version."""
+    a, p = service.get_persona(_deps(request), principal.tenant_id, name)
+    return persona_to_openai(a, p)
+
+
+@router.get("/avatars/{name}/persona/versions")
+def list_persona_versions(request: Request, principal: CurrentPrincipal, name: str) -> dict[str, object]:
+    """The avatar's persona versions, newest first."""
+    a, rows = service.persona_versions(_deps(request), principal.tenant_id, name)
+    return {"object": "list", "data": [persona_to_openai(a, p) for p in rows]}
+
+
+@router.post("/avatars/{name}/persona/rollback")
+def rollback_persona(request: Request, principal: CurrentPrincipal, name: str,
+                     body: PersonaRollback | None = None) -> dict[str, object]:
+    """A new persona version with an earlier version's settings (default: the version before the
+    active one)."""
+    a, p = service.rollback_persona(_deps(request), principal.tenant_id, principal.actor, name,
+                                    body.version if body else None, body.reason if body else "")
+    return persona_to_openai(a, p)
 
 
 @router.put("/avatars/{name}/retrain-policy")

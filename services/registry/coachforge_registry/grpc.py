@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import json
 
 import grpc
 
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_registry import service
-from coachforge_registry.models import Avatar, AvatarChange
+from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona
 from coachforge_registry.service import RegistryDeps
 from coachforge_shared.auth import current_principal
 from coachforge_shared.grpc_server import ServiceRegistration
@@ -21,14 +22,25 @@ def change_proto(c: AvatarChange) -> registry_pb2.AvatarChange:
                                      detail_json=c.detail_json or "{}")
 
 
-def avatar_proto(a: Avatar) -> registry_pb2.Avatar:
+def avatar_proto(a: Avatar, persona: AvatarPersona | None = None,
+                 candidate_persona: AvatarPersona | None = None) -> registry_pb2.Avatar:
     out = registry_pb2.Avatar(name=a.name, active_model=a.active_model, fallback=a.fallback,
                               created_at=to_unix(a.created_at), updated_at=to_unix(a.updated_at),
                               candidate_model=a.candidate_model or "", candidate_share=a.candidate_share,
-                              pinned=a.pinned)
+                              pinned=a.pinned, persona_version=a.persona_version or 0,
+                              candidate_persona_version=a.candidate_persona_version or 0,
+                              persona_json=service.applied_persona_json(persona),
+                              candidate_persona_json=service.applied_persona_json(candidate_persona))
     if a.store is not None:  # unset: the tenant's default
         out.store = a.store
     return out
+
+
+def persona_proto(a: Avatar, p: AvatarPersona) -> registry_pb2.Persona:
+    return registry_pb2.Persona(avatar=a.name, version=p.version,
+                                settings_json=json.dumps(service.persona_settings(a, p)), actor=p.actor,
+                                reason=p.reason, created_at=to_unix(p.created_at),
+                                active=p.version == a.persona_version)
 
 
 def _for_caller(model: registry_pb2.Model) -> registry_pb2.Model:
@@ -62,7 +74,8 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                                                           request.store if request.HasField("store") else None))
 
     def GetAvatar(self, request: registry_pb2.GetAvatarRequest, context: grpc.ServicerContext) -> registry_pb2.Avatar:
-        return avatar_proto(service.get_avatar(self.deps, current_principal().tenant_id, request.name))
+        """The avatar with its active and candidate persona settings (what inference applies)."""
+        return avatar_proto(*service.avatar_with_personas(self.deps, current_principal().tenant_id, request.name))
 
     def ListAvatars(self, request: registry_pb2.ListAvatarsRequest,
                     context: grpc.ServicerContext) -> registry_pb2.ListAvatarsResponse:
@@ -95,9 +108,32 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def SetCandidate(self, request: registry_pb2.SetCandidateRequest,
                      context: grpc.ServicerContext) -> registry_pb2.Avatar:
         p = current_principal()
+        persona = request.candidate_persona_version if request.HasField("candidate_persona_version") else None
         return avatar_proto(service.set_candidate(self.deps, p.tenant_id, p.actor, request.avatar,
                                                           request.model or None, request.traffic_share,
-                                                          request.reason))
+                                                          request.reason, candidate_persona_version=persona))
+
+    def GetPersona(self, request: registry_pb2.GetPersonaRequest,
+                   context: grpc.ServicerContext) -> registry_pb2.Persona:
+        return persona_proto(*service.get_persona(self.deps, current_principal().tenant_id, request.avatar))
+
+    def SetPersona(self, request: registry_pb2.SetPersonaRequest,
+                   context: grpc.ServicerContext) -> registry_pb2.Persona:
+        p = current_principal()
+        settings = service.parse_persona(request.settings_json)
+        return persona_proto(*service.set_persona(self.deps, p.tenant_id, p.actor, request.avatar, settings,
+                                                  request.reason))
+
+    def ListPersonaVersions(self, request: registry_pb2.ListPersonaVersionsRequest,
+                            context: grpc.ServicerContext) -> registry_pb2.ListPersonaVersionsResponse:
+        avatar, rows = service.persona_versions(self.deps, current_principal().tenant_id, request.avatar)
+        return registry_pb2.ListPersonaVersionsResponse(versions=[persona_proto(avatar, r) for r in rows])
+
+    def RollbackPersona(self, request: registry_pb2.RollbackPersonaRequest,
+                        context: grpc.ServicerContext) -> registry_pb2.Persona:
+        p = current_principal()
+        return persona_proto(*service.rollback_persona(self.deps, p.tenant_id, p.actor, request.avatar,
+                                                       request.version or None, request.reason))
 
     def GetAvatarHistory(self, request: registry_pb2.GetAvatarHistoryRequest,
                          context: grpc.ServicerContext) -> registry_pb2.AvatarHistory:

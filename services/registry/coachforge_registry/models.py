@@ -68,6 +68,27 @@ class Avatar(Base):
     store: Mapped[bool | None] = mapped_column(Boolean, nullable=True, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The active persona version (its latest, see AvatarPersona); None: no persona.
+    persona_version: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    # The persona version the candidate share answers with (None: the active persona); set without
+    # a candidate model, the candidate share answers with the active model and this persona.
+    candidate_persona_version: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+
+
+class AvatarPersona(Base):
+    """One version of an avatar's persona: system prompt (a template over the request's metadata),
+    sampling defaults, few-shot turns, response format. Versions are never changed; a rollback adds
+    a version with an earlier one's settings."""
+
+    __tablename__ = "avatar_personas"
+
+    avatar_id: Mapped[str] = mapped_column(ForeignKey("avatars.id", ondelete="CASCADE"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # The settings as validated by schemas.PersonaSettings, JSON object.
+    settings_json: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AvatarChange(Base):
@@ -77,7 +98,7 @@ class AvatarChange(Base):
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     avatar_id: Mapped[str] = mapped_column(ForeignKey("avatars.id", ondelete="CASCADE"), index=True)
-    action: Mapped[str] = mapped_column(String(20))
+    action: Mapped[str] = mapped_column(String(40))
     from_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
     to_model: Mapped[str] = mapped_column(String(300))
     actor: Mapped[str] = mapped_column(String(200))

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from coachforge_registry.models import Avatar, AvatarChange, ModelVersion, RetrainPolicy, RetrainRun
+from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona, ModelVersion, RetrainPolicy, RetrainRun
 from coachforge_shared.errors import NotFound
 
 # -- model versions -----------------------------------------------------------------------------
@@ -124,6 +124,30 @@ def changes(s: Session, avatar_id: str) -> list[AvatarChange]:
     """The avatar's changes, newest first."""
     return list(s.scalars(select(AvatarChange).where(AvatarChange.avatar_id == avatar_id)
                           .order_by(AvatarChange.seq.desc())))
+
+
+# -- personas -----------------------------------------------------------------------------------
+
+
+def persona(s: Session, avatar_id: str, version: int) -> AvatarPersona | None:
+    return s.get(AvatarPersona, (avatar_id, version))
+
+
+def personas(s: Session, avatar_id: str) -> list[AvatarPersona]:
+    """The avatar's persona versions, newest first."""
+    return list(s.scalars(select(AvatarPersona).where(AvatarPersona.avatar_id == avatar_id)
+                          .order_by(AvatarPersona.version.desc())))
+
+
+def latest_persona_version(s: Session, avatar_id: str) -> int:
+    """The avatar's highest persona version; 0 when it has none."""
+    return int(s.scalar(select(func.max(AvatarPersona.version)).where(AvatarPersona.avatar_id == avatar_id)) or 0)
+
+
+def add_persona(s: Session, row: AvatarPersona) -> None:
+    """Insert the version now (the avatar is locked: numbers cannot clash)."""
+    s.add(row)
+    s.flush()
 
 
 # -- retrain policies and runs --------------------------------------------------------------------

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 
 class CreateAvatar(BaseModel):
@@ -60,9 +71,14 @@ class Unpin(BaseModel):
 class Candidate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, description="Candidate model id; null clears the candidate.")
+    model: str | None = Field(None, description="Candidate model id; null clears the candidate (unless "
+                                                 "candidate_persona_version is given).")
     traffic_share: int = Field(0, ge=0, le=100, description="Share of traffic (0-100) meant for the candidate.")
     reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+    candidate_persona_version: StrictInt | None = Field(
+        None, ge=1, le=2**31 - 1,
+        description="Persona version the candidate share answers with (null: the active persona). Without a "
+                    "model, the candidate share answers with the active model and this persona version.")
 
 
 class Evaluation(BaseModel):
@@ -168,3 +184,128 @@ class Retrain(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field("", max_length=500, description="Why; kept on the run and in the avatar's history.")
+
+
+# -- personas -------------------------------------------------------------------------------------
+
+SYSTEM_PROMPT_CHARS = 8000
+FEW_SHOT_TURNS = 20
+FEW_SHOT_CHARS = 8000
+SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+Number = StrictFloat | StrictInt
+
+
+class PersonaSampling(BaseModel):
+    """Sampling defaults: a chat request through the avatar that does not send a field gets it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: Annotated[Number, Field(ge=0, le=2)] | None = Field(None, description="0-2.")
+    top_p: Annotated[Number, Field(ge=0, le=1)] | None = Field(None, description="0-1.")
+    max_tokens: StrictInt | None = Field(None, ge=1, le=2**31 - 1,
+                                         description="At least 1 (the engine refuses one beyond the context).")
+    stop: list[Annotated[StrictStr, Field(min_length=1, max_length=500)]] | None = Field(
+        None, max_length=4, description="Up to 4 stop sequences.")
+    frequency_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = Field(None, description="-2 to 2.")
+    presence_penalty: Annotated[Number, Field(ge=-2, le=2)] | None = Field(None, description="-2 to 2.")
+
+
+class FewShotTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: StrictStr = Field(min_length=1, max_length=FEW_SHOT_CHARS)
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: StrictStr = Field(pattern=SCHEMA_NAME.pattern, description="1-64 letters, digits, '_' or '-'.")
+    description: StrictStr | None = Field(None, max_length=2000)
+    schema_: dict[str, Any] | None = Field(None, alias="schema", description="The JSON Schema, an object.")
+    strict: StrictBool | None = None
+
+
+class PersonaResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: text, json_object, or json_schema with its ``json_schema``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_for_its_type(self) -> PersonaResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("json_schema is required when type is json_schema")
+        if self.type != "json_schema" and self.json_schema is not None:
+            raise ValueError("json_schema is only allowed when type is json_schema")
+        return self
+
+
+class PersonaSettings(BaseModel):
+    """An avatar's persona: what a chat request through it gets unless it says otherwise."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    system_prompt: StrictStr | None = Field(
+        None, max_length=SYSTEM_PROMPT_CHARS,
+        description="System prompt, a template: {metadata.<key>} becomes the request's metadata value (empty "
+                    "when the request has none).")
+    system_mode: Literal["prepend", "replace"] = Field(
+        "prepend", description="prepend: used unless the request has its own system message; replace: replaces "
+                               "the request's system messages.")
+    sampling: PersonaSampling = Field(default_factory=PersonaSampling)
+    few_shot: list[FewShotTurn] = Field(
+        default_factory=list, max_length=FEW_SHOT_TURNS,
+        description="Example turns put between the system prompt and the conversation: user and assistant "
+                    "alternating, starting with user, ending with assistant.")
+    response_format: PersonaResponseFormat | None = Field(
+        None, description="Used when the request has no response_format.")
+    store: StrictBool | None = Field(
+        None, description="The avatar's store setting (keep its chat completions when a request does not say; "
+                          "null: the tenant's default); left out: unchanged.")
+
+    @field_validator("few_shot")
+    @classmethod
+    def _alternating(cls, turns: list[FewShotTurn]) -> list[FewShotTurn]:
+        for i, turn in enumerate(turns):
+            expected = "user" if i % 2 == 0 else "assistant"
+            if turn.role != expected:
+                raise ValueError(f"turn {i} must be {expected!r}: turns alternate user/assistant, starting "
+                                 "with user")
+        if turns and turns[-1].role != "assistant":
+            raise ValueError("the last turn must be 'assistant'")
+        return turns
+
+    def stored(self) -> dict[str, Any]:
+        """The settings as kept in a version row: sampling fields left out when not set, ``store`` only
+        when given."""
+        out = self.model_dump(mode="json", by_alias=True, exclude={"store", "sampling", "response_format"})
+        out["sampling"] = self.sampling.model_dump(mode="json", exclude_none=True)
+        out["response_format"] = (None if self.response_format is None else
+                                  self.response_format.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if "store" in self.model_fields_set:
+            out["store"] = self.store
+        return out
+
+
+class PersonaBody(PersonaSettings):
+    """PUT /v1/avatars/{name}/persona."""
+
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")
+
+    def settings(self) -> PersonaSettings:
+        data = self.model_dump(by_alias=True, exclude={"reason"}, exclude_unset=True)
+        return PersonaSettings.model_validate(data)
+
+
+class PersonaRollback(BaseModel):
+    """POST /v1/avatars/{name}/persona/rollback."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: StrictInt | None = Field(None, ge=1, le=2**31 - 1,
+                                      description="Version to restore (default: the one before the active one).")
+    reason: str = Field("", max_length=500, description="Why; kept in the avatar's history.")

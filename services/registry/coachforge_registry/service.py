@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,8 +37,9 @@ from coachforge_registry.adapters import (
     read_adapter,
 )
 from coachforge_registry.feedback import FeedbackSource
-from coachforge_registry.models import Avatar, AvatarChange, ModelVersion
+from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona, ModelVersion
 from coachforge_registry.retrain_clients import RetrainClients
+from coachforge_registry.schemas import PersonaSettings
 from coachforge_registry.settings import RegistrySettings
 from coachforge_registry.storage import ArtifactFile, ArtifactStore, manifest_digest, sha256_file
 from coachforge_shared.db import Database
@@ -737,7 +739,7 @@ def activate_in(s: Session, deps: RegistryDeps, avatar: Avatar, actor: str, mode
     previous = avatar.active_model
     avatar.active_model = model_id
     if avatar.candidate_model == model_id:
-        avatar.candidate_model, avatar.candidate_share = None, 0
+        _clear_candidate(avatar)
     _record(s, avatar, "activated", previous, actor, reason, **(detail or {}))
     _sync_status(s, avatar.tenant_id, [previous, model_id])
     _publish(s, deps, "model.activated", avatar.tenant_id, avatar, previous)
@@ -756,7 +758,7 @@ def rollback(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: 
         previous = avatar.active_model
         avatar.active_model = last.from_model
         if avatar.candidate_model == avatar.active_model:
-            avatar.candidate_model, avatar.candidate_share = None, 0
+            _clear_candidate(avatar)
         _record(s, avatar, "rolled_back", previous, actor, reason)
         _sync_status(s, tenant_id, [previous, avatar.active_model])
         _publish(s, deps, "model.rolled_back", tenant_id, avatar, previous)
@@ -771,7 +773,7 @@ def pin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str
         previous = avatar.active_model
         avatar.active_model, avatar.pinned = model_id, True
         if avatar.candidate_model == model_id:
-            avatar.candidate_model, avatar.candidate_share = None, 0
+            _clear_candidate(avatar)
         _record(s, avatar, "pinned", previous, actor, reason)
         _sync_status(s, tenant_id, [previous, model_id])
         _publish(s, deps, "model.activated", tenant_id, avatar, previous)
@@ -789,35 +791,63 @@ def unpin(deps: RegistryDeps, tenant_id: str, actor: str, name: str, reason: str
     return avatar
 
 
+def _clear_candidate(avatar: Avatar) -> None:
+    avatar.candidate_model, avatar.candidate_share, avatar.candidate_persona_version = None, 0, None
+
+
 def set_candidate(deps: RegistryDeps, tenant_id: str, actor: str, name: str, model_id: str | None,
-                  traffic_share: int = 0, reason: str = "", detail: dict[str, Any] | None = None) -> Avatar:
-    """Set (or clear, with no model) the avatar's candidate version and the share of traffic (0-100)
-    meant for it; inference sends that share of the avatar's requests to the candidate (sticky per
-    the request's ``user``)."""
+                  traffic_share: int = 0, reason: str = "", detail: dict[str, Any] | None = None,
+                  candidate_persona_version: int | None = None) -> Avatar:
+    """Set (or clear, with no model and no persona version) the avatar's candidate and the share of
+    traffic (0-100) meant for it; inference sends that share of the avatar's requests to the
+    candidate (sticky per the request's ``user``). ``candidate_persona_version``: the persona
+    version the candidate answers with (None: the active persona); given without a model, the
+    candidate is the active model with that persona version."""
     if isinstance(traffic_share, bool) or not 0 <= traffic_share <= 100:
         raise InvalidArgument("traffic_share must be between 0 and 100.", param="traffic_share")
     with deps.db.session() as s:
         avatar = repository.avatar(s, tenant_id, name, lock=True)
-        return set_candidate_in(s, deps, avatar, actor, model_id, traffic_share, reason, detail)
+        return set_candidate_in(s, deps, avatar, actor, model_id, traffic_share, reason, detail,
+                                candidate_persona_version)
 
 
 def set_candidate_in(s: Session, deps: RegistryDeps, avatar: Avatar, actor: str, model_id: str | None,
-                     traffic_share: int = 0, reason: str = "", detail: dict[str, Any] | None = None) -> Avatar:
+                     traffic_share: int = 0, reason: str = "", detail: dict[str, Any] | None = None,
+                     candidate_persona_version: int | None = None) -> Avatar:
     """:func:`set_candidate` in the caller's transaction, on the avatar it locked."""
     previous = avatar.candidate_model
+    previous_persona = avatar.candidate_persona_version
+    if candidate_persona_version is not None:
+        if isinstance(candidate_persona_version, bool) or not isinstance(candidate_persona_version, int) \
+                or repository.persona(s, avatar.id, candidate_persona_version) is None:
+            raise InvalidArgument(f"Avatar {avatar.name!r} has no persona version {candidate_persona_version!r}.",
+                                  param="candidate_persona_version", code="persona_version_not_found")
+        if not model_id and candidate_persona_version == avatar.persona_version:
+            raise InvalidArgument(f"Persona version {candidate_persona_version} is already the avatar's active "
+                                  "persona; give a model or another version.", param="candidate_persona_version")
     if model_id:
         if model_id == avatar.active_model:
             raise InvalidArgument(f"{model_id!r} is already the avatar's active model.", param="model")
         _require_servable(s, deps, avatar.tenant_id, model_id)
         avatar.candidate_model, avatar.candidate_share = model_id, traffic_share
+        avatar.candidate_persona_version = candidate_persona_version
+        action = "candidate_set"
+    elif candidate_persona_version is not None:
+        avatar.candidate_model, avatar.candidate_share = None, traffic_share
+        avatar.candidate_persona_version = candidate_persona_version
         action = "candidate_set"
     else:
         if traffic_share:
-            raise InvalidArgument("traffic_share needs a candidate model.", param="traffic_share")
-        avatar.candidate_model, avatar.candidate_share = None, 0
+            raise InvalidArgument("traffic_share needs a candidate model or candidate_persona_version.",
+                                  param="traffic_share")
+        _clear_candidate(avatar)
         action = "candidate_cleared"
+    persona_detail: dict[str, Any] = {}
+    if avatar.candidate_persona_version is not None or previous_persona is not None:
+        persona_detail = {"candidate_persona_version": avatar.candidate_persona_version,
+                          "previous_candidate_persona_version": previous_persona}
     _record(s, avatar, action, avatar.active_model, actor, reason, candidate_model=avatar.candidate_model,
-            traffic_share=avatar.candidate_share, previous_candidate=previous, **(detail or {}))
+            traffic_share=avatar.candidate_share, previous_candidate=previous, **persona_detail, **(detail or {}))
     _publish(s, deps, "model.avatar_updated", avatar.tenant_id, avatar, avatar.active_model)
     return avatar
 
@@ -854,3 +884,130 @@ def history(deps: RegistryDeps, tenant_id: str, name: str) -> list[AvatarChange]
     with deps.db.session() as s:
         avatar = repository.avatar(s, tenant_id, name)
         return repository.changes(s, avatar.id)
+
+
+# -- personas -----------------------------------------------------------------------------------
+
+PERSONA_APPLIED = ("system_prompt", "system_mode", "sampling", "few_shot", "response_format")
+"""The persona settings inference applies to a chat request (``store`` is the avatar's own setting)."""
+_UNION_TAG = re.compile(r"^(literal\[.*\]|constrained-\w+|function-\w+|int|float|str|bool|list\[.*\]|dict\[.*\])$")
+
+
+def parse_persona(settings_json: str) -> PersonaSettings:
+    """A persona given as a JSON object (gRPC ``settings_json``), validated as the REST body is;
+    refused naming the first bad field (e.g. ``sampling.temperature``)."""
+    try:
+        data = json.loads(settings_json or "{}")
+    except (ValueError, RecursionError) as err:
+        raise InvalidArgument(f"settings_json is not JSON: {err}", param="settings_json") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("settings_json must be a JSON object.", param="settings_json")
+    try:
+        return PersonaSettings.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in first["loc"] if not _UNION_TAG.match(str(p))) or "settings_json"
+        raise InvalidArgument(f"Invalid persona: {param}: {first['msg']}", param=param,
+                              code="invalid_value") from None
+
+
+def persona_settings(avatar: Avatar, row: AvatarPersona) -> dict[str, Any]:
+    """A version's settings; for the active version, ``store`` is the avatar's current setting
+    (one source of truth: ``PATCH /v1/avatars/{name}`` changes it too)."""
+    settings: dict[str, Any] = json.loads(row.settings_json)
+    if row.version == avatar.persona_version:
+        settings["store"] = avatar.store
+    return settings
+
+
+def applied_persona_json(row: AvatarPersona | None) -> str:
+    """What inference applies of a version (its settings without ``store``), JSON; "" for none."""
+    if row is None:
+        return ""
+    settings = json.loads(row.settings_json)
+    return json.dumps({k: settings[k] for k in PERSONA_APPLIED if k in settings}, separators=(",", ":"))
+
+
+def _add_persona(s: Session, deps: RegistryDeps, avatar: Avatar, settings: dict[str, Any], actor: str,
+                 reason: str, action: str, **detail: object) -> AvatarPersona:
+    """A new persona version (the next number), made the active one; ``store`` in ``settings``
+    sets the avatar's store setting. Kept in the history (``action``, the version, what it
+    replaced) and published as ``model.avatar_updated`` (inference drops its cached resolution)."""
+    previous = avatar.persona_version
+    row = AvatarPersona(avatar_id=avatar.id, version=repository.latest_persona_version(s, avatar.id) + 1,
+                        settings_json=json.dumps(settings), actor=actor, reason=reason, created_at=utcnow())
+    repository.add_persona(s, row)
+    avatar.persona_version = row.version
+    store: dict[str, object] = {}
+    if "store" in settings and settings["store"] != avatar.store:
+        store = {"store": settings["store"], "previous_store": avatar.store}
+        avatar.store = settings["store"]
+    _record(s, avatar, action, avatar.active_model, actor, reason, version=row.version, previous_version=previous,
+            **detail, **store)
+    _publish(s, deps, "model.avatar_updated", avatar.tenant_id, avatar, avatar.active_model)
+    return row
+
+
+def set_persona(deps: RegistryDeps, tenant_id: str, actor: str, name: str, settings: PersonaSettings,
+                reason: str = "") -> tuple[Avatar, AvatarPersona]:
+    """Replace the avatar's persona with ``settings`` (already validated): a new version."""
+    with deps.db.session() as s:
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
+        return avatar, _add_persona(s, deps, avatar, settings.stored(), actor, reason, "persona_set")
+
+
+def _active_persona(s: Session, avatar: Avatar) -> AvatarPersona:
+    row = repository.persona(s, avatar.id, avatar.persona_version) if avatar.persona_version else None
+    if row is None:
+        raise NotFound(f"Avatar {avatar.name!r} has no persona.", param="avatar", code="persona_not_found")
+    return row
+
+
+def get_persona(deps: RegistryDeps, tenant_id: str, name: str) -> tuple[Avatar, AvatarPersona]:
+    with deps.db.session() as s:
+        avatar = repository.avatar(s, tenant_id, name)
+        return avatar, _active_persona(s, avatar)
+
+
+def persona_versions(deps: RegistryDeps, tenant_id: str, name: str) -> tuple[Avatar, list[AvatarPersona]]:
+    """The avatar's persona versions, newest first."""
+    with deps.db.session() as s:
+        avatar = repository.avatar(s, tenant_id, name)
+        return avatar, repository.personas(s, avatar.id)
+
+
+def rollback_persona(deps: RegistryDeps, tenant_id: str, actor: str, name: str, version: int | None = None,
+                     reason: str = "") -> tuple[Avatar, AvatarPersona]:
+    """A new persona version with version ``version``'s settings (default: the version before the
+    active one), ``store`` included when that version set it."""
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise InvalidArgument("version must be a positive integer.", param="version")
+    with deps.db.session() as s:
+        avatar = repository.avatar(s, tenant_id, name, lock=True)
+        active = _active_persona(s, avatar)
+        if version is None:
+            version = active.version - 1
+            if version < 1:
+                raise FailedPrecondition(f"Avatar {name!r} has no earlier persona version to roll back to.",
+                                         param="version", code="no_earlier_persona")
+        if version == active.version:
+            raise InvalidArgument(f"Persona version {version} is already the active one.", param="version")
+        target = repository.persona(s, avatar.id, version)
+        if target is None:
+            raise InvalidArgument(f"Avatar {name!r} has no persona version {version}.", param="version",
+                                  code="persona_version_not_found")
+        settings = json.loads(target.settings_json)
+        return avatar, _add_persona(s, deps, avatar, settings, actor, reason, "persona_rollback",
+                                    restored_version=version)
+
+
+def avatar_with_personas(deps: RegistryDeps, tenant_id: str,
+                         name: str) -> tuple[Avatar, AvatarPersona | None, AvatarPersona | None]:
+    """The avatar with its active persona version and the candidate's (None where it has none): all
+    inference needs to answer as it, in one call."""
+    with deps.db.session() as s:
+        avatar = repository.avatar(s, tenant_id, name)
+        active = repository.persona(s, avatar.id, avatar.persona_version) if avatar.persona_version else None
+        candidate = (repository.persona(s, avatar.id, avatar.candidate_persona_version)
+                     if avatar.candidate_persona_version else None)
+        return avatar, active, candidate

@@ -652,7 +652,8 @@ tolerations:
   (list "/v1/models" "registry") (list "/v1/avatars" "registry")
   (list "/v1/chat" "inference") (list "/v1/completions" "inference") (list "/v1/usage" "inference")
   (list "/v1/coach" "coach")
-  (list "/v1/evals" "evaluator") (list "/v1/comparisons" "evaluator") | toJson -}}
+  (list "/v1/evals" "evaluator") (list "/v1/comparisons" "evaluator")
+  (list "/v1/webhooks" "webhooks") | toJson -}}
 {{- end -}}
 
 {{- define "coachforge.consoleSecretName" -}}

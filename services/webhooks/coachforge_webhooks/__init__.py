@@ -1,0 +1,1 @@
+"""Webhooks service: tenants' endpoints told of fine-tuning job and eval run events (Standard Webhooks)."""
