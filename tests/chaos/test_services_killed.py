@@ -93,11 +93,11 @@ def test_killed_services_lose_and_double_nothing_while_two_workers_train(stack: 
                                str(_free_port())], env=env, stdout=log, stderr=subprocess.STDOUT)
     streams: Streams | None = None
     try:
-        upload = chaos.upload_training_file("killed.jsonl", examples=8)
+        upload = chaos.upload_training_file("killed.jsonl", examples=10)  # a job needs 10 usable examples
         assert upload.status_code == 200, upload.text
         jobs = []
         for _ in range(JOBS):
-            r = chaos.create_job(upload.json()["id"])  # two steps
+            r = chaos.create_job(upload.json()["id"], batch_size=5)  # two steps
             assert r.status_code == 200, r.text
             jobs.append(r.json()["id"])
 

@@ -50,13 +50,17 @@ def test_strict_upload_is_refused_naming_lines_with_a_full_report(client: OpenAI
 
 
 def test_lenient_upload_then_job_then_delete_rules(client: OpenAI, http: httpx.Client) -> None:
-    content = b"\n".join([GOOD, BAD_JSON, GOOD, BAD_ROLE, GOOD, GOOD]) + b"\n"
+    # Ten distinct examples after the repeated GOOD ones: a job needs 10 usable (non-duplicate) examples.
+    distinct = [json.dumps({"messages": [{"role": "user", "content": f"Run {i} km today?"},
+                                         {"role": "assistant", "content": f"Yes, {i} km easy."}]}).encode()
+                for i in range(3, 13)]
+    content = b"\n".join([GOOD, BAD_JSON, GOOD, BAD_ROLE, GOOD, GOOD, *distinct]) + b"\n"
     f = client.files.create(file=("lenient.jsonl", content), purpose="fine-tune", extra_body={"policy": "lenient"})
     assert f.status == "processed" and f.status_details is not None
     assert f.status_details.startswith("2 invalid line(s) dropped under the lenient policy")
     assert "line 2: line: invalid JSON" in f.status_details and "line 4: messages[0].role" in f.status_details
     validation = (f.model_extra or {})["validation"]
-    assert validation["policy"] == "lenient" and validation["examples"] == 4 and validation["invalid_lines"] == 2
+    assert validation["policy"] == "lenient" and validation["examples"] == 14 and validation["invalid_lines"] == 2
     assert client.files.retrieve(f.id).status_details == f.status_details
     assert f.id in {x.id for x in client.files.list(purpose="fine-tune")}
     assert client.files.content(f.id).read().split(b"\n")[:4] == [GOOD, b"", GOOD, b""]

@@ -22,7 +22,11 @@ from coachforge_shared.db import Database
 pytestmark = pytest.mark.stack
 
 QUESTIONS = ["I slept badly. Should I still do intervals today?", "My legs are sore after the race. Run today?",
-             "I have a cold. Can I train?"]
+             "I have a cold. Can I train?", "My heart rate is high this morning. Tempo run?",
+             "I only slept four hours. Long ride today?", "My knee hurts a little. Hill repeats?",
+             "I feel drained after work. Intervals tonight?", "I had a fever yesterday. Easy run?",
+             "My HRV dropped a lot. Train hard?", "I am jet-lagged. Track session today?"]
+"""Ten questions: a fine-tuning job needs ten usable examples."""
 CORRECTION = "Rest today: take an easy day and sleep well."
 ITEM_SCHEMA = {"type": "object", "properties": {"question": {"type": "string"}}, "required": ["question"]}
 ITEMS = [{"question": q} for q in ("I feel tired, what should I do today?", "Poor sleep last night. Train hard?",
@@ -121,7 +125,7 @@ def test_store_rate_retrain_evaluate_decide(client: OpenAI, http: httpx.Client) 
                                                                                "data_source": data_source}})
     assert r.status_code == 404, r.text
 
-    r = http.post(f"/v1/avatars/{avatar}/retrain", json={"reason": "three corrected answers"})
+    r = http.post(f"/v1/avatars/{avatar}/retrain", json={"reason": "ten corrected answers"})
     assert r.status_code == 200, r.text
     started = r.json()
     assert started["status"] == "queued" and started["trigger"] == "manual"

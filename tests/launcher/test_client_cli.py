@@ -28,7 +28,7 @@ def _api(stack: Any) -> list[str]:
     return ["--base-url", stack.base_url.removesuffix("/v1"), "--api-key", stack.api_key]
 
 
-def _training_file(client: OpenAI, examples: int = 8) -> str:
+def _training_file(client: OpenAI, examples: int = 10) -> str:
     lines = [json.dumps({"messages": [{"role": "user", "content": f"Is a {i + 4} km jog fine after a rest day?"},
                                       {"role": "assistant", "content": f"Yes, {i + 4} km easy is a good restart."}]})
              for i in range(examples)]

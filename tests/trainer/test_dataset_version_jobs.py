@@ -80,7 +80,7 @@ def test_unknown_dataset_version_is_a_field_error(client: OpenAI, stack: Any) ->
 
 
 def test_unknown_or_splitless_validation_version_is_refused(client: OpenAI, http: httpx.Client) -> None:
-    no_split = _version(client, http, count=8, validation_fraction=0.0)
+    no_split = _version(client, http, count=10, validation_fraction=0.0)
     assert no_split["validation_examples"] == 0
     with pytest.raises(openai.BadRequestError) as err:
         client.fine_tuning.jobs.create(model=BASE_MODEL_ID, training_file=no_split["id"],

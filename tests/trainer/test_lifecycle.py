@@ -336,19 +336,19 @@ def test_lease_renewal_only_for_the_holder(db: Database) -> None:
 def test_a_job_not_yet_started_is_cancelled_at_once(db: Database, publisher: Recorder, status: str) -> None:
     job_id = _job(db, status)
     with db.session() as s:
-        returned = lifecycle.request_cancel(s, job_id)
+        returned = lifecycle.request_cancel(s, publisher, job_id)
     assert (returned.status, returned.cancel_requested) == (CANCELLED, True)
     assert returned.finished_at is not None
     job = _get(db, job_id)
     assert (job.status, job.cancel_requested) == (CANCELLED, True) and job.finished_at is not None
     assert [e.message for e in _events(db, job_id)] == ["Job cancelled before it started."]
-    assert publisher.events == []  # no job.cancelled for a job that never ran, as before
+    assert [(e[0], e[1].job_id) for e in publisher.events] == [("job.cancelled", job_id)]
 
 
-def test_a_running_job_is_asked_to_stop(db: Database) -> None:
+def test_a_running_job_is_asked_to_stop(db: Database, publisher: Recorder) -> None:
     job_id = _running(db)
     with db.session() as s:
-        returned = lifecycle.request_cancel(s, job_id)
+        returned = lifecycle.request_cancel(s, publisher, job_id)
     assert (returned.status, returned.cancel_requested) == (RUNNING, True)
     job = _get(db, job_id)
     assert (job.status, job.cancel_requested, job.finished_at) == (RUNNING, True, None)
@@ -360,7 +360,7 @@ def test_a_finished_job_cannot_be_cancelled(db: Database, status: str) -> None:
     job_id = _job(db, status, finished_at=utcnow())
     before = _row(_get(db, job_id))
     with pytest.raises(IllegalTransition) as err, db.session() as s:
-        lifecycle.request_cancel(s, job_id)
+        lifecycle.request_cancel(s, Recorder(), job_id)
     assert err.value.to_body()["error"] == {"message": f"Job {job_id} has already {status}.",
                                             "type": "invalid_request_error", "param": "fine_tuning_job_id",
                                             "code": None}

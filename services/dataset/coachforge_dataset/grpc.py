@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from coachforge_dataset import service, versions
 from coachforge_dataset.models import DatasetVersion
+from coachforge_dataset.pipeline.eligibility import REASONS, eligibility_messages
 from coachforge_dataset.schemas import CreateDatasetVersion
 from coachforge_dataset.service import DatasetDeps
 from coachforge_shared.auth import current_principal
@@ -130,6 +131,18 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
             examples=result.examples, over_limit=result.over_limit, max_tokens=result.max_tokens,
             total_tokens=result.total_tokens, message=result.message(),
             issues=[dataset_pb2.LineIssue(line=i.line, field=i.field, reason=i.reason) for i in result.issues])
+
+    def CheckEligibility(self, request: dataset_pb2.CheckEligibilityRequest,
+                         context: grpc.ServicerContext) -> dataset_pb2.CheckEligibilityResponse:
+        if not request.id:
+            raise InvalidArgument("Name a file id or a dataset version id.", param="id")
+        result = versions.check_eligibility(self.deps, current_principal().tenant_id, request.id, request.split)
+        texts = eligibility_messages(result.min_answer_chars)
+        return dataset_pb2.CheckEligibilityResponse(
+            examples=result.examples, usable=result.usable, advice=result.advice(), message=result.message(),
+            unusable=[dataset_pb2.UnusableCount(reason=r, count=result.unusable[r], description=texts[r].description)
+                      for r in REASONS if result.unusable[r]],
+            issues=[dataset_pb2.LineIssue(line=i.line, field=i.field, reason=i.reason) for i in result.samples])
 
     def GenerateSyntheticData(self, request: dataset_pb2.GenerateSyntheticDataRequest,
                               context: grpc.ServicerContext) -> dataset_pb2.File:

@@ -34,6 +34,9 @@ class DatasetSettings(BaseSettings):
                                   "version is built from them. Unset: the platform's gRPC target; empty: none (a "
                                   "stored_completions source is refused).")
     max_synthetic_examples: int = Field(default=50_000, description="Most examples one synthetic-data call makes.")
+    eligibility_min_answer_chars: int = Field(
+        default=3, ge=1, description="A final assistant answer shorter than this (whitespace aside) makes an example "
+                                     "too_short in the fine-tuning eligibility check.")
     pipeline_workers: int = Field(
         default=1, description="Processes that parse and hash lines when a dataset version is built (1: in the "
                                "service process).")

@@ -19,7 +19,8 @@ from sqlalchemy import delete, select
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge_dataset import service, tokens
 from coachforge_dataset.models import DatasetVersion, DatasetVersionFile
-from coachforge_dataset.pipeline import Example, export_lines, parse_line, run_pipeline_to_files
+from coachforge_dataset.pipeline import Example, eligibility, export_lines, parse_line, run_pipeline_to_files
+from coachforge_dataset.pipeline.eligibility import Eligibility
 from coachforge_dataset.pipeline.export import EXPORT_FORMATS, ExportError
 from coachforge_dataset.schemas import CreateDatasetVersion, StoredCompletionsSource
 from coachforge_dataset.service import DatasetDeps
@@ -266,6 +267,19 @@ def check_tokens(deps: DatasetDeps, tenant_id: str, item_id: str, max_length: in
         else:
             examples = file_examples(deps, tenant_id, item_id)
         return tokens.check_tokens(deps.models_dir, base_model or DEFAULT_BASE_MODEL, examples, max_length, limit)
+    except NotFound as err:
+        raise NotFound(err.message, param="id", code=err.code) from None
+
+
+def check_eligibility(deps: DatasetDeps, tenant_id: str, item_id: str, split: str = "") -> Eligibility:
+    """Which examples of a file or dataset version (or one of its splits) are usable for fine-tuning,
+    and why the others are not (:mod:`coachforge_dataset.pipeline.eligibility`)."""
+    try:
+        if item_id.startswith("dsv-"):
+            examples = version_examples(deps, tenant_id, item_id, split)
+        else:
+            examples = file_examples(deps, tenant_id, item_id)
+        return eligibility.check_eligibility(examples, deps.settings.eligibility_min_answer_chars)
     except NotFound as err:
         raise NotFound(err.message, param="id", code=err.code) from None
 

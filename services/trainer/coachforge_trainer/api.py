@@ -25,7 +25,9 @@ def _deps(request: Request) -> TrainerDeps:
 
 @router.post("/jobs")
 def create_job(request: Request, principal: CurrentPrincipal, body: CreateJobRequest) -> dict[str, Any]:
-    return to_openai(service.create_job(_deps(request), principal.tenant_id, body))
+    """Create a job; with ``"dry_run": true`` answer its ``fine_tuning.job.estimate`` and create nothing."""
+    created = service.create_job(_deps(request), principal.tenant_id, body)
+    return created.as_openai() if isinstance(created, service.JobPlan) else to_openai(created)
 
 
 @router.get("/jobs")
@@ -63,11 +65,13 @@ def list_checkpoints(request: Request, principal: CurrentPrincipal, job_id: str,
 
 
 def to_openai(job: Job) -> dict[str, Any]:
-    """The OpenAI ``fine_tuning.job`` object, plus ``estimate``, ``valid_loss``, ``device`` and ``attempts``."""
+    """The OpenAI ``fine_tuning.job`` object, plus ``estimate``, ``eligibility``, ``preset``, ``valid_loss``,
+    ``device`` and ``attempts``."""
     error = None
     if job.status == "failed":
         error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
     hp = job_hyperparameters(job)
+    stored = json.loads(job.estimate_json) if job.estimate_json else {}
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": to_unix(job.created_at), "error": error,
         "fine_tuned_model": job.fine_tuned_model, "finished_at": to_unix(job.finished_at) or None,
@@ -77,8 +81,9 @@ def to_openai(job: Job) -> dict[str, Any]:
         "training_file": job.training_file, "validation_file": job.validation_file, "suffix": job.suffix,
         "estimated_finish": to_unix(job.estimated_finish) or None, "integrations": [], "metadata": None,
         "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
-        "estimate": {"trained_tokens": job.estimated_tokens, "seconds": job.estimated_seconds,
-                     "cost_usd": job.estimated_cost_usd},
+        "estimate": {**stored.get("estimate", {}), "trained_tokens": job.estimated_tokens,
+                     "seconds": job.estimated_seconds, "cost_usd": job.estimated_cost_usd},
+        "eligibility": stored.get("eligibility"), "preset": job.preset,
         "valid_loss": job.valid_loss, "device": job.device, "attempts": job.attempts,
     }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import grpc
 from pydantic import ValidationError
@@ -24,28 +25,25 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         self.deps = deps
 
     def CreateJob(self, request: trainer_pb2.CreateJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
-        hp = request.hyperparameters
-        try:
-            body = CreateJobRequest(
-                model=request.model, training_file=request.training_file,
-                validation_file=request.validation_file or None, suffix=request.suffix or None,
-                seed=request.seed or None,
-                hyperparameters=Hyperparameters.model_validate({
-                    "n_epochs": hp.n_epochs or "auto", "batch_size": hp.batch_size or "auto",
-                    "learning_rate_multiplier": hp.learning_rate_multiplier or "auto",
-                    "lora_r": hp.lora_r or "auto", "lora_alpha": hp.lora_alpha or "auto",
-                    "lora_dropout": hp.lora_dropout if hp.HasField("lora_dropout") else "auto",
-                    "target_modules": (list(hp.target_modules) if len(hp.target_modules) != 1
-                                       or hp.target_modules[0] != "all-linear" else "all-linear")
-                    if hp.target_modules else "auto",
-                    "max_length": hp.max_length or "auto", "early_stopping_patience": hp.early_stopping_patience,
-                    "checkpoint_steps": hp.checkpoint_steps if hp.HasField("checkpoint_steps") else "auto"}))
-        except ValidationError as err:
-            first = err.errors()[0]
-            field = ".".join(str(part) for part in first["loc"])
-            raise InvalidArgument(f"{field}: {first['msg']}", param=field) from None
-        job = service.create_job(self.deps, current_principal().tenant_id, body)
-        return to_proto(job)
+        created = service.create_job(self.deps, current_principal().tenant_id, _body(request))
+        if isinstance(created, service.JobPlan):  # a dry run: a Job without id, carrying the estimate
+            return trainer_pb2.Job(model=created.job.model, training_file=created.job.training_file,
+                                   validation_file=created.job.validation_file or "",
+                                   hyperparameters=_hyperparameters_proto(created.job),
+                                   estimate=_estimate_proto(created.estimate),
+                                   eligibility=_eligibility_proto(created.eligibility), preset=created.job.preset or "")
+        return to_proto(created)
+
+    def EstimateJob(self, request: trainer_pb2.CreateJobRequest,
+                    context: grpc.ServicerContext) -> trainer_pb2.JobEstimate:
+        body = _body(request).model_copy(update={"dry_run": True})
+        plan = service.create_job(self.deps, current_principal().tenant_id, body)
+        assert isinstance(plan, service.JobPlan)
+        return trainer_pb2.JobEstimate(
+            model=plan.job.model, training_file=plan.job.training_file,
+            validation_file=plan.job.validation_file or "", hyperparameters=_hyperparameters_proto(plan.job),
+            preset=plan.job.preset or "", estimate=_estimate_proto(plan.estimate),
+            eligibility=_eligibility_proto(plan.eligibility))
 
     def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> trainer_pb2.Job:
         return to_proto(service.get_job(self.deps, current_principal().tenant_id, request.job_id))
@@ -74,6 +72,40 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
             checkpoints=[_checkpoint_to_proto(c, with_path=internal) for c in rows], has_more=more)
 
 
+def _body(request: trainer_pb2.CreateJobRequest) -> CreateJobRequest:
+    """The REST body a gRPC create request stands for (zero values mean auto)."""
+    hp = request.hyperparameters
+    try:
+        return CreateJobRequest(
+            model=request.model, training_file=request.training_file,
+            validation_file=request.validation_file or None, suffix=request.suffix or None,
+            seed=request.seed or None, preset=request.preset or None, dry_run=request.dry_run,
+            hyperparameters=Hyperparameters.model_validate({
+                "n_epochs": hp.n_epochs or "auto", "batch_size": hp.batch_size or "auto",
+                "learning_rate_multiplier": hp.learning_rate_multiplier or "auto",
+                "lora_r": hp.lora_r or "auto", "lora_alpha": hp.lora_alpha or "auto",
+                "lora_dropout": hp.lora_dropout if hp.HasField("lora_dropout") else "auto",
+                "target_modules": (list(hp.target_modules) if len(hp.target_modules) != 1
+                                   or hp.target_modules[0] != "all-linear" else "all-linear")
+                if hp.target_modules else "auto",
+                "max_length": hp.max_length or "auto", "early_stopping_patience": hp.early_stopping_patience,
+                "checkpoint_steps": hp.checkpoint_steps if hp.HasField("checkpoint_steps") else "auto"}))
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(part) for part in first["loc"])
+        raise InvalidArgument(f"{field}: {first['msg']}", param=field) from None
+
+
+def _estimate_proto(est: dict[str, Any]) -> trainer_pb2.Estimate:
+    return trainer_pb2.Estimate(**{k: v for k, v in est.items() if k in trainer_pb2.Estimate.DESCRIPTOR.fields_by_name})
+
+
+def _eligibility_proto(found: dict[str, Any]) -> trainer_pb2.Eligibility:
+    return trainer_pb2.Eligibility(
+        examples=found["examples"], usable=found["usable"], warnings=found["warnings"], advice=found["advice"],
+        unusable=[trainer_pb2.UnusableExamples(reason=r, count=n) for r, n in found["unusable"].items()])
+
+
 def registration(deps: TrainerDeps) -> ServiceRegistration:
     return ServiceRegistration(trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name,
                                TrainerServicer(deps), trainer_pb2_grpc.add_TrainerServiceServicer_to_server)
@@ -90,19 +122,26 @@ def _event_to_proto(e: JobEvent) -> trainer_pb2.JobEvent:
                                 type=e.type, data_json=e.data_json or "")
 
 
-def to_proto(job: Job) -> trainer_pb2.Job:
+def _hyperparameters_proto(job: Job) -> trainer_pb2.Hyperparameters:
     method = json.loads(job.method_json or "{}")
     modules = method.get("target_modules", [])
+    return trainer_pb2.Hyperparameters(
+        n_epochs=job.n_epochs, batch_size=job.batch_size, learning_rate_multiplier=job.learning_rate_multiplier,
+        lora_r=method.get("lora_r", 0), lora_alpha=method.get("lora_alpha", 0),
+        lora_dropout=method.get("lora_dropout"), max_length=method.get("max_length", 0),
+        target_modules=[modules] if isinstance(modules, str) else modules,
+        early_stopping_patience=method.get("early_stopping_patience", 0),
+        checkpoint_steps=method.get("checkpoint_steps"))
+
+
+def to_proto(job: Job) -> trainer_pb2.Job:
+    stored = json.loads(job.estimate_json) if job.estimate_json else {}
     return trainer_pb2.Job(
         id=job.id, model=job.model, status=status_to_proto(job.status), training_file=job.training_file,
         validation_file=job.validation_file or "", suffix=job.suffix or "",
-        hyperparameters=trainer_pb2.Hyperparameters(
-            n_epochs=job.n_epochs, batch_size=job.batch_size, learning_rate_multiplier=job.learning_rate_multiplier,
-            lora_r=method.get("lora_r", 0), lora_alpha=method.get("lora_alpha", 0),
-            lora_dropout=method.get("lora_dropout"), max_length=method.get("max_length", 0),
-            target_modules=[modules] if isinstance(modules, str) else modules,
-            early_stopping_patience=method.get("early_stopping_patience", 0),
-            checkpoint_steps=method.get("checkpoint_steps")),
+        hyperparameters=_hyperparameters_proto(job), preset=job.preset or "",
+        estimate=_estimate_proto(stored["estimate"]) if "estimate" in stored else None,
+        eligibility=_eligibility_proto(stored["eligibility"]) if "eligibility" in stored else None,
         estimated_tokens=job.estimated_tokens or 0, estimated_seconds=job.estimated_seconds or 0.0,
         estimated_cost_usd=job.estimated_cost_usd or 0.0, valid_loss=job.valid_loss or 0.0, device=job.device or "",
         attempts=job.attempts or 0, result_files=[job.result_file] if job.result_file else [],

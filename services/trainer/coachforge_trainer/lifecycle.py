@@ -8,7 +8,7 @@ move                           function (caller)                           publi
 (new) → queued                 :func:`create` (API)                        ``train.requested``
 queued → running               :func:`claim_next` (a worker takes the      (nothing)
                                longest waiting job), :func:`claim`
-validating_files/queued →      :func:`request_cancel` (API), before the    (nothing)
+validating_files/queued →      :func:`request_cancel` (API), before the    ``job.cancelled``
 cancelled                      job started
 running → queued               :func:`requeue` (its worker shuts down),    ``train.requested``
                                :func:`recover` (its worker was lost)
@@ -117,6 +117,7 @@ class Note:
 
     message: str
     data: dict[str, Any] | None = None
+    level: str = "info"
 
 
 # -- the one place a status changes (create inserts new jobs queued) --------------------------
@@ -150,7 +151,7 @@ def create(s: Session, publisher: EventPublisher, job: Job, notes: Iterable[Note
     s.flush()
     add_event(s, job.id, f"Created fine-tuning job: {job.id}")
     for note in notes:
-        add_event(s, job.id, note.message, data=note.data)
+        add_event(s, job.id, note.message, level=note.level, data=note.data)
     # In the job's transaction: a worker can only receive train.requested for a committed job.
     publisher.publish_in(s, "train.requested", trainer_pb2.TrainRequested(job_id=job.id), job.tenant_id,
                          key=job.id)
@@ -206,17 +207,21 @@ def renew_lease(s: Session, job_id: str, worker_id: str, lease_until: datetime) 
     return bool(renewed.rowcount == 1)
 
 
-def request_cancel(s: Session, job_id: str) -> Job:
-    """A job not yet started is cancelled at once; a running one is asked to stop (its worker
-    cancels it after the current step). A finished job raises :class:`IllegalTransition`."""
+def request_cancel(s: Session, publisher: EventPublisher, job_id: str) -> Job:
+    """A job not yet started is cancelled at once (``job.cancelled``, as for a running one, so that
+    webhooks and the retrain driver hear of it); a running one is asked to stop (its worker cancels
+    it after the current step). A finished job raises :class:`IllegalTransition`."""
     job = repository.job_by_id(s, job_id, lock=True)
     assert job is not None
     if job.status in FINAL:
         raise IllegalTransition(job_id, job.status, CANCELLED, f"Job {job_id} has already {job.status}.")
     job.cancel_requested = True
     if job.status in NOT_STARTED:
+        message = "Job cancelled before it started."
         _move(s, job_id, NOT_STARTED, CANCELLED, finished_at=utcnow())
-        add_event(s, job_id, "Job cancelled before it started.")
+        add_event(s, job_id, message)
+        publisher.publish_in(s, "job.cancelled", trainer_pb2.JobFinished(
+            job_id=job_id, status=status_to_proto(CANCELLED), error_message=message), job.tenant_id, key=job_id)
         JOBS_FINISHED.labels(CANCELLED).inc()
     else:
         add_event(s, job_id, "Cancellation requested; stopping after the current step.")

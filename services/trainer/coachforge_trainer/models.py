@@ -42,6 +42,11 @@ class Job(Base):
     estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     estimated_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     estimated_cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The whole estimate and the training data's eligibility, as a dry run answers them (JSON
+    # {"estimate": {...}, "eligibility": {...}}); null for jobs created before they were stored.
+    estimate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Hyperparameter preset the job was created with (quick, balanced, thorough), if any.
+    preset: Mapped[str | None] = mapped_column(String(32), nullable=True)
     # The worker running the job renews this lease; a job whose lease expired is queued again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

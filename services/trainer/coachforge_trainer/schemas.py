@@ -63,6 +63,13 @@ class CreateJobRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
     integrations: list[Any] | None = None
+    # Beyond OpenAI's body (the SDK sends them with extra_body).
+    preset: str | None = Field(None, max_length=32, description=(
+        "Hyperparameter preset: quick, balanced or thorough (the trainer's presets table for its device "
+        "class). It fills the hyperparameters left 'auto'; explicit values win."))
+    dry_run: bool = Field(False, description=(
+        "Validate everything a real create would and answer the estimate (fine_tuning.job.estimate) "
+        "without creating a job."))
 
     def resolved_hyperparameters(self) -> Hyperparameters:
         if self.method is not None and self.method.supervised is not None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from coachforge.dataset.v1 import dataset_pb2, dataset_pb2_grpc
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
@@ -17,9 +19,9 @@ from coachforge_shared.logging import get_logger
 from coachforge_trainer import lifecycle, repository
 from coachforge_trainer.lifecycle import Note
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
-from coachforge_trainer.schemas import CreateJobRequest
+from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
 from coachforge_trainer.settings import TrainerSettings
-from coachforge_trainer.spec import MethodSettings, is_dataset_version
+from coachforge_trainer.spec import MethodSettings, is_dataset_version, job_hyperparameters
 
 log = get_logger("coachforge.trainer")
 
@@ -94,8 +96,77 @@ def _check_tokens(deps: TrainerDeps, tenant_id: str, file_id: str, param: str, m
     return int(counted.total_tokens)
 
 
-def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
-    """Validate the request against the registry and the dataset service, store the job, queue it."""
+@dataclass
+class JobPlan:
+    """A job as creation would store it, checked and estimated but not saved (what a dry run answers)."""
+
+    job: Job
+    estimate: dict[str, Any]
+    eligibility: dict[str, Any]
+    notes: list[Note] = field(default_factory=list)
+
+    def as_openai(self) -> dict[str, Any]:
+        """The ``fine_tuning.job.estimate`` object."""
+        return {"object": "fine_tuning.job.estimate", "model": self.job.model,
+                "training_file": self.job.training_file, "validation_file": self.job.validation_file,
+                "hyperparameters": {**job_hyperparameters(self.job), "preset": self.job.preset},
+                "preset": self.job.preset, "estimate": self.estimate, "eligibility": self.eligibility}
+
+
+def resolve_preset(settings: TrainerSettings, req: CreateJobRequest) -> tuple[Hyperparameters, list[str]]:
+    """The request's hyperparameters with its preset filling those left 'auto' (explicit values win),
+    and warnings about preset values that had to be lowered. An unknown preset is a 400 on "preset"."""
+    hp = req.resolved_hyperparameters()
+    if req.preset is None:
+        return hp, []
+    table = settings.presets.get(settings.device_class, {})
+    if req.preset not in table:
+        raise InvalidArgument(f"Unknown preset {req.preset!r}; expected one of {', '.join(sorted(table)) or 'none'} "
+                              f"(device class {settings.device_class}).", param="preset", code="invalid_preset")
+    filled: dict[str, Any] = {}
+    warnings: list[str] = []
+    for key, value in table[req.preset].items():
+        if getattr(hp, key, None) != "auto":
+            continue
+        if key == "lora_r" and value > settings.max_lora_rank:
+            warnings.append(f"Preset {req.preset} asks for lora_r {int(value)}; the serving engines accept at most "
+                            f"{settings.max_lora_rank}, so lora_r {settings.max_lora_rank} is used.")
+            value = settings.max_lora_rank
+        filled[key] = value
+    return Hyperparameters.model_validate({**hp.model_dump(), **filled}), warnings
+
+
+def _check_eligibility(deps: TrainerDeps, tenant_id: str, item_id: str) -> dataset_pb2.CheckEligibilityResponse:
+    """The dataset service's eligibility scan of the training data; too few usable examples is a 400."""
+    split = "train" if is_dataset_version(item_id) else ""
+    with typed_rpc_errors():
+        found: dataset_pb2.CheckEligibilityResponse = deps.dataset_stub().CheckEligibility(
+            dataset_pb2.CheckEligibilityRequest(id=item_id, split=split), metadata=deps.dataset.metadata(tenant_id),
+            timeout=300)
+    if found.usable < deps.settings.min_usable_examples:
+        advice = " ".join(found.advice)
+        raise InvalidArgument(f"The training data has {found.usable} usable examples; at least "
+                              f"{deps.settings.min_usable_examples} are needed. {found.message}."
+                              + (f" {advice}" if advice else ""),
+                              param="training_file", code="invalid_training_file")
+    return found
+
+
+def estimate(settings: TrainerSettings, model: str, tokens_per_epoch: int, epochs: int, usable: int,
+             batch_size: int) -> dict[str, Any]:
+    """Tokens, steps, time and price of a job on the settings' device class."""
+    device = settings.device_class
+    per_second = settings.tokens_per_second.get(device, settings.estimated_tokens_per_second)
+    price = settings.price_table.get(model, {}).get(device, settings.price_per_million_tokens)
+    total = tokens_per_epoch * epochs
+    return {"tokens_per_epoch": tokens_per_epoch, "epochs": epochs, "total_tokens": total,
+            "steps": math.ceil(usable / batch_size) * epochs, "device": device, "tokens_per_second": per_second,
+            "seconds": total / per_second, "cost_usd": round(total / 1e6 * price, 6),
+            "price_per_million_tokens": price}
+
+
+def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPlan:
+    """Validate the request against the registry and the dataset service and estimate it; nothing is stored."""
     try:
         with typed_rpc_errors():
             model: registry_pb2.Model = deps.registry_stub().GetModel(
@@ -106,6 +177,7 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
                               param="model", code="model_not_available") from None
     if model.adapter_uri:
         raise InvalidArgument(f"Model {req.model} is a fine-tuned model; fine-tune a base model.", param="model")
+    hp, warnings = resolve_preset(deps.settings, req)
     train, version_validation = _check_training(deps, tenant_id, req.training_file)
     # A dataset version as validation_file means its validation split; without a validation_file,
     # a version's own validation split (when it has one) gives the job its validation loss.
@@ -123,11 +195,15 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
         _check_file(deps, tenant_id, validation_file, "validation_file")
     elif version_validation > 0:
         validation_file, validation_param = req.training_file, "training_file"
-    hp = req.resolved_hyperparameters()
     s = deps.settings
     n_epochs = s.default_n_epochs if hp.n_epochs == "auto" else hp.n_epochs
-    batch_size = (max(1, min(s.default_batch_size, train.examples // 4)) if hp.batch_size == "auto"
-                  else hp.batch_size)
+    # The default (or a preset's) batch size is capped at a quarter of the examples: a small file
+    # still gets several steps per epoch. An explicit batch_size is used as given.
+    if req.resolved_hyperparameters().batch_size != "auto":
+        batch_size = int(hp.batch_size)
+    else:
+        wanted = s.default_batch_size if hp.batch_size == "auto" else hp.batch_size
+        batch_size = max(1, min(wanted, train.examples // 4))
     lr_mult = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
     method = MethodSettings.resolve(s, hp)
     if method.lora_r > s.max_lora_rank:
@@ -143,26 +219,48 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job:
     if validation_file:
         _check_tokens(deps, tenant_id, validation_file, validation_param, method.max_length, req.model,
                       "validation" if is_dataset_version(validation_file) else "")
-    tokens = train_tokens * n_epochs
-    seconds = tokens / s.estimated_tokens_per_second
+    found = _check_eligibility(deps, tenant_id, req.training_file)
+    if found.usable < s.warn_usable_examples:
+        warnings.insert(0, f"Only {found.usable} usable training examples (fewer than {s.warn_usable_examples}): "
+                           f"the fine-tune may learn little or overfit; {s.warn_usable_examples} or more varied "
+                           f"examples usually train a useful adapter.")
+    eligibility = {"examples": found.examples, "usable": found.usable,
+                   "unusable": {u.reason: u.count for u in found.unusable},
+                   "warnings": warnings, "advice": list(found.advice)}
+    est = estimate(s, req.model, train_tokens, n_epochs, int(found.usable), batch_size)
+    tokens, seconds = est["total_tokens"], est["seconds"]
     job = Job(id=new_id("ftjob"), tenant_id=tenant_id, model=req.model,
               training_file=req.training_file, validation_file=validation_file, suffix=req.suffix,
               n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=lr_mult,
               seed=req.seed if req.seed is not None else s.default_seed, method_json=json.dumps(asdict(method)),
-              estimated_tokens=tokens, estimated_seconds=seconds,
-              estimated_cost_usd=round(tokens / 1e6 * s.price_per_million_tokens, 6), queued_at=utcnow(),
-              estimated_finish=utcnow() + timedelta(seconds=seconds))
+              estimated_tokens=tokens, estimated_seconds=seconds, estimated_cost_usd=est["cost_usd"],
+              estimate_json=json.dumps({"estimate": est, "eligibility": eligibility}), preset=req.preset,
+              queued_at=utcnow(), estimated_finish=utcnow() + timedelta(seconds=seconds))
     notes = [Note(f"Validated {train.description}")]
     if is_dataset_version(validation_file):
         notes.append(Note(f"Validation loss is measured on the validation split of dataset version "
                           f"{validation_file}."))
-    notes.append(Note(f"Estimated {tokens} training tokens, about {seconds / 60:.0f} min and "
-                      f"${job.estimated_cost_usd:.4f}.",
+    if req.preset:
+        notes.append(Note(f"Hyperparameters from preset {req.preset} ({s.device_class}); explicit values kept."))
+    notes.append(Note(f"{found.message}.", data=eligibility))
+    notes.extend(Note(w, level="warn") for w in warnings)
+    notes.append(Note(f"Estimated {tokens} training tokens, {est['steps']} steps, about {seconds / 60:.0f} min on "
+                      f"{est['device']} and ${job.estimated_cost_usd:.4f}.",
                       data={"estimated_tokens": tokens, "estimated_seconds": seconds,
-                            "estimated_cost_usd": job.estimated_cost_usd}))
+                            "estimated_cost_usd": job.estimated_cost_usd, **est}))
+    return JobPlan(job, est, eligibility, notes)
+
+
+def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job | JobPlan:
+    """Validate and estimate the request; unless it is a dry run (then the plan is returned and
+    nothing is stored or emitted), store the job and queue it."""
+    plan = plan_job(deps, tenant_id, req)
+    if req.dry_run:
+        return plan
+    job = plan.job
     with deps.db.session() as sess:
-        lifecycle.create(sess, deps.publisher, job, notes)
-    log.info("job created", job_id=job.id, tenant=tenant_id, model=req.model, epochs=n_epochs)
+        lifecycle.create(sess, deps.publisher, job, plan.notes)
+    log.info("job created", job_id=job.id, tenant=tenant_id, model=req.model, epochs=job.n_epochs)
     return job
 
 
@@ -187,7 +285,7 @@ def cancel_job(deps: TrainerDeps, tenant_id: str, job_id: str) -> Job:
     """A queued job is cancelled at once; a running one when its worker finishes the current step."""
     with deps.db.session() as s:
         repository.job(s, tenant_id, job_id)
-        return lifecycle.request_cancel(s, job_id)
+        return lifecycle.request_cancel(s, deps.publisher, job_id)
 
 
 def list_checkpoints(deps: TrainerDeps, tenant_id: str, job_id: str, after: str | None,

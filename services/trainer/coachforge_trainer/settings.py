@@ -57,6 +57,46 @@ class TrainerSettings(BaseSettings):
         description="Training throughput assumed for the time estimate before a job starts (tokens/s; about 90 "
                     "for the small model on two CPU cores, thousands on a GPU).")
 
+    min_usable_examples: int = Field(
+        default=10, ge=1,
+        description="A training file with fewer usable examples (the dataset service's eligibility check: no "
+                    "duplicates, no near-empty answers, no schema-invalid structured answers) is refused at job "
+                    "creation (400 invalid_training_file).")
+    warn_usable_examples: int = Field(
+        default=50, ge=1,
+        description="Fewer usable examples than this still create the job, with a warning in its events and "
+                    "in the dry-run answer.")
+    device_class: str = Field(
+        default="cpu",
+        description="Worker class the estimates assume: 'cpu' for the CPU workers, 'cuda' for the chart's GPU "
+                    "workers. It picks the tokens/s, the price and the presets below.")
+    tokens_per_second: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 150.0, "cuda": 3000.0},
+        description="Training throughput per device class, tokens/s, for the time estimate (JSON object). A "
+                    "device missing here uses estimated_tokens_per_second.")
+    price_table: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='Training price per 1M trained tokens by base model and device class, JSON like '
+                    '{"SmolLM2-135M-Instruct": {"cpu": 1.0, "cuda": 4.0}}; a model or device missing here '
+                    "costs price_per_million_tokens.")
+    presets: dict[str, dict[str, dict[str, float | int]]] = Field(
+        default_factory=lambda: {
+            # balanced is what a job without hyperparameters gets (default_n_epochs, default_batch_size,
+            # multiplier 1, lora_r); quick is one pass of it; thorough trains longer with twice the rank
+            # (capped at max_lora_rank, which the serving engines accept).
+            "cpu": {"quick": {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 1.0, "lora_r": 16},
+                    "balanced": {"n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 1.0, "lora_r": 16},
+                    "thorough": {"n_epochs": 5, "batch_size": 8, "learning_rate_multiplier": 1.0, "lora_r": 32}},
+            # On a GPU larger batches fit; the multiplier rises with the batch (fewer, larger steps).
+            "cuda": {"quick": {"n_epochs": 1, "batch_size": 16, "learning_rate_multiplier": 2.0, "lora_r": 16},
+                     "balanced": {"n_epochs": 3, "batch_size": 16, "learning_rate_multiplier": 2.0, "lora_r": 16},
+                     "thorough": {"n_epochs": 5, "batch_size": 16, "learning_rate_multiplier": 2.0, "lora_r": 32}},
+        },
+        description="Hyperparameter presets per device class (JSON object {device: {preset: {n_epochs, batch_size, "
+                    "learning_rate_multiplier, lora_r}}}): a job's 'preset' fills the hyperparameters it leaves "
+                    "'auto'. A preset's batch_size is capped at a quarter of the examples like the default one; its "
+                    "lora_r at max_lora_rank.")
+
     @property
     def heartbeat_seconds(self) -> float:
         return self.lease_seconds / 3

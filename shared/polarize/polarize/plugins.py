@@ -67,6 +67,9 @@ class CoachFormat:
     name: str = NAME
     detect_order: int = 250  # after openai/sharegpt, before alpaca/chatml
     answer_label: str = "workout modification"
+    # A conversation with this system message is a coach conversation whatever its line format: the
+    # dataset service's eligibility check holds its answer to the modification schema.
+    system_prompt: str = SYSTEM_PROMPT
 
     def recognises(self, obj: Mapping[str, Any]) -> bool:
         return "athlete_context" in obj or "modification" in obj
