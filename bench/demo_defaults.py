@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIGS = ("lr=2e-3 epochs=3 batch=4 r=16", "lr=1e-3 epochs=3 batch=4 r=16")
+DEFAULT_CONFIGS = ("lr=1e-3 epochs=3 batch=4 r=16", "lr=5e-4 epochs=3 batch=8 r=16")
 CRITERIA = ("valid", "safe", "agrees")
 
 

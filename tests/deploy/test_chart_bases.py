@@ -232,6 +232,9 @@ def test_inference_routes_each_base_to_its_pool_and_the_registry_accepts_every_b
     assert json.loads(registry["COACHFORGE_REGISTRY_BASE_MODELS"]) == list(BASES)
     worker = env_of(deployments["coachforge-trainer-worker"]["spec"]["template"]["spec"]["containers"][0])
     assert worker["COACHFORGE_TRAINER_MAX_LORA_RANK"] == "16"
+    # Dry-run estimates and presets assume the workers' device (GPUs by default).
+    trainer = env_of(deployments["coachforge-trainer"]["spec"]["template"]["spec"]["containers"][0])
+    assert trainer["COACHFORGE_TRAINER_DEVICE_CLASS"] == "cuda"
 
     # The services read these values as the chart wrote them.
     for name in ("COACHFORGE_INFERENCE_ENGINE_POOLS", "COACHFORGE_INFERENCE_ENGINE_MAX_LORAS"):

@@ -399,6 +399,9 @@ app.kubernetes.io/part-of: coachforge
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
 - name: COACHFORGE_TRAINER_MAX_LORA_RANK
   value: {{ $rank | quote }}
+# The worker class the trainer's estimates (dry runs) and presets assume: the workers' GPUs or CPUs.
+- name: COACHFORGE_TRAINER_DEVICE_CLASS
+  value: {{ ternary "cuda" "cpu" $root.Values.trainerWorker.gpu.enabled | quote }}
 # Before a file or dataset version is deleted, the dataset service asks the trainer whether an unfinished job uses
 # it; "" (no trainer in this release) turns the check off rather than falling back to the platform's target.
 - name: COACHFORGE_DATASET_TRAINER_GRPC_TARGET
