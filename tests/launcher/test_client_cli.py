@@ -60,9 +60,9 @@ def test_jobs_list_follow_and_usage(stack: Any, capsys: pytest.CaptureFixture[st
     client = OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=120)
     training_file = _training_file(client)
     job = client.fine_tuning.jobs.create(training_file=training_file, model=BASE_MODEL_ID,
-                                         hyperparameters={"n_epochs": 1, "batch_size": 4})  # two steps
+                                         hyperparameters={"n_epochs": 1, "batch_size": 5})  # two steps
     cancelled = client.fine_tuning.jobs.create(training_file=training_file, model=BASE_MODEL_ID,
-                                               hyperparameters={"n_epochs": 1, "batch_size": 4})
+                                               hyperparameters={"n_epochs": 1, "batch_size": 5})
     client.fine_tuning.jobs.cancel(cancelled.id)
 
     assert main(["jobs", "list", "--limit", "5", *_api(stack)]) == 0
