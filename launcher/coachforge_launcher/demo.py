@@ -58,10 +58,6 @@ MAX_ANSWER_TOKENS = 160
 """The longest rule-based answer is about 140 tokens."""
 WIDTH = 100
 """Everything the demo prints fits a terminal this wide."""
-STACK_ENV = {"COACHFORGE_EVALUATOR_MAX_RUNS": "4",
-             "COACHFORGE_EVALUATOR_RUN_CONCURRENCY": "12"}
-"""The demo's four eval runs (two models, two decodings) run at once, 12 prompts each, so that the engine
-batches them (the evaluator's defaults run 2 runs of 4 prompts at a time)."""
 
 DEMO_ITEM_SCHEMA: dict[str, Any] = {"type": "object",
                                    "required": ["messages", "state", "upcoming", "today", "expected"]}
@@ -254,7 +250,7 @@ def run_demo(*, train_examples: int, eval_examples: int, epochs: int, seed: int)
     started = time.perf_counter()
     # SIGTERM unwinds like Ctrl-C does, so the stack below is always stopped.
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
-    with Stack(platform, stack_settings, env=STACK_ENV) as stack:
+    with Stack(platform, stack_settings) as stack:
         assert stack.prepared is not None
         stack_s = time.perf_counter() - started
         client = OpenAI(base_url=stack.base_url, api_key=stack.prepared.api_key, max_retries=2, timeout=600)
