@@ -1,5 +1,7 @@
-"""Registry fixtures: an empty bucket per test on the local S3-compatible server (``s3_server``
-in tests/conftest.py), and a real PEFT LoRA adapter saved by peft."""
+"""Registry fixtures: the registry's dependencies on the test database with two tenants (acme,
+globex) and its REST router in an app of its own, an empty bucket per test on the local
+S3-compatible server (``s3_server`` in tests/conftest.py), and a real PEFT LoRA adapter saved by
+peft."""
 
 from __future__ import annotations
 
@@ -8,11 +10,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from test_versions import Recorder
+
+from coachforge_registry import api
+from coachforge_registry.service import RegistryDeps
+from coachforge_registry.settings import RegistrySettings
+from coachforge_shared.auth import Authenticator, add_api_key, create_tenant
+from coachforge_shared.db import Database
+from coachforge_shared.http import install_error_handlers
 
 if TYPE_CHECKING:
     from conftest import S3Server  # tests/conftest.py
 
 BASE = "SmolLM2-135M-Instruct"
+
+
+@pytest.fixture
+def deps(db: Database, tmp_path: Path) -> RegistryDeps:
+    """The registry's dependencies; tenants acme and globex with the keys ``cf-acme`` and ``cf-globex``."""
+    for tenant in ("acme", "globex"):
+        create_tenant(db, tenant)
+        add_api_key(db, tenant, f"cf-{tenant}")
+    return RegistryDeps(db=db, settings=RegistrySettings(base_models=[BASE]), artifacts_dir=tmp_path / "store",
+                        platform_models_dir=tmp_path / "models", publisher=Recorder(db))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def client(deps: RegistryDeps) -> TestClient:
+    """The registry's REST router over ``deps``."""
+    app = FastAPI()
+    app.state.authenticator, app.state.registry = Authenticator(deps.db, internal_token="internal"), deps
+    install_error_handlers(app)
+    app.include_router(api.router)
+    return TestClient(app, raise_server_exceptions=False)
 
 
 @pytest.fixture

@@ -12,42 +12,20 @@ from pathlib import Path
 
 import grpc
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, inspect, text
 from test_versions import Recorder
 
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
-from coachforge_registry import api
 from coachforge_registry.grpc import registration
 from coachforge_registry.service import RegistryDeps
-from coachforge_registry.settings import RegistrySettings
 from coachforge_shared import migrate
-from coachforge_shared.auth import Authenticator, add_api_key, create_tenant
+from coachforge_shared.auth import Authenticator
 from coachforge_shared.db import Database
 from coachforge_shared.grpc_server import GrpcServerThread, wait_for_health
-from coachforge_shared.http import install_error_handlers
 
 BASE = "SmolLM2-135M-Instruct"
 ACME, GLOBEX = {"Authorization": "Bearer cf-acme"}, {"Authorization": "Bearer cf-globex"}
-
-
-@pytest.fixture
-def deps(db: Database, tmp_path: Path) -> RegistryDeps:
-    for tenant in ("acme", "globex"):
-        create_tenant(db, tenant)
-        add_api_key(db, tenant, f"cf-{tenant}")
-    return RegistryDeps(db=db, settings=RegistrySettings(base_models=[BASE]), artifacts_dir=tmp_path / "store",
-                        platform_models_dir=tmp_path / "models", publisher=Recorder(db))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def client(deps: RegistryDeps) -> TestClient:
-    app = FastAPI()
-    app.state.authenticator, app.state.registry = Authenticator(deps.db, internal_token="internal"), deps
-    install_error_handlers(app)
-    app.include_router(api.router)
-    return TestClient(app, raise_server_exceptions=False)
 
 
 def test_store_at_creation_and_patch_with_history(client: TestClient, deps: RegistryDeps) -> None:
