@@ -1,17 +1,24 @@
-"""The client commands of ``coachforge``: ``chat``, ``jobs list|follow``, ``models list`` and
-``usage``. Thin clients of the public API through the official ``openai`` SDK (``usage``, which the
-SDK lacks, with a plain HTTP GET), for any base URL and key: ``--base-url``/``--api-key``, else
+"""The client commands of ``coachforge``: ``chat``, ``jobs list|follow``, ``models list|export`` and
+``usage``. Thin clients of the public API through the official ``openai`` SDK (``usage`` and
+``models export``, which the SDK lacks, with plain HTTP calls through it; an export's file streamed
+with the standard library), for any base URL and key: ``--base-url``/``--api-key``, else
 ``OPENAI_BASE_URL``/``OPENAI_API_KEY``, else this machine's stack and its stored key."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import IO, Any
+from pathlib import Path
+from typing import IO, Any, cast
 
 import openai
 from openai import OpenAI
@@ -217,6 +224,75 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return _run("models list", models, args)
 
 
+EXPORT_FINAL = ("succeeded", "failed")
+
+
+def _download(client: OpenAI, path: str, target: Path, sha256: str, size: int | None, *, quiet: bool) -> None:
+    """Stream ``path`` of the API into ``target`` (through ``<target>.part``, renamed once complete),
+    checking its sha256; ``OSError`` when it does not match."""
+    url = str(client.base_url).rstrip("/") + path
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {client.api_key}",
+                                                   "Accept": "application/octet-stream"})
+    partial = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response, partial.open("wb") as out, \
+                tqdm(total=size, unit="B", unit_scale=True, desc=target.name, disable=quiet, file=sys.stderr) as bar:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+                digest.update(chunk)
+                bar.update(len(chunk))
+        if digest.hexdigest() != sha256:
+            raise OSError(f"the downloaded file does not match its sha256 {sha256}")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def cmd_models_export(args: argparse.Namespace) -> int:
+    def export(client: OpenAI) -> int:
+        base = f"/models/{urllib.parse.quote(args.model, safe=':')}/exports"
+        body = {k: v for k, v in (("format", args.format), ("quantization", args.quantization),
+                                  ("avatar", args.avatar)) if v}
+        job = cast("dict[str, Any]", client.post(base, body=body, cast_to=object))
+        status = ""
+        while job["status"] not in EXPORT_FINAL:
+            if job["status"] != status and not args.quiet:
+                print(f"{job['id']} {job['status']}", file=sys.stderr)
+            status = job["status"]
+            time.sleep(args.poll_seconds)
+            job = cast("dict[str, Any]", client.get(f"{base}/{job['id']}", cast_to=object))
+        if job["status"] == "failed":
+            error = job.get("error") or {}
+            print(f"coachforge models export: {job['id']} failed: {error.get('message', '')}", file=sys.stderr)
+            return 1
+        target = Path(args.output or job["filename"])
+        if target.is_dir():
+            target = target / job["filename"]
+        try:
+            _download(client, f"{base}/{job['id']}/content", target, job["sha256"], job.get("bytes"),
+                      quiet=args.quiet)
+        except urllib.error.HTTPError as err:
+            print(f"coachforge models export: {err.code}: {_http_message(err)}", file=sys.stderr)
+            return 1
+        except (OSError, urllib.error.URLError) as err:
+            print(f"coachforge models export: cannot download {job['id']}: {err}", file=sys.stderr)
+            return 1
+        print(f"{target}  {job['bytes']} bytes  sha256 {job['sha256']}")
+        return 0
+
+    return _run("models export", export, args)
+
+
+def _http_message(err: urllib.error.HTTPError) -> str:
+    try:
+        body = json.loads(err.read() or b"{}")
+    except ValueError:
+        return str(err.reason)
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error.get("message")) if isinstance(error, dict) else str(err.reason)
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     def usage(client: OpenAI) -> int:
         params = {k: v for k, v in (("start_date", args.start_date), ("end_date", args.end_date),
@@ -242,8 +318,8 @@ def _api_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def register(sub: Any, models: Any) -> None:
-    """Add ``chat``, ``jobs``, ``usage`` to the ``coachforge`` subcommands ``sub`` and ``list`` to the
-    ``models`` subcommands."""
+    """Add ``chat``, ``jobs``, ``usage`` to the ``coachforge`` subcommands ``sub`` and ``list`` and
+    ``export`` to the ``models`` subcommands."""
     chat = sub.add_parser("chat", help="chat with a model or avatar, the answers streamed (interactive; reads "
                                        "one message per line when stdin is not a terminal)")
     chat.add_argument("model", help="base model, fine-tuned model id (ft:…) or avatar")
@@ -271,6 +347,27 @@ def register(sub: Any, models: Any) -> None:
     models_list = models.add_parser("list", help="the models you can use: base models, fine-tuned models, avatars")
     _api_arguments(models_list)
     models_list.set_defaults(func=cmd_models_list, client_command=True)
+    export = models.add_parser(
+        "export", help="export a fine-tuned model (POST /v1/models/{id}/exports), wait until it is made and "
+                       "download it, its sha256 checked",
+        description="Formats: adapter (the PEFT adapter, tar.gz), merged (base + adapter merged, safetensors with "
+                    "tokenizer and chat template, tar.gz), gguf (one GGUF file), ollama (tar.gz with the GGUF and a "
+                    "Modelfile: unpack it, then `ollama create NAME -f Modelfile` in its folder). The same export "
+                    "asked for again is made once.")
+    export.add_argument("model", help="the fine-tuned model id (ft:…)")
+    export.add_argument("--format", required=True, choices=("adapter", "merged", "gguf", "ollama"),
+                        help="what to export")
+    export.add_argument("--quantization", default=None, choices=("f16", "q8_0", "q4_0"),
+                        help="gguf and ollama: how the weights are stored (default f16)")
+    export.add_argument("--avatar", default=None,
+                        help="ollama: the avatar whose persona goes into the Modelfile (default: the avatar answering "
+                             "with the model, if it has a persona)")
+    export.add_argument("-o", "--output", default=None,
+                        help="file (or folder) to write (default: the export's file name, in this folder)")
+    export.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look at the export (default 2)")
+    export.add_argument("--quiet", action="store_true", help="no progress, only the outcome")
+    _api_arguments(export)
+    export.set_defaults(func=cmd_models_export, client_command=True)
 
     usage = sub.add_parser("usage", help="tokens and cost per day, model and avatar (GET /v1/usage)")
     usage.add_argument("--start-date", default=None, help="first day, YYYY-MM-DD, UTC (default: the first)")

@@ -350,7 +350,7 @@ class Authenticator:
 
 
 GRPC_READ_METHODS = re.compile(r"^(Get|List|Check|Compare|Summarize|Next|Validate|Export|Stream|Recommend|"
-                               r"CreateChatCompletion$|CreateCompletion$)")
+                               r"CreateChatCompletion$|CreateCompletion$|Search$)")
 """gRPC methods an API key with the ``read`` scope may call (the rest need ``write``)."""
 
 

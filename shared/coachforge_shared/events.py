@@ -79,6 +79,8 @@ EVENT_TYPES: dict[str, type[Message]] = {
     "model.avatar_updated": registry_pb2.AvatarChanged,
     "model.deleted": registry_pb2.ModelDeleted,
     "model.rejected": registry_pb2.ModelRejected,
+    "model.export.succeeded": registry_pb2.ModelExport,
+    "model.export.failed": registry_pb2.ModelExport,
     "retrain.promoted": registry_pb2.RetrainFinished,
     "retrain.rejected": registry_pb2.RetrainFinished,
     "retrain.failed": registry_pb2.RetrainFinished,

@@ -32,8 +32,11 @@ _UNION_TAG = re.compile(r"^(literal\[.*\]|constrained-\w+|function-\w+|int|float
 
 
 def _validation_param(loc: tuple[Any, ...]) -> str:
-    """``body.hyperparameters.n_epochs.constrained-int`` → ``hyperparameters.n_epochs``."""
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    """``body.hyperparameters.n_epochs.constrained-int`` → ``hyperparameters.n_epochs`` (only the
+    first part names where the value came from: a body field may be called ``query``)."""
+    if loc and loc[0] in ("body", "query", "path", "header", "form", "cookie"):
+        loc = loc[1:]
+    parts = [str(p) for p in loc]
     parts = [p for p in parts if not _UNION_TAG.match(p)]
     return ".".join(parts) or "body"
 

@@ -238,6 +238,28 @@ def test_grpc_uploads_reports_tokens_and_delete_rules(rpc: tuple[dataset_pb2_grp
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_grpc_uploads_read_transcripts_with_the_named_assistant(
+        rpc: tuple[dataset_pb2_grpc.DatasetServiceStub, InternalChannel, FakeTrainer]) -> None:
+    stub, channel, _ = rpc
+    md = channel.metadata("acme")
+    transcript = b"Anna: Is 10 km too much today?\nBen: Keep it to 8 km, easy.\n"
+    f = stub.UploadFile(dataset_pb2.UploadFileRequest(filename="chat.txt", content=transcript,
+                                                      assistant_speaker="Ben"), metadata=md)
+    assert f.example_count == 1
+    content = b"".join(c.data for c in stub.GetFileContent(dataset_pb2.GetFileRequest(file_id=f.id), metadata=md))
+    assert json.loads(content)["messages"][1] == {"role": "assistant", "content": "Keep it to 8 km, easy."}
+    streamed = stub.UploadFileStream(iter([
+        dataset_pb2.UploadFileChunk(filename="chat.txt", assistant_speaker="Ben", data=transcript[:9]),
+        dataset_pb2.UploadFileChunk(data=transcript[9:])]), metadata=md)
+    assert streamed.example_count == 1 and streamed.sha256 == f.sha256
+    for assistant, words in (("Carl", "'Carl' is not among the speakers"),
+                             ("Anna", "no user message followed by an assistant answer")):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.UploadFile(dataset_pb2.UploadFileRequest(filename="chat.txt", content=transcript,
+                                                          assistant_speaker=assistant), metadata=md)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in (err.value.details() or "")
+
+
 def test_delete_is_refused_when_the_trainer_cannot_be_asked(deps: DatasetDeps) -> None:
     row = service.store_upload(deps, "acme", "a.jsonl", "fine-tune", [line(GOOD)])
     deps.trainer = InternalChannel("127.0.0.1:1", "token")

@@ -276,8 +276,9 @@ def test_network_policies_are_on_by_default_and_cover_every_pod(rendered: dict[s
 #: Each gRPC target variable the chart sets, and the service whose Service it must name.
 GRPC_TARGETS = {
     "COACHFORGE_TRAINER_DATASET_GRPC_TARGET": "dataset", "COACHFORGE_TRAINER_REGISTRY_GRPC_TARGET": "registry",
-    "COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET": "registry",
-    "COACHFORGE_COACH_REGISTRY_GRPC_TARGET": "registry", "COACHFORGE_COACH_INFERENCE_GRPC_TARGET": "inference",
+    "COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET": "registry", "COACHFORGE_INFERENCE_DATASET_GRPC_TARGET": "dataset",
+    "COACHFORGE_COACH_REGISTRY_GRPC_TARGET": "registry", "COACHFORGE_COACH_DATASET_GRPC_TARGET": "dataset",
+    "COACHFORGE_COACH_INFERENCE_GRPC_TARGET": "inference",
     "COACHFORGE_EVALUATOR_INFERENCE_GRPC_TARGET": "inference", "COACHFORGE_EVALUATOR_REGISTRY_GRPC_TARGET": "registry",
     "COACHFORGE_EVALUATOR_DATASET_GRPC_TARGET": "dataset", "COACHFORGE_DATASET_INFERENCE_GRPC_TARGET": "inference",
     "COACHFORGE_DATASET_TRAINER_GRPC_TARGET": "trainer", "COACHFORGE_REGISTRY_INFERENCE_GRPC_TARGET": "inference",
@@ -317,6 +318,7 @@ def test_ingress_routes_every_api_path_to_its_service(rendered: dict[str, list[d
     ingress = by_kind(rendered["external"], "Ingress")["coachforge"]
     paths = {p["path"]: p["backend"]["service"]["name"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
     assert paths == {"/v1/files": "coachforge-dataset", "/v1/datasets": "coachforge-dataset",
+                     "/v1/knowledge_bases": "coachforge-dataset",
                      "/v1/fine_tuning": "coachforge-trainer", "/v1/models": "coachforge-registry",
                      "/v1/avatars": "coachforge-registry", "/v1/chat": "coachforge-inference",
                      "/v1/completions": "coachforge-inference", "/v1/coach": "coachforge-coach",

@@ -52,14 +52,14 @@ def test_render_exact() -> None:
         "Sleep 6.5h soreness 4/10 HRV -7% ill/injured no\n"
         "Readiness: normal\n"
         "Plan:\n"
-        "w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key\n"
-        "w2 2025-03-11 Tue +1d bike endurance Z2 90min 75TSS\n"
-        "w3 2025-03-12 Wed +2d run recovery Z1 40min 20TSS\n"
-        "w4 2025-03-13 Thu +3d bike tempo Z3 60min 70TSS hard\n"
-        "w5 2025-03-14 Fri +4d swim endurance Z2 45min 38TSS\n"
-        "w6 2025-03-15 Sat +5d bike long Z2 180min 150TSS key\n"
-        "w6b 2025-03-15 Sat +5d run recovery Z1 30min 15TSS\n"
-        "w7 2025-03-16 Sun +6d run endurance Z2 60min 50TSS\n"
+        "w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to 2025-03-12\n"
+        "w2 Tue +1d bike endurance Z2 90min 75TSS; extend to 110min\n"
+        "w3 Wed +2d run recovery Z1 40min 20TSS\n"
+        "w4 Thu +3d bike tempo Z3 60min 70TSS hard; recovery 35min\n"
+        "w5 Fri +4d swim endurance Z2 45min 38TSS; extend to 55min\n"
+        "w6 Sat +5d bike long Z2 180min 150TSS key\n"
+        "w6b Sat +5d run recovery Z1 30min 15TSS\n"
+        "w7 Sun +6d run endurance Z2 60min 50TSS; extend to 75min\n"
         "Athlete: Can I swap Tuesday?"
     )
 
@@ -121,3 +121,25 @@ def test_render_is_short() -> None:
 def test_system_prompt() -> None:
     assert "JSON" in SYSTEM_PROMPT and "Polarize" in SYSTEM_PROMPT
     assert SYSTEM_PROMPT.count(".") <= 2
+
+
+def test_the_plan_lines_state_the_values_the_rules_pick() -> None:
+    """Every value of a rule-based answer (a recovery length, an extension, a move day) is on its workout's
+    plan line, so a model selects it instead of computing it."""
+    from polarize.schema import ChangeDuration, MoveWorkout, ReplaceWithRecovery
+    from polarize.synthetic import generate_examples
+
+    seen: set[str] = set()
+    for example in generate_examples(120, 3, free_text_share=0.0, budget=0):
+        assert example.expected is not None
+        lines = {line.split(" ", 1)[0]: line for line in example.chat["messages"][1]["content"].splitlines()}
+        for op in example.expected.operations:
+            line = lines[op.workout_id]
+            if isinstance(op, ChangeDuration):
+                assert line.endswith(f"; extend to {op.new_duration_min}min"), line
+            elif isinstance(op, ReplaceWithRecovery):
+                assert line.endswith(f"; recovery {op.new_duration_min}min"), line
+            elif isinstance(op, MoveWorkout):
+                assert line.endswith(f"; move to {op.new_date.isoformat()}"), line
+            seen.add(op.op)
+    assert {"change_duration", "replace_with_recovery", "move_workout"} <= seen

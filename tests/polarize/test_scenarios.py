@@ -5,6 +5,7 @@ end to end through the evaluator (in process, a scripted model) into the report 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -111,7 +112,8 @@ def test_the_messages_are_the_coachs_prompt_with_the_athletes_context(scenario: 
     assert f"Sleep {state['sleep_hours']:.1f}h soreness {state['soreness']}/10" in text
     assert "Last 14 days:" in text  # the trend may give way to the budget (tests/polarize/test_context.py)
     for w in it["upcoming"]:
-        assert f"\n{w['id']} {w['date']} " in text
+        day = dt.date.fromisoformat(w["date"])
+        assert f"\n{w['id']} {day.strftime('%a')} {(day - dt.date(2025, 6, 2)).days:+d}d " in text
     assert text.endswith(f"\nAthlete: {QUESTION}")
     flags = {"overreached": f"Readiness: fatigued, severe (TSB {state['tsb']:.0f}", "sick": "ill/injured yes",
              "poor_sleep": "Sleep 4.7h", "taper": "Readiness: tapering, race in 6d", "fresh": "Readiness: fresh",

@@ -220,7 +220,7 @@ def test_a_short_configured_api_key_is_refused_at_start(tmp_path: Path) -> None:
 
 def test_grpc_method_scopes() -> None:
     reads = ["GetFile", "ListJobs", "CreateChatCompletion", "StreamChatCompletion", "CreateCompletion",
-             "ValidateModification", "Recommend", "ExportDatasetVersion", "CheckTokens"]
+             "ValidateModification", "Recommend", "ExportDatasetVersion", "CheckTokens", "Search"]
     writes = ["UploadFile", "UploadFileStream", "CreateJob", "CancelJob", "ActivateModel", "DeleteModel",
               "ApplyModification", "UndoChange", "UpsertAthlete", "RecordFeedback", "CreateEval",
               "GenerateSyntheticData", "ImportData", "PinVersion", "CreateChatCompletionX"]

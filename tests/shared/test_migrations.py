@@ -17,7 +17,8 @@ TABLES = {
     "stored_completion_policies",
     "completion_feedback", "completion_reviews", "coach_outcomes", "comparisons", "comparison_pairs",
     "comparison_votes", "retrain_policies", "retrain_runs", "outbox_events", "avatar_personas",
-    "webhook_endpoints", "webhook_deliveries",
+    "webhook_endpoints", "webhook_deliveries", "knowledge_bases", "knowledge_documents", "knowledge_chunks",
+    "model_exports",
 }
 
 

@@ -1,5 +1,6 @@
 """How the coach reaches the model: the registry (which base model, hence which tokenizer) and
-inference (the chat completion), both only through their gRPC stubs."""
+inference (the chat completion); and the dataset service's knowledge bases (training principles
+for the context): all only through their gRPC stubs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 
 from tokenizers import Tokenizer
 
+from coachforge.dataset.v1 import knowledge_pb2, knowledge_pb2_grpc
 from coachforge.inference.v1 import inference_pb2, inference_pb2_grpc
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
@@ -85,6 +87,41 @@ class GrpcModelClient:
                                                       rater=rater)
         with typed_rpc_errors():
             stub.RecordFeedback(request, metadata=self.inference.metadata(tenant_id), timeout=timeout)
+
+
+@dataclass(frozen=True)
+class Principle:
+    """A knowledge snippet found for the context."""
+
+    chunk_id: str
+    text: str
+
+
+class KnowledgeClient(Protocol):
+    """What the coach needs from the knowledge bases."""
+
+    def search(self, tenant_id: str, knowledge_base: str, query: str, *, top_k: int, max_tokens: int,
+               timeout: float) -> list[Principle]:
+        """The best snippets of ``knowledge_base`` for ``query``, best first; raises the typed error
+        (NotFound for a knowledge base the tenant does not have, Unavailable when it cannot answer)."""
+        ...
+
+
+class GrpcKnowledgeClient:
+    """:class:`KnowledgeClient` over the dataset service's ``KnowledgeService`` stub, as an internal caller."""
+
+    def __init__(self, dataset: InternalChannel) -> None:
+        self.dataset = dataset
+
+    def search(self, tenant_id: str, knowledge_base: str, query: str, *, top_k: int, max_tokens: int,
+               timeout: float) -> list[Principle]:
+        stub = knowledge_pb2_grpc.KnowledgeServiceStub(self.dataset.channel)
+        request = knowledge_pb2.SearchRequest(knowledge_base_id=knowledge_base, query=query, top_k=top_k,
+                                              max_tokens=max_tokens)
+        with typed_rpc_errors():
+            found: knowledge_pb2.SearchResponse = stub.Search(request, metadata=self.dataset.metadata(tenant_id),
+                                                              timeout=timeout)
+        return [Principle(h.chunk_id, h.text) for h in found.hits]
 
 
 @lru_cache(maxsize=8)

@@ -116,7 +116,8 @@ def recommendation_proto(r: dict[str, Any]) -> coach_pb2.Recommendation:
         weekly_tss_before=r["weekly_tss"]["before"], weekly_tss_after=r["weekly_tss"]["after"],
         context=ctx["text"], context_tokens=ctx["tokens"], context_level=ctx["level"],
         model_answer_valid=bool(answer.get("valid")), state_json=json.dumps(r["state"]),
-        completion_id=r["completion_id"] or "")
+        completion_id=r["completion_id"] or "", knowledge_base=r["knowledge"]["knowledge_base"] or "",
+        knowledge_status=r["knowledge"]["status"], knowledge_chunk_ids=r["knowledge"]["chunk_ids"])
 
 
 def outcome_proto(o: dict[str, Any]) -> coach_pb2.RecommendationOutcome:
@@ -180,7 +181,9 @@ class CoachServicer(coach_pb2_grpc.CoachServiceServicer):
     def Recommend(self, request: coach_pb2.RecommendRequest,
                   context: grpc.ServicerContext) -> coach_pb2.Recommendation:
         body = _validated(RecommendIn, {"model": request.model or None, "question": request.question or None,
-                                        "today": _date(request.today), "token_budget": request.token_budget or None})
+                                        "today": _date(request.today), "token_budget": request.token_budget or None,
+                                        "knowledge_base": request.knowledge_base
+                                        if request.HasField("knowledge_base") else None})
         return recommendation_proto(service.recommend(self.deps, current_principal().tenant_id, request.athlete_id,
                                                       body))
 

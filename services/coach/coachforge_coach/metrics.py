@@ -24,3 +24,9 @@ OUTCOME_FEEDBACK = Counter("coachforge_coach_outcome_feedback_total",
                            "rater (coach-outcome, athlete-outcome) and result: recorded, retry (the completion is "
                            "not stored yet or inference failed; kept and sent again) or expired (given up).",
                            ["tenant", "rater", "result"])
+PRINCIPLES = Counter("coachforge_coach_principles_total",
+                     "Searches of a knowledge base for a recommendation's principles, by outcome: used (at least one "
+                     "principle in the context), dropped (found, but none fitted the token budget), empty (nothing "
+                     "matched), not_found (the tenant has no such knowledge base), unavailable (the dataset service "
+                     "did not answer in time or is not configured), error (any other refusal).",
+                     ["tenant", "outcome"])

@@ -86,6 +86,10 @@ class RecommendIn(_Body):
     question: str | None = Field(None, max_length=2000, description="The athlete's question, if any.")
     today: dt.date | None = Field(None, description="The athlete's today; default: the server's date (UTC).")
     token_budget: int | None = Field(None, ge=128, le=32768, description="Prompt budget in model tokens.")
+    knowledge_base: str | None = Field(
+        None, pattern=r"^(kb-[A-Za-z0-9_-]{1,64})?$",
+        description="Knowledge base (kb-…) searched for the context's training principles; \"\": none; default: "
+                    "the coach's configured knowledge_base.")
 
 
 class ApplyIn(_Body):

@@ -21,17 +21,25 @@ from sqlalchemy.orm import Session
 
 from coachforge_coach import outcomes
 from coachforge_coach import repository as repo
-from coachforge_coach.clients import ModelClient, token_counter
-from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, OTHER_MODEL, RECOMMENDATIONS
+from coachforge_coach.clients import KnowledgeClient, ModelClient, Principle, token_counter
+from coachforge_coach.metrics import CHANGES, FALLBACKS, OPERATIONS, OTHER_MODEL, PRINCIPLES, RECOMMENDATIONS
 from coachforge_coach.models import Athlete, CoachOutcome, PlanChange, Recommendation, Wellness, Workout
 from coachforge_coach.schemas import ApplyIn, AthleteIn, ImportBatch, RecommendIn, WellnessIn, WorkoutIn
 from coachforge_coach.settings import CoachSettings
 from coachforge_shared.db import Database
-from coachforge_shared.errors import CoachForgeError, Conflict, FailedPrecondition, InvalidArgument, NotFound
+from coachforge_shared.errors import (
+    CoachForgeError,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
 from polarize.context import Day, DoneWorkout, Profile, build_context
 from polarize.load import LoadPoint, compute_load
+from polarize.principles import principles_query
 from polarize.prompt import SYSTEM_PROMPT
 from polarize.rules import (
     PAST_WORKOUT,
@@ -79,6 +87,9 @@ class CoachDeps:
     settings: CoachSettings
     models_dir: Path
     models: ModelClient | None = None
+    knowledge: KnowledgeClient | None = None
+    """The knowledge bases searched for training principles (None: no dataset service; a knowledge
+    base set for the context is then reported unavailable)."""
     config: RuleConfig = field(init=False)
 
     def __post_init__(self) -> None:
@@ -409,6 +420,31 @@ def prompt_hash(messages: list[dict[str, str]]) -> str:
 _REASONS: dict[str, str] = {"NotFound": "model_not_found", "Unavailable": "model_unavailable"}
 
 
+def _principles(deps: CoachDeps, tenant_id: str, knowledge_base: str, snap: Snapshot,
+                question: str | None) -> tuple[list[Principle], str]:
+    """The training principles found for the athlete's readiness and question, best first, and the
+    search's outcome (``found``, ``empty``, ``not_found``, ``unavailable`` or ``error``); a search
+    that cannot be made gives none (the recommendation goes on without them)."""
+    settings = deps.settings
+    outcome = "unavailable"
+    if deps.knowledge is not None:
+        query = principles_query(snap.state, question, deps.config)
+        try:
+            found = deps.knowledge.search(tenant_id, knowledge_base, query, top_k=settings.knowledge_top_k,
+                                          max_tokens=settings.knowledge_max_tokens,
+                                          timeout=settings.knowledge_timeout_s)
+        except NotFound:
+            outcome = "not_found"
+        except Unavailable:
+            outcome = "unavailable"
+        except CoachForgeError:
+            outcome = "error"
+        else:
+            return found, "found" if found else "empty"
+    log.warning("no principles for the context", tenant=tenant_id, knowledge_base=knowledge_base, outcome=outcome)
+    return [], outcome
+
+
 def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendIn) -> dict[str, Any]:
     """Ask the model for a modification constrained to the schema, check it against the rules, and
     fall back to the rule-based coach (marked ``source: "rules"``) when the model is unavailable
@@ -419,7 +455,12 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
     the pool under load): the athlete's data is read in one short transaction; the registry and
     the model are asked with no session open; the answer is checked and the recommendation written
     in a second transaction. The check there reads the workouts the answer names as they are then,
-    so a workout completed or removed meanwhile is rejected, not proposed (apply checks again)."""
+    so a workout completed or removed meanwhile is rejected, not proposed (apply checks again).
+
+    With a knowledge base (the request's ``knowledge_base``, else the coach's setting), training
+    principles found for the athlete's readiness and question lead the context within its token
+    budget (:func:`polarize.context.build_context`); ``knowledge`` in the answer says which, or why
+    none (a search that fails never fails the recommendation)."""
     settings = deps.settings
     today = today_or(body.today)
     model = body.model or settings.default_model
@@ -445,9 +486,19 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
     count, tokenizer = token_counter(deps.models_dir, base)
     profile = Profile(name=athlete.name, sport=athlete.sport, plan_name=athlete.plan_name,
                       plan_phase=athlete.plan_phase, goal=athlete.goal, goal_date=athlete.goal_date)
+    knowledge_base = settings.knowledge_base if body.knowledge_base is None else body.knowledge_base or None
+    principles: list[Principle] = []
+    knowledge_status = "off"
+    if knowledge_base:
+        principles, knowledge_status = _principles(deps, tenant_id, knowledge_base, snap, body.question)
     ctx = build_context(state=snap.state, upcoming=_week(snap), today=today, count_tokens=count, budget=budget,
                         profile=profile, history=snap.history, load=snap.series, question=body.question,
-                        config=deps.config)
+                        config=deps.config, principles=[p.text for p in principles])
+    used = principles[: ctx.principles]
+    if knowledge_status == "found":
+        knowledge_status = "used" if used else "dropped"
+    if knowledge_base:
+        PRINCIPLES.labels(tenant_id, knowledge_status).inc()
     messages = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": ctx.text}]
     digest = prompt_hash(messages)
     if fallback is None and not ctx.fits:
@@ -510,6 +561,8 @@ def recommend(deps: CoachDeps, tenant_id: str, athlete_id: str, body: RecommendI
             "schema_version": SCHEMA_VERSION, "prompt_hash": digest,
             "context": {"text": ctx.text, "tokens": ctx.tokens, "budget": ctx.budget, "level": ctx.level,
                         "fits": ctx.fits, "tokenizer": tokenizer},
+            "knowledge": {"knowledge_base": knowledge_base, "status": knowledge_status, "found": len(principles),
+                          "chunk_ids": [p.chunk_id for p in used]},
             "state": state_out(snap, deps),
             "modification": json.loads(proposal.to_json()),
             "operations": _verdicts(proposal, accepted, violations),

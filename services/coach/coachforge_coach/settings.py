@@ -15,6 +15,22 @@ class CoachSettings(BaseSettings):
         default=None, description="gRPC address of the inference service (default: the platform's grpc_target).")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
+    dataset_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the dataset service, searched for training principles when a "
+                                  "knowledge base is set (default: the platform's grpc_target; empty: none, the "
+                                  "context has no principles).")
+    knowledge_base: str | None = Field(
+        default=None, pattern=r"^kb-[A-Za-z0-9_-]{1,64}$",
+        description="Knowledge base (kb-…, of the requesting tenant) searched for the 'Principles:' section of every "
+                    "recommendation's context; a request may name another or none. Unset: no principles, the "
+                    "context is exactly the one the demo's training data uses.")
+    knowledge_top_k: int = Field(default=3, ge=1, le=50, description="Most principles searched for, best first.")
+    knowledge_max_tokens: int = Field(
+        default=200, ge=1, description="Token budget of the principles searched for (the knowledge base's "
+                                       "approximate count); the context's token_budget still decides how many stay.")
+    knowledge_timeout_s: float = Field(
+        default=2.0, gt=0, le=60, description="Longest wait for the principles' search, seconds; past it the "
+                                              "context has none.")
     default_model: str = Field(default="SmolLM2-135M-Instruct",
                                description="Model id or avatar asked when a request names none.")
     default_base_model: str = Field(default="SmolLM2-135M-Instruct",

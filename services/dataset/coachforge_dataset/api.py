@@ -30,12 +30,23 @@ def _deps(request: Request) -> DatasetDeps:
 
 @router.post("/files")
 def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile, purpose: str = Form(...),
-                policy: str | None = Form(None)) -> dict[str, object]:
+                policy: str | None = Form(None), assistant_speaker: str | None = Form(None),
+                screenshot_right: str | None = Form(None)) -> dict[str, object]:
     """Upload a JSONL file; every line is validated. ``policy=strict`` (default) refuses a file with
     any invalid line, naming the lines; ``policy=lenient`` drops invalid lines and reports them in
     the file object's ``status_details``/``validation`` and in ``GET /v1/files/{id}/report``.
     ``purpose`` is ``fine-tune`` (training data) or ``evals`` (``{"item": …, "sample"?: …}`` lines
-    that an eval run reads through ``source: {"type": "file_id"}``; never training data)."""
+    that an eval run reads through ``source: {"type": "file_id"}``; never training data), or
+    ``knowledge``: a UTF-8 text or markdown document (not JSONL, no policy) to add to knowledge
+    bases (``POST /v1/knowledge_bases/{id}/documents``).
+
+    Training data may also be a chat transcript (``.txt``/``.md``: ``Name: text`` lines, with or
+    without timestamps, or name lines above the messages), a PDF or a screenshot of a chat (PNG,
+    JPEG, WebP): it is read into conversation pairs, stored as OpenAI chat JSONL and validated like
+    JSONL; ``validation.ingest`` gives each pair's confidence and the original stays downloadable
+    (``GET /v1/files/{id}/source``). ``assistant_speaker`` names the assistant's speaker when the
+    names do not tell (coach, assistant, bot … do); ``screenshot_right`` is the role of a screenshot's
+    right-aligned messages (``assistant``, the default, or ``user``)."""
     deps = _deps(request)  # the body was size-limited while it arrived (the service's body_limits)
 
     def chunks() -> Iterator[bytes]:
@@ -43,7 +54,8 @@ def create_file(request: Request, principal: CurrentPrincipal, file: UploadFile,
             yield chunk
 
     row = service.store_upload(deps, principal.tenant_id, file.filename or "upload.jsonl", purpose, chunks(),
-                               policy=policy or None)
+                               policy=policy or None, assistant_speaker=assistant_speaker or None,
+                               screenshot_right=screenshot_right or None)
     return service.to_openai(row)
 
 
@@ -89,6 +101,15 @@ def delete_file(request: Request, principal: CurrentPrincipal, file_id: str) -> 
 def file_content(request: Request, principal: CurrentPrincipal, file_id: str) -> StreamingResponse:
     chunks = service.read_content(_deps(request), principal.tenant_id, file_id)
     return StreamingResponse(chunks, media_type="application/octet-stream")
+
+
+@router.get("/files/{file_id}/source", response_class=StreamingResponse, responses={200: {
+    "description": "The original upload of a file converted from a transcript, PDF or screenshot.",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+def file_source(request: Request, principal: CurrentPrincipal, file_id: str) -> StreamingResponse:
+    row, chunks = service.read_source(_deps(request), principal.tenant_id, file_id)
+    return StreamingResponse(chunks, media_type="application/octet-stream",
+                             headers={"Content-Disposition": f'attachment; filename="{row.id}-source"'})
 
 
 @router.get("/files/{file_id}/report", responses=REPORT_RESPONSES)

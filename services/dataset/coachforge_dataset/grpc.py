@@ -34,7 +34,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
         size = self.deps.settings.chunk_bytes
         chunks = (request.content[i:i + size] for i in range(0, len(request.content), size))
         row = service.store_upload(self.deps, principal.tenant_id, request.filename,
-                                   request.purpose or "fine-tune", chunks, policy=request.policy or None)
+                                   request.purpose or "fine-tune", chunks, policy=request.policy or None,
+                                   assistant_speaker=request.assistant_speaker or None,
+                                   screenshot_right=request.screenshot_right or None)
         return service.to_proto(row)
 
     def UploadFileStream(self, request_iterator: Iterator[dataset_pb2.UploadFileChunk],
@@ -51,7 +53,9 @@ class DatasetServicer(dataset_pb2_grpc.DatasetServiceServicer):
                     yield message.data
 
         row = service.store_upload(self.deps, current_principal().tenant_id, first.filename or "upload.jsonl",
-                                   first.purpose or "fine-tune", chunks(), policy=first.policy or None)
+                                   first.purpose or "fine-tune", chunks(), policy=first.policy or None,
+                                   assistant_speaker=first.assistant_speaker or None,
+                                   screenshot_right=first.screenshot_right or None)
         return service.to_proto(row)
 
     def GetFileReport(self, request: dataset_pb2.GetFileReportRequest,

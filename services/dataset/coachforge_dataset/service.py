@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -16,6 +18,8 @@ from sqlalchemy import select
 
 from coachforge.dataset.v1 import dataset_pb2
 from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
+from coachforge_dataset.ingest import Ingested, IngestError, detect_format, ingest, to_jsonl
+from coachforge_dataset.knowledge.retrieval import IndexCache
 from coachforge_dataset.models import DatasetVersionFile, FileReport, StoredFile
 from coachforge_dataset.pipeline import LineIssue, parse_eval_line, parse_line
 from coachforge_dataset.pipeline.export import to_openai_record
@@ -42,7 +46,10 @@ TRAINING_PURPOSE = "fine-tune"
 EVALS_PURPOSE = "evals"
 """OpenAI's evals files: one ``{"item": {…}, "sample"?: {…}}`` per line, read by the evaluator
 (a run's ``data_source.source`` of type ``file_id``); never training data."""
-PURPOSES = {TRAINING_PURPOSE, EVALS_PURPOSE}
+KNOWLEDGE_PURPOSE = "knowledge"
+"""A knowledge base's document: UTF-8 text or markdown (not JSONL), added to a knowledge base with
+``POST /v1/knowledge_bases/{id}/documents``; never training data."""
+PURPOSES = {TRAINING_PURPOSE, EVALS_PURPOSE, KNOWLEDGE_PURPOSE}
 RESULTS_PURPOSE = "fine-tune-results"
 """Files written by the platform itself (a job's metrics CSV); not uploaded by users, not validated."""
 
@@ -63,6 +70,11 @@ class DatasetDeps:
     inference: InternalChannel | None = None
     """Channel to inference, whose stored chat completions a version can be built from (none: a
     ``stored_completions`` source is refused)."""
+    knowledge_indexes: IndexCache = field(init=False)
+    """Search indexes of the knowledge bases this process searched lately (rebuilt on a new revision)."""
+
+    def __post_init__(self) -> None:
+        self.knowledge_indexes = IndexCache(self.settings.knowledge_index_cache_size)
 
 
 POLICIES = ("strict", "lenient")
@@ -124,7 +136,8 @@ def _check_eval_line(line_no: int, line: bytes) -> list[LineIssue]:
 
 
 def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
-                 chunks: Iterable[bytes], policy: str | None = None) -> StoredFile:
+                 chunks: Iterable[bytes], policy: str | None = None, *, assistant_speaker: str | None = None,
+                 screenshot_right: str | None = None) -> StoredFile:
     """Stream ``chunks`` to disk while hashing, size-checking and validating every line (any
     format the pipeline reads: OpenAI chat, ShareGPT, alpaca, chatml, Polarize coach; for
     purpose ``evals``, one ``{"item": {…}, "sample"?: {…}}`` object per line, no empty line).
@@ -135,7 +148,14 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
     Every problem goes to the upload's report file; the first ones are in the error or in the
     file object. The temporary files are removed on any error. The upload's size is checked while
     it streams (``max_upload_bytes``: 413), and a line longer than ``max_line_bytes`` is an invalid
-    line that is never held whole in memory."""
+    line that is never held whole in memory.
+
+    Training data that is not JSONL (a transcript, a PDF, a chat screenshot: :mod:`.ingest`) is first
+    read into conversation pairs, which are then validated and stored as OpenAI chat JSONL; the
+    original is kept beside them (``GET /v1/files/{id}/source``), and the file object's
+    ``validation.ingest`` and the report say how it was read, with a confidence per pair.
+    ``assistant_speaker`` names the assistant when the speakers' names do not tell;
+    ``screenshot_right`` is the role of right-aligned messages in a screenshot (default assistant)."""
     if purpose not in PURPOSES:
         raise InvalidArgument(f"Unsupported purpose {purpose!r}; expected one of {sorted(PURPOSES)}.",
                               param="purpose")
@@ -145,6 +165,16 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
     policy = policy or deps.settings.default_upload_policy
     if policy not in POLICIES:
         raise InvalidArgument(f"Unsupported policy {policy!r}; expected 'strict' or 'lenient'.", param="policy")
+    if purpose == KNOWLEDGE_PURPOSE:
+        return _store_text_upload(deps, tenant_id, filename, chunks)
+    if screenshot_right not in (None, "assistant", "user"):
+        raise InvalidArgument(f"screenshot_right must be 'assistant' or 'user', got {screenshot_right!r}.",
+                              param="screenshot_right")
+    source: Ingested | None = None
+    original = b""
+    if purpose == TRAINING_PURPOSE:
+        chunks, source, original = _read_conversations(deps, filename, chunks, assistant_speaker,
+                                                        screenshot_right or "assistant")
     limit = deps.settings.max_upload_bytes
     line_limit = deps.settings.max_line_bytes
     shown = deps.settings.max_errors_in_response
@@ -206,6 +236,12 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
         header = {"object": "file.report", "id": report_id, "filename": filename, "purpose": purpose,
                   "bytes": size, "sha256": digest.hexdigest(), **{k: v for k, v in check.summary().items()
                                                                   if k != "issues"}}
+        summary = check.summary()
+        if source is not None:
+            threshold = deps.settings.ingest_review_confidence
+            summary["ingest"] = {**source.summary(threshold), "source": {
+                "filename": filename, "bytes": len(original), "sha256": hashlib.sha256(original).hexdigest()}}
+            header["ingest"] = {**summary["ingest"], "pairs_review": source.review(threshold)}
         rejected_reason: str | None = None
         if check.invalid_lines and not lenient:
             rejected_reason = (f"Invalid file format: {check.invalid_lines} invalid line(s) of {check.lines}, "
@@ -232,8 +268,10 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                          sha256=(stored_digest if lenient else digest).hexdigest(), example_count=check.examples,
                          storage_path=str(final), policy=policy, invalid_lines=check.invalid_lines,
                          issues_total=check.issues_total, report_id=report_id,
-                         validation_json=json.dumps(check.summary()))
+                         validation_json=json.dumps(summary))
         try:
+            if source is not None:
+                _write_source(final, original)
             with deps.db.session() as s:
                 os.replace(tmp, final)
                 s.add(row)
@@ -244,6 +282,7 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                                               tenant_id)
         except BaseException:
             final.unlink(missing_ok=True)
+            source_path(final).unlink(missing_ok=True)
             path.unlink(missing_ok=True)
             raise
     except BaseException:
@@ -253,6 +292,104 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
         issues_tmp.unlink(missing_ok=True)
     log.info("file stored", file_id=row.id, tenant=tenant_id, bytes=size, examples=check.examples, policy=policy,
              invalid_lines=check.invalid_lines)
+    return row
+
+
+def source_path(stored: Path) -> Path:
+    """Where the original of a converted upload (a transcript, PDF or screenshot) is kept."""
+    return stored.with_name(stored.name + ".source")
+
+
+def _write_source(stored: Path, original: bytes) -> None:
+    fd, tmp_name = tempfile.mkstemp(dir=stored.parent, prefix=".source-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(original)
+    os.replace(tmp_name, source_path(stored))
+
+
+def _read_conversations(deps: DatasetDeps, filename: str, chunks: Iterable[bytes], assistant: str | None,
+                        right: str) -> tuple[Iterable[bytes], Ingested | None, bytes]:
+    """The upload as JSONL chunks: unchanged when it is JSONL, else the pairs :func:`.ingest.ingest`
+    read from it (with what it read and the original bytes). An unreadable upload is a 400 naming the
+    field to fix; the size limit applies to the original."""
+    stream = iter(chunks)
+    head = b""
+    for chunk in stream:
+        head += chunk
+        if len(head) >= 16:
+            break
+    rest = itertools.chain([head], stream)
+    if detect_format(filename, head[:16]) is None:
+        return rest, None, b""
+    limit = deps.settings.max_upload_bytes
+    data = bytearray()
+    for chunk in rest:
+        data += chunk
+        if len(data) > limit:
+            raise PayloadTooLarge(f"File is larger than the limit of {limit} bytes.", param="file")
+    try:
+        result = ingest(bytes(data), filename, assistant=assistant, screenshot_right=right)  # type: ignore[arg-type]
+    except IngestError as exc:
+        raise InvalidArgument(f"{filename}: {exc}", param=exc.param, code="invalid_file_format") from None
+    log.info("conversation upload read", filename=filename, format=result.format, layout=result.layout,
+             pairs=len(result.pairs))
+    return to_jsonl(result), result, bytes(data)
+
+
+def _store_text_upload(deps: DatasetDeps, tenant_id: str, filename: str, chunks: Iterable[bytes]) -> StoredFile:
+    """Store a knowledge document (purpose ``knowledge``): UTF-8 text without NUL characters, with
+    some visible text, at most ``knowledge_max_document_bytes`` (and ``max_upload_bytes``), checked
+    while it streams. Anything else is refused (400 naming ``file``, 413 when too large) and nothing
+    is kept."""
+    limit = min(deps.settings.max_upload_bytes, deps.settings.knowledge_max_document_bytes)
+    target_dir = deps.files_dir / tenant_id
+    target_dir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    visible = False
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    fd, tmp_name = tempfile.mkstemp(dir=target_dir, prefix=".upload-")
+    tmp = Path(tmp_name)
+    final: Path | None = None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk, last in itertools.chain(((c, False) for c in chunks), [(b"", True)]):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"File is larger than the limit of {limit} bytes for a knowledge document.",
+                                          param="file")
+                pending = len(decoder.getstate()[0])  # bytes of a character begun in the previous chunk
+                try:
+                    text = decoder.decode(chunk, final=last)
+                except UnicodeDecodeError as err:
+                    at = size - len(chunk) - pending + err.start
+                    raise InvalidArgument(f"File is not UTF-8 text (invalid byte at offset {at}); a knowledge "
+                                          "document is plain text or markdown.", param="file",
+                                          code="invalid_file_format") from None
+                if "\x00" in text:
+                    raise InvalidArgument("File is binary (it contains NUL bytes); a knowledge document is plain "
+                                          "text or markdown.", param="file", code="invalid_file_format")
+                visible = visible or bool(text.strip())
+                digest.update(chunk)
+                out.write(chunk)
+        if not visible:
+            raise InvalidArgument("File contains no text.", param="file", code="invalid_file_format")
+        file_id = new_id("file")
+        final = target_dir / file_id
+        row = StoredFile(id=file_id, tenant_id=tenant_id, filename=filename, purpose=KNOWLEDGE_PURPOSE, bytes=size,
+                         sha256=digest.hexdigest(), example_count=0, storage_path=str(final), policy="strict")
+        with deps.db.session() as s:
+            os.replace(tmp, final)
+            s.add(row)
+            if deps.publisher is not None:
+                s.flush()
+                deps.publisher.publish_in(s, "file.uploaded", dataset_pb2.FileUploaded(file=to_proto(row)), tenant_id)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        if final is not None:
+            final.unlink(missing_ok=True)
+        raise
+    log.info("knowledge file stored", file_id=row.id, tenant=tenant_id, bytes=size)
     return row
 
 
@@ -433,6 +570,7 @@ def delete_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> None:
         if report is not None:
             s.delete(report)
     Path(row.storage_path).unlink(missing_ok=True)
+    source_path(Path(row.storage_path)).unlink(missing_ok=True)
     if report is not None:
         Path(report.path).unlink(missing_ok=True)
 
@@ -440,6 +578,23 @@ def delete_file(deps: DatasetDeps, tenant_id: str, file_id: str) -> None:
 def read_content(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
     """The file's content in chunks (nothing is loaded whole)."""
     return content_chunks(deps, get_file(deps, tenant_id, file_id))
+
+
+def read_source(deps: DatasetDeps, tenant_id: str, file_id: str) -> tuple[StoredFile, Iterator[bytes]]:
+    """The original of a file converted at upload (a transcript, PDF or screenshot), in chunks; 404 for
+    a file uploaded as JSONL (its content is its source)."""
+    row = get_file(deps, tenant_id, file_id)
+    path = source_path(Path(row.storage_path))
+    if not path.exists():
+        raise NotFound(f"File {file_id} was uploaded as JSONL: its content is the original.", param="file_id",
+                       code="source_not_found")
+
+    def chunks() -> Iterator[bytes]:
+        with path.open("rb") as f:
+            while block := f.read(1 << 16):
+                yield block
+
+    return row, chunks()
 
 
 def read_as_openai_chat(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
@@ -457,10 +612,15 @@ def read_as_openai_chat(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iter
 
 
 def refuse_as_training(row: StoredFile, param: str) -> None:
-    """An evals file is never read as training data (its lines are eval items, not conversations)."""
+    """An evals file is never read as training data (its lines are eval items, not conversations),
+    nor is a knowledge document (text for knowledge bases)."""
     if row.purpose == EVALS_PURPOSE:
         raise InvalidArgument(f"File {row.id} has purpose {EVALS_PURPOSE!r}: its lines are eval items for eval "
                               f"runs, not training data; upload training data with purpose {TRAINING_PURPOSE!r}.",
+                              param=param, code="invalid_file")
+    if row.purpose == KNOWLEDGE_PURPOSE:
+        raise InvalidArgument(f"File {row.id} has purpose {KNOWLEDGE_PURPOSE!r}: it is a document for knowledge "
+                              f"bases, not training data; upload training data with purpose {TRAINING_PURPOSE!r}.",
                               param=param, code="invalid_file")
 
 
@@ -514,6 +674,8 @@ def to_openai(row: StoredFile) -> dict[str, object]:
     validation = _validation(row)
     if row.report_id:
         validation["report"] = f"/v1/files/{row.id}/report"
+    if isinstance(validation.get("ingest"), dict):
+        validation["ingest"]["source"]["url"] = f"/v1/files/{row.id}/source"
     return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": to_unix(row.created_at),
             "filename": row.filename, "purpose": row.purpose, "status": row.status,
             "status_details": status_details(row), "validation": validation}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,6 +26,11 @@ class DatasetSettings(BaseSettings):
     default_upload_policy: Literal["strict", "lenient"] = Field(
         default="strict", description="Policy of an upload that names none: strict rejects a file with any "
                                       "invalid line; lenient drops and reports invalid lines.")
+    ingest_review_confidence: float = Field(
+        default=0.8, ge=0.0, le=1.0,
+        description="A conversation pair read from a transcript, PDF or screenshot with a lower confidence than "
+                    "this (roles guessed from who opens, OCR unsure) is flagged for review in the upload's "
+                    "validation.ingest and report.")
     trainer_grpc_target: str | None = Field(
         default=None, description="Trainer gRPC address asked, before a file is deleted, whether an unfinished "
                                   "fine-tuning job uses it. Unset: the platform's gRPC target; empty: do not ask.")
@@ -40,3 +45,31 @@ class DatasetSettings(BaseSettings):
     pipeline_workers: int = Field(
         default=1, description="Processes that parse and hash lines when a dataset version is built (1: in the "
                                "service process).")
+    knowledge_chunk_tokens: int = Field(
+        default=200, ge=16, le=2048,
+        description="Default most (approximate) tokens in one chunk of a knowledge base's documents, its heading "
+                    "line included; a knowledge base may set its own when it is created.")
+    knowledge_chunk_overlap: int = Field(
+        default=40, ge=0, le=1023,
+        description="Default most tokens a chunk repeats from the end of the previous one (less than half of "
+                    "the chunk size); a knowledge base may set its own when it is created.")
+    knowledge_max_document_bytes: int = Field(
+        default=10 * 1024**2, ge=1,
+        description="Largest knowledge document in UTF-8 bytes: a file uploaded with purpose 'knowledge' or text "
+                    "added inline.")
+    knowledge_max_chunks: int = Field(
+        default=200_000, ge=1,
+        description="Most chunks in one knowledge base (its search index is held in memory while it is used); "
+                    "a document that would pass it is refused.")
+    knowledge_index_cache_size: int = Field(
+        default=32, ge=1,
+        description="Knowledge bases whose search index a process keeps in memory (least recently searched "
+                    "ones are dropped first and rebuilt from the database when searched again).")
+    knowledge_bm25_k1: float = Field(default=1.5, gt=0, description="BM25 term-frequency saturation (k1).")
+    knowledge_bm25_b: float = Field(default=0.75, ge=0, le=1, description="BM25 length normalization (b).")
+
+    @model_validator(mode="after")
+    def _overlap_below_half_a_chunk(self) -> DatasetSettings:
+        if self.knowledge_chunk_overlap * 2 >= self.knowledge_chunk_tokens:
+            raise ValueError("knowledge_chunk_overlap must be less than half of knowledge_chunk_tokens")
+        return self

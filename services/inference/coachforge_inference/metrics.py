@@ -60,3 +60,9 @@ STORED_PURGED = Counter("coachforge_inference_stored_completions_purged_total",
 RATE_LIMITED = Counter("coachforge_inference_rate_limited_total",
                        "Requests refused by their tenant's limits, by the limit hit (requests, tokens, quota).",
                        ["tenant", "limit"])
+KNOWLEDGE_LOOKUPS = Counter("coachforge_knowledge_lookups_total",
+                            "Knowledge searches for avatar personas with knowledge, by outcome: used (snippets "
+                            "put into the prompt), empty (nothing matched or fitted), no_query (no user text to "
+                            "search for), not_found (the knowledge base is gone), unavailable (the dataset service "
+                            "did not answer in time or is not configured), error (any other refusal).",
+                            ["tenant", "outcome"])

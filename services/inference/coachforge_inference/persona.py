@@ -14,6 +14,8 @@ A persona (as the registry keeps it, ``Avatar.persona_json``) has:
   ``frequency_penalty``, ``presence_penalty``, used where the request did not send the field
   (a request with ``max_completion_tokens`` gets no ``max_tokens``).
 * ``response_format``: used when the request has none.
+* ``knowledge``: not applied here: the service searches the knowledge base for the request and
+  puts the snippets into the system message (:mod:`coachforge_inference.knowledge`).
 """
 
 from __future__ import annotations

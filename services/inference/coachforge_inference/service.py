@@ -22,7 +22,7 @@ import anyio
 
 from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
-from coachforge_inference import policies, stored
+from coachforge_inference import knowledge, policies, stored
 from coachforge_inference.engine import EngineUnreachable, engine_error
 from coachforge_inference.limits import Admission, RateLimiter
 from coachforge_inference.metrics import (
@@ -30,6 +30,7 @@ from coachforge_inference.metrics import (
     COST,
     FALLBACKS,
     GATEWAY,
+    KNOWLEDGE_LOOKUPS,
     LATENCY,
     REQUESTS,
     RETRIES,
@@ -119,6 +120,9 @@ class InferenceDeps:
     adapter_cache_dir: Path | None = None
     """Where adapters kept in object storage are fetched to before an engine loads them (for the
     default pool; none: only local adapter paths can be served)."""
+    dataset: InternalChannel | None = None
+    """The dataset service, searched for the knowledge of avatar personas with ``knowledge`` (none:
+    they answer without it, ``x-coachforge-knowledge: unavailable``)."""
     _cache: dict[tuple[str, str], tuple[float, Resolution]] = field(default_factory=dict, init=False, repr=False)
     _generation: dict[str, int] = field(default_factory=dict, init=False, repr=False)
     _cache_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -341,14 +345,20 @@ class Routed:
     usage is published (a retry, a replay, an outbox relay), the usage consumer counts it once."""
     persona_version: int = 0
     """The avatar's persona version applied to the request (0: none)."""
+    knowledge_setting: dict[str, Any] | None = None
+    """The applied persona's ``knowledge`` (what to search for the system message), if any."""
+    knowledge: str = ""
+    """``x-coachforge-knowledge``: the knowledge chunk ids put into the prompt, comma-separated in rank
+    order, or ``unavailable`` when they could not be searched ("": no header)."""
 
     def headers(self) -> dict[str, str]:
         """Which model answered (``x-coachforge-model``); for an avatar with a candidate, which
         version (``x-coachforge-variant: active|candidate``); a fallback answer says so:
         ``x-coachforge-fallback: base; from=<model that could not be served>``; where the time went
         (``server-timing: gateway;dur=<ms>, engine;dur=<ms>``, up to the first chunk for a stream);
-        the avatar's persona version applied (``x-coachforge-persona-version``). REST sends these
-        as response headers, gRPC as initial metadata."""
+        the avatar's persona version applied (``x-coachforge-persona-version``) and the knowledge
+        chunks its prompt was given (``x-coachforge-knowledge``). REST sends these as response
+        headers, gRPC as initial metadata."""
         headers = {MODEL_HEADER: self.model.id,
                    TIMING_HEADER: f"gateway;dur={self.gateway_seconds * 1e3:.2f}, "
                                   f"engine;dur={self.engine_seconds * 1e3:.2f}"}
@@ -358,6 +368,8 @@ class Routed:
             headers[FALLBACK_HEADER] = f"base; from={self.fallback_from}"
         if self.persona_version:
             headers[PERSONA_HEADER] = str(self.persona_version)
+        if self.knowledge:
+            headers[knowledge.HEADER] = self.knowledge
         if self.admission is not None:
             headers.update(self.admission.headers)
         return headers
@@ -391,12 +403,30 @@ def _route(tenant_id: str, model_id: str, body: dict[str, Any], res: Resolution,
             model = res.candidate
             persona, persona_version = res.candidate_persona, res.candidate_persona_version
         CANDIDATE_ROUTED.labels(tenant_id, model_id, arm).inc()
+    knowledge_setting = None
     if persona is not None and path == CHAT:
         engine_body = apply_persona(body, persona, metadata or {})
+        if isinstance(persona.get("knowledge"), dict):
+            knowledge_setting = persona["knowledge"]
     else:
         engine_body, persona_version = dict(body), 0
     engine_body["model"] = model.adapter_name or model.id
-    return Routed(model, engine_body, avatar=avatar, arm=arm, persona_version=persona_version)
+    return Routed(model, engine_body, avatar=avatar, arm=arm, persona_version=persona_version,
+                  knowledge_setting=knowledge_setting)
+
+
+async def _add_knowledge(deps: InferenceDeps, tenant_id: str, routed: Routed, messages: Any) -> None:
+    """Search the applied persona's knowledge base for the conversation ``messages`` (as the client
+    sent them) and put the snippets found into the engine's system message; a search that cannot
+    be made leaves the request as it is, marked ``unavailable`` (never an error)."""
+    assert routed.knowledge_setting is not None
+    found = await knowledge.lookup(deps.dataset, tenant_id, routed.knowledge_setting, messages,
+                                   deps.settings.knowledge_timeout_s)
+    KNOWLEDGE_LOOKUPS.labels(tenant_id, found.outcome).inc()
+    if found.snippets and isinstance(routed.engine_body.get("messages"), list):
+        routed.engine_body["messages"] = knowledge.with_knowledge(routed.engine_body["messages"],
+                                                                  knowledge.knowledge_block(found.snippets))
+    routed.knowledge = found.header
 
 
 def _fallback(tenant_id: str, routed: Routed) -> Routed:
@@ -409,7 +439,8 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
     engine_body["model"] = model.base_model
     return Routed(base, engine_body, fallback_from=model.id, avatar=routed.avatar, arm=routed.arm,
                   purpose=routed.purpose, store=routed.store, usage_event_id=routed.usage_event_id,
-                  admission=routed.admission, persona_version=routed.persona_version)
+                  admission=routed.admission, persona_version=routed.persona_version,
+                  knowledge_setting=routed.knowledge_setting, knowledge=routed.knowledge)
 
 
 EngineCall = Callable[[EnginePool, PooledEngine, bytes], Awaitable[T]]
@@ -456,6 +487,8 @@ async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
         routed = _route(tenant_id, model_id, body, resolution, path, metadata)
         routed.purpose = purpose
         routed.admission = admission
+        if routed.knowledge_setting is not None:
+            await _add_knowledge(deps, tenant_id, routed, body.get("messages"))
         if await _stores(deps, tenant_id, path, purpose, asked, resolution):
             routed.store = stored.StoreRequest(model_id, metadata, body)
         label = routed.model.id

@@ -70,6 +70,14 @@ class InferenceSettings(BaseSettings):
                     "chain (AWS_* variables, a profile, an IAM role).")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
+    dataset_grpc_target: str | None = Field(
+        default=None, description="gRPC address of the dataset service, searched for the knowledge snippets of "
+                                  "an avatar persona with knowledge (default: the platform's grpc_target; empty: "
+                                  "none, such avatars answer without knowledge and say so).")
+    knowledge_timeout_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="Longest wait for a knowledge search, seconds; past it the request is answered without "
+                    "knowledge (x-coachforge-knowledge: unavailable).")
     usage_consumer_group: str = Field(
         default="coachforge-inference-usage",
         description="Consumer group that sums usage.recorded events into daily usage rows.")

@@ -1,4 +1,5 @@
-"""How the inference service runs in a process: its dependencies, REST router, async gRPC
+"""How the inference service runs in a process: its dependencies (the registry, and the dataset
+service for avatar personas' knowledge, over gRPC), REST router, async gRPC
 servicer, the ``usage.recorded`` consumer that keeps daily usage rows and the ``completion.stored``
 consumer that keeps stored completions (each its own consumer group), the engine pool's
 health checks, the model.* listener and the purge of stored completions past their retention
@@ -15,9 +16,12 @@ from coachforge_shared.runtime import Consumer, Service, Wiring
 
 def wire(w: Wiring) -> Service:
     settings = InferenceSettings()
+    # an empty address: no dataset service, avatar personas with knowledge answer without it
+    dataset = w.channel(settings.dataset_grpc_target) if settings.dataset_grpc_target != "" else None
     deps = InferenceDeps(settings=settings, registry=w.channel(settings.registry_grpc_target),
                          publisher=w.publisher, db=w.db, kafka_bootstrap=w.platform.kafka_bootstrap,
-                         adapter_cache_dir=settings.adapter_cache_dir or w.platform.data_dir / "adapter-cache")
+                         adapter_cache_dir=settings.adapter_cache_dir or w.platform.data_dir / "adapter-cache",
+                         dataset=dataset)
     purger = retention.Purger(deps)
     return Service("inference", deps, routers=[api.router], servicers=[grpc.registration(deps)],
                    consumers=[Consumer(settings.usage_consumer_group, ["usage.recorded"], usage.on_usage_recorded),

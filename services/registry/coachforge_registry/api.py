@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
+from fastapi.responses import FileResponse, StreamingResponse
 
 from coachforge.registry.v1 import registry_pb2
-from coachforge_registry import experiment, retrain, service
+from coachforge_registry import experiment, export_jobs, retrain, service
 from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona
 from coachforge_registry.schemas import (
     Activate,
     Candidate,
     CreateAvatar,
+    CreateExport,
     Evaluation,
     PersonaBody,
     PersonaRollback,
@@ -29,6 +33,7 @@ from coachforge_shared.http import CurrentPrincipal
 from coachforge_shared.ids import to_unix
 
 router = APIRouter(prefix="/v1", tags=["models"])
+EXPORT_MEDIA_TYPE = "application/octet-stream"
 
 
 def _deps(request: Request) -> RegistryDeps:
@@ -37,15 +42,18 @@ def _deps(request: Request) -> RegistryDeps:
 
 
 def to_openai(m: registry_pb2.Model) -> dict[str, object]:
-    """OpenAI's model object; fine-tuned versions carry their registry facts as extra fields."""
+    """OpenAI's model object; fine-tuned versions carry their registry facts as extra fields (with
+    ``parent_model``, from the lineage: the version a continued training started from, else null)."""
     out: dict[str, object] = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
     if m.adapter_name:
+        lineage = json.loads(m.lineage_json or "{}")
         out.update({
             "base_model": m.base_model, "suffix": m.suffix, "version": m.version, "status": m.status,
             "source": m.source, "job_id": m.job_id or None, "lora_rank": m.lora_rank,
             "target_modules": list(m.target_modules), "size_bytes": m.size_bytes, "sha256": m.artifact_sha256,
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
-            "base_model_config_sha256": m.base_config_sha256, "lineage": json.loads(m.lineage_json or "{}"),
+            "base_model_config_sha256": m.base_config_sha256, "lineage": lineage,
+            "parent_model": lineage.get("parent_model") if isinstance(lineage, dict) else None,
             "evaluations": json.loads(m.evaluations_json or "{}")})
     return out
 
@@ -234,6 +242,57 @@ def get_retrain(request: Request, principal: CurrentPrincipal, name: str, retrai
 @router.post("/avatars/{name}/retrains/{retrain_id}/cancel")
 def cancel_retrain(request: Request, principal: CurrentPrincipal, name: str, retrain_id: str) -> dict[str, Any]:
     return retrain.cancel_run(_deps(request), principal.tenant_id, principal.actor, name, retrain_id)
+
+
+@router.post("/models/{model_id:path}/exports")
+def create_export(request: Request, principal: CurrentPrincipal, model_id: str, body: CreateExport) -> dict[str, Any]:
+    """Export a fine-tuned model to take it elsewhere: the adapter, the merged model (safetensors),
+    a GGUF (f16, q8_0 or q4_0) or an Ollama bundle (GGUF + Modelfile). Made in the background (follow
+    its status); the same export asked for again is the one already made (a failed one is queued
+    again)."""
+    row = export_jobs.create_export(_deps(request), principal.tenant_id, model_id, body.format, body.quantization,
+                                    body.avatar)
+    return export_jobs.export_to_openai(row)
+
+
+@router.get("/models/{model_id:path}/exports/{export_id}/content", response_model=None, response_class=Response,
+            responses={200: {"description": "The export's file.", "content": {
+                           EXPORT_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+                       304: {"description": "Not modified: If-None-Match names the file's ETag."}},
+            openapi_extra={"responses": {"409": {"$ref": "#/components/responses/Conflict"}}})
+def export_content(request: Request, principal: CurrentPrincipal, model_id: str, export_id: str) -> Response:
+    """The export's file (409 until it succeeded), with its sha256 as ``ETag`` and ``Digest``."""
+    found = export_jobs.export_content(_deps(request), principal.tenant_id, model_id, export_id)
+    e = found.export
+    headers = {"ETag": f'"{e.sha256}"', "Digest": "sha-256=" + base64.b64encode(bytes.fromhex(e.sha256)).decode(),
+               "Cache-Control": "private, no-cache"}
+    if request.headers.get("if-none-match", "").strip() in (f'"{e.sha256}"', e.sha256):
+        return Response(status_code=304, headers=headers)
+    if found.path is not None:
+        return FileResponse(found.path, media_type=EXPORT_MEDIA_TYPE, filename=e.filename, headers=headers)
+    stream = found.stream()
+
+    def chunks() -> Iterator[bytes]:
+        with stream:
+            while chunk := stream.read(1 << 20):
+                yield chunk
+
+    headers.update({"Content-Length": str(e.size_bytes),
+                    "Content-Disposition": f'attachment; filename="{e.filename}"'})
+    return StreamingResponse(chunks(), media_type=EXPORT_MEDIA_TYPE, headers=headers)
+
+
+@router.get("/models/{model_id:path}/exports/{export_id}")
+def get_export(request: Request, principal: CurrentPrincipal, model_id: str, export_id: str) -> dict[str, Any]:
+    return export_jobs.export_to_openai(export_jobs.get_export(_deps(request), principal.tenant_id, model_id,
+                                                               export_id))
+
+
+@router.get("/models/{model_id:path}/exports")
+def list_exports(request: Request, principal: CurrentPrincipal, model_id: str) -> dict[str, Any]:
+    """The model's exports, newest first."""
+    rows = export_jobs.list_exports(_deps(request), principal.tenant_id, model_id)
+    return {"object": "list", "data": [export_jobs.export_to_openai(e) for e in rows]}
 
 
 @router.get("/models/{model_id:path}/versions")

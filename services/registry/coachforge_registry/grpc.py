@@ -8,7 +8,7 @@ import json
 import grpc
 
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
-from coachforge_registry import service
+from coachforge_registry import export_jobs, service
 from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona
 from coachforge_registry.service import RegistryDeps
 from coachforge_shared.auth import current_principal
@@ -162,6 +162,22 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         p = current_principal()
         return _for_caller(service.record_evaluation(self.deps, p.tenant_id, p.actor, request.model_id,
                                                      request.name, dict(request.metrics)))
+
+    def CreateExport(self, request: registry_pb2.CreateExportRequest,
+                     context: grpc.ServicerContext) -> registry_pb2.ModelExport:
+        row = export_jobs.create_export(self.deps, current_principal().tenant_id, request.model_id, request.format,
+                                        request.quantization or None, request.avatar or None)
+        return export_jobs.export_proto(row)
+
+    def GetExport(self, request: registry_pb2.GetExportRequest,
+                  context: grpc.ServicerContext) -> registry_pb2.ModelExport:
+        return export_jobs.export_proto(export_jobs.get_export(self.deps, current_principal().tenant_id,
+                                                               request.model_id, request.export_id))
+
+    def ListExports(self, request: registry_pb2.ListExportsRequest,
+                    context: grpc.ServicerContext) -> registry_pb2.ListExportsResponse:
+        rows = export_jobs.list_exports(self.deps, current_principal().tenant_id, request.model_id)
+        return registry_pb2.ListExportsResponse(exports=[export_jobs.export_proto(e) for e in rows])
 
 
 def registration(deps: RegistryDeps) -> ServiceRegistration:

@@ -159,3 +159,44 @@ class RetrainRun(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class ModelExport(Base):
+    """One export of a fine-tuned version: a file to take it elsewhere (the adapter, merged weights,
+    a GGUF, an Ollama bundle), made once per version, format, quantization and persona by a worker
+    of the registry, and kept in its artifact store with its sha256."""
+
+    __tablename__ = "model_exports"
+    __table_args__ = (Index("ix_model_exports_identity", "version_id", "format", "quantization", "avatar_id",
+                            "persona_version", unique=True),
+                      Index("ix_model_exports_status_lease", "status", "lease_until"))
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), index=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    model_id: Mapped[str] = mapped_column(String(300))
+    format: Mapped[str] = mapped_column(String(20))  # adapter | merged | gguf | ollama
+    quantization: Mapped[str] = mapped_column(String(10), default="", server_default="")  # "" for adapter/merged
+    # The avatar whose persona the Modelfile carries (ollama only; "" and 0: none) and a copy of
+    # that persona version's settings (JSON object, "" for none): the worker needs no other row.
+    avatar_id: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    avatar: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    persona_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    persona_json: Mapped[str] = mapped_column(Text, default="", server_default="")
+    # queued -> running -> succeeded | failed
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    filename: Mapped[str] = mapped_column(String(400))
+    artifact_uri: Mapped[str] = mapped_column(String(1000), default="", server_default="")
+    sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error_code: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    # How many times a worker started it, and the worker holding it until lease_until (a worker that
+    # stopped mid-way lets its lease lapse; the export is then run again, up to a limit).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_owner: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)

@@ -5,10 +5,18 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona, ModelVersion, RetrainPolicy, RetrainRun
+from coachforge_registry.models import (
+    Avatar,
+    AvatarChange,
+    AvatarPersona,
+    ModelExport,
+    ModelVersion,
+    RetrainPolicy,
+    RetrainRun,
+)
 from coachforge_shared.errors import NotFound
 
 # -- model versions -----------------------------------------------------------------------------
@@ -202,3 +210,76 @@ def claim_retrain(s: Session, run_id: str, owner: str, now: datetime, until: dat
 def release_retrain(s: Session, run_id: str, owner: str) -> None:
     s.execute(update(RetrainRun).where(RetrainRun.id == run_id, RetrainRun.lease_owner == owner)
               .values(lease_owner=None, lease_until=None))
+
+
+# -- model exports --------------------------------------------------------------------------------
+
+EXPORT_FINISHED = ("succeeded", "failed")
+
+
+def export(s: Session, tenant_id: str, version_id: str, export_id: str) -> ModelExport | None:
+    """One export of the tenant's version."""
+    return s.scalar(select(ModelExport).where(ModelExport.tenant_id == tenant_id,
+                                              ModelExport.version_id == version_id, ModelExport.id == export_id))
+
+
+def find_export(s: Session, version_id: str, fmt: str, quantization: str, avatar_id: str,
+                persona_version: int) -> ModelExport | None:
+    """The export of this version, format, quantization and persona, if one was asked for before."""
+    return s.scalar(select(ModelExport).where(
+        ModelExport.version_id == version_id, ModelExport.format == fmt, ModelExport.quantization == quantization,
+        ModelExport.avatar_id == avatar_id, ModelExport.persona_version == persona_version))
+
+
+def exports_of(s: Session, version_id: str) -> list[ModelExport]:
+    """A version's exports, newest first."""
+    return list(s.scalars(select(ModelExport).where(ModelExport.version_id == version_id)
+                          .order_by(ModelExport.created_at.desc(), ModelExport.id.desc())))
+
+
+def delete_exports(s: Session, version_id: str) -> None:
+    """Remove a version's export rows (with the version; their files are removed after the commit)."""
+    s.execute(delete(ModelExport).where(ModelExport.version_id == version_id))
+
+
+def add_export(s: Session, row: ModelExport) -> None:
+    """Insert now (a concurrent request for the same export raises here)."""
+    s.add(row)
+    s.flush()
+
+
+def stale_exports(s: Session, now: datetime, max_attempts: int) -> list[ModelExport]:
+    """Running exports whose worker let its lease lapse after the last allowed attempt."""
+    return list(s.scalars(select(ModelExport).where(
+        ModelExport.status == "running", ModelExport.lease_until < now, ModelExport.attempts >= max_attempts)))
+
+
+def claimable_exports(s: Session, now: datetime, limit: int = 20) -> list[str]:
+    """Queued exports, and running ones whose worker let its lease lapse; oldest first."""
+    q = select(ModelExport.id).where(or_(
+        ModelExport.status == "queued",
+        (ModelExport.status == "running") & or_(ModelExport.lease_until.is_(None), ModelExport.lease_until < now)))
+    return list(s.scalars(q.order_by(ModelExport.created_at, ModelExport.id).limit(limit)))
+
+
+def claim_export(s: Session, export_id: str, owner: str, now: datetime, until: datetime) -> bool:
+    """Take the export (compare-and-set: one worker runs it at a time); counts an attempt."""
+    q = update(ModelExport).where(ModelExport.id == export_id, or_(
+        ModelExport.status == "queued",
+        (ModelExport.status == "running") & or_(ModelExport.lease_until.is_(None), ModelExport.lease_until < now)))
+    result = s.execute(q.values(status="running", lease_owner=owner, lease_until=until, started_at=now, updated_at=now,
+                                attempts=ModelExport.attempts + 1))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def extend_export_lease(s: Session, export_id: str, owner: str, until: datetime) -> bool:
+    """Keep holding a running export; False when this worker no longer holds it."""
+    result = s.execute(update(ModelExport).where(ModelExport.id == export_id, ModelExport.lease_owner == owner,
+                                                 ModelExport.status == "running").values(lease_until=until))
+    return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def held_export(s: Session, export_id: str, owner: str) -> ModelExport | None:
+    """The running export this worker holds, locked for update (None when it lost it or it is gone)."""
+    return s.scalar(select(ModelExport).where(ModelExport.id == export_id, ModelExport.lease_owner == owner,
+                                              ModelExport.status == "running").with_for_update())

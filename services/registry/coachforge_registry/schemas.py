@@ -88,6 +88,24 @@ class Evaluation(BaseModel):
     metrics: dict[str, float] = Field(description="Metric name -> value, e.g. {\"valid_json\": 0.92}.")
 
 
+class CreateExport(BaseModel):
+    """POST /v1/models/{model_id}/exports. Values are checked by the service (an unknown format or a
+    quantization the format does not take is refused naming the field)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: StrictStr = Field(description="adapter (the PEFT adapter, tar.gz), merged (base + adapter merged, "
+                                          "safetensors with tokenizer and chat template, tar.gz), gguf (one GGUF "
+                                          "file) or ollama (tar.gz with the GGUF and a Modelfile).")
+    quantization: StrictStr | None = Field(
+        None, description="gguf and ollama only: f16 (default), q8_0 or q4_0.")
+    avatar: StrictStr | None = Field(
+        None, max_length=64,
+        description="ollama only: the avatar whose persona (system prompt, sampling, few-shot turns) goes into the "
+                    "Modelfile; it must answer with the model. Default: the first avatar by name with the model as "
+                    "its active model and a persona; none: no SYSTEM line.")
+
+
 # -- retrain policies -----------------------------------------------------------------------------
 
 
@@ -244,6 +262,25 @@ class PersonaResponseFormat(BaseModel):
         return self
 
 
+KNOWLEDGE_BASE_ID = re.compile(r"^kb-[A-Za-z0-9_-]{1,64}$")
+
+
+class PersonaKnowledge(BaseModel):
+    """Knowledge snippets put into the system message: a search of one of the tenant's knowledge
+    bases (the dataset service's) for the conversation's last user turns, at every chat request."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    knowledge_base: StrictStr = Field(pattern=KNOWLEDGE_BASE_ID.pattern,
+                                      description="Id of one of the tenant's knowledge bases (kb-…).")
+    top_k: StrictInt = Field(4, ge=1, le=50, description="Most snippets, best first (1-50).")
+    max_tokens: StrictInt = Field(400, ge=1, le=8000,
+                                  description="Token budget of the snippets (the knowledge base's approximate "
+                                              "count): of the top_k, in rank order, those that still fit.")
+    query_turns: StrictInt = Field(1, ge=1, le=20,
+                                   description="How many of the conversation's last user messages make the query.")
+
+
 class PersonaSettings(BaseModel):
     """An avatar's persona: what a chat request through it gets unless it says otherwise."""
 
@@ -263,6 +300,9 @@ class PersonaSettings(BaseModel):
                     "alternating, starting with user, ending with assistant.")
     response_format: PersonaResponseFormat | None = Field(
         None, description="Used when the request has no response_format.")
+    knowledge: PersonaKnowledge | None = Field(
+        None, description="Knowledge snippets for the system message, searched at every chat request (null: "
+                          "none).")
     store: StrictBool | None = Field(
         None, description="The avatar's store setting (keep its chat completions when a request does not say; "
                           "null: the tenant's default); left out: unchanged.")
@@ -280,12 +320,15 @@ class PersonaSettings(BaseModel):
         return turns
 
     def stored(self) -> dict[str, Any]:
-        """The settings as kept in a version row: sampling fields left out when not set, ``store`` only
-        when given."""
-        out = self.model_dump(mode="json", by_alias=True, exclude={"store", "sampling", "response_format"})
+        """The settings as kept in a version row: sampling fields left out when not set, ``knowledge``
+        (with its defaults filled in) only when set, ``store`` only when given."""
+        out = self.model_dump(mode="json", by_alias=True, exclude={"store", "sampling", "response_format",
+                                                                   "knowledge"})
         out["sampling"] = self.sampling.model_dump(mode="json", exclude_none=True)
         out["response_format"] = (None if self.response_format is None else
                                   self.response_format.model_dump(mode="json", by_alias=True, exclude_none=True))
+        if self.knowledge is not None:
+            out["knowledge"] = self.knowledge.model_dump(mode="json")
         if "store" in self.model_fields_set:
             out["store"] = self.store
         return out

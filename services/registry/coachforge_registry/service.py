@@ -37,11 +37,12 @@ from coachforge_registry.adapters import (
     read_adapter,
 )
 from coachforge_registry.feedback import FeedbackSource
+from coachforge_registry.knowledge import KnowledgeBaseCheck
 from coachforge_registry.models import Avatar, AvatarChange, AvatarPersona, ModelVersion
 from coachforge_registry.retrain_clients import RetrainClients
 from coachforge_registry.schemas import PersonaSettings
 from coachforge_registry.settings import RegistrySettings
-from coachforge_registry.storage import ArtifactFile, ArtifactStore, manifest_digest, sha256_file
+from coachforge_registry.storage import ArtifactFile, ArtifactStore, export_key, manifest_digest, sha256_file
 from coachforge_shared.db import Database
 from coachforge_shared.errors import (
     Conflict,
@@ -84,9 +85,14 @@ class RegistryDeps:
     """The other services a retrain needs (None: retraining is off)."""
     retrain_wake: Callable[[], None] | None = None
     """Wakes this process's retrain driver (a retrain was queued)."""
+    export_wake: Callable[[], None] | None = None
+    """Wakes this process's export worker (an export was queued; None: no worker here)."""
     feedback: FeedbackSource | None = None
     """Inference's feedback statistics for avatars' experiments (None: GET /v1/avatars/{name}/experiment
     is unavailable)."""
+    knowledge_bases: KnowledgeBaseCheck | None = None
+    """The dataset service, asked whether the tenant has the knowledge base a persona names (None: only
+    the id's form is checked, and inference reports a knowledge base it cannot search)."""
     job_artifacts_dir: Path | None = None
     """Where trainer workers write adapters (the platform's artifacts_dir, one folder per tenant): a
     ``job.succeeded`` naming anything else is refused (None: not checked)."""
@@ -206,9 +212,10 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
 
 
 def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
-    """Where a job's adapter came from: job, data, hyperparameters, training metrics. Facts an older
-    trainer did not send (validation file, hyperparameters, valid loss, epochs, steps, result file)
-    are left out rather than shown as zeros."""
+    """Where a job's adapter came from: job, data, hyperparameters, training metrics, and for continued
+    training the parent model it started from. Facts an older trainer did not send (validation file,
+    hyperparameters, valid loss, epochs, steps, result file, parent, method, backend) are left out
+    rather than shown as zeros."""
     lineage: dict[str, Any] = {"job_id": ev.job_id, "training_file": ev.training_file,
                                "trained_tokens": ev.trained_tokens, "final_loss": ev.final_loss}
     if ev.validation_file:
@@ -232,6 +239,12 @@ def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
         lineage["steps"] = ev.steps
     if ev.result_file:
         lineage["result_file"] = ev.result_file
+    if ev.parent_model:
+        lineage["parent_model"] = ev.parent_model  # continued training: the version it started from
+    if ev.method:
+        lineage["method"] = ev.method
+    if ev.backend:
+        lineage["backend"] = ev.backend
     return lineage
 
 
@@ -547,8 +560,8 @@ def list_versions(deps: RegistryDeps, tenant_id: str, model_id: str) -> list[reg
 
 
 def delete_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> dict[str, object]:
-    """Delete a fine-tuned version. Refused while an avatar points at it (active or candidate); its
-    artifact is removed only after the row is gone (committed)."""
+    """Delete a fine-tuned version with its exports. Refused while an avatar points at it (active or
+    candidate); its artifact and its exports' files are removed only after the rows are gone (committed)."""
     if model_id in deps.settings.base_models:
         raise PermissionDenied(f"The base model '{model_id}' cannot be deleted.", param="model",
                                code="model_not_deletable")
@@ -562,16 +575,20 @@ def delete_model(deps: RegistryDeps, tenant_id: str, model_id: str) -> dict[str,
             raise FailedPrecondition(f"The model '{model_id}' is in use by avatar(s) {roles}; point them "
                                      "elsewhere first.", param="model", code="model_in_use")
         artifact_uri, adapter_name = v.artifact_uri, v.id
+        exported = [export_key(e.tenant_id, e.id) for e in repository.exports_of(s, v.id)]
+        repository.delete_exports(s, v.id)
         repository.delete_version(s, v)
         if deps.publisher is not None:
             deps.publisher.publish_in(s, "model.deleted", registry_pb2.ModelDeleted(
                 model_id=model_id, adapter_name=adapter_name), tenant_id, key=model_id)
-    if artifact_uri:
-        try:
-            deps.artifact_store().remove(artifact_uri)
-        except OSError as err:  # the row is gone; a leftover file is only disk space
-            log.warning("artifact not removed", model=model_id, artifact_uri=artifact_uri, error=str(err))
-    log.info("model deleted", model=model_id, tenant=tenant_id)
+    if artifact_uri or exported:
+        store = deps.artifact_store()
+        for uri in [u for u in (artifact_uri,) if u] + [store.uri(key) for key in exported]:
+            try:
+                store.remove(uri)
+            except OSError as err:  # the row is gone; a leftover file is only disk space
+                log.warning("artifact not removed", model=model_id, artifact_uri=uri, error=str(err))
+    log.info("model deleted", model=model_id, tenant=tenant_id, exports=len(exported))
     return {"id": model_id, "object": "model", "deleted": True}
 
 
@@ -888,7 +905,7 @@ def history(deps: RegistryDeps, tenant_id: str, name: str) -> list[AvatarChange]
 
 # -- personas -----------------------------------------------------------------------------------
 
-PERSONA_APPLIED = ("system_prompt", "system_mode", "sampling", "few_shot", "response_format")
+PERSONA_APPLIED = ("system_prompt", "system_mode", "sampling", "few_shot", "response_format", "knowledge")
 """The persona settings inference applies to a chat request (``store`` is the avatar's own setting)."""
 _UNION_TAG = re.compile(r"^(literal\[.*\]|constrained-\w+|function-\w+|int|float|str|bool|list\[.*\]|dict\[.*\])$")
 
@@ -950,7 +967,13 @@ def _add_persona(s: Session, deps: RegistryDeps, avatar: Avatar, settings: dict[
 
 def set_persona(deps: RegistryDeps, tenant_id: str, actor: str, name: str, settings: PersonaSettings,
                 reason: str = "") -> tuple[Avatar, AvatarPersona]:
-    """Replace the avatar's persona with ``settings`` (already validated): a new version."""
+    """Replace the avatar's persona with ``settings`` (already validated): a new version. A
+    knowledge base it names must be the tenant's (asked of the dataset service before anything is
+    written, when the registry has a channel to it)."""
+    if settings.knowledge is not None and deps.knowledge_bases is not None:
+        with deps.db.session() as s:
+            repository.avatar(s, tenant_id, name)  # an unknown avatar is NOT_FOUND first
+        deps.knowledge_bases.check(tenant_id, settings.knowledge.knowledge_base)  # no transaction held meanwhile
     with deps.db.session() as s:
         avatar = repository.avatar(s, tenant_id, name, lock=True)
         return avatar, _add_persona(s, deps, avatar, settings.stored(), actor, reason, "persona_set")

@@ -54,8 +54,10 @@ class RegistrySettings(BaseSettings):
                                   "has (a retrain trigger). Unset: the platform's gRPC target; empty: none (the "
                                   "experiment view answers 503, and retraining is off).")
     dataset_grpc_target: str | None = Field(
-        default=None, description="gRPC address of the dataset service, which builds a retrain's dataset version. "
-                                  "Unset: the platform's gRPC target; empty: retraining is off.")
+        default=None, description="gRPC address of the dataset service, which builds a retrain's dataset version "
+                                  "and is asked whether the tenant has the knowledge base a persona names. Unset: "
+                                  "the platform's gRPC target; empty: retraining is off and a persona's knowledge "
+                                  "base is only checked for its form.")
     trainer_grpc_target: str | None = Field(
         default=None, description="gRPC address of the trainer, which runs a retrain's fine-tuning job. Unset: the "
                                   "platform's gRPC target; empty: retraining is off.")
@@ -69,3 +71,16 @@ class RegistrySettings(BaseSettings):
     retrain_lease_s: float = Field(
         default=900.0, gt=0, description="How long a process holds a retrain step before another may take it over "
                                          "(longer than the slowest step: building a large dataset version).")
+    exports_enabled: bool = Field(
+        default=True, description="Run model exports (POST /v1/models/{id}/exports) in this process's export "
+                                  "worker; false: this replica only answers the API, another one converts.")
+    export_poll_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the export worker looks for queued exports (seconds); a new "
+                                       "export in this process wakes it at once.")
+    export_lease_s: float = Field(
+        default=120.0, gt=0, description="How long a worker holds an export between renewals (it renews every "
+                                         "third of it while converting); a worker that stopped lets it lapse and "
+                                         "the export is run again.")
+    export_max_attempts: int = Field(
+        default=3, ge=1, description="How many times an export is started before one interrupted again (its "
+                                     "worker stopped mid-way) is marked failed.")

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -23,6 +23,11 @@ class ArtifactFile:
     path: str
     sha256: str
     size: int
+
+
+def export_key(tenant_id: str, export_id: str) -> str:
+    """Where a model export's file lies in the store: ``<tenant>/exports/<export id>/<file name>``."""
+    return f"{tenant_id}/exports/{export_id}"
 
 
 def sha256_file(path: Path) -> str:
@@ -100,13 +105,52 @@ class ArtifactStore:
             path = f"{root}/{f.path}"
             if not self.fs.exists(path):
                 return f"artifact file {f.path} is missing"
-            h = hashlib.sha256()
-            with self.fs.open(path, "rb") as stored:
-                while chunk := stored.read(CHUNK):
-                    h.update(chunk)
-            if h.hexdigest() != f.sha256:
+            if self._sha256(path) != f.sha256:
                 return f"artifact file {f.path} does not match its recorded sha256"
         return None
+
+    def _sha256(self, path: str) -> str:
+        h = hashlib.sha256()
+        with self.fs.open(path, "rb") as stored:
+            while chunk := stored.read(CHUNK):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def put_file(self, local_file: Path, key: str, sha256: str) -> str:
+        """Copy one file to ``key`` and check the stored copy's sha256; its URI."""
+        target = self._path(key)
+        try:
+            if self.is_local:
+                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.put_file(str(local_file), target)
+            self.fs.invalidate_cache(target)
+            if self._sha256(target) != sha256:
+                raise OSError("stored copy does not match its sha256")
+        except BaseException:
+            self.remove(self.uri(key))
+            raise
+        return self.uri(key)
+
+    def get_dir(self, uri: str, files: list[ArtifactFile], local_dir: Path) -> None:
+        """Copy the listed files of a stored artifact into ``local_dir``, each checked against its
+        sha256 (``OSError`` when one is missing or does not match)."""
+        root = self._strip(uri)
+        self.fs.invalidate_cache(root)
+        for f in files:
+            target = local_dir / f.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(f"{root}/{f.path}", str(target))
+            if sha256_file(target) != f.sha256:
+                raise OSError(f"artifact file {f.path} does not match its recorded sha256")
+
+    def open(self, uri: str) -> IO[bytes]:
+        """A stored file, open for reading."""
+        stream: IO[bytes] = self.fs.open(self._strip(uri), "rb")
+        return stream
+
+    def local_path(self, uri: str) -> Path | None:
+        """Where a stored file lies on this machine (a local store), else None."""
+        return Path(uri) if self.is_local else None
 
     def exists(self, uri: str) -> bool:
         return bool(self.fs.exists(self._strip(uri)))

@@ -66,7 +66,8 @@ def list_checkpoints(request: Request, principal: CurrentPrincipal, job_id: str,
 
 def to_openai(job: Job) -> dict[str, Any]:
     """The OpenAI ``fine_tuning.job`` object, plus ``estimate``, ``eligibility``, ``preset``, ``valid_loss``,
-    ``device`` and ``attempts``."""
+    ``device``, ``attempts``, ``backend``, and for continued training ``parent_model`` (the fine-tuned
+    model it started from, which ``model`` names as the request did) and ``base_model``."""
     error = None
     if job.status == "failed":
         error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
@@ -75,16 +76,17 @@ def to_openai(job: Job) -> dict[str, Any]:
     return {
         "id": job.id, "object": "fine_tuning.job", "created_at": to_unix(job.created_at), "error": error,
         "fine_tuned_model": job.fine_tuned_model, "finished_at": to_unix(job.finished_at) or None,
-        "hyperparameters": hp, "model": job.model, "organization_id": job.tenant_id,
+        "hyperparameters": hp, "model": job.parent_model or job.model, "organization_id": job.tenant_id,
         "result_files": [job.result_file] if job.result_file else [],
         "seed": job.seed, "status": job.status, "trained_tokens": job.trained_tokens,
         "training_file": job.training_file, "validation_file": job.validation_file, "suffix": job.suffix,
         "estimated_finish": to_unix(job.estimated_finish) or None, "integrations": [], "metadata": None,
-        "method": {"type": "supervised", "supervised": {"hyperparameters": hp}},
+        "method": {"type": job.method_type or "supervised", job.method_type or "supervised": {"hyperparameters": hp}},
         "estimate": {**stored.get("estimate", {}), "trained_tokens": job.estimated_tokens,
                      "seconds": job.estimated_seconds, "cost_usd": job.estimated_cost_usd},
         "eligibility": stored.get("eligibility"), "preset": job.preset,
         "valid_loss": job.valid_loss, "device": job.device, "attempts": job.attempts,
+        "backend": job.backend or "trl", "parent_model": job.parent_model, "base_model": job.model,
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from coachforge_shared.ids import to_unix
 from coachforge_trainer import service
 from coachforge_trainer.lifecycle import status_to_proto
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
-from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
+from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters, Method
 from coachforge_trainer.service import TrainerDeps
 
 
@@ -80,6 +80,9 @@ def _body(request: trainer_pb2.CreateJobRequest) -> CreateJobRequest:
             model=request.model, training_file=request.training_file,
             validation_file=request.validation_file or None, suffix=request.suffix or None,
             seed=request.seed or None, preset=request.preset or None, dry_run=request.dry_run,
+            backend=request.backend or "trl",
+            # Validated with the request, so that an error names "method.type".
+            method=cast(Method, {"type": request.method}) if request.method else None,
             hyperparameters=Hyperparameters.model_validate({
                 "n_epochs": hp.n_epochs or "auto", "batch_size": hp.batch_size or "auto",
                 "learning_rate_multiplier": hp.learning_rate_multiplier or "auto",
@@ -148,4 +151,5 @@ def to_proto(job: Job) -> trainer_pb2.Job:
         fine_tuned_model=job.fine_tuned_model or "", trained_tokens=job.trained_tokens or 0,
         created_at=to_unix(job.created_at), finished_at=to_unix(job.finished_at), error_code=job.error_code or "",
         error_message=job.error_message or "", seed=job.seed, tenant_id=job.tenant_id,
-        estimated_finish=to_unix(job.estimated_finish))
+        estimated_finish=to_unix(job.estimated_finish), parent_model=job.parent_model or "",
+        method=job.method_type or "supervised", backend=job.backend or "trl")

@@ -306,7 +306,8 @@ def succeed(s: Session, publisher: EventPublisher, job: Job, worker_id: str, res
         training_file=job.training_file, validation_file=job.validation_file or "",
         hyperparameters_json=json.dumps(hyperparameters), valid_loss=result.valid_loss,
         n_epochs=job.n_epochs, steps=result.steps, result_file=result_file or "",
-        dataset_version=job.training_file if is_dataset_version(job.training_file) else ""),
+        dataset_version=job.training_file if is_dataset_version(job.training_file) else "",
+        parent_model=job.parent_model or "", method=job.method_type or "supervised", backend=job.backend or "trl"),
         job.tenant_id, key=job.id)
     JOBS_FINISHED.labels(SUCCEEDED).inc()
 

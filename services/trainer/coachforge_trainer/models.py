@@ -47,6 +47,12 @@ class Job(Base):
     estimate_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     # Hyperparameter preset the job was created with (quick, balanced, thorough), if any.
     preset: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # Continued training: the fine-tuned model (ft:…) whose adapter the job starts from; ``model`` is
+    # then that model's base. None: a new adapter on the base model.
+    parent_model: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    # OpenAI's method type (supervised, dpo) and the training backend (trl, unsloth, ...).
+    method_type: Mapped[str] = mapped_column(String(20), default="supervised", server_default="supervised")
+    backend: Mapped[str] = mapped_column(String(32), default="trl", server_default="trl")
     # The worker running the job renews this lease; a job whose lease expired is queued again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

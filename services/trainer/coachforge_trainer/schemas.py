@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from coachforge_shared.errors import InvalidArgument
+
 Auto = Literal["auto"]
 
 
@@ -38,17 +40,38 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
-class Method(BaseModel):
+class DpoHyperparameters(Hyperparameters):
+    beta: Auto | Annotated[float, Field(gt=0, le=2)] = Field(
+        "auto", description="Weight of the penalty between the policy and the reference model (DPO).")
+
+
+class DpoMethod(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["supervised"]
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
+class Method(BaseModel):
+    """OpenAI's ``method``: its ``type`` and that type's settings (the other types' keys may not be given)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
+    reinforcement: dict[str, Any] | None = None
+
+    def settings(self) -> SupervisedMethod | DpoMethod | None:
+        """The settings object of the method's own type (None when not given)."""
+        found: SupervisedMethod | DpoMethod | None = getattr(self, self.type) if self.type != "reinforcement" else None
+        return found
 
 
 class CreateJobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(min_length=1, description="Base model id.")
+    model: str = Field(min_length=1, description=(
+        "Base model id, or a fine-tuned model id (ft:…) of the tenant to continue training its adapter."))
     training_file: str = Field(min_length=1, description=(
         "Id of an uploaded file with purpose fine-tune, or of a dataset version (dsv-…) to train on its "
         "train split."))
@@ -71,7 +94,52 @@ class CreateJobRequest(BaseModel):
         "Validate everything a real create would and answer the estimate (fine_tuning.job.estimate) "
         "without creating a job."))
 
+    backend: str = Field("trl", min_length=1, max_length=32, description=(
+        "Training backend: trl (default), unsloth (CUDA workers with unsloth installed) or openai_compatible."))
+
+    @property
+    def method_type(self) -> str:
+        """``supervised`` unless ``method`` names another type."""
+        return self.method.type if self.method is not None else "supervised"
+
+    def check_method(self) -> None:
+        """Refuse a ``method`` carrying another type's settings (400 on that key)."""
+        if self.method is None:
+            return
+        for other in ("supervised", "dpo", "reinforcement"):
+            if other != self.method.type and getattr(self.method, other) is not None:
+                raise InvalidArgument(f"method.type is {self.method.type!r} but method.{other} is given; give the "
+                                      f"settings of method.{self.method.type} only.", param=f"method.{other}",
+                                      code="invalid_method")
+
+    def hyperparameters_param(self) -> str:
+        """Where the hyperparameters were given, for error ``param``s: ``method.<type>.hyperparameters``
+        when ``method`` carries them, else ``hyperparameters`` (OpenAI's deprecated top-level object)."""
+        settings = self.method.settings() if self.method is not None else None
+        if settings is not None and settings.model_fields_set & {"hyperparameters"}:
+            return f"method.{self.method_type}.hyperparameters"
+        return "hyperparameters"
+
     def resolved_hyperparameters(self) -> Hyperparameters:
-        if self.method is not None and self.method.supervised is not None:
-            return self.method.supervised.hyperparameters
-        return self.hyperparameters or Hyperparameters()
+        """The hyperparameters of ``method`` (OpenAI's current place) merged with the deprecated top-level
+        ``hyperparameters``: a setting given in only one of them is used; one given in both with
+        different values is a 400 naming the top-level one. For ``dpo`` the result carries ``beta``."""
+        settings = self.method.settings() if self.method is not None else None
+        given = settings.hyperparameters if settings is not None else None
+        top = self.hyperparameters
+        if given is None:
+            kind = DpoHyperparameters if self.method_type == "dpo" else Hyperparameters
+            return kind.model_validate(top.model_dump(exclude_unset=True)) if top is not None else kind()
+        if top is None:
+            return given
+        merged = given.model_dump(exclude_unset=True)
+        for name in sorted(top.model_fields_set):
+            value = getattr(top, name)
+            if name in given.model_fields_set and getattr(given, name) != value:
+                raise InvalidArgument(
+                    f"hyperparameters.{name}={value!r} conflicts with method.{self.method_type}.hyperparameters."
+                    f"{name}={getattr(given, name)!r}; the top-level hyperparameters are deprecated: give them "
+                    f"under method.{self.method_type}.hyperparameters only.",
+                    param=f"hyperparameters.{name}", code="conflicting_hyperparameters")
+            merged[name] = value
+        return type(given).model_validate(merged)

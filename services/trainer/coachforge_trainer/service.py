@@ -17,11 +17,18 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_trainer import lifecycle, repository
+from coachforge_trainer.backends import get_backend
 from coachforge_trainer.lifecycle import Note
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
 from coachforge_trainer.settings import TrainerSettings
-from coachforge_trainer.spec import MethodSettings, is_dataset_version, job_hyperparameters
+from coachforge_trainer.spec import (
+    MethodSettings,
+    ParentAdapter,
+    continue_from,
+    is_dataset_version,
+    job_hyperparameters,
+)
 
 log = get_logger("coachforge.trainer")
 
@@ -133,7 +140,7 @@ def resolve_preset(settings: TrainerSettings, req: CreateJobRequest) -> tuple[Hy
                             f"{settings.max_lora_rank}, so lora_r {settings.max_lora_rank} is used.")
             value = settings.max_lora_rank
         filled[key] = value
-    return Hyperparameters.model_validate({**hp.model_dump(), **filled}), warnings
+    return type(hp).model_validate({**hp.model_dump(), **filled}), warnings
 
 
 def _check_eligibility(deps: TrainerDeps, tenant_id: str, item_id: str) -> dataset_pb2.CheckEligibilityResponse:
@@ -165,8 +172,9 @@ def estimate(settings: TrainerSettings, model: str, tokens_per_epoch: int, epoch
             "price_per_million_tokens": price}
 
 
-def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPlan:
-    """Validate the request against the registry and the dataset service and estimate it; nothing is stored."""
+def _resolve_model(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> tuple[str, ParentAdapter | None]:
+    """The base model the job trains on and, when ``model`` names one of the tenant's fine-tuned models,
+    that parent adapter (continued training). An unknown model, or another tenant's, is a 400 on ``model``."""
     try:
         with typed_rpc_errors():
             model: registry_pb2.Model = deps.registry_stub().GetModel(
@@ -175,9 +183,29 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
     except NotFound:
         raise InvalidArgument(f"Model {req.model} does not exist or you do not have access to it.",
                               param="model", code="model_not_available") from None
-    if model.adapter_uri:
-        raise InvalidArgument(f"Model {req.model} is a fine-tuned model; fine-tune a base model.", param="model")
-    hp, warnings = resolve_preset(deps.settings, req)
+    if not model.adapter_uri:
+        return model.base_model or model.id or req.model, None
+    return model.base_model, ParentAdapter.from_registry(model.id, model.base_model, model.lora_rank,
+                                                         list(model.target_modules), model.lineage_json)
+
+
+def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPlan:
+    """Validate the request against the registry and the dataset service and estimate it; nothing is stored."""
+    # The request's own checks first, then the registry's model, then the data (the dataset service).
+    req.check_method()
+    get_backend(req.backend).check(deps.settings, req.method_type)
+    s = deps.settings
+    hp, warnings = resolve_preset(s, req)
+    hp_param = req.hyperparameters_param()
+    base_model, parent = _resolve_model(deps, tenant_id, req)
+    method = MethodSettings.resolve(s, hp)
+    if parent is not None:
+        # Only what the request asked for explicitly must match the parent (a preset's rank does not).
+        method = continue_from(parent, method, req.resolved_hyperparameters(), hp_param)
+    elif method.lora_r > s.max_lora_rank:
+        raise InvalidArgument(f"lora_r={method.lora_r} exceeds the serving engines' maximum LoRA rank "
+                              f"({s.max_lora_rank}); the adapter could not be served.",
+                              param=f"{hp_param}.lora_r")
     train, version_validation = _check_training(deps, tenant_id, req.training_file)
     # A dataset version as validation_file means its validation split; without a validation_file,
     # a version's own validation split (when it has one) gives the job its validation loss.
@@ -195,7 +223,6 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
         _check_file(deps, tenant_id, validation_file, "validation_file")
     elif version_validation > 0:
         validation_file, validation_param = req.training_file, "training_file"
-    s = deps.settings
     n_epochs = s.default_n_epochs if hp.n_epochs == "auto" else hp.n_epochs
     # The default (or a preset's) batch size is capped at a quarter of the examples: a small file
     # still gets several steps per epoch. An explicit batch_size is used as given.
@@ -205,19 +232,14 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
         wanted = s.default_batch_size if hp.batch_size == "auto" else hp.batch_size
         batch_size = max(1, min(wanted, train.examples // 4))
     lr_mult = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
-    method = MethodSettings.resolve(s, hp)
-    if method.lora_r > s.max_lora_rank:
-        raise InvalidArgument(f"lora_r={method.lora_r} exceeds the serving engines' maximum LoRA rank "
-                              f"({s.max_lora_rank}); the adapter could not be served.",
-                              param="hyperparameters.lora_r")
     if method.early_stopping_patience and not validation_file:
         raise InvalidArgument("Early stopping needs a validation_file (or a dataset version with a validation "
                               "split) to measure the validation loss on.",
-                              param="hyperparameters.early_stopping_patience")
-    train_tokens = _check_tokens(deps, tenant_id, req.training_file, "training_file", method.max_length, req.model,
+                              param=f"{hp_param}.early_stopping_patience")
+    train_tokens = _check_tokens(deps, tenant_id, req.training_file, "training_file", method.max_length, base_model,
                                  "train" if is_dataset_version(req.training_file) else "")
     if validation_file:
-        _check_tokens(deps, tenant_id, validation_file, validation_param, method.max_length, req.model,
+        _check_tokens(deps, tenant_id, validation_file, validation_param, method.max_length, base_model,
                       "validation" if is_dataset_version(validation_file) else "")
     found = _check_eligibility(deps, tenant_id, req.training_file)
     if found.usable < s.warn_usable_examples:
@@ -227,9 +249,11 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
     eligibility = {"examples": found.examples, "usable": found.usable,
                    "unusable": {u.reason: u.count for u in found.unusable},
                    "warnings": warnings, "advice": list(found.advice)}
-    est = estimate(s, req.model, train_tokens, n_epochs, int(found.usable), batch_size)
+    est = estimate(s, base_model, train_tokens, n_epochs, int(found.usable), batch_size)
     tokens, seconds = est["total_tokens"], est["seconds"]
-    job = Job(id=new_id("ftjob"), tenant_id=tenant_id, model=req.model,
+    job = Job(id=new_id("ftjob"), tenant_id=tenant_id, model=base_model,
+              parent_model=parent.model_id if parent is not None else None, method_type=req.method_type,
+              backend=req.backend,
               training_file=req.training_file, validation_file=validation_file, suffix=req.suffix,
               n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=lr_mult,
               seed=req.seed if req.seed is not None else s.default_seed, method_json=json.dumps(asdict(method)),
@@ -237,6 +261,13 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
               estimate_json=json.dumps({"estimate": est, "eligibility": eligibility}), preset=req.preset,
               queued_at=utcnow(), estimated_finish=utcnow() + timedelta(seconds=seconds))
     notes = [Note(f"Validated {train.description}")]
+    if parent is not None:
+        alpha = f", alpha {method.lora_alpha}" if method.lora_alpha is not None else ""
+        notes.append(Note(f"Continuing the training of {parent.model_id}: its adapter (LoRA rank {method.lora_r}"
+                          f"{alpha} on {', '.join(method.target_modules)}) is the starting point, on base model "
+                          f"{base_model}.", data={"parent_model": parent.model_id, "base_model": base_model}))
+    if req.backend != "trl":
+        notes.append(Note(f"Training backend: {req.backend}."))
     if is_dataset_version(validation_file):
         notes.append(Note(f"Validation loss is measured on the validation split of dataset version "
                           f"{validation_file}."))
@@ -260,7 +291,8 @@ def create_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> Job 
     job = plan.job
     with deps.db.session() as sess:
         lifecycle.create(sess, deps.publisher, job, plan.notes)
-    log.info("job created", job_id=job.id, tenant=tenant_id, model=req.model, epochs=job.n_epochs)
+    log.info("job created", job_id=job.id, tenant=tenant_id, model=job.model, parent=job.parent_model,
+             backend=job.backend, epochs=job.n_epochs)
     return job
 
 

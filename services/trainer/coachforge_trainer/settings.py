@@ -70,6 +70,12 @@ class TrainerSettings(BaseSettings):
         default="cpu",
         description="Worker class the estimates assume: 'cpu' for the CPU workers, 'cuda' for the chart's GPU "
                     "workers. It picks the tokens/s, the price and the presets below.")
+    unsloth_installed: bool | None = Field(
+        default=None,
+        description="Whether the workers have unsloth installed (the 'unsloth' backend needs it and CUDA "
+                    "workers, device_class 'cuda'). Unset: whether this process finds it, right where the workers "
+                    "share the API's environment (the all-in-one); set it true where the workers' image has "
+                    "unsloth and the API's does not.")
     tokens_per_second: dict[str, float] = Field(
         default_factory=lambda: {"cpu": 150.0, "cuda": 3000.0},
         description="Training throughput per device class, tokens/s, for the time estimate (JSON object). A "

@@ -14,6 +14,17 @@ the unchanged base model.
   only on this path; if it is not installed, the base model is loaded in bfloat16
   instead (plain LoRA) and a warning is logged.
 
+Continued training
+------------------
+With ``parent_adapter_dir`` the run starts from an existing adapter instead of a new one: the base
+model is loaded as above and the parent's LoRA weights are put on it with
+``PeftModel.from_pretrained(..., is_trainable=True)``. The adapter keeps the parent's shape (rank,
+alpha, target modules; a ``params`` asking for another rank or alpha is an error); only its dropout
+is the run's. The saved adapter is a complete one (parent plus what this run learnt), served like any.
+
+A ``model_loader`` (see :class:`LoadedModel`) replaces how the model and its trainable adapter are
+built, e.g. by unsloth (:mod:`coachforge_trainer.backends`); everything else stays the same.
+
 Loss masking
 ------------
 The loss is computed on the **final assistant message** of each conversation only.
@@ -48,7 +59,7 @@ from typing import Any, Literal
 
 import torch
 from datasets import Dataset
-from peft import LoraConfig, PeftModel
+from peft import LoraConfig, PeftConfig, PeftModel
 from transformers import (
     AutoTokenizer,
     EarlyStoppingCallback,
@@ -59,9 +70,11 @@ from transformers import (
     TrainingArguments,
 )
 from trl import SFTConfig, SFTTrainer  # type: ignore[attr-defined]  # lazily exported
+from trl.trainer.utils import create_model_from_path
 
 __all__ = [
     "Checkpoint",
+    "LoadedModel",
     "Progress",
     "TrainParams",
     "TrainResult",
@@ -86,6 +99,9 @@ CHECKPOINTS_DIRNAME = "checkpoints"
 _STATE_FILE = "trainer_state.json"
 """Written last into a checkpoint folder: a folder without it is incomplete."""
 
+LINEAR_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""The linear layers of a Llama-style decoder block, what ``"all-linear"`` adapts there."""
+
 _MODEL_LOAD = threading.Lock()
 """Loading a model is not thread-safe: transformers swaps process-wide functions while it builds one
 (parameters on the meta device, skipped weight init), so two loads at once in one process leave
@@ -100,7 +116,8 @@ class TrainParams:
     batch_size: int = 8
     learning_rate: float = 5e-4
     lora_r: int = 16
-    lora_alpha: int = 32
+    lora_alpha: int | None = 32
+    """``None`` only with a parent adapter: its own alpha is kept."""
     lora_dropout: float = 0.0
     """0 skips PEFT's dropout copy of each adapted layer's input (faster, less memory)."""
     target_modules: str | list[str] = "all-linear"
@@ -182,6 +199,21 @@ class TrainResult:
     lora_r: int
     target_modules: list[str]
     """Names of the modules that were actually adapted (``"all-linear"`` resolved)."""
+
+
+@dataclass
+class LoadedModel:
+    """What a ``model_loader`` of :func:`run_sft` builds: the model with its trainable LoRA adapter
+    (a ``PeftModel``), its tokenizer, and whether the trainer should turn on transformers' gradient
+    checkpointing (a loader with its own says no)."""
+
+    model: Any
+    tokenizer: Any
+    gradient_checkpointing: bool
+
+
+ModelLoader = Callable[[Path, "TrainParams", "Path | None"], LoadedModel]
+"""``(base_model_dir, params, parent_adapter_dir) -> LoadedModel``."""
 
 
 class TrainingCancelled(Exception):
@@ -300,6 +332,8 @@ def run_sft(
     eval_examples: list[dict[str, Any]] | None = None,
     on_checkpoint: Callable[[Checkpoint], None] | None = None,
     should_pause: Callable[[], bool] | None = None,
+    parent_adapter_dir: Path | None = None,
+    model_loader: ModelLoader | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on chat conversations and save it, resuming if a checkpoint exists.
 
@@ -326,12 +360,18 @@ def run_sft(
         on_checkpoint: Called after each checkpoint is completely written.
         should_pause: Polled after every optimizer step; when it returns ``True`` a
             checkpoint of that step is saved and :class:`TrainingPaused` is raised.
+        parent_adapter_dir: Continued training: a PEFT LoRA adapter folder (trained on this
+            base model) whose weights training starts from, instead of a new adapter. Its rank
+            (and alpha) must be ``params``' (see the module documentation).
+        model_loader: Builds the model with its trainable adapter instead of transformers and
+            peft (a backend such as unsloth); given ``parent_adapter_dir`` too.
 
     Returns:
         A :class:`TrainResult` describing the saved adapter.
 
     Raises:
-        ValueError: if ``examples`` is empty or malformed.
+        ValueError: if ``examples`` is empty or malformed, or the parent adapter's shape is not
+            ``params``'.
         TrainingCancelled: if ``should_cancel`` returned ``True``.
         TrainingPaused: if ``should_pause`` returned ``True``.
     """
@@ -351,13 +391,40 @@ def run_sft(
     device = "cuda" if cuda else "cpu"
     staging_dir: Path | None = None
     try:
+        if parent_adapter_dir is not None:
+            _check_parent(Path(parent_adapter_dir), params)
         tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
-        quantization_config = _quantization_config() if cuda else None
+        quantization_config = _quantization_config() if cuda and model_loader is None else None
         micro_batch = micro_batch_for(params, cuda)
         precision = resolve_precision(params.precision, cuda)
         save_strategy = ("no" if not params.save_checkpoints
                          else "steps" if params.checkpoint_steps > 0 else "epoch")
         early_stopping = bool(params.early_stopping_patience) and save_strategy != "no"
+        model: Any = str(base_model_dir)  # TRL loads it, with the model_init_kwargs below
+        peft_config: LoraConfig | None = None
+        gradient_checkpointing = cuda
+        init_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
+        model_init_kwargs: dict[str, Any] | None = init_kwargs
+        with _MODEL_LOAD:
+            if model_loader is not None:
+                loaded = model_loader(base_model_dir, params, parent_adapter_dir)
+                model, tokenizer, gradient_checkpointing = loaded.model, loaded.tokenizer, loaded.gradient_checkpointing
+                model_init_kwargs = None
+            elif parent_adapter_dir is not None:
+                model = _load_parent(base_model_dir, Path(parent_adapter_dir), params, init_kwargs,
+                                     quantization_config)
+                model_init_kwargs = None
+            else:
+                if params.lora_alpha is None:
+                    raise ValueError("a new adapter needs lora_alpha")
+                peft_config = LoraConfig(
+                    r=params.lora_r,
+                    lora_alpha=params.lora_alpha,
+                    lora_dropout=params.lora_dropout,
+                    target_modules=params.target_modules,
+                    bias="none",
+                    task_type="CAUSAL_LM",
+                )
         config = SFTConfig(
             output_dir=str(checkpoints_dir),
             num_train_epochs=params.n_epochs,
@@ -371,8 +438,8 @@ def run_sft(
             max_length=params.max_length,
             use_cpu=not cuda,
             bf16=precision == "bf16",
-            gradient_checkpointing=cuda,
-            model_init_kwargs={"dtype": torch.bfloat16 if cuda else torch.float32},
+            gradient_checkpointing=gradient_checkpointing,
+            model_init_kwargs=model_init_kwargs,
             include_num_input_tokens_seen="non_padding",
             save_strategy=save_strategy,
             save_steps=params.checkpoint_steps or 500,
@@ -384,27 +451,19 @@ def run_sft(
             report_to=[],
             disable_tqdm=True,
         )
-        peft_config = LoraConfig(
-            r=params.lora_r,
-            lora_alpha=params.lora_alpha,
-            lora_dropout=params.lora_dropout,
-            target_modules=params.target_modules,
-            bias="none",
-            task_type="CAUSAL_LM",
-        )
         callback = _ProgressCallback(on_progress, should_cancel, should_pause, on_checkpoint)
         callbacks: list[TrainerCallback] = [callback]
         if early_stopping:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
         with _MODEL_LOAD:
             trainer = _AnswerHeadSFTTrainer(
-                model=str(base_model_dir),
+                model=model,
                 args=config,
                 train_dataset=dataset,
                 eval_dataset=eval_dataset,
                 processing_class=tokenizer,
                 peft_config=peft_config,
-                quantization_config=quantization_config,
+                quantization_config=quantization_config if isinstance(model, str) else None,
                 callbacks=callbacks,
             )
         # With tqdm disabled, transformers prints every log dict to stdout; progress is
@@ -415,8 +474,9 @@ def run_sft(
 
         quantized = " (QLoRA, 4-bit NF4)" if quantization_config is not None else ""
         resumed = f", resuming from step {resume_from.step}" if resume_from else ""
-        logger.info("training LoRA r=%d on %d examples on %s in %s%s%s", params.lora_r, len(dataset), device,
-                    precision, quantized, resumed)
+        parent = ", continuing the parent adapter's training" if parent_adapter_dir is not None else ""
+        logger.info("training LoRA r=%d on %d examples on %s in %s%s%s%s", params.lora_r, len(dataset), device,
+                    precision, quantized, parent, resumed)
         train_output = trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
         if callback.cancelled:
             raise TrainingCancelled(f"training cancelled after step {trainer.state.global_step}")
@@ -462,7 +522,7 @@ def run_sft(
             resumed_from_step=resume_from.step if resume_from else 0,
             device=device,
             precision=precision,
-            lora_r=params.lora_r,
+            lora_r=int(getattr(model.peft_config[model.active_adapter], "r", params.lora_r)),
             target_modules=target_modules,
         )
     finally:
@@ -612,6 +672,39 @@ def _normalize_message(message: Any, index: int) -> dict[str, str]:
     if not isinstance(content, str):
         raise ValueError(f"example {index}: message content must be a string or a list of text parts")
     return {"role": message["role"], "content": content}
+
+
+def _parent_config(parent_adapter_dir: Path) -> LoraConfig:
+    if not (parent_adapter_dir / "adapter_config.json").is_file():
+        raise ValueError("the parent adapter folder has no adapter_config.json")
+    config = PeftConfig.from_pretrained(str(parent_adapter_dir))
+    if not isinstance(config, LoraConfig):
+        raise ValueError(f"the parent adapter is a {type(config).__name__}, not a LoRA adapter")
+    return config
+
+
+def _check_parent(parent_adapter_dir: Path, params: TrainParams) -> None:
+    """Refuse a parent adapter whose rank or alpha is not the run's (its weights would not fit, or
+    would be scaled differently from what the job reports)."""
+    config = _parent_config(parent_adapter_dir)
+    if config.r != params.lora_r:
+        raise ValueError(f"the parent adapter has LoRA rank {config.r}, the job asks for {params.lora_r}")
+    if params.lora_alpha is not None and config.lora_alpha != params.lora_alpha:
+        raise ValueError(f"the parent adapter has LoRA alpha {config.lora_alpha}, the job asks for {params.lora_alpha}")
+
+
+def _load_parent(base_model_dir: Path, parent_adapter_dir: Path, params: TrainParams,
+                 model_init_kwargs: dict[str, Any], quantization_config: Any) -> PeftModel:
+    """The base model (loaded as TRL would: same dtype, 4-bit on CUDA) with the parent adapter's
+    weights on it, trainable; its dropout is the run's."""
+    kwargs = dict(model_init_kwargs)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    base = create_model_from_path(str(base_model_dir), **kwargs)
+    config = _parent_config(parent_adapter_dir)
+    config.lora_dropout = params.lora_dropout
+    config.inference_mode = False
+    return PeftModel.from_pretrained(base, str(parent_adapter_dir), config=config, is_trainable=True)
 
 
 def _adapted_modules(model: PeftModel) -> list[str]:

@@ -27,12 +27,14 @@ import csv
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.dataset.v1 import dataset_pb2
+from coachforge.registry.v1 import registry_pb2
 from coachforge.trainer.v1 import trainer_pb2
 from coachforge_shared.bootstrap import internal_token
 from coachforge_shared.db import Database, OutageBackoff
@@ -52,6 +55,7 @@ from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.redact import plain_name, redact_paths
 from coachforge_shared.settings import PlatformSettings
 from coachforge_trainer import lifecycle, repository
+from coachforge_trainer.backends import TrainRun, get_backend
 from coachforge_trainer.lifecycle import IllegalTransition
 from coachforge_trainer.metrics import STEP_SECONDS, TOKENS_PER_SECOND, job_ended, job_progress
 from coachforge_trainer.models import Job
@@ -239,6 +243,35 @@ class Worker:
         with self.deps.db.session() as s:
             lifecycle.record_checkpoint(s, job_id, self.worker_id, checkpoint)
 
+    def _parent_adapter(self, tenant_id: str, parent_model: str, out_dir: Path) -> Path:
+        """The folder of the parent model's adapter (continued training), asked of the registry: its
+        stored artifact, read in place when it is a local folder, else (an object-store URL) fetched
+        once into ``out_dir / "parent"`` through fsspec, with the credentials of the environment."""
+        with typed_rpc_errors():
+            model: registry_pb2.Model = self.deps.registry_stub().GetModel(
+                registry_pb2.GetModelRequest(model_id=parent_model), metadata=self.deps.registry.metadata(tenant_id),
+                timeout=30)
+        uri = model.adapter_uri
+        if not uri:
+            raise ValueError(f"{parent_model} has no adapter")
+        if "://" not in uri or uri.startswith("file://"):
+            folder = Path(uri.removeprefix("file://"))
+            if not (folder / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"the adapter of {parent_model} is not readable at {folder}")
+            return folder
+        local = out_dir / "parent"
+        if not (local / "adapter_config.json").is_file():
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(uri)
+            staging = out_dir / ".parent-tmp"
+            staging.mkdir(parents=True, exist_ok=True)
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                fs.get(f"{root.rstrip('/')}/{name}", str(staging / name))
+            shutil.rmtree(local, ignore_errors=True)  # an incomplete copy of an earlier attempt
+            os.replace(staging, local)
+        return local
+
     def _store_results(self, job_id: str, tenant_id: str) -> str | None:
         """Store the job's metrics CSV as a ``fine-tune-results`` file; its id, or ``None`` if that failed
         (the adapter is what matters: a job does not fail for want of its CSV)."""
@@ -285,13 +318,7 @@ class Worker:
             beat.join()
 
     def _train(self, job_id: str, tenant_id: str, lost_lease: threading.Event) -> None:
-        from coachforge_trainer.sft import (
-            Progress,
-            TrainingCancelled,
-            TrainingPaused,
-            list_checkpoints,
-            run_sft,
-        )
+        from coachforge_trainer.sft import Progress, TrainingCancelled, TrainingPaused, list_checkpoints
 
         with self.deps.db.session() as s:
             job = repository.job_by_id(s, job_id)
@@ -316,6 +343,14 @@ class Worker:
             return
         params = method_settings(self.deps.settings, job).train_params(job, self.deps.settings.base_learning_rate)
         out_dir = self.platform.resolved_artifacts_dir / tenant_id / job_id
+        parent_dir = None
+        if job.parent_model:
+            try:
+                parent_dir = self._parent_adapter(tenant_id, job.parent_model, out_dir)
+            except Exception as err:
+                self._fail(job_id, tenant_id, f"Could not read the adapter of the parent model {job.parent_model}: "
+                                              f"{self._public(err)}", "parent_model_unavailable")
+                return
         existing = list_checkpoints(out_dir)
         for checkpoint in existing:  # saved by an earlier attempt, perhaps not yet recorded
             self._record_checkpoint(job_id, checkpoint)
@@ -345,10 +380,11 @@ class Worker:
 
         try:
             try:
-                result = run_sft(base_dir, examples, out_dir, params, on_progress=on_progress,
-                                 should_cancel=should_cancel, eval_examples=eval_examples,
-                                 on_checkpoint=lambda c: self._record_checkpoint(job_id, c),
-                                 should_pause=self.shutting_down.is_set)
+                result = get_backend(job.backend or "trl").train(TrainRun(
+                    base_dir, examples, out_dir, params, method=job.method_type or "supervised",
+                    parent_adapter_dir=parent_dir, eval_examples=eval_examples, on_progress=on_progress,
+                    should_cancel=should_cancel, on_checkpoint=lambda c: self._record_checkpoint(job_id, c),
+                    should_pause=self.shutting_down.is_set))
             finally:
                 job_ended(tenant_id, job_id)
         except TrainingPaused as paused:

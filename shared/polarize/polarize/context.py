@@ -12,15 +12,16 @@ The most detailed form reads::
     2025-02-24 Mon: run intervals Z4 60min 85TSS; sleep 7.2h sore 3 HRV 61 RHR 48 RPE 6
     …
     Plan:                                                       ┐
-    w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key │ the lines of render_context()
+    w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to … │ the lines of render_context()
     Athlete: Should I adjust my plan?                           ┘
 
 When the prompt (system prompt + context) exceeds the budget, older history is *summarised*
 (first the older week into one line, then both weeks, then the trend goes and the fortnight
 becomes one line) — records are never cut in the middle.  The last resort is exactly
 :func:`render_context`, the compact form (about 250 tokens with the system prompt) that a small
-budget asks for, as the demo's training data does.  Equal inputs give equal output: nothing
-depends on the clock, the locale or dict order.
+budget asks for, as the demo's training data does.  Training principles from a knowledge base
+(:mod:`polarize.principles`), when given, lead the text and are the first thing to give way.
+Equal inputs give equal output: nothing depends on the clock, the locale or dict order.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .load import LoadPoint
+from .principles import principles_section
 from .prompt import SYSTEM_PROMPT, render_context
 from .rules import DEFAULT_CONFIG, AthleteState, PlannedWorkout, RuleConfig, weekday
 
@@ -89,6 +91,8 @@ class Context:
     level: str
     fits: bool
     system: str = field(default=SYSTEM_PROMPT)
+    principles: int = 0
+    """How many of the principles given lead the text (the best ones; the others did not fit)."""
 
 
 def _clip(text: str, limit: int) -> str:
@@ -218,12 +222,20 @@ def build_context(
     load: Sequence[LoadPoint] = (),
     question: str | None = None,
     config: RuleConfig = DEFAULT_CONFIG,
+    principles: Sequence[str] = (),
 ) -> Context:
     """The most detailed context whose prompt (system prompt + context) fits ``budget`` tokens.
 
     ``count_tokens`` counts with the serving model's tokenizer.  ``history`` may hold any days;
     only the 14 before ``today`` are shown.  ``load`` is the load series (for the trend line).
     When not even the minimal form fits, that form is returned with ``fits=False``.
+
+    ``principles`` (knowledge snippets, best first; see :mod:`polarize.principles`) lead the text
+    as a ``Principles:`` section.  They are general advice while the rest is the athlete's own
+    data, so they are the first thing to give way: at each level of detail the most of them that
+    fit are kept (the lowest-ranked dropped first, each whole), and the history is only summarised
+    when a level does not fit even without any of them.  They never push the prompt over the
+    budget.  Without principles the context is exactly what it was.
     """
     core = render_context(state, upcoming, today, question, config).split("\n")
     trend = trend_line(load, today)
@@ -232,8 +244,10 @@ def build_context(
     text = ""
     tokens = 0
     for level in LEVELS:
-        text = _render(level, core, head, trend, days, config)
-        tokens = count_tokens(SYSTEM_PROMPT + "\n" + text)
-        if tokens <= budget:
-            return Context(text=text, tokens=tokens, budget=budget, level=level, fits=True)
+        body = _render(level, core, head, trend, days, config)
+        for kept in range(len(principles), -1, -1):
+            text = "\n".join([principles_section(principles[:kept]), body]) if kept else body
+            tokens = count_tokens(SYSTEM_PROMPT + "\n" + text)
+            if tokens <= budget:
+                return Context(text=text, tokens=tokens, budget=budget, level=level, fits=True, principles=kept)
     return Context(text=text, tokens=tokens, budget=budget, level=LEVELS[-1], fits=False)

@@ -7,14 +7,19 @@ inputs (no clock, locale or dict-order dependence) and stays near 300 tokens.
 Besides the raw numbers it states the facts the rules derive from them, which a small model
 cannot compute reliably: the TSB band, the readiness (ill, fatigued with its red flags and
 severity, fresh, tapering, normal) with the days to the race, and for every planned workout
-its day offset from today and whether it is hard (zone >= ``config.hard_zone``)::
+its weekday and day offset from today, whether it is hard (zone >= ``config.hard_zone``), and
+the value the rules would use if they changed it (:func:`workout_options`: a hard key session's
+first safe day to move to, a hard session's recovery length, an extendable session's longer
+duration). Which workout to change, and how, is left to the reader of the context::
 
     Today 2025-03-10 Mon
     Load CTL 62 ATL 71 TSB -22 (low) ramp +3.1
     Sleep 5.5h soreness 4/10 HRV -7% ill/injured no
     Readiness: fatigued, severe (TSB -22, sleep 5.5h), race in 48d
     Plan:
-    w1 2025-03-10 Mon +0d run intervals Z4 60min 85TSS hard key
+    w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to 2025-03-12
+    w2 Tue +1d run endurance Z2 90min 75TSS; extend to 110min
+    w3 Thu +3d run tempo Z3 60min 70TSS hard; recovery 35min
 """
 
 from __future__ import annotations
@@ -28,10 +33,13 @@ from .rules import (
     AthleteState,
     PlannedWorkout,
     RuleConfig,
+    extensions,
     fatigue_flags,
     is_fresh,
     is_severe,
     is_tapering,
+    move_dates,
+    recovery_minutes,
     weekday,
 )
 
@@ -87,10 +95,33 @@ def readiness(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> str:
     return ", ".join(parts)
 
 
-def _workout_line(w: PlannedWorkout, today: dt.date, config: RuleConfig) -> str:
+def workout_options(
+    w: PlannedWorkout,
+    state: AthleteState,
+    plan: Sequence[PlannedWorkout],
+    today: dt.date,
+    config: RuleConfig = DEFAULT_CONFIG,
+) -> str:
+    """What the rules would change on this workout if its readiness branch picked it, as the plan line's
+    tail: a hard key session's first safe ``move to`` day, a hard session's ``recovery`` length, an
+    extendable session's ``extend to`` length (empty when none applies). The numbers come from the rules'
+    own helpers, so a model chooses among them rather than computing them."""
+    if w.zone >= config.hard_zone:
+        if w.key_session:
+            dates = move_dates(w, state, plan, today, config)
+            return f"; move to {dates[0].isoformat()}" if dates else ""
+        return f"; recovery {recovery_minutes(w)}min"
+    longer = extensions(w, plan, today, config)
+    return f"; extend to {longer[0]}min" if longer else ""
+
+
+def _workout_line(
+    w: PlannedWorkout, state: AthleteState, plan: Sequence[PlannedWorkout], today: dt.date, config: RuleConfig
+) -> str:
     tags = (" hard" if w.zone >= config.hard_zone else "") + (" key" if w.key_session else "")
-    day = f"{w.date.isoformat()} {weekday(w.date)} {(w.date - today).days:+d}d"
-    return f"{w.id} {day} {w.sport} {w.type} Z{w.zone} {w.duration_min}min {w.tss:.0f}TSS{tags}"
+    day = f"{weekday(w.date)} {(w.date - today).days:+d}d"
+    options = workout_options(w, state, plan, today, config)
+    return f"{w.id} {day} {w.sport} {w.type} Z{w.zone} {w.duration_min}min {w.tss:.0f}TSS{tags}{options}"
 
 
 def render_context(
@@ -113,7 +144,7 @@ def render_context(
         f"Readiness: {readiness(state, config)}",
         "Plan:" if plan else "Plan: none",
     ]
-    lines.extend(_workout_line(w, today, config) for w in plan)
+    lines.extend(_workout_line(w, state, upcoming, today, config) for w in plan)
     if question is not None and question.strip():
         q = " ".join(question.split())
         if len(q) > MAX_QUESTION_CHARS:

@@ -496,6 +496,68 @@ def check_operation(
 check_modification = check_operation
 
 
+# --------------------------------------------------------------------------- what the rules compute per workout
+
+
+def recovery_minutes(workout: PlannedWorkout) -> int:
+    """The length of the Z1 recovery session that replaces ``workout`` under severe fatigue: 60 % of
+    its duration, rounded to 5 minutes, within 20..45."""
+    return max(20, min(45, _round5(workout.duration_min * 0.6)))
+
+
+def is_extendable(workout: PlannedWorkout, today: dt.date, config: RuleConfig = DEFAULT_CONFIG) -> bool:
+    """A session the fresh branch may lengthen: a non-key endurance or long session in Z1-2 this week."""
+    return (
+        workout.date < today + dt.timedelta(days=config.window_days)
+        and not workout.key_session
+        and workout.type in ("endurance", "long")
+        and workout.zone <= 2
+    )
+
+
+def extensions(
+    workout: PlannedWorkout, upcoming: Sequence[PlannedWorkout], today: dt.date, config: RuleConfig = DEFAULT_CONFIG
+) -> list[int]:
+    """The new durations (minutes, longest first) the fresh branch would consider for ``workout``: +25 % of
+    it rounded to 5 (at most ``config.fresh_extension_min``), down to +10 in steps of 5, each within 360 min
+    and adding at most ``config.fresh_max_increase`` of the week's planned TSS. Empty when none fits or the
+    workout is not :func:`is_extendable`."""
+    if not is_extendable(workout, today, config):
+        return []
+    week_end = today + dt.timedelta(days=config.window_days)
+    base = sum(w.tss for w in upcoming if _modifiable(w, today, config) and w.date < week_end)
+    out: list[int] = []
+    extra = min(config.fresh_extension_min, _round5(workout.duration_min * 0.25))
+    while extra >= 10:
+        if workout.duration_min + extra <= 360 and workout.tss * extra / workout.duration_min <= (
+            config.fresh_max_increase * base
+        ):
+            out.append(workout.duration_min + extra)
+        extra -= 5
+    return out
+
+
+def move_dates(
+    workout: PlannedWorkout,
+    state: AthleteState,
+    upcoming: Sequence[PlannedWorkout],
+    today: dt.date,
+    config: RuleConfig = DEFAULT_CONFIG,
+) -> list[dt.date]:
+    """The days a fatigued athlete's key session may move to, earliest first: 2 to ``config.max_move_days``
+    days later, where the moved plan passes the safety rules."""
+    out: list[dt.date] = []
+    for offset in range(2, config.max_move_days + 1):
+        new_date = workout.date + dt.timedelta(days=offset)
+        probe = Modification(
+            operations=[MoveWorkout(workout_id=workout.id, new_date=new_date, reason="move", confidence=0.5)],
+            message="move",
+        )
+        if _is_valid(probe, state, upcoming, today, config):
+            out.append(new_date)
+    return out
+
+
 # --------------------------------------------------------------------------- the rule-based coach
 
 
@@ -560,8 +622,7 @@ def recommend(
         severe = is_severe(state, config)
         for w in (w for w in future if is_hard(w, config)):
             if w.key_session:
-                for offset in range(2, config.max_move_days + 1):
-                    new_date = w.date + dt.timedelta(days=offset)
+                for new_date in move_dates(w, state, upcoming, today, config):
                     mod = Modification(
                         operations=[MoveWorkout(workout_id=w.id, new_date=new_date, reason=reason, confidence=0.7)],
                         message=_clip(
@@ -574,7 +635,7 @@ def recommend(
                         return mod
                 continue
             if severe:
-                minutes = max(20, min(45, _round5(w.duration_min * 0.6)))
+                minutes = recovery_minutes(w)
                 mod = Modification(
                     operations=[
                         ReplaceWithRecovery(workout_id=w.id, new_duration_min=minutes, reason=reason, confidence=0.85)
@@ -602,34 +663,26 @@ def recommend(
         )
 
     if branch == "fresh":
-        week_end = today + dt.timedelta(days=config.window_days)
-        base = sum(w.tss for w in future if w.date < week_end)
         for w in future:
-            if w.date >= week_end or w.key_session or w.type not in ("endurance", "long") or w.zone > 2:
-                continue
-            extra = min(config.fresh_extension_min, _round5(w.duration_min * 0.25))
-            while extra >= 10:
-                new_minutes = w.duration_min + extra
-                added = w.tss * extra / w.duration_min
-                if new_minutes <= 360 and added <= config.fresh_max_increase * base:
-                    mod = Modification(
-                        operations=[
-                            ChangeDuration(
-                                workout_id=w.id,
-                                new_duration_min=new_minutes,
-                                reason=f"fresh: TSB {state.tsb:+.0f}",
-                                confidence=0.6,
-                            )
-                        ],
-                        message=_clip(
-                            f"You're fresh (TSB {state.tsb:+.0f}) and recovering well, so {_describe(w)} "
-                            f"grows by {extra} min to {new_minutes} min. Keep it relaxed in Z{w.zone}.",
-                            MAX_MESSAGE_CHARS,
-                        ),
-                    )
-                    if _is_valid(mod, state, upcoming, today, config):
-                        return mod
-                extra -= 5
+            for new_minutes in extensions(w, upcoming, today, config):
+                extra = new_minutes - w.duration_min
+                mod = Modification(
+                    operations=[
+                        ChangeDuration(
+                            workout_id=w.id,
+                            new_duration_min=new_minutes,
+                            reason=f"fresh: TSB {state.tsb:+.0f}",
+                            confidence=0.6,
+                        )
+                    ],
+                    message=_clip(
+                        f"You're fresh (TSB {state.tsb:+.0f}) and recovering well, so {_describe(w)} "
+                        f"grows by {extra} min to {new_minutes} min. Keep it relaxed in Z{w.zone}.",
+                        MAX_MESSAGE_CHARS,
+                    ),
+                )
+                if _is_valid(mod, state, upcoming, today, config):
+                    return mod
         return _keep(f"You're fresh (TSB {state.tsb:+.0f}) and recovering well: keep the plan as it is and enjoy it.")
 
     key = next((w for w in future if w.key_session), None)

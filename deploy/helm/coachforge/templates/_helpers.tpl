@@ -411,6 +411,12 @@ app.kubernetes.io/part-of: coachforge
   value: {{ ternary (include "coachforge.grpcTarget" (dict "root" $root "component" "inference")) "" $root.Values.inference.enabled | quote }}
 - name: COACHFORGE_INFERENCE_REGISTRY_GRPC_TARGET
   value: {{ include "coachforge.grpcTarget" (dict "root" $root "component" "registry") | quote }}
+# Avatar personas with knowledge (inference) and the coach's training principles search knowledge bases
+# in the dataset service ("" = none: answered without them).
+- name: COACHFORGE_INFERENCE_DATASET_GRPC_TARGET
+  value: {{ ternary (include "coachforge.grpcTarget" (dict "root" $root "component" "dataset")) "" $root.Values.dataset.enabled | quote }}
+- name: COACHFORGE_COACH_DATASET_GRPC_TARGET
+  value: {{ ternary (include "coachforge.grpcTarget" (dict "root" $root "component" "dataset")) "" $root.Values.dataset.enabled | quote }}
 - name: COACHFORGE_INFERENCE_ENGINE_URL
   value: {{ include "coachforge.engineUrl" $root | quote }}
 {{- if $root.Values.engine.enabled }}
@@ -650,7 +656,7 @@ tolerations:
      console's calls use the same table. */}}
 {{- define "coachforge.apiRoutes" -}}
 {{- list
-  (list "/v1/files" "dataset") (list "/v1/datasets" "dataset")
+  (list "/v1/files" "dataset") (list "/v1/datasets" "dataset") (list "/v1/knowledge_bases" "dataset")
   (list "/v1/fine_tuning" "trainer")
   (list "/v1/models" "registry") (list "/v1/avatars" "registry")
   (list "/v1/chat" "inference") (list "/v1/completions" "inference") (list "/v1/usage" "inference")
