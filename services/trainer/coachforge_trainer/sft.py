@@ -108,6 +108,18 @@ _MODEL_LOAD = threading.Lock()
 models, or the process, with empty "meta" weights. A worker with several slots loads one at a time."""
 
 
+def _accelerator_config(bf16: bool) -> dict[str, bool]:
+    """Reuse accelerate's process-wide state when an earlier run set it up the same way (CPU or not,
+    same mixed precision). Setting it up again clears it first, which breaks a run training in another
+    thread of the process (a worker with several slots: "AcceleratorState object has no attribute
+    distributed_type"). A run with another mixed precision still sets it up anew."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    same = bool(PartialState._shared_state) and state.get("_mixed_precision") == ("bf16" if bf16 else "no")
+    return {"use_configured_state": True} if same else {}
+
+
 @dataclass
 class TrainParams:
     """Hyper-parameters of a LoRA fine-tuning run."""
@@ -425,37 +437,39 @@ def run_sft(
                     bias="none",
                     task_type="CAUSAL_LM",
                 )
-        config = SFTConfig(
-            output_dir=str(checkpoints_dir),
-            num_train_epochs=params.n_epochs,
-            max_steps=params.max_steps,
-            per_device_train_batch_size=micro_batch,
-            per_device_eval_batch_size=micro_batch,
-            gradient_accumulation_steps=math.ceil(params.batch_size / micro_batch),
-            learning_rate=params.learning_rate,
-            seed=params.seed,
-            logging_steps=params.logging_steps,
-            max_length=params.max_length,
-            use_cpu=not cuda,
-            bf16=precision == "bf16",
-            gradient_checkpointing=gradient_checkpointing,
-            model_init_kwargs=model_init_kwargs,
-            include_num_input_tokens_seen="non_padding",
-            save_strategy=save_strategy,
-            save_steps=params.checkpoint_steps or 500,
-            eval_strategy=save_strategy if eval_dataset is not None and save_strategy != "no" else "no",
-            eval_steps=params.checkpoint_steps or None,
-            load_best_model_at_end=early_stopping,
-            metric_for_best_model="eval_loss" if early_stopping else None,
-            greater_is_better=False if early_stopping else None,
-            report_to=[],
-            disable_tqdm=True,
-        )
-        callback = _ProgressCallback(on_progress, should_cancel, should_pause, on_checkpoint)
-        callbacks: list[TrainerCallback] = [callback]
-        if early_stopping:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
+        # One run at a time sets up accelerate's process-wide state (see _accelerator_config) and loads.
         with _MODEL_LOAD:
+            config = SFTConfig(
+                output_dir=str(checkpoints_dir),
+                num_train_epochs=params.n_epochs,
+                max_steps=params.max_steps,
+                per_device_train_batch_size=micro_batch,
+                per_device_eval_batch_size=micro_batch,
+                gradient_accumulation_steps=math.ceil(params.batch_size / micro_batch),
+                learning_rate=params.learning_rate,
+                seed=params.seed,
+                logging_steps=params.logging_steps,
+                max_length=params.max_length,
+                use_cpu=not cuda,
+                bf16=precision == "bf16",
+                gradient_checkpointing=gradient_checkpointing,
+                model_init_kwargs=model_init_kwargs,
+                include_num_input_tokens_seen="non_padding",
+                save_strategy=save_strategy,
+                save_steps=params.checkpoint_steps or 500,
+                eval_strategy=save_strategy if eval_dataset is not None and save_strategy != "no" else "no",
+                eval_steps=params.checkpoint_steps or None,
+                load_best_model_at_end=early_stopping,
+                metric_for_best_model="eval_loss" if early_stopping else None,
+                greater_is_better=False if early_stopping else None,
+                report_to=[],
+                disable_tqdm=True,
+                accelerator_config=_accelerator_config(precision == "bf16"),
+            )
+            callback = _ProgressCallback(on_progress, should_cancel, should_pause, on_checkpoint)
+            callbacks: list[TrainerCallback] = [callback]
+            if early_stopping:
+                callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
             trainer = _AnswerHeadSFTTrainer(
                 model=model,
                 args=config,
