@@ -21,17 +21,6 @@ BAD_JSON = b'{"messages": [{"role": "user"'
 BAD_ROLE = json.dumps({"messages": [{"role": "bot", "content": "x"}]}).encode()
 
 
-@pytest.fixture(scope="module")
-def client(stack) -> OpenAI:  # type: ignore[no-untyped-def]
-    return OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def http(stack) -> httpx.Client:  # type: ignore[no-untyped-def]
-    return httpx.Client(base_url=stack.base_url.removesuffix("/v1"), timeout=120,
-                        headers={"Authorization": f"Bearer {stack.api_key}"})
-
-
 def test_strict_upload_is_refused_naming_lines_with_a_full_report(client: OpenAI, http: httpx.Client) -> None:
     content = b"\n".join([GOOD, BAD_JSON, BAD_ROLE, GOOD] + [BAD_JSON] * 30) + b"\n"
     with pytest.raises(openai.BadRequestError) as err:

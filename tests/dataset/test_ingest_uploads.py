@@ -13,16 +13,7 @@ from openai import OpenAI
 from PIL import Image
 from test_ingest import CONVERSATION, EXPECTED, bubbles_screenshot  # type: ignore[import-not-found]
 
-
-@pytest.fixture(scope="module")
-def client(stack) -> OpenAI:  # type: ignore[no-untyped-def]
-    return OpenAI(base_url=stack.base_url, api_key=stack.api_key, max_retries=0, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def http(stack) -> httpx.Client:  # type: ignore[no-untyped-def]
-    return httpx.Client(base_url=stack.base_url.removesuffix("/v1"), timeout=120,
-                        headers={"Authorization": f"Bearer {stack.api_key}"})
+pytestmark = pytest.mark.stack
 
 
 def chat_lines(http: httpx.Client, file_id: str) -> list[tuple[str, str]]:
