@@ -456,16 +456,16 @@ def test_the_purger_runs_soon_after_the_start_and_stops(db: Database) -> None:
     consumer = _consumer(db)
     consumer.handle(_event("chatcmpl-old", created=int((utcnow() - timedelta(days=3)).timestamp())))
     consumer.handle(_event("chatcmpl-new", created=int(utcnow().timestamp())))
-    assert retention.Purger(deps).first_pass_s <= 20  # soon, not after a whole interval
+    assert retention.Purger(deps).first_wait_s <= 20  # soon, not after a whole interval
     purger = retention.Purger(deps, first_pass_s=0.05)
     purger.start()
     try:
         deadline = time.monotonic() + 30
         while _count(db, StoredCompletion) > 1 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert purger.running()
+        assert purger.running
     finally:
         purger.stop()
-    assert not purger.running()
+    assert not purger.running
     with db.session() as s:
         assert list(s.scalars(select(StoredCompletion.id))) == ["chatcmpl-new"]

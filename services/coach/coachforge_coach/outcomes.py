@@ -19,7 +19,6 @@ newer outcome of the same rater written meanwhile (an undo after an apply) is se
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -32,10 +31,10 @@ from coachforge.common.v1.envelope_pb2 import Envelope
 from coachforge.inference.v1 import inference_pb2
 from coachforge_coach.metrics import OUTCOME_FEEDBACK
 from coachforge_coach.models import CoachOutcome
-from coachforge_shared.db import OutageBackoff
 from coachforge_shared.errors import NotFound
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.loops import BackgroundLoop
 
 if TYPE_CHECKING:
     from coachforge_coach.service import CoachDeps
@@ -194,33 +193,18 @@ def on_completion_stored(deps: CoachDeps) -> Callable[[Session, Envelope, infere
     return handle
 
 
-class OutcomeRetrier:
+class OutcomeRetrier(BackgroundLoop):
     """A thread that calls :func:`deliver_due` every ``outcome_retry_interval_s`` until stopped."""
 
+    failure_message = "pending outcomes not sent"
+
     def __init__(self, deps: CoachDeps) -> None:
+        interval = deps.settings.outcome_retry_interval_s
+        super().__init__("coach-outcomes", interval, first_wait_s=interval, join_timeout_s=10)
         self.deps = deps
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def run(self) -> None:
-        backoff = OutageBackoff("coach-outcomes")
-        while not self._stop.wait(backoff.wait(self.deps.settings.outcome_retry_interval_s)):
-            try:
-                deliver_due(self.deps)
-            except Exception as err:  # the database may be away: logged once, tried again next round
-                backoff.failed(err, "pending outcomes not sent")
-            else:
-                backoff.succeeded()
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name="coach-outcomes", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+    def run_pass(self) -> None:
+        deliver_due(self.deps)
 
 
 def outcome_out(row: CoachOutcome) -> dict[str, Any]:

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 
 from coachforge_inference import repository
 from coachforge_inference.metrics import STORED_PURGED
-from coachforge_shared.db import OutageBackoff
 from coachforge_shared.ids import utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.loops import BackgroundLoop
 
 if TYPE_CHECKING:
     from coachforge_inference.service import InferenceDeps
@@ -60,42 +60,21 @@ def purge_expired(deps: InferenceDeps, now: datetime | None = None, *, stop: thr
     return total
 
 
-class Purger:
+class Purger(BackgroundLoop):
     """Runs :func:`purge_expired` in a thread of its own: soon after :meth:`start`, then every
-    ``stored_purge_interval_s`` seconds, until :meth:`stop`."""
+    ``stored_purge_interval_s`` seconds, until :meth:`stop` (which lets the batch in progress end)."""
+
+    failure_message = "stored completion purge failed"
 
     def __init__(self, deps: InferenceDeps, first_pass_s: float | None = None) -> None:
+        interval = deps.settings.stored_purge_interval_s
+        first = min(FIRST_PASS_S, interval) * random.uniform(1.0, 2.0) if first_pass_s is None else first_pass_s
+        super().__init__("stored-purge", interval, first_wait_s=first)
         self.deps = deps
-        self.first_pass_s = (min(FIRST_PASS_S, deps.settings.stored_purge_interval_s) * random.uniform(1.0, 2.0)
-                             if first_pass_s is None else first_pass_s)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self.deps.db is None or (self._thread is not None and self._thread.is_alive()):
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="stored-purge", daemon=True)
-        self._thread.start()
+        if self.deps.db is not None:
+            super().start()
 
-    def stop(self) -> None:
-        """Stop after the batch in progress (if any)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def _run(self) -> None:
-        backoff = OutageBackoff("stored-purge")
-        wait = self.first_pass_s
-        while not self._stop.wait(wait):
-            try:
-                purge_expired(self.deps, stop=self._stop)
-            except Exception as err:  # the purger survives a database outage: the next pass catches up
-                backoff.failed(err, "stored completion purge failed")
-            else:
-                backoff.succeeded()
-            wait = backoff.wait(self.deps.settings.stored_purge_interval_s)
+    def run_pass(self) -> None:
+        purge_expired(self.deps, stop=self.stopping)

@@ -30,10 +30,10 @@ from coachforge_registry.metrics import EXPORTS
 from coachforge_registry.models import Avatar, ModelExport, ModelVersion
 from coachforge_registry.service import RegistryDeps
 from coachforge_registry.storage import ArtifactFile, export_key, sha256_file
-from coachforge_shared.db import OutageBackoff
 from coachforge_shared.errors import CoachForgeError, Conflict, FailedPrecondition, InvalidArgument, NotFound
 from coachforge_shared.ids import to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.loops import BackgroundLoop
 from coachforge_shared.redact import plain_name, redact_paths
 
 log = get_logger("coachforge.registry.exports")
@@ -206,43 +206,20 @@ def export_proto(e: ModelExport) -> registry_pb2.ModelExport:
 
 # -- the worker ------------------------------------------------------------------------------------
 
-class ExportWorker:
+class ExportWorker(BackgroundLoop):
     """Runs queued exports one at a time in a thread of the registry process (a conversion holds a
     merged model in memory). It holds each export with a lease renewed while it converts; exports
     whose worker stopped are taken over once their lease lapsed."""
 
+    failure_message = "export pass failed"
+
     def __init__(self, deps: RegistryDeps, owner: str) -> None:
+        super().__init__("export-worker", deps.settings.export_poll_interval_s)
         self.deps, self.owner, self.settings = deps, owner, deps.settings
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="export-worker", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        backoff = OutageBackoff("export-worker")
-        while not self._stop.is_set():
-            self._wake.clear()
-            try:
-                while not self._stop.is_set() and self.run_next():
-                    pass
-            except Exception as err:  # one bad pass, or a database outage, must not stop the worker
-                backoff.failed(err, "export pass failed")
-            else:
-                backoff.succeeded()
-            self._wake.wait(backoff.wait(self.settings.export_poll_interval_s))
+    def run_pass(self) -> None:
+        while not self.stopping.is_set() and self.run_next():
+            pass
 
     def _lease(self) -> timedelta:
         return timedelta(seconds=self.settings.export_lease_s)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,7 +34,6 @@ from coachforge_registry.models import Avatar, RetrainPolicy, RetrainRun
 from coachforge_registry.retrain_clients import JOB_DONE, RetrainClients
 from coachforge_registry.schemas import RetrainPolicyBody
 from coachforge_registry.service import RegistryDeps
-from coachforge_shared.db import OutageBackoff
 from coachforge_shared.errors import (
     CoachForgeError,
     Conflict,
@@ -47,6 +45,7 @@ from coachforge_shared.errors import (
 )
 from coachforge_shared.ids import new_id, to_unix, utcnow
 from coachforge_shared.logging import get_logger
+from coachforge_shared.loops import BackgroundLoop
 
 log = get_logger("coachforge.registry.retrain")
 
@@ -307,42 +306,19 @@ def _finish(deps: RegistryDeps, s: Any, avatar: Avatar, run: RetrainRun, status:
 # -- the driver -----------------------------------------------------------------------------------
 
 
-class RetrainDriver:
+class RetrainDriver(BackgroundLoop):
     """Advances retrain runs and checks policies' triggers, in a thread of each registry process."""
 
+    failure_message = "retrain pass failed"
+
     def __init__(self, deps: RegistryDeps, clients: RetrainClients, owner: str) -> None:
+        super().__init__("retrain-driver", deps.settings.retrain_poll_interval_s)
         self.deps, self.clients, self.owner = deps, clients, owner
         self.settings = deps.settings
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._last_trigger_check = 0.0
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="retrain-driver", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def _loop(self) -> None:
-        backoff = OutageBackoff("retrain-driver")
-        while not self._stop.is_set():
-            try:
-                self.tick()
-            except Exception as err:  # one bad pass, or a database outage, must not stop the driver
-                backoff.failed(err, "retrain pass failed")
-            else:
-                backoff.succeeded()
-            self._wake.wait(backoff.wait(self.settings.retrain_poll_interval_s))
-            self._wake.clear()
+    def run_pass(self) -> None:
+        self.tick()
 
     def tick(self, now: datetime | None = None) -> None:
         """One pass: advance every run nobody holds; check triggers when they are due."""
@@ -350,7 +326,7 @@ class RetrainDriver:
         with self.deps.db.session() as s:
             ids = repository.claimable_retrains(s, now)
         for run_id in ids:
-            if self._stop.is_set():
+            if self.stopping.is_set():
                 return
             self.advance(run_id)
         if now.timestamp() - self._last_trigger_check >= self.settings.retrain_trigger_check_s:
