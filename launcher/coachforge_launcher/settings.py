@@ -19,7 +19,9 @@ class StackSettings(BaseSettings):
     broker_port: int = Field(default=9092, description="Port of the embedded Kafka-compatible broker.")
     trainer_workers: int = Field(
         default=1, description="Trainer worker processes (each trains COACHFORGE_TRAINER_CONCURRENCY jobs at a time, "
-                               "default one).")
+                               "default one, and besides follows up to COACHFORGE_TRAINER_REMOTE_CONCURRENCY jobs "
+                               "of the openai_compatible backend, default four; their remotes are configured in "
+                               "trainer-remotes.json in the data dir).")
     worker_metrics_port: int = Field(
         default=8101, description="Prometheus metrics port of the first trainer worker; worker i uses this + i.")
     extra_base_models: dict[str, str] = Field(

@@ -185,3 +185,29 @@ def test_bradley_terry_and_fractional_wilson() -> None:
     assert (low, high) == pytest.approx((0.30064, 0.95441), abs=1e-4)
     low, high = stats.wilson_interval(2.5, 5)  # a fractional count (ties half) is accepted
     assert low == pytest.approx(1 - high)
+
+
+def test_votes_export_as_preference_pairs_a_dpo_job_trains_on(deps: EvaluatorDeps) -> None:
+    from coachforge_dataset.pipeline.preference import Preference, parse_training_line
+
+    cmp_id = _ready(deps, MODELS)
+    assert comparisons.preference_lines(deps, TENANT, cmp_id) == []  # no votes yet
+    for voter in ("ann", "bob"):
+        while (pair := comparisons.next_pair(deps, TENANT, cmp_id, voter)) is not None:
+            long_side = "left" if pair["left"]["content"].startswith("long") else "right"
+            tie = pair["prompt"][0]["content"] == "q0"
+            winner = "tie" if tie else long_side if voter == "ann" or pair["prompt"][0]["content"] == "q1" else (
+                "right" if long_side == "left" else "left")
+            comparisons.vote(deps, TENANT, cmp_id, {"pair_id": pair["pair_id"], "voter": voter, "winner": winner})
+    lines = comparisons.preference_lines(deps, TENANT, cmp_id)
+    assert len(lines) == 4  # the two ties on q0 teach nothing
+    pairs = []
+    for number, line in enumerate(lines, start=1):
+        kind, found, issues = parse_training_line(number, line.rstrip(b"\n"))
+        assert (kind, issues) == ("preference", []) and isinstance(found, Preference)
+        pairs.append((found.prompt[-1].content, found.preferred.split()[0], found.non_preferred.split()[0]))
+    # ann preferred the long answers; bob the long one on q1 and the short one on q2.
+    assert sorted(pairs) == [("q1", "long", "short"), ("q1", "long", "short"), ("q2", "long", "short"),
+                             ("q2", "short", "long")]
+    with pytest.raises(NotFound):
+        comparisons.preference_lines(deps, "other", cmp_id)

@@ -142,6 +142,13 @@ def test_rest_and_grpc_answer_alike(deps: EvaluatorDeps, rest: TestClient,
     assert got == _json(stub.GetComparison(evaluator_pb2.GetComparisonRequest(comparison_id=cmp_id),
                                            metadata=GRPC_ACME))
     assert got["status"] == "ready" and got["vote_count"] == 2 and got["results"]["vote_count"] == 2
+    exported = rest.get(f"/v1/comparisons/{cmp_id}/preferences", headers=ACME)  # the votes as DPO pairs
+    assert exported.status_code == 200 and exported.headers["content-type"].startswith("application/jsonl")
+    (preferred,) = [json.loads(x) for x in exported.content.splitlines()]  # ann's tie is left out
+    assert preferred["input"]["messages"] == pair["prompt"]
+    assert preferred["preferred_output"] == [{"role": "assistant", "content": pair["left"]["content"]}]
+    assert preferred["non_preferred_output"] == [{"role": "assistant", "content": pair["right"]["content"]}]
+    assert rest.get(f"/v1/comparisons/{cmp_id}/preferences", headers=GLOBEX).status_code == 404
 
     listed = rest.get("/v1/comparisons", params={"limit": 1, "order": "desc"}, headers=ACME).json()
     assert listed == _json(stub.ListComparisons(evaluator_pb2.ListComparisonsRequest(limit=1, order="desc"),

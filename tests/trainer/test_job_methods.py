@@ -4,6 +4,7 @@ other service is asked."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -87,11 +88,28 @@ def test_the_default_backend_is_trl_and_trains_supervised_jobs() -> None:
     get_backend("trl").check(TrainerSettings(), "supervised")
 
 
-@pytest.mark.parametrize("method", ["dpo", "reinforcement"])
-def test_methods_not_trained_yet_are_a_400_on_method_type(method: str) -> None:
-    err = refused(lambda: get_backend("trl").check(TrainerSettings(), method))
+def test_methods_not_trained_yet_are_a_400_on_method_type() -> None:
+    err = refused(lambda: get_backend("trl").check(TrainerSettings(), "reinforcement"))
     assert (err.param, err.code) == ("method.type", "unsupported_method")
-    assert repr(method) in err.message
+    assert "'reinforcement'" in err.message and "'supervised' or 'dpo'" in err.message
+
+
+def test_trl_trains_dpo_and_unsloth_does_not() -> None:
+    get_backend("trl").check(TrainerSettings(), "dpo")
+    err = refused(lambda: get_backend("unsloth").check(TrainerSettings(device_class="cuda", unsloth_installed=True),
+                                                       "dpo"))
+    assert (err.param, err.code) == ("method.type", "unsupported_method")
+
+
+def test_dpo_beta_is_stored_with_the_job_and_auto_is_the_default() -> None:
+    settings = TrainerSettings()
+    auto = MethodSettings.resolve(settings, request(method={"type": "dpo"}).resolved_hyperparameters())
+    assert auto.beta == settings.dpo_beta == 0.1
+    given = request(method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3}}}).resolved_hyperparameters()
+    method = MethodSettings.resolve(settings, given)
+    assert method.beta == 0.3 and json.loads(method.as_json())["beta"] == 0.3
+    supervised = MethodSettings.resolve(settings, request().resolved_hyperparameters())
+    assert supervised.beta is None and "beta" not in json.loads(supervised.as_json())
 
 
 def test_an_unknown_backend_is_a_400_naming_the_known_ones() -> None:
@@ -203,3 +221,21 @@ def test_grpc_requests_carry_method_and_backend_and_jobs_report_them() -> None:
     shown = to_proto(job)
     assert (shown.model, shown.parent_model, shown.method, shown.backend) == ("base", "ft:base:acme::1",
                                                                               "supervised", "trl")
+
+
+# -- the training data each method needs ------------------------------------------------------------
+
+def test_dpo_refuses_chat_data_and_supervised_refuses_preference_pairs() -> None:
+    from coachforge_trainer.service import _check_format
+
+    _check_format("dpo", "file-p", "preference", "training_file")
+    _check_format("supervised", "file-c", "chat", "training_file")
+    _check_format("supervised", "dsv-1", "chat", "training_file")
+    for method, item, found, wanted in (("dpo", "file-c", "chat", "preference pairs"),
+                                        ("supervised", "file-p", "preference", "chat conversations"),
+                                        ("dpo", "dsv-1", "chat", "upload a preference file")):
+        err = refused(lambda: _check_format(method, item, found, "training_file"))  # noqa: B023
+        assert (err.param, err.code) == ("training_file", "invalid_training_file_format")
+        assert item in err.message and wanted in err.message
+    err = refused(lambda: _check_format("dpo", "file-c", "chat", "validation_file"))
+    assert (err.param, err.code) == ("validation_file", "invalid_validation_file_format")

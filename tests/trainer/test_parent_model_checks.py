@@ -141,3 +141,12 @@ def test_method_and_backend_errors_name_the_param(client: TestClient, body: dict
                                                   code: str) -> None:
     error = _create(client, **body)
     assert (error["param"], error["code"]) == (param, code)
+
+
+def test_a_remote_backend_cannot_continue_the_training_of_a_local_adapter(client: TestClient, tmp_path: Path) -> None:
+    remotes = tmp_path / "remotes.json"
+    remotes.write_text(json.dumps({"acme": {"base_url": "https://api.openai.com/v1", "api_key": "sk-test"}}))
+    client.app.state.trainer.settings.remotes_file = str(remotes)  # type: ignore[attr-defined]
+    error = _create(client, backend="openai_compatible")
+    assert (error["param"], error["code"]) == ("model", "unsupported_continued_training")
+    assert PARENT in error["message"] and BASE in error["message"]

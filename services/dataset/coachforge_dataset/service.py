@@ -21,8 +21,16 @@ from coachforge.trainer.v1 import trainer_pb2, trainer_pb2_grpc
 from coachforge_dataset.ingest import Ingested, IngestError, detect_format, ingest, to_jsonl
 from coachforge_dataset.knowledge.retrieval import IndexCache
 from coachforge_dataset.models import DatasetVersionFile, FileReport, StoredFile
-from coachforge_dataset.pipeline import LineIssue, parse_eval_line, parse_line
+from coachforge_dataset.pipeline import LineIssue, parse_eval_line
 from coachforge_dataset.pipeline.export import to_openai_record
+from coachforge_dataset.pipeline.preference import (
+    CHAT,
+    PREFERENCE,
+    Preference,
+    TrainingFormat,
+    mixed_issue,
+    parse_training_line,
+)
 from coachforge_dataset.settings import DatasetSettings
 from coachforge_shared.db import Database
 from coachforge_shared.errors import (
@@ -93,11 +101,29 @@ class UploadCheck:
     invalid_lines: int = 0
     issues_total: int = 0
     first: list[LineIssue] = field(default_factory=list)
+    format: TrainingFormat | None = None
+    """A training file's kind, ``chat`` or ``preference``: its first line's (None for an evals file)."""
+    format_line: int = 0
+
+    def training_issues(self, line_no: int, line: bytes) -> list[LineIssue]:
+        """The problems of one line of a training file, a line of the other kind than the file's first
+        (:data:`CHAT` or :data:`PREFERENCE`) being one."""
+        kind, _, issues = parse_training_line(line_no, line)
+        if kind is None:
+            return issues
+        if self.format is None:
+            self.format, self.format_line = kind, line_no
+        elif kind != self.format:
+            return [mixed_issue(line_no, kind, self.format, self.format_line)]
+        return issues
 
     def summary(self) -> dict[str, Any]:
-        return {"policy": self.policy, "lines": self.lines, "blank_lines": self.blank, "examples": self.examples,
-                "invalid_lines": self.invalid_lines, "issues_total": self.issues_total,
-                "issues": [issue_dict(i) for i in self.first]}
+        found = {"policy": self.policy, "lines": self.lines, "blank_lines": self.blank, "examples": self.examples,
+                 "invalid_lines": self.invalid_lines, "issues_total": self.issues_total,
+                 "issues": [issue_dict(i) for i in self.first]}
+        if self.format is not None:
+            found["format"] = self.format
+        return found
 
 
 def issue_dict(issue: LineIssue) -> dict[str, Any]:
@@ -141,6 +167,12 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
     """Stream ``chunks`` to disk while hashing, size-checking and validating every line (any
     format the pipeline reads: OpenAI chat, ShareGPT, alpaca, chatml, Polarize coach; for
     purpose ``evals``, one ``{"item": {…}, "sample"?: {…}}`` object per line, no empty line).
+
+    A ``fine-tune`` file holds either chat lines (the formats above) or OpenAI's preference pairs
+    for DPO (``{"input": {"messages": […]}, "preferred_output": […], "non_preferred_output": […]}``,
+    :mod:`.pipeline.preference`); its first line decides which, a line of the other kind is an
+    invalid line, and the file object's ``validation.format`` says which it is (``chat`` or
+    ``preference``).
 
     ``strict`` (the default): any invalid line rejects the file; nothing is stored but the
     report of the rejected upload (its id is in the error message). ``lenient``: invalid lines
@@ -216,7 +248,8 @@ def store_upload(deps: DatasetDeps, tenant_id: str, filename: str, purpose: str,
                         line_errors = [LineIssue(line_no, "line", f"longer than the limit of {line_limit} bytes "
                                                                   f"({line.length} bytes)")]
                     else:
-                        line_errors = _check_eval_line(line_no, line) if evals else parse_line(line_no, line)[1]
+                        line_errors = (_check_eval_line(line_no, line) if evals
+                                       else check.training_issues(line_no, line))
                     if line_errors:
                         check.invalid_lines += 1
                         check.issues_total += len(line_errors)
@@ -599,15 +632,18 @@ def read_source(deps: DatasetDeps, tenant_id: str, file_id: str) -> tuple[Stored
 
 def read_as_openai_chat(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[bytes]:
     """The file's examples as OpenAI chat JSONL lines (each ending in a newline), converted from
-    whatever format each line was uploaded in; blank lines (and lines a lenient upload dropped,
-    stored blank) are skipped. An evals file is refused: it is never training data."""
+    whatever format each line was uploaded in; a preference file's pairs as OpenAI preference lines
+    (``input``, ``preferred_output``, ``non_preferred_output``). Blank lines (and lines a lenient
+    upload dropped, stored blank) are skipped. An evals file is refused: it is never training data."""
     row = get_file(deps, tenant_id, file_id)
     refuse_as_training(row, "file_id")
     for line_no, raw in iter_lines(content_chunks(deps, row)):
         if not raw.strip():
             continue
-        example, _ = parse_line(line_no, raw)
-        if example is not None:  # stored lines were validated at upload
+        _, example, _ = parse_training_line(line_no, raw)
+        if isinstance(example, Preference):  # stored lines were validated at upload
+            yield example.to_jsonl() + b"\n"
+        elif example is not None:
             yield to_openai_record(example) + b"\n"
 
 
@@ -643,9 +679,21 @@ def content_chunks(deps: DatasetDeps, row: StoredFile) -> Iterator[bytes]:
 def _validation(row: StoredFile) -> dict[str, Any]:
     if row.validation_json:
         summary: dict[str, Any] = json.loads(row.validation_json)
-        return summary
-    return {"policy": row.policy, "examples": row.example_count, "invalid_lines": row.invalid_lines,
-            "issues_total": row.issues_total, "issues": []}
+    else:
+        summary = {"policy": row.policy, "examples": row.example_count, "invalid_lines": row.invalid_lines,
+                   "issues_total": row.issues_total, "issues": []}
+    if row.purpose == TRAINING_PURPOSE:
+        summary.setdefault("format", CHAT)  # files stored before preference files existed are chat files
+    return summary
+
+
+def training_format(row: StoredFile) -> str:
+    """A training file's kind: ``chat`` or ``preference`` (``""`` for a file of another purpose)."""
+    return str(_validation(row).get("format", ""))
+
+
+def is_preference_file(row: StoredFile) -> bool:
+    return training_format(row) == PREFERENCE
 
 
 def to_proto(row: StoredFile) -> dataset_pb2.File:
@@ -654,7 +702,7 @@ def to_proto(row: StoredFile) -> dataset_pb2.File:
         id=row.id, bytes=row.bytes, created_at=to_unix(row.created_at), filename=row.filename,
         purpose=row.purpose, status=row.status, example_count=row.example_count, sha256=row.sha256,
         policy=row.policy, invalid_lines=row.invalid_lines, issues_total=row.issues_total,
-        report_id=row.report_id or "", status_details=status_details(row) or "",
+        report_id=row.report_id or "", status_details=status_details(row) or "", format=v.get("format", ""),
         issues=[dataset_pb2.LineIssue(line=i["line"], field=i["field"], reason=i["reason"]) for i in v["issues"]])
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from coachforge_dataset.pipeline import Example, LineIssue
+from coachforge_dataset.pipeline.preference import OUTPUT_FIELDS, Preference
 from coachforge_shared.errors import InvalidArgument
 from coachforge_shared.redact import plain_name
 
@@ -101,15 +102,21 @@ class TokenCheck:
                 + "; ".join(str(i) for i in self.issues) + more)
 
 
-def check_tokens(models_dir: Path, base_model: str, examples: Iterator[tuple[int, str, Example]],
+def check_tokens(models_dir: Path, base_model: str, examples: Iterator[tuple[int, str, Example | Preference]],
                  max_length: int, max_issues: int) -> TokenCheck:
-    """Count each ``(line, field, example)``'s conversation tokens and report those over ``max_length``."""
+    """Count each ``(line, field, example)``'s conversation tokens and report those over ``max_length``.
+    A preference pair counts as its prompt with the longer of its two outputs (the longest sequence
+    DPO trains on); its issue names that output's field."""
     if max_length <= 0:
         raise InvalidArgument("max_length must be a positive number of tokens.", param="max_length")
     tokenizer_path(models_dir, base_model)
     result = TokenCheck(max_length)
     for line, where, example in examples:
-        n = conversation_tokens(models_dir, base_model, example)
+        if isinstance(example, Preference):
+            n, where = max((conversation_tokens(models_dir, base_model, example.with_answer(name)), name)
+                           for name in OUTPUT_FIELDS)
+        else:
+            n = conversation_tokens(models_dir, base_model, example)
         result.examples += 1
         result.total_tokens += n
         result.max_tokens = max(result.max_tokens, n)

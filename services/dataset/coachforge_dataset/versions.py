@@ -22,6 +22,7 @@ from coachforge_dataset.models import DatasetVersion, DatasetVersionFile
 from coachforge_dataset.pipeline import Example, eligibility, export_lines, parse_line, run_pipeline_to_files
 from coachforge_dataset.pipeline.eligibility import Eligibility
 from coachforge_dataset.pipeline.export import EXPORT_FORMATS, ExportError
+from coachforge_dataset.pipeline.preference import Preference, parse_training_line
 from coachforge_dataset.schemas import CreateDatasetVersion, StoredCompletionsSource
 from coachforge_dataset.service import DatasetDeps
 from coachforge_dataset.tokens import TokenCheck, token_counter
@@ -48,6 +49,10 @@ def _file_lines(deps: DatasetDeps, tenant_id: str, file_ids: list[str]) -> tuple
         if rows[-1].purpose != "fine-tune":
             raise InvalidArgument(f"File {file_id} has purpose {rows[-1].purpose!r}; a dataset version is built from "
                                   "'fine-tune' files.", param="files")
+        if service.is_preference_file(rows[-1]):
+            raise InvalidArgument(f"File {file_id} holds preference pairs (DPO); a dataset version is built from chat "
+                                  "files. Train a dpo job on the file itself.", param="files",
+                                  code="invalid_file_format")
     sources = [{"id": r.id, "filename": r.filename, "sha256": r.sha256, "bytes": r.bytes} for r in rows]
     streams = (
         (line for _, line in iter_lines(service.content_chunks(deps, r))) for r in rows
@@ -240,17 +245,21 @@ def version_examples(deps: DatasetDeps, tenant_id: str, version_id: str,
                     yield number, f"{name}.messages", example
 
 
-def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[tuple[int, str, Example]]:
-    """Every valid example of an uploaded file as ``(line, "messages", example)``. The file is looked
-    up at once; an evals file is refused (it is never training data)."""
+def file_examples(deps: DatasetDeps, tenant_id: str,
+                  file_id: str) -> Iterator[tuple[int, str, Example | Preference]]:
+    """Every valid example of an uploaded file as ``(line, "messages", example)``, or for a preference
+    file ``(line, "input", pair)``. The file is looked up at once; an evals file is refused (it is
+    never training data)."""
     row = service.get_file(deps, tenant_id, file_id)
     service.refuse_as_training(row, "id")
 
-    def examples() -> Iterator[tuple[int, str, Example]]:
+    def examples() -> Iterator[tuple[int, str, Example | Preference]]:
         for number, raw in iter_lines(service.content_chunks(deps, row)):
             if raw.strip():
-                example, _ = parse_line(number, raw)
-                if example is not None:
+                _, example, _ = parse_training_line(number, raw)
+                if isinstance(example, Preference):
+                    yield number, "input", example
+                elif example is not None:
                     yield number, "messages", example
 
     return examples()
@@ -259,8 +268,9 @@ def file_examples(deps: DatasetDeps, tenant_id: str, file_id: str) -> Iterator[t
 def check_tokens(deps: DatasetDeps, tenant_id: str, item_id: str, max_length: int, base_model: str,
                  max_issues: int | None = None, split: str = "") -> TokenCheck:
     """Which examples of a file or dataset version (or one of its splits) exceed ``max_length``
-    tokens of ``base_model``."""
+    tokens of ``base_model`` (a preference pair: its prompt with the longer of its two outputs)."""
     limit = max_issues or deps.settings.max_errors_in_response
+    examples: Iterator[tuple[int, str, Example | Preference]]
     try:
         if item_id.startswith("dsv-"):
             examples = version_examples(deps, tenant_id, item_id, split)
@@ -274,6 +284,7 @@ def check_tokens(deps: DatasetDeps, tenant_id: str, item_id: str, max_length: in
 def check_eligibility(deps: DatasetDeps, tenant_id: str, item_id: str, split: str = "") -> Eligibility:
     """Which examples of a file or dataset version (or one of its splits) are usable for fine-tuning,
     and why the others are not (:mod:`coachforge_dataset.pipeline.eligibility`)."""
+    examples: Iterator[tuple[int, str, Example | Preference]]
     try:
         if item_id.startswith("dsv-"):
             examples = version_examples(deps, tenant_id, item_id, split)

@@ -151,6 +151,15 @@ def next_pair(request: Request, principal: CurrentPrincipal, comparison_id: str,
     return Response(status_code=204) if pair is None else pair
 
 
+@comparisons_router.get("/{comparison_id}/preferences", response_class=Response,
+                        responses={200: {"content": {"application/jsonl": {}}}})
+def comparison_preferences(request: Request, principal: CurrentPrincipal, comparison_id: str) -> Response:
+    """The votes as OpenAI preference pairs (JSONL, one per vote with a winner): upload it with purpose
+    ``fine-tune`` and train a ``dpo`` job on it."""
+    lines = comparisons.preference_lines(_deps(request), principal.tenant_id, comparison_id)
+    return Response(b"".join(lines), media_type="application/jsonl")
+
+
 @comparisons_router.post("/{comparison_id}/votes")
 def create_vote(request: Request, principal: CurrentPrincipal, comparison_id: str,
                 body: Any = Body(...)) -> dict[str, Any]:

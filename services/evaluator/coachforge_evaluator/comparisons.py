@@ -18,6 +18,10 @@ A comparison's status is ``generating`` (a run is queued or running), ``ready`` 
 generated: voting is open), ``canceled`` (asked to stop: its runs are canceled, voting is closed,
 the votes cast are kept and the standings readable) or ``failed`` (a model's answers could not be
 generated).
+
+The votes that name a winner close the loop to training: ``GET /v1/comparisons/{id}/preferences``
+gives them as OpenAI preference pairs (the prompt, the winner's answer preferred, the other's not),
+a JSONL file to upload with purpose ``fine-tune`` for a ``dpo`` fine-tuning job.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from coachforge.evaluator.v1 import evaluator_pb2
 from coachforge.inference.v1 import inference_pb2
 from coachforge_evaluator import repository, service, stats
 from coachforge_evaluator.metrics import RUNS_CREATED
-from coachforge_evaluator.models import Comparison, ComparisonPair, ComparisonVote, Eval, EvalRun
+from coachforge_evaluator.models import Comparison, ComparisonPair, ComparisonVote, Eval, EvalRun, EvalRunItem
 from coachforge_evaluator.repository import RANK_MODULUS
 from coachforge_evaluator.schemas import SamplingParams, _Body, _metadata, parse
 from coachforge_evaluator.service import EvaluatorDeps, FileReading, _descending, _limit, _page
@@ -426,6 +430,34 @@ def vote(deps: EvaluatorDeps, tenant_id: str, comparison_id: str, body: Any) -> 
             raise already from None
         return {"object": "comparison.vote", "id": row.id, "comparison_id": c.id, "pair_id": pair.id,
                 "voter": req.voter, "winner": req.winner, "created_at": to_unix(row.created_at)}
+
+
+def preference_lines(deps: EvaluatorDeps, tenant_id: str, comparison_id: str) -> list[bytes]:
+    """The votes as OpenAI preference pairs, the JSONL lines of a file a ``dpo`` fine-tuning job trains on:
+    per vote with a winner, the prompt as ``input.messages``, the winner's answer as ``preferred_output``
+    and the other's as ``non_preferred_output``, in voting order. Ties, and answers of equal text, teach
+    no preference and are left out; a pair several voters preferred the same way is there once per vote."""
+    with deps.db.session() as s:
+        c = repository.comparison(s, tenant_id, comparison_id)
+        votes = s.execute(select(ComparisonPair.prompt_index, ComparisonPair.model_a, ComparisonPair.model_b,
+                                 ComparisonVote.winner_model)
+                          .join(ComparisonPair, ComparisonPair.id == ComparisonVote.pair_id)
+                          .where(ComparisonVote.comparison_id == c.id, ComparisonVote.winner_model.is_not(None))
+                          .order_by(ComparisonVote.created_at, ComparisonVote.id)).all()
+        answers = {(r.run_id, r.item_index): r for r in s.scalars(select(EvalRunItem).where(
+            EvalRunItem.run_id.in_(list(c.run_ids)), EvalRunItem.status == "pass"))}
+        run_of = dict(zip(c.models, c.run_ids, strict=True))
+    lines = []
+    for index, model_a, model_b, winner in votes:
+        won = answers.get((run_of[winner], index))
+        lost = answers.get((run_of[model_b if winner == model_a else model_a], index))
+        if won is None or lost is None or _text(won.sample).strip() == _text(lost.sample).strip():
+            continue
+        lines.append(json.dumps({"input": {"messages": won.item["item"]["messages"]},
+                                 "preferred_output": [{"role": "assistant", "content": _text(won.sample)}],
+                                 "non_preferred_output": [{"role": "assistant", "content": _text(lost.sample)}]},
+                                ensure_ascii=False).encode() + b"\n")
+    return lines
 
 
 def results(models: list[str], votes: list[tuple[str, str, str, str, str | None]]) -> dict[str, Any]:

@@ -214,8 +214,8 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
 def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
     """Where a job's adapter came from: job, data, hyperparameters, training metrics, and for continued
     training the parent model it started from. Facts an older trainer did not send (validation file,
-    hyperparameters, valid loss, epochs, steps, result file, parent, method, backend) are left out
-    rather than shown as zeros."""
+    hyperparameters, valid loss, epochs, steps, result file, parent, method, backend, remote job) are
+    left out rather than shown as zeros."""
     lineage: dict[str, Any] = {"job_id": ev.job_id, "training_file": ev.training_file,
                                "trained_tokens": ev.trained_tokens, "final_loss": ev.final_loss}
     if ev.validation_file:
@@ -245,6 +245,8 @@ def job_lineage(ev: trainer_pb2.JobSucceeded) -> dict[str, Any]:
         lineage["method"] = ev.method
     if ev.backend:
         lineage["backend"] = ev.backend
+    if ev.remote_job_id:  # trained by a remote fine-tuning API: its job, model and base URL
+        lineage["remote"] = {"job_id": ev.remote_job_id, "model": ev.remote_model, "base_url": ev.remote_base_url}
     return lineage
 
 

@@ -66,8 +66,9 @@ def list_checkpoints(request: Request, principal: CurrentPrincipal, job_id: str,
 
 def to_openai(job: Job) -> dict[str, Any]:
     """The OpenAI ``fine_tuning.job`` object, plus ``estimate``, ``eligibility``, ``preset``, ``valid_loss``,
-    ``device``, ``attempts``, ``backend``, and for continued training ``parent_model`` (the fine-tuned
-    model it started from, which ``model`` names as the request did) and ``base_model``."""
+    ``device``, ``attempts``, ``backend``, ``remote_job_id`` (backend openai_compatible: the remote job
+    training it, once created), and for continued training ``parent_model`` (the fine-tuned model it
+    started from, which ``model`` names as the request did) and ``base_model``."""
     error = None
     if job.status == "failed":
         error = {"code": job.error_code or "training_failed", "message": job.error_message or "", "param": None}
@@ -87,6 +88,7 @@ def to_openai(job: Job) -> dict[str, Any]:
         "eligibility": stored.get("eligibility"), "preset": job.preset,
         "valid_loss": job.valid_loss, "device": job.device, "attempts": job.attempts,
         "backend": job.backend or "trl", "parent_model": job.parent_model, "base_model": job.model,
+        "remote_job_id": job.remote_job_id,
     }
 
 

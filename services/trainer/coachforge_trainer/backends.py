@@ -11,13 +11,18 @@ Every backend answers two questions, one on each side of the queue:
 ==================  ===================================================================================
 backend             trains with
 ==================  ===================================================================================
-``trl``             transformers + peft + TRL's ``SFTTrainer`` (LoRA on CPU, QLoRA on CUDA): :func:`run_sft`
+``trl``             transformers + peft + TRL (LoRA on CPU, QLoRA on CUDA): ``SFTTrainer`` for method
+                    ``supervised`` (:func:`run_sft`), ``DPOTrainer`` for ``dpo`` (:func:`run_dpo`)
 ``unsloth``         unsloth's ``FastLanguageModel`` (4-bit base, its LoRA kernels) under the same trainer;
-                    CUDA workers with unsloth installed only
-``openai_compatible`` a remote OpenAI-compatible fine-tuning API; not configured yet (refused at creation)
+                    CUDA workers with unsloth installed only; ``supervised`` only
+``openai_compatible`` a remote OpenAI-compatible fine-tuning API, per tenant (``COACHFORGE_TRAINER_REMOTES_FILE``):
+                    the worker creates and follows the remote job and downloads its adapter
+                    (:mod:`coachforge_trainer.remote`); ``supervised`` only
 ==================  ===================================================================================
 
-A new backend is a class with ``name``, ``check`` and ``train`` added to :data:`BACKENDS`.
+A new backend is a class with ``name``, ``check`` and ``train`` added to :data:`BACKENDS`. A backend
+that trains elsewhere (listed in :data:`REMOTE_BACKENDS`) is followed by the workers' remote slots,
+not their training slots.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class TrainRun:
     output_dir: Path
     params: TrainParams
     method: str = "supervised"
-    """OpenAI's method type (only ``supervised`` is trained so far)."""
+    """OpenAI's method type: ``supervised`` (chat ``examples``) or ``dpo`` (preference-pair ``examples``)."""
     parent_adapter_dir: Path | None = None
     """Continued training: the folder of the adapter training starts from (None: a new adapter)."""
     eval_examples: list[dict[str, Any]] | None = None
@@ -57,6 +62,27 @@ class TrainRun:
     should_cancel: Callable[[], bool] | None = None
     on_checkpoint: Callable[[Checkpoint], None] | None = None
     should_pause: Callable[[], bool] | None = None
+    # What a remote backend (openai_compatible) needs besides the above; local backends ignore them.
+    settings: TrainerSettings | None = None
+    """The worker's settings (the remotes file, the poll interval)."""
+    tenant_id: str = ""
+    job_id: str = ""
+    base_model: str = ""
+    """The base model's name (what the remote job trains on)."""
+    suffix: str | None = None
+    learning_rate_multiplier: float = 1.0
+    remote_job_id: str | None = None
+    """The remote job an earlier attempt created and stored: followed again rather than created anew."""
+    on_remote_job: Callable[[str], bool] | None = None
+    """Store the id of the remote job just created on the local job; ``False``: the job is no longer ours."""
+    on_event: Callable[[str, str, dict[str, Any] | None], None] | None = None
+    """Add an event (message, level, data) to the local job."""
+    mirrored_events: frozenset[str] = frozenset()
+    """Ids of the remote job's events an earlier attempt already mirrored."""
+    reported_step: int = 0
+    """Last step whose progress an earlier attempt already reported."""
+    lease_lost: Callable[[], bool] | None = None
+    """Whether the worker lost the job (``should_cancel`` is true then too, but nothing must be cancelled)."""
 
 
 class Backend(Protocol):
@@ -64,16 +90,18 @@ class Backend(Protocol):
 
     name: str
 
-    def check(self, settings: TrainerSettings, method: str) -> None:
-        """Refuse (400) a job the workers could not train with this backend; called at creation."""
+    def check(self, settings: TrainerSettings, method: str, tenant_id: str | None = None) -> None:
+        """Refuse (400) a job the workers could not train with this backend for the tenant ``tenant_id``
+        (``None``: no tenant's configuration applies); called at creation."""
 
     def train(self, run: TrainRun) -> TrainResult:
         """Train the run's adapter (in the worker)."""
 
 
-def _unsupported_method(backend: str, method: str) -> InvalidArgument:
+def _unsupported_method(backend: str, method: str, methods: tuple[str, ...] = ("supervised",)) -> InvalidArgument:
+    names = " or ".join(repr(m) for m in methods)
     return InvalidArgument(f"Fine-tuning method {method!r} is not supported by the {backend} backend yet; use "
-                           f"method.type 'supervised'.", param="method.type", code="unsupported_method")
+                           f"method.type {names}.", param="method.type", code="unsupported_method")
 
 
 def _train_sft(run: TrainRun, model_loader: Callable[..., LoadedModel] | None = None) -> TrainResult:
@@ -85,16 +113,31 @@ def _train_sft(run: TrainRun, model_loader: Callable[..., LoadedModel] | None = 
                    parent_adapter_dir=run.parent_adapter_dir, model_loader=model_loader)
 
 
+def _train_dpo(run: TrainRun) -> TrainResult:
+    from coachforge_trainer.dpo import run_dpo
+
+    return run_dpo(run.base_model_dir, run.examples, run.output_dir, run.params, on_progress=run.on_progress,
+                   should_cancel=run.should_cancel, eval_examples=run.eval_examples,
+                   on_checkpoint=run.on_checkpoint, should_pause=run.should_pause,
+                   parent_adapter_dir=run.parent_adapter_dir)
+
+
 class TrlBackend:
-    """transformers + peft + TRL (the default): LoRA on CPU workers, QLoRA on CUDA ones."""
+    """transformers + peft + TRL (the default): LoRA on CPU workers, QLoRA on CUDA ones; supervised
+    fine-tuning and DPO."""
 
     name = "trl"
+    methods = ("supervised", "dpo")
 
-    def check(self, settings: TrainerSettings, method: str) -> None:
-        if method != "supervised":
-            raise _unsupported_method(self.name, method)
+    def check(self, settings: TrainerSettings, method: str, tenant_id: str | None = None) -> None:
+        if method not in self.methods:
+            raise _unsupported_method(self.name, method, self.methods)
 
     def train(self, run: TrainRun) -> TrainResult:
+        if run.method == "dpo":
+            return _train_dpo(run)
+        if run.method != "supervised":
+            raise ValueError(f"the {self.name} backend does not train method {run.method!r}")
         return _train_sft(run)
 
 
@@ -112,7 +155,7 @@ class UnslothBackend:
 
     name = "unsloth"
 
-    def check(self, settings: TrainerSettings, method: str) -> None:
+    def check(self, settings: TrainerSettings, method: str, tenant_id: str | None = None) -> None:
         if settings.device_class != "cuda":
             raise InvalidArgument(f"The unsloth backend needs CUDA workers; this trainer's workers are "
                                   f"{settings.device_class!r} (COACHFORGE_TRAINER_DEVICE_CLASS). Use backend 'trl'.",
@@ -160,20 +203,41 @@ def load_with_unsloth(base_model_dir: Path, params: TrainParams, parent_adapter_
 
 
 class OpenAICompatibleBackend:
-    """Training delegated to a remote OpenAI-compatible fine-tuning API: no tenant has one configured yet."""
+    """Training delegated to the tenant's remote OpenAI-compatible fine-tuning API (its entry in the
+    remotes file, :func:`coachforge_trainer.remote.remote_for`): the worker creates the remote job,
+    follows it and downloads its adapter (:func:`coachforge_trainer.remote.train_remote`)."""
 
     name = "openai_compatible"
+    methods = ("supervised",)
 
-    def check(self, settings: TrainerSettings, method: str) -> None:
-        raise InvalidArgument("The openai_compatible backend is not configured for this tenant. Use backend 'trl'.",
-                              param="backend", code="backend_not_configured")
+    def check(self, settings: TrainerSettings, method: str, tenant_id: str | None = None) -> None:
+        from coachforge_trainer.remote import remote_for
+
+        if remote_for(settings, tenant_id) is None:
+            raise InvalidArgument("The openai_compatible backend is not configured for this tenant. Use backend "
+                                  "'trl'.", param="backend", code="backend_not_configured")
+        if method not in self.methods:
+            raise _unsupported_method(self.name, method, self.methods)
 
     def train(self, run: TrainRun) -> TrainResult:
-        raise RuntimeError("the openai_compatible backend is not configured")
+        from coachforge_trainer.remote import RemoteTrainingFailed, remote_for, train_remote
+
+        if run.method not in self.methods:
+            raise ValueError(f"the {self.name} backend does not train method {run.method!r}")
+        if run.parent_adapter_dir is not None:
+            raise ValueError(f"the {self.name} backend cannot continue training a local adapter")
+        settings = run.settings or TrainerSettings()
+        remote = remote_for(settings, run.tenant_id)
+        if remote is None:
+            raise RemoteTrainingFailed("The openai_compatible backend is no longer configured for this tenant "
+                                       "(no entry in the remotes file).", "backend_not_configured")
+        return train_remote(run, remote, settings.remote_poll_seconds)
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (TrlBackend(), UnslothBackend(), OpenAICompatibleBackend())}
 """Every backend by name."""
+REMOTE_BACKENDS = frozenset({OpenAICompatibleBackend.name})
+"""Backends whose jobs train elsewhere: a worker follows them in its remote slots, never in a training slot."""
 
 
 def get_backend(name: str) -> Backend:

@@ -134,7 +134,7 @@ def _hyperparameters_proto(job: Job) -> trainer_pb2.Hyperparameters:
         lora_dropout=method.get("lora_dropout"), max_length=method.get("max_length", 0),
         target_modules=[modules] if isinstance(modules, str) else modules,
         early_stopping_patience=method.get("early_stopping_patience", 0),
-        checkpoint_steps=method.get("checkpoint_steps"))
+        checkpoint_steps=method.get("checkpoint_steps"), beta=method.get("beta"))
 
 
 def to_proto(job: Job) -> trainer_pb2.Job:

@@ -174,7 +174,7 @@ def claim(s: Session, job_id: str, tenant_id: str, worker_id: str, lease_until: 
     return _started(s, job_id, worker_id)
 
 
-def claim_next(s: Session, worker_id: str, lease_until: datetime) -> Job | None:
+def claim_next(s: Session, worker_id: str, lease_until: datetime, remote: bool | None = None) -> Job | None:
     """The longest waiting queued job without a cancel request → running on ``worker_id``; ``None``
     when no job waits. Any free worker takes the next job, whichever worker its ``train.requested``
     event went to, so as many jobs train at once as workers have free slots.
@@ -182,8 +182,9 @@ def claim_next(s: Session, worker_id: str, lease_until: datetime) -> Job | None:
     One UPDATE whose subquery picks the job (:func:`repository.next_claimable`): on PostgreSQL the
     row is locked ``FOR UPDATE SKIP LOCKED``, so workers claiming at the same time each get a
     different job and none waits for another; on SQLite (the all-in-one's database) writes run one
-    at a time and the status guard makes the update a compare-and-set."""
-    claimed = s.execute(update(Job).where(Job.id == repository.next_claimable(), Job.status == QUEUED,
+    at a time and the status guard makes the update a compare-and-set. ``remote`` limits the claim to
+    jobs of remote backends (True) or to the others (False), see :func:`repository.next_claimable`."""
+    claimed = s.execute(update(Job).where(Job.id == repository.next_claimable(remote), Job.status == QUEUED,
                                           Job.cancel_requested.is_(False))
                         .values(status=RUNNING, **_claimed_values(worker_id, lease_until))
                         .returning(Job.id).execution_options(synchronize_session=False)).scalar_one_or_none()
@@ -307,7 +308,10 @@ def succeed(s: Session, publisher: EventPublisher, job: Job, worker_id: str, res
         hyperparameters_json=json.dumps(hyperparameters), valid_loss=result.valid_loss,
         n_epochs=job.n_epochs, steps=result.steps, result_file=result_file or "",
         dataset_version=job.training_file if is_dataset_version(job.training_file) else "",
-        parent_model=job.parent_model or "", method=job.method_type or "supervised", backend=job.backend or "trl"),
+        parent_model=job.parent_model or "", method=job.method_type or "supervised", backend=job.backend or "trl",
+        remote_job_id=getattr(result, "remote_job_id", None) or "",
+        remote_model=getattr(result, "remote_model", None) or "",
+        remote_base_url=getattr(result, "remote_base_url", None) or ""),
         job.tenant_id, key=job.id)
     JOBS_FINISHED.labels(SUCCEEDED).inc()
 
@@ -339,6 +343,26 @@ def record_progress(s: Session, job_id: str, worker_id: str, p: Progress) -> boo
             "valid_loss": p.valid_loss, "learning_rate": p.learning_rate,
             "tokens_per_second": p.tokens_per_second, "eta_seconds": p.eta_seconds}
     add_event(s, job_id, f"Step {p.step}/{p.total_steps}: training loss={loss}{valid}", type="metrics", data=data)
+    return True
+
+
+def record_remote_job(s: Session, job_id: str, worker_id: str, remote_job_id: str) -> bool:
+    """Store the remote job that trains ``worker_id``'s running job (backend openai_compatible), before
+    the worker waits on it; ``False`` (and nothing written) if the job is no longer its."""
+    job = _held(s, job_id, worker_id)
+    if job is None:
+        return False
+    job.remote_job_id = remote_job_id
+    return True
+
+
+def record_event(s: Session, job_id: str, worker_id: str, message: str, *, level: str = "info",
+                 data: dict[str, Any] | None = None) -> bool:
+    """Add an event to ``worker_id``'s running job (e.g. one mirrored from its remote job); ``False``
+    (and nothing written) if the job is no longer its."""
+    if _held(s, job_id, worker_id) is None:
+        return False
+    add_event(s, job_id, message, level=level, data=data)
     return True
 
 

@@ -53,6 +53,9 @@ class Job(Base):
     # OpenAI's method type (supervised, dpo) and the training backend (trl, unsloth, ...).
     method_type: Mapped[str] = mapped_column(String(20), default="supervised", server_default="supervised")
     backend: Mapped[str] = mapped_column(String(32), default="trl", server_default="trl")
+    # Backend openai_compatible: the remote fine-tuning job training this one, stored before the worker
+    # waits on it (a worker taking the job over follows the same remote job). None: trained here.
+    remote_job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # The worker running the job renews this lease; a job whose lease expired is queued again.
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

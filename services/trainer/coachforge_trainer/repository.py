@@ -11,6 +11,7 @@ from sqlalchemy import ScalarSelect, select
 from sqlalchemy.orm import Session, aliased
 
 from coachforge_shared.errors import InvalidArgument, NotFound
+from coachforge_trainer.backends import REMOTE_BACKENDS
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 
 
@@ -78,15 +79,20 @@ def has_checkpoint(s: Session, job_id: str, step: int) -> bool:
                                                    JobCheckpoint.step == step)) is not None
 
 
-def next_claimable() -> ScalarSelect[str]:
+def next_claimable(remote: bool | None = None) -> ScalarSelect[str]:
     """The id of the job to train next, as a subquery for the claiming UPDATE: a queued job with no
     cancel request, the longest waiting first (``queued_at``, set whenever a job is queued, then
     ``created_at`` and the id for ties: index ``ix_fine_tuning_jobs_claim_order``). On PostgreSQL
     the row is locked ``FOR UPDATE SKIP LOCKED``, so claimers at the same time each get a different
-    job without waiting for one another; SQLite has no row locks and runs one write at a time."""
+    job without waiting for one another; SQLite has no row locks and runs one write at a time.
+    ``remote``: only jobs of a remote backend (True: a worker's remote slots), only the others
+    (False: its training slots), or any (None)."""
     queued = aliased(Job)
-    return (select(queued.id).where(queued.status == "queued", queued.cancel_requested.is_(False))
-            .order_by(queued.queued_at, queued.created_at, queued.id).limit(1)
+    q = select(queued.id).where(queued.status == "queued", queued.cancel_requested.is_(False))
+    if remote is not None:
+        in_remote = queued.backend.in_(sorted(REMOTE_BACKENDS))
+        q = q.where(in_remote if remote else ~in_remote)
+    return (q.order_by(queued.queued_at, queued.created_at, queued.id).limit(1)
             .with_for_update(skip_locked=True).scalar_subquery())
 
 
@@ -108,6 +114,18 @@ def expired_leases(s: Session, now: datetime) -> list[ExpiredLease]:
     rows = s.execute(select(Job.id, Job.tenant_id, Job.worker_id, Job.attempts, Job.cancel_requested)
                      .where(Job.status == "running", Job.lease_expires_at < now))
     return [ExpiredLease(*row) for row in rows]
+
+
+def mirrored_remote_events(s: Session, job_id: str) -> frozenset[str]:
+    """Ids of the remote job's events already mirrored into the job's events (backend openai_compatible)."""
+    rows = s.scalars(select(JobEvent.data_json).where(JobEvent.job_id == job_id, JobEvent.type == "message",
+                                                      JobEvent.data_json.contains('"remote_event_id"')))
+    found = set()
+    for row in rows:
+        data = json.loads(row)
+        if isinstance(data, dict) and isinstance(data.get("remote_event_id"), str):
+            found.add(data["remote_event_id"])
+    return frozenset(found)
 
 
 def metrics_reports(s: Session, job_id: str) -> list[dict[str, Any]]:

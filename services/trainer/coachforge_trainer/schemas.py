@@ -95,7 +95,8 @@ class CreateJobRequest(BaseModel):
         "without creating a job."))
 
     backend: str = Field("trl", min_length=1, max_length=32, description=(
-        "Training backend: trl (default), unsloth (CUDA workers with unsloth installed) or openai_compatible."))
+        "Training backend: trl (default), unsloth (CUDA workers with unsloth installed) or openai_compatible (the "
+        "tenant's remote OpenAI-compatible fine-tuning API, where the trainer has one configured for the tenant)."))
 
     @property
     def method_type(self) -> str:

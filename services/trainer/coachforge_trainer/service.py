@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +17,7 @@ from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id, utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_trainer import lifecycle, repository
-from coachforge_trainer.backends import get_backend
+from coachforge_trainer.backends import REMOTE_BACKENDS, get_backend
 from coachforge_trainer.lifecycle import Note
 from coachforge_trainer.models import Job, JobCheckpoint, JobEvent
 from coachforge_trainer.schemas import CreateJobRequest, Hyperparameters
@@ -77,6 +77,31 @@ class _Data:
 
     examples: int
     description: str
+    format: str = "chat"
+    """``chat`` (conversations) or ``preference`` (OpenAI's preference pairs); dataset versions are chat."""
+
+
+DATA_FORMATS = {"supervised": "chat", "dpo": "preference"}
+"""What the training (and validation) data of each trained method must hold."""
+
+
+def _check_format(method: str, item_id: str, found: str, param: str) -> None:
+    """Refuse data of the wrong kind for the method: a dpo job trains on preference pairs, a supervised
+    one on chat conversations (400 ``invalid_training_file_format`` on ``param``)."""
+    wanted = DATA_FORMATS.get(method)
+    if wanted is None or found == wanted:
+        return
+    if method == "dpo" and is_dataset_version(item_id):
+        raise InvalidArgument(f"Dataset version {item_id} holds chat conversations; a dpo job trains on preference "
+                              'pairs: upload a preference file ({"input": {"messages": [...]}, "preferred_output": '
+                              '[...], "non_preferred_output": [...]} per line, purpose fine-tune) and name it.',
+                              param=param, code=f"invalid_{param}_format")
+    if method == "dpo":
+        raise InvalidArgument(f"File {item_id} holds chat conversations; a dpo job trains on preference pairs, one "
+                              '{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": '
+                              "[...]} per line.", param=param, code=f"invalid_{param}_format")
+    raise InvalidArgument(f"File {item_id} holds preference pairs, which train a dpo job (method.type 'dpo'); a "
+                          f"{method} job trains on chat conversations.", param=param, code=f"invalid_{param}_format")
 
 
 def _check_training(deps: TrainerDeps, tenant_id: str, item_id: str) -> tuple[_Data, int]:
@@ -86,7 +111,9 @@ def _check_training(deps: TrainerDeps, tenant_id: str, item_id: str) -> tuple[_D
         return _Data(int(v.train_examples), f"dataset version {item_id} ({v.name}, sha256 {v.sha256[:12]}): "
                                             f"{v.train_examples} training examples"), int(v.validation_examples)
     f = _check_file(deps, tenant_id, item_id, "training_file")
-    return _Data(int(f.example_count), f"training file: {item_id} ({f.example_count} examples)"), 0
+    kind = f.format or "chat"
+    what = "preference pairs" if kind == "preference" else "examples"
+    return _Data(int(f.example_count), f"training file: {item_id} ({f.example_count} {what})", kind), 0
 
 
 def _check_tokens(deps: TrainerDeps, tenant_id: str, file_id: str, param: str, max_length: int,
@@ -193,11 +220,15 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
     """Validate the request against the registry and the dataset service and estimate it; nothing is stored."""
     # The request's own checks first, then the registry's model, then the data (the dataset service).
     req.check_method()
-    get_backend(req.backend).check(deps.settings, req.method_type)
+    get_backend(req.backend).check(deps.settings, req.method_type, tenant_id=tenant_id)
     s = deps.settings
     hp, warnings = resolve_preset(s, req)
     hp_param = req.hyperparameters_param()
     base_model, parent = _resolve_model(deps, tenant_id, req)
+    if parent is not None and req.backend in REMOTE_BACKENDS:
+        raise InvalidArgument(f"The {req.backend} backend trains on a remote API, which cannot start from the adapter "
+                              f"of {parent.model_id}; name its base model {base_model} or use backend 'trl'.",
+                              param="model", code="unsupported_continued_training")
     method = MethodSettings.resolve(s, hp)
     if parent is not None:
         # Only what the request asked for explicitly must match the parent (a preset's rank does not).
@@ -207,11 +238,13 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
                               f"({s.max_lora_rank}); the adapter could not be served.",
                               param=f"{hp_param}.lora_r")
     train, version_validation = _check_training(deps, tenant_id, req.training_file)
+    _check_format(req.method_type, req.training_file, train.format, "training_file")
     # A dataset version as validation_file means its validation split; without a validation_file,
     # a version's own validation split (when it has one) gives the job its validation loss.
     validation_file = req.validation_file
     validation_param = "validation_file"
     if validation_file and is_dataset_version(validation_file):
+        _check_format(req.method_type, validation_file, "chat", "validation_file")
         if validation_file == req.training_file:
             has_split = version_validation > 0
         else:
@@ -220,7 +253,8 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
             raise InvalidArgument(f"Dataset version {validation_file} has no validation split.",
                                   param="validation_file", code="invalid_file")
     elif validation_file:
-        _check_file(deps, tenant_id, validation_file, "validation_file")
+        checked = _check_file(deps, tenant_id, validation_file, "validation_file")
+        _check_format(req.method_type, validation_file, checked.format or "chat", "validation_file")
     elif version_validation > 0:
         validation_file, validation_param = req.training_file, "training_file"
     n_epochs = s.default_n_epochs if hp.n_epochs == "auto" else hp.n_epochs
@@ -256,7 +290,7 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
               backend=req.backend,
               training_file=req.training_file, validation_file=validation_file, suffix=req.suffix,
               n_epochs=n_epochs, batch_size=batch_size, learning_rate_multiplier=lr_mult,
-              seed=req.seed if req.seed is not None else s.default_seed, method_json=json.dumps(asdict(method)),
+              seed=req.seed if req.seed is not None else s.default_seed, method_json=method.as_json(),
               estimated_tokens=tokens, estimated_seconds=seconds, estimated_cost_usd=est["cost_usd"],
               estimate_json=json.dumps({"estimate": est, "eligibility": eligibility}), preset=req.preset,
               queued_at=utcnow(), estimated_finish=utcnow() + timedelta(seconds=seconds))
@@ -266,6 +300,10 @@ def plan_job(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> JobPla
         notes.append(Note(f"Continuing the training of {parent.model_id}: its adapter (LoRA rank {method.lora_r}"
                           f"{alpha} on {', '.join(method.target_modules)}) is the starting point, on base model "
                           f"{base_model}.", data={"parent_model": parent.model_id, "base_model": base_model}))
+    if req.method_type == "dpo":
+        reference = f"the parent model {parent.model_id}" if parent is not None else f"the base model {base_model}"
+        notes.append(Note(f"Method: DPO on preference pairs, beta {method.beta}; the reference model is {reference}.",
+                          data={"method": "dpo", "beta": method.beta}))
     if req.backend != "trl":
         notes.append(Note(f"Training backend: {req.backend}."))
     if is_dataset_version(validation_file):

@@ -26,6 +26,10 @@ class TrainerSettings(BaseSettings):
         default=0.0, description="LoRA dropout when the job gives none. 0 skips a dropout copy of every adapted "
                                  "layer's input: on CPU 8% more tokens/s and 15% less memory than 0.05 "
                                  "(bench/train_throughput.py).")
+    dpo_beta: float = Field(
+        default=0.1, gt=0,
+        description="DPO's beta when a dpo job asks for 'auto': weight of the penalty that keeps the trained model "
+                    "near the reference (the base model, or the parent model's adapter for continued training).")
     max_length: int = Field(
         default=1024, description="Longest example in tokens when the job gives no max_length (longer ones are "
                                   "refused at job creation); the coach prompts are 500-650 tokens.")
@@ -76,6 +80,20 @@ class TrainerSettings(BaseSettings):
                     "workers, device_class 'cuda'). Unset: whether this process finds it, right where the workers "
                     "share the API's environment (the all-in-one); set it true where the workers' image has "
                     "unsloth and the API's does not.")
+    remotes_file: str | None = Field(
+        default=None,
+        description='JSON file of the tenants\' remote fine-tuning APIs for the openai_compatible backend: '
+                    '{"<tenant id>": {"base_url": "https://api.openai.com/v1", "api_key": "..."}}. Read again '
+                    "whenever it is used, so a mounted Kubernetes Secret can change without a restart. A tenant "
+                    "without an entry (or no file) cannot use that backend (400 backend_not_configured).")
+    remote_concurrency: int = Field(
+        default=4, ge=0,
+        description="Remote jobs (backend openai_compatible) one worker process follows at once, besides its "
+                    "training slots: following a remote job trains nothing here, so it never holds a training "
+                    "slot. 0: this worker follows none.")
+    remote_poll_seconds: float = Field(
+        default=5.0, gt=0,
+        description="How often a followed remote job is polled for its status, events and metrics.")
     tokens_per_second: dict[str, float] = Field(
         default_factory=lambda: {"cpu": 150.0, "cuda": 3000.0},
         description="Training throughput per device class, tokens/s, for the time estimate (JSON object). A "

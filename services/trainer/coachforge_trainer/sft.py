@@ -76,14 +76,18 @@ __all__ = [
     "Checkpoint",
     "LoadedModel",
     "Progress",
+    "RunSetup",
     "TrainParams",
     "TrainResult",
     "TrainingCancelled",
     "TrainingPaused",
     "cpu_has_bf16",
     "list_checkpoints",
+    "progress_callbacks",
     "resolve_precision",
     "run_sft",
+    "setup_run",
+    "train_and_save",
 ]
 
 Precision = Literal["auto", "bf16", "fp32"]
@@ -153,6 +157,9 @@ class TrainParams:
     early_stopping_patience: int = 0
     """Stop when the validation loss has not improved for this many evaluations (``0``: never).
     Needs validation examples; the best checkpoint becomes the final adapter."""
+    beta: float = 0.1
+    """DPO only (:func:`coachforge_trainer.dpo.run_dpo`): weight of the penalty that keeps the trained
+    model near the reference model; higher stays closer."""
     precision: Precision = "auto"
     """Computation precision: ``"bf16"`` (autocast; weights stay float32 on the CPU), ``"fp32"``, or
     ``"auto"``: bf16 on CUDA and on CPUs with native bfloat16 (:func:`resolve_precision`), fp32 elsewhere."""
@@ -211,6 +218,12 @@ class TrainResult:
     lora_r: int
     target_modules: list[str]
     """Names of the modules that were actually adapted (``"all-linear"`` resolved)."""
+    remote_job_id: str | None = None
+    """Backend ``openai_compatible``: the remote job that trained the adapter (None: trained here)."""
+    remote_model: str | None = None
+    """Backend ``openai_compatible``: the remote's fine-tuned model the adapter was downloaded from."""
+    remote_base_url: str | None = None
+    """Backend ``openai_compatible``: the remote API's base URL (without credentials)."""
 
 
 @dataclass
@@ -391,158 +404,234 @@ def run_sft(
     eval_dataset = Dataset.from_list(_to_prompt_completion(eval_examples)) if eval_examples else None
     if params.early_stopping_patience and eval_dataset is None:
         raise ValueError("early stopping needs validation examples")
-    base_model_dir = Path(base_model_dir)
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoints_dir = output_dir / CHECKPOINTS_DIRNAME
-    _remove_incomplete_checkpoints(output_dir)
-    previous = list_checkpoints(output_dir)
-    resume_from = previous[-1] if previous else None
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    staging_dir: Path | None = None
     try:
-        if parent_adapter_dir is not None:
-            _check_parent(Path(parent_adapter_dir), params)
-        tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
-        quantization_config = _quantization_config() if cuda and model_loader is None else None
-        micro_batch = micro_batch_for(params, cuda)
-        precision = resolve_precision(params.precision, cuda)
-        save_strategy = ("no" if not params.save_checkpoints
-                         else "steps" if params.checkpoint_steps > 0 else "epoch")
-        early_stopping = bool(params.early_stopping_patience) and save_strategy != "no"
-        model: Any = str(base_model_dir)  # TRL loads it, with the model_init_kwargs below
-        peft_config: LoraConfig | None = None
-        gradient_checkpointing = cuda
-        init_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
-        model_init_kwargs: dict[str, Any] | None = init_kwargs
-        with _MODEL_LOAD:
-            if model_loader is not None:
-                loaded = model_loader(base_model_dir, params, parent_adapter_dir)
-                model, tokenizer, gradient_checkpointing = loaded.model, loaded.tokenizer, loaded.gradient_checkpointing
-                model_init_kwargs = None
-            elif parent_adapter_dir is not None:
-                model = _load_parent(base_model_dir, Path(parent_adapter_dir), params, init_kwargs,
-                                     quantization_config)
-                model_init_kwargs = None
-            else:
-                if params.lora_alpha is None:
-                    raise ValueError("a new adapter needs lora_alpha")
-                peft_config = LoraConfig(
-                    r=params.lora_r,
-                    lora_alpha=params.lora_alpha,
-                    lora_dropout=params.lora_dropout,
-                    target_modules=params.target_modules,
-                    bias="none",
-                    task_type="CAUSAL_LM",
-                )
+        run = setup_run(Path(base_model_dir), output_dir, params, parent_adapter_dir, model_loader)
         # One run at a time sets up accelerate's process-wide state (see _accelerator_config) and loads.
         with _MODEL_LOAD:
-            config = SFTConfig(
-                output_dir=str(checkpoints_dir),
-                num_train_epochs=params.n_epochs,
-                max_steps=params.max_steps,
-                per_device_train_batch_size=micro_batch,
-                per_device_eval_batch_size=micro_batch,
-                gradient_accumulation_steps=math.ceil(params.batch_size / micro_batch),
-                learning_rate=params.learning_rate,
-                seed=params.seed,
-                logging_steps=params.logging_steps,
-                max_length=params.max_length,
-                use_cpu=not cuda,
-                bf16=precision == "bf16",
-                gradient_checkpointing=gradient_checkpointing,
-                model_init_kwargs=model_init_kwargs,
-                include_num_input_tokens_seen="non_padding",
-                save_strategy=save_strategy,
-                save_steps=params.checkpoint_steps or 500,
-                eval_strategy=save_strategy if eval_dataset is not None and save_strategy != "no" else "no",
-                eval_steps=params.checkpoint_steps or None,
-                load_best_model_at_end=early_stopping,
-                metric_for_best_model="eval_loss" if early_stopping else None,
-                greater_is_better=False if early_stopping else None,
-                report_to=[],
-                disable_tqdm=True,
-                accelerator_config=_accelerator_config(precision == "bf16"),
-            )
-            callback = _ProgressCallback(on_progress, should_cancel, should_pause, on_checkpoint)
-            callbacks: list[TrainerCallback] = [callback]
-            if early_stopping:
-                callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
+            config = SFTConfig(**run.training_arguments(params, eval_dataset is not None),
+                               max_length=params.max_length)
+            callback, callbacks = progress_callbacks(run, params, on_progress, should_cancel, should_pause,
+                                                     on_checkpoint)
             trainer = _AnswerHeadSFTTrainer(
-                model=model,
+                model=run.model,
                 args=config,
                 train_dataset=dataset,
                 eval_dataset=eval_dataset,
-                processing_class=tokenizer,
-                peft_config=peft_config,
-                quantization_config=quantization_config if isinstance(model, str) else None,
+                processing_class=run.tokenizer,
+                peft_config=run.peft_config,
+                quantization_config=run.trainer_quantization_config,
                 callbacks=callbacks,
             )
-        # With tqdm disabled, transformers prints every log dict to stdout; progress is
-        # reported through ``on_progress`` and the logger instead.
-        trainer.remove_callback(PrinterCallback)
-        if should_cancel is not None and should_cancel():
-            raise TrainingCancelled("training cancelled before the first step")
+        return train_and_save(trainer, callback, run, params, f"{len(dataset)} examples",
+                              has_eval=eval_dataset is not None, should_cancel=should_cancel)
+    finally:
+        _remove_incomplete_checkpoints(output_dir)
 
-        quantized = " (QLoRA, 4-bit NF4)" if quantization_config is not None else ""
-        resumed = f", resuming from step {resume_from.step}" if resume_from else ""
-        parent = ", continuing the parent adapter's training" if parent_adapter_dir is not None else ""
-        logger.info("training LoRA r=%d on %d examples on %s in %s%s%s%s", params.lora_r, len(dataset), device,
-                    precision, quantized, parent, resumed)
-        train_output = trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
-        if callback.cancelled:
-            raise TrainingCancelled(f"training cancelled after step {trainer.state.global_step}")
-        if callback.paused:
-            raise TrainingPaused(trainer.state.global_step)
 
-        state = trainer.state
-        final_loss = callback.last_loss
-        if final_loss is None and math.isfinite(train_output.training_loss):
-            final_loss = float(train_output.training_loss)
-        model = trainer.model
-        if not isinstance(model, PeftModel):
-            raise RuntimeError(f"SFTTrainer returned a {type(model).__name__}, not a PeftModel")
-        target_modules = _adapted_modules(model)
-        valid_loss = None
-        if early_stopping and state.best_metric is not None:
-            valid_loss = float(state.best_metric)  # the best checkpoint was loaded back
-        elif eval_dataset is not None and callback.last_eval_step == state.global_step:
-            valid_loss = callback.last_valid_loss
-        elif eval_dataset is not None:
-            valid_loss = float(trainer.evaluate()["eval_loss"])
+@dataclass
+class RunSetup:
+    """What a LoRA run starts from, shared by :func:`run_sft` and :func:`coachforge_trainer.dpo.run_dpo`:
+    where it writes, the checkpoint it resumes from, the device and precision, and the model to train
+    (a path TRL loads with ``model_init_kwargs`` and wraps in ``peft_config``, or a model that already
+    carries its trainable adapter: a parent's, or a ``model_loader``'s)."""
 
-        staging_dir = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=output_dir))
-        model.save_pretrained(str(staging_dir))
-        tokenizer.save_pretrained(str(staging_dir))
+    output_dir: Path
+    resume_from: Checkpoint | None
+    cuda: bool
+    precision: Literal["bf16", "fp32"]
+    micro_batch: int
+    save_strategy: str
+    early_stopping: bool
+    tokenizer: Any
+    model: Any
+    peft_config: LoraConfig | None
+    model_init_kwargs: dict[str, Any] | None
+    quantization_config: Any
+    gradient_checkpointing: bool
+    parent: bool
+    """Continued training: the model carries the parent adapter's weights."""
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.cuda else "cpu"
+
+    @property
+    def trainer_quantization_config(self) -> Any:
+        """What the trainer is given as ``quantization_config``: only for a model it loads itself."""
+        return self.quantization_config if isinstance(self.model, str) else None
+
+    def training_arguments(self, params: TrainParams, has_eval: bool) -> dict[str, Any]:
+        """The ``TrainingArguments`` every trainer of a run shares (``SFTConfig``, ``DPOConfig``). Call it
+        under :data:`_MODEL_LOAD`: it reads accelerate's process-wide state (:func:`_accelerator_config`)."""
+        return {
+            "output_dir": str(self.output_dir / CHECKPOINTS_DIRNAME),
+            "num_train_epochs": params.n_epochs,
+            "max_steps": params.max_steps,
+            "per_device_train_batch_size": self.micro_batch,
+            "per_device_eval_batch_size": self.micro_batch,
+            "gradient_accumulation_steps": math.ceil(params.batch_size / self.micro_batch),
+            "learning_rate": params.learning_rate,
+            "seed": params.seed,
+            "logging_steps": params.logging_steps,
+            "use_cpu": not self.cuda,
+            "bf16": self.precision == "bf16",
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "model_init_kwargs": self.model_init_kwargs,
+            "include_num_input_tokens_seen": "non_padding",
+            "save_strategy": self.save_strategy,
+            "save_steps": params.checkpoint_steps or 500,
+            "eval_strategy": self.save_strategy if has_eval and self.save_strategy != "no" else "no",
+            "eval_steps": params.checkpoint_steps or None,
+            "load_best_model_at_end": self.early_stopping,
+            "metric_for_best_model": "eval_loss" if self.early_stopping else None,
+            "greater_is_better": False if self.early_stopping else None,
+            "report_to": [],
+            "disable_tqdm": True,
+            "accelerator_config": _accelerator_config(self.precision == "bf16"),
+        }
+
+
+def setup_run(base_model_dir: Path, output_dir: Path, params: TrainParams, parent_adapter_dir: Path | None = None,
+              model_loader: ModelLoader | None = None) -> RunSetup:
+    """Prepare a run: its folder (incomplete checkpoints removed, the latest complete one to resume from),
+    device, precision, tokenizer, and the model with its LoRA adapter: the parent's weights for continued
+    training, a ``model_loader``'s model, or a new adapter of ``params``' shape (a ``peft_config``).
+    Call it inside ``try: ... finally: _remove_incomplete_checkpoints(output_dir)``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_incomplete_checkpoints(output_dir)
+    previous = list_checkpoints(output_dir)
+    cuda = torch.cuda.is_available()
+    if parent_adapter_dir is not None:
+        _check_parent(Path(parent_adapter_dir), params)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    quantization_config = _quantization_config() if cuda and model_loader is None else None
+    save_strategy = "no" if not params.save_checkpoints else "steps" if params.checkpoint_steps > 0 else "epoch"
+    model: Any = str(base_model_dir)  # TRL loads it, with the model_init_kwargs below
+    peft_config: LoraConfig | None = None
+    gradient_checkpointing = cuda
+    init_kwargs: dict[str, Any] = {"dtype": torch.bfloat16 if cuda else torch.float32}
+    model_init_kwargs: dict[str, Any] | None = init_kwargs
+    with _MODEL_LOAD:
+        if model_loader is not None:
+            loaded = model_loader(base_model_dir, params, parent_adapter_dir)
+            model, tokenizer, gradient_checkpointing = loaded.model, loaded.tokenizer, loaded.gradient_checkpointing
+            model_init_kwargs = None
+        elif parent_adapter_dir is not None:
+            model = _load_parent(base_model_dir, Path(parent_adapter_dir), params, init_kwargs, quantization_config)
+            model_init_kwargs = None
+        else:
+            if params.lora_alpha is None:
+                raise ValueError("a new adapter needs lora_alpha")
+            peft_config = LoraConfig(
+                r=params.lora_r,
+                lora_alpha=params.lora_alpha,
+                lora_dropout=params.lora_dropout,
+                target_modules=params.target_modules,
+                bias="none",
+                task_type="CAUSAL_LM",
+            )
+    return RunSetup(output_dir=output_dir, resume_from=previous[-1] if previous else None, cuda=cuda,
+                    precision=resolve_precision(params.precision, cuda), micro_batch=micro_batch_for(params, cuda),
+                    save_strategy=save_strategy,
+                    early_stopping=bool(params.early_stopping_patience) and save_strategy != "no",
+                    tokenizer=tokenizer, model=model, peft_config=peft_config, model_init_kwargs=model_init_kwargs,
+                    quantization_config=quantization_config, gradient_checkpointing=gradient_checkpointing,
+                    parent=parent_adapter_dir is not None)
+
+
+def progress_callbacks(run: RunSetup, params: TrainParams, on_progress: Callable[[Progress], None] | None,
+                       should_cancel: Callable[[], bool] | None, should_pause: Callable[[], bool] | None,
+                       on_checkpoint: Callable[[Checkpoint], None] | None,
+                       ) -> tuple[_ProgressCallback, list[TrainerCallback]]:
+    """The run's progress, cancel, pause and checkpoint callback, and every callback its trainer gets
+    (early stopping too when the run stops early)."""
+    callback = _ProgressCallback(on_progress, should_cancel, should_pause, on_checkpoint)
+    callbacks: list[TrainerCallback] = [callback]
+    if run.early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
+    return callback, callbacks
+
+
+def train_and_save(trainer: Any, callback: _ProgressCallback, run: RunSetup, params: TrainParams, what: str, *,
+                   has_eval: bool, should_cancel: Callable[[], bool] | None,
+                   adapters: list[str] | None = None) -> TrainResult:
+    """Train (resuming from the run's checkpoint), then write the adapter atomically to
+    ``output_dir / "adapter"`` and describe it. ``what`` names the data in the log line; ``adapters``
+    the adapters of the model to save (None: all of them).
+
+    Raises:
+        TrainingCancelled: if ``should_cancel`` returned ``True`` (before the first step or after one).
+        TrainingPaused: if the callback's ``should_pause`` returned ``True``.
+    """
+    # With tqdm disabled, transformers prints every log dict to stdout; progress is
+    # reported through ``on_progress`` and the logger instead.
+    trainer.remove_callback(PrinterCallback)
+    if should_cancel is not None and should_cancel():
+        raise TrainingCancelled("training cancelled before the first step")
+
+    resume_from = run.resume_from
+    quantized = " (QLoRA, 4-bit NF4)" if run.quantization_config is not None else ""
+    resumed = f", resuming from step {resume_from.step}" if resume_from else ""
+    parent = ", continuing the parent adapter's training" if run.parent else ""
+    logger.info("training LoRA r=%d on %s on %s in %s%s%s%s", params.lora_r, what, run.device, run.precision,
+                quantized, parent, resumed)
+    train_output = trainer.train(resume_from_checkpoint=str(resume_from.path) if resume_from else None)
+    if callback.cancelled:
+        raise TrainingCancelled(f"training cancelled after step {trainer.state.global_step}")
+    if callback.paused:
+        raise TrainingPaused(trainer.state.global_step)
+
+    state = trainer.state
+    final_loss = callback.last_loss
+    if final_loss is None and math.isfinite(train_output.training_loss):
+        final_loss = float(train_output.training_loss)
+    model = trainer.model
+    if not isinstance(model, PeftModel):
+        raise RuntimeError(f"{type(trainer).__name__} returned a {type(model).__name__}, not a PeftModel")
+    target_modules = _adapted_modules(model)
+    valid_loss = None
+    if run.early_stopping and state.best_metric is not None:
+        valid_loss = float(state.best_metric)  # the best checkpoint was loaded back
+    elif has_eval and callback.last_eval_step == state.global_step:
+        valid_loss = callback.last_valid_loss
+    elif has_eval:
+        valid_loss = float(trainer.evaluate()["eval_loss"])
+
+    output_dir = run.output_dir
+    staging_dir: Path | None = Path(tempfile.mkdtemp(prefix=".adapter-tmp-", dir=output_dir))
+    try:
+        if adapters is None:
+            model.save_pretrained(str(staging_dir))
+        else:
+            model.save_pretrained(str(staging_dir), selected_adapters=adapters)
+        run.tokenizer.save_pretrained(str(staging_dir))
         _apply_umask_permissions(staging_dir)
         adapter_dir = output_dir / ADAPTER_DIRNAME
         _replace_dir(staging_dir, adapter_dir)
         staging_dir = None
-        logger.info(
-            "adapter saved to %s after %d steps, %d tokens, final loss %s",
-            adapter_dir,
-            state.global_step,
-            state.num_input_tokens_seen,
-            final_loss,
-        )
-        return TrainResult(
-            adapter_dir=adapter_dir,
-            steps=state.global_step,
-            trained_tokens=int(state.num_input_tokens_seen),
-            final_loss=final_loss,
-            valid_loss=valid_loss,
-            resumed_from_step=resume_from.step if resume_from else 0,
-            device=device,
-            precision=precision,
-            lora_r=int(getattr(model.peft_config[model.active_adapter], "r", params.lora_r)),
-            target_modules=target_modules,
-        )
     finally:
-        _remove_incomplete_checkpoints(output_dir)
         if staging_dir is not None:
             shutil.rmtree(staging_dir, ignore_errors=True)
+    logger.info(
+        "adapter saved to %s after %d steps, %d tokens, final loss %s",
+        adapter_dir,
+        state.global_step,
+        state.num_input_tokens_seen,
+        final_loss,
+    )
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        steps=state.global_step,
+        trained_tokens=int(state.num_input_tokens_seen),
+        final_loss=final_loss,
+        valid_loss=valid_loss,
+        resumed_from_step=resume_from.step if resume_from else 0,
+        device=run.device,
+        precision=run.precision,
+        lora_r=int(getattr(model.peft_config[model.active_adapter], "r", params.lora_r)),
+        target_modules=target_modules,
+    )
 
 
 class _ProgressCallback(TrainerCallback):

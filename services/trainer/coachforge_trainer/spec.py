@@ -34,9 +34,14 @@ class MethodSettings:
     max_length: int
     early_stopping_patience: int
     checkpoint_steps: int
+    beta: float | None = None
+    """DPO only (None for other methods): weight of the penalty between the policy and the reference model."""
 
     @classmethod
     def resolve(cls, settings: TrainerSettings, hp: Hyperparameters) -> MethodSettings:
+        """The settings of ``hp`` with its 'auto' values filled from ``settings``; ``beta`` only for DPO
+        hyperparameters (:class:`~coachforge_trainer.schemas.DpoHyperparameters`)."""
+        beta = getattr(hp, "beta", None)
         return cls(
             lora_r=settings.lora_r if hp.lora_r == "auto" else hp.lora_r,
             lora_alpha=settings.lora_alpha if hp.lora_alpha == "auto" else hp.lora_alpha,
@@ -45,7 +50,15 @@ class MethodSettings:
             max_length=settings.max_length if hp.max_length == "auto" else hp.max_length,
             early_stopping_patience=hp.early_stopping_patience,
             checkpoint_steps=settings.checkpoint_steps if hp.checkpoint_steps == "auto" else hp.checkpoint_steps,
+            beta=settings.dpo_beta if beta == "auto" else beta,
         )
+
+    def as_json(self) -> str:
+        """What is stored with the job (``beta`` only when set, so other methods' jobs do not show it)."""
+        stored = asdict(self)
+        if stored["beta"] is None:
+            del stored["beta"]
+        return json.dumps(stored)
 
     def train_params(self, job: Job, base_learning_rate: float) -> TrainParams:
         from coachforge_trainer.sft import TrainParams
@@ -55,7 +68,8 @@ class MethodSettings:
                            lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                            target_modules=self.target_modules, max_length=self.max_length, seed=job.seed,
                            checkpoint_steps=self.checkpoint_steps,
-                           early_stopping_patience=self.early_stopping_patience)
+                           early_stopping_patience=self.early_stopping_patience,
+                           **({"beta": self.beta} if self.beta is not None else {}))
 
 
 @dataclass(frozen=True)

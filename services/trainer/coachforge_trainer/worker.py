@@ -5,6 +5,10 @@ Run it as ``coachforge-trainer-worker`` (or ``python -m coachforge_trainer.worke
 
 Claiming: each slot is a thread that takes the longest waiting queued job
 (:func:`coachforge_trainer.lifecycle.claim_next`) whenever it is free, trains it, and looks again.
+Jobs of a remote backend (``openai_compatible``: trained by a remote fine-tuning API, which the
+worker only follows) are claimed by ``COACHFORGE_TRAINER_REMOTE_CONCURRENCY`` remote slots of their
+own, never by a training slot: following a remote job for hours holds no accelerator, and a worker
+whose training slot is busy still follows remote jobs (even one whose remote is this platform).
 The worker is also a member of the ``trainer-workers`` consumer group of ``train.requested``, but an
 event only wakes its idle slots; it does not decide who trains which job. So every idle slot of every
 worker can take any job (the topic's partitions do not bound how many jobs train at once, and a
@@ -55,10 +59,11 @@ from coachforge_shared.outbox import OutboxRelay
 from coachforge_shared.redact import plain_name, redact_paths
 from coachforge_shared.settings import PlatformSettings
 from coachforge_trainer import lifecycle, repository
-from coachforge_trainer.backends import TrainRun, get_backend
+from coachforge_trainer.backends import REMOTE_BACKENDS, TrainRun, get_backend
 from coachforge_trainer.lifecycle import IllegalTransition
 from coachforge_trainer.metrics import STEP_SECONDS, TOKENS_PER_SECOND, job_ended, job_progress
 from coachforge_trainer.models import Job
+from coachforge_trainer.remote import RemoteTrainingFailed
 from coachforge_trainer.service import TrainerDeps
 from coachforge_trainer.settings import TrainerSettings
 from coachforge_trainer.spec import is_dataset_version, method_settings
@@ -101,6 +106,8 @@ class Worker:
         self.wake = threading.Event()
         """Set by a ``train.requested`` event (and by :meth:`stop`): idle slots look for a job now
         rather than at their next scan."""
+        self.remote_wake = threading.Event()
+        """The same for the remote slots (a flag of their own: their claims never clear the training slots')."""
         self._slots: list[threading.Thread] = []
 
     def _public(self, err: BaseException) -> str:
@@ -120,32 +127,43 @@ class Worker:
         once: training never runs in the consumer's poll thread."""
         log.debug("training requested", job_id=payload.job_id)
         self.wake.set()
+        self.remote_wake.set()
 
     def claim(self) -> tuple[str, str] | None:
-        """Claim the longest waiting queued job for this worker: its id and tenant, or ``None``."""
+        """Claim the longest waiting queued job to train here (not a remote backend's) for this worker:
+        its id and tenant, or ``None``."""
         with self.deps.db.session() as s:
-            job = lifecycle.claim_next(s, self.worker_id, self._lease_until())
+            job = lifecycle.claim_next(s, self.worker_id, self._lease_until(), remote=False)
+            return None if job is None else (job.id, job.tenant_id)
+
+    def claim_remote(self) -> tuple[str, str] | None:
+        """Claim the longest waiting queued job of a remote backend (to follow) for this worker: its id and
+        tenant, or ``None``."""
+        with self.deps.db.session() as s:
+            job = lifecycle.claim_next(s, self.worker_id, self._lease_until(), remote=True)
             return None if job is None else (job.id, job.tenant_id)
 
     # -- slots --------------------------------------------------------------------------------
-    def train_forever(self) -> None:
+    def train_forever(self, remote: bool = False) -> None:
         """One slot, until shutdown: claim a job, train it, repeat; with none queued, wait for a
         wake-up or the next scan. The wake-up flag is cleared before the claim, so a request that
-        comes while the claim runs still wakes the slot afterwards."""
+        comes while the claim runs still wakes the slot afterwards. A training slot takes the jobs
+        of local backends, a remote slot (``remote``) those of remote backends."""
         backoff = OutageBackoff("trainer-claim")
+        wake = self.remote_wake if remote else self.wake
         while not self.shutting_down.is_set():
-            self.wake.clear()
+            wake.clear()
             if self.shutting_down.is_set():
                 break  # woken by stop(): claim nothing more
             try:
-                claimed = self.claim()
+                claimed = self.claim_remote() if remote else self.claim()
             except Exception as err:  # the database may be away: logged once, claimed again later
                 backoff.failed(err, "claiming a job failed")
                 claimed = None
             else:
                 backoff.succeeded()
             if claimed is None:
-                self.wake.wait(backoff.wait(self.deps.settings.claim_scan_seconds))
+                wake.wait(backoff.wait(self.deps.settings.claim_scan_seconds))
                 continue
             try:
                 self.run(*claimed)
@@ -153,9 +171,12 @@ class Worker:
                 log.exception("running the job failed", job_id=claimed[0])
 
     def start(self) -> None:
-        """Start the worker's slots: ``concurrency`` threads, each training one job at a time."""
+        """Start the worker's slots: ``concurrency`` threads, each training one job at a time, and
+        ``remote_concurrency`` threads, each following one remote job at a time."""
         self._slots = [threading.Thread(target=self.train_forever, name=f"slot-{i}", daemon=True)
                        for i in range(self.deps.settings.concurrency)]
+        self._slots += [threading.Thread(target=self.train_forever, args=(True,), name=f"remote-slot-{i}",
+                                         daemon=True) for i in range(self.deps.settings.remote_concurrency)]
         for slot in self._slots:
             slot.start()
 
@@ -164,6 +185,7 @@ class Worker:
         a checkpoint and is queued again for the next worker."""
         self.shutting_down.set()
         self.wake.set()
+        self.remote_wake.set()
         for slot in self._slots:
             slot.join(timeout)
 
@@ -203,7 +225,9 @@ class Worker:
     # -- running ------------------------------------------------------------------------------
     def _load_examples(self, tenant_id: str, file_id: str, split: str = "train") -> list[dict[str, Any]]:
         """The examples of an uploaded file, or of one split of a dataset version (``dsv-…``), as
-        OpenAI chat objects."""
+        OpenAI chat objects; a preference file's pairs as OpenAI preference objects (``input``,
+        ``preferred_output``, ``non_preferred_output``: what a dpo job trains on), as the dataset
+        service converts them."""
         stub = self.deps.dataset_stub()
         with typed_rpc_errors():
             if is_dataset_version(file_id):
@@ -290,6 +314,27 @@ class Worker:
             return None
         return str(stored.id)
 
+    def _remote_run(self, job: Job) -> dict[str, Any]:
+        """What a remote backend's run needs besides a local one's (:class:`TrainRun`): the job's names,
+        the remote job an earlier attempt created and what it already mirrored, and the callbacks that
+        store the remote job's id and add its events to the job (while the job is this worker's)."""
+        with self.deps.db.session() as s:
+            mirrored = repository.mirrored_remote_events(s, job.id)
+            steps = [r["step"] for r in repository.metrics_reports(s, job.id) if isinstance(r.get("step"), int)]
+
+        def on_remote_job(remote_job_id: str) -> bool:
+            with self.deps.db.session() as s:
+                return lifecycle.record_remote_job(s, job.id, self.worker_id, remote_job_id)
+
+        def on_event(message: str, level: str, data: dict[str, Any] | None) -> None:
+            with self.deps.db.session() as s:
+                lifecycle.record_event(s, job.id, self.worker_id, message, level=level, data=data)
+
+        return {"settings": self.deps.settings, "tenant_id": job.tenant_id, "job_id": job.id, "base_model": job.model,
+                "suffix": job.suffix, "learning_rate_multiplier": job.learning_rate_multiplier,
+                "remote_job_id": job.remote_job_id, "on_remote_job": on_remote_job, "on_event": on_event,
+                "mirrored_events": mirrored, "reported_step": max(steps, default=0)}
+
     def run(self, job_id: str, tenant_id: str) -> None:
         lost_lease = threading.Event()
         done = threading.Event()
@@ -328,7 +373,8 @@ class Worker:
         # job.model was checked against the registry's models when the job was created; it is joined
         # to the models folder only as one plain folder name.
         base_dir = self.platform.models_dir / job.model if plain_name(job.model) else None
-        if base_dir is None or not (base_dir / "config.json").exists():
+        remote = (job.backend or "trl") in REMOTE_BACKENDS  # trained elsewhere: no base model files needed here
+        if not remote and (base_dir is None or not (base_dir / "config.json").exists()):
             log.error("base model files missing", job_id=job_id, model=job.model, folder=str(base_dir or ""))
             self._fail(job_id, tenant_id, f"Base model files for {job.model} are missing on this worker.",
                        "model_unavailable")
@@ -381,14 +427,18 @@ class Worker:
         try:
             try:
                 result = get_backend(job.backend or "trl").train(TrainRun(
-                    base_dir, examples, out_dir, params, method=job.method_type or "supervised",
+                    base_dir or Path(job.model), examples, out_dir, params, method=job.method_type or "supervised",
                     parent_adapter_dir=parent_dir, eval_examples=eval_examples, on_progress=on_progress,
                     should_cancel=should_cancel, on_checkpoint=lambda c: self._record_checkpoint(job_id, c),
-                    should_pause=self.shutting_down.is_set))
+                    should_pause=self.shutting_down.is_set, **(self._remote_run(job) if remote else {}),
+                    lease_lost=lost_lease.is_set))
             finally:
                 job_ended(tenant_id, job_id)
         except TrainingPaused as paused:
             self._requeue(job_id, tenant_id, paused.step)
+            return
+        except RemoteTrainingFailed as err:  # the remote's own words and URLs: nothing of this server's to redact
+            self._fail(job_id, tenant_id, str(err)[:2000], err.code)
             return
         except TrainingCancelled:
             if lost_lease.is_set():

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from .clean import content_hash
-from .formats import PLUGIN_FORMATS, Example, LineIssue
+from .formats import PLUGIN_FORMATS, Example, LineIssue, Message
+from .preference import PREFERENCE, Preference
 
 DUPLICATE: Final = "duplicate"
 TOO_SHORT: Final = "too_short"
@@ -137,13 +138,20 @@ def unusable_reason(example: Example, min_answer_chars: int = DEFAULT_MIN_ANSWER
     return None
 
 
-def check_eligibility(examples: Iterable[tuple[int, str, Example]],
+def check_eligibility(examples: Iterable[tuple[int, str, Example | Preference]],
                       min_answer_chars: int = DEFAULT_MIN_ANSWER_CHARS) -> Eligibility:
-    """Scan ``(line, field, example)`` once and count usable and unusable examples by reason."""
+    """Scan ``(line, field, example)`` once and count usable and unusable examples by reason. A
+    preference pair is judged by its prompt and preferred output (the answer it teaches); it repeats
+    an earlier pair when prompt and both outputs are the same."""
     result = Eligibility(min_answer_chars)
     seen: set[str] = set()
     for line, where, example in examples:
-        key = content_hash(example)
+        if isinstance(example, Preference):
+            key = content_hash(Example((*example.prompt, Message("assistant", example.preferred),
+                                        Message("assistant", example.non_preferred)), PREFERENCE))
+            example = example.with_answer("preferred_output")
+        else:
+            key = content_hash(example)
         reason = unusable_reason(example, min_answer_chars)
         if reason is None and key in seen:
             reason = DUPLICATE
