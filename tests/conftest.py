@@ -141,10 +141,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory, postgres_url: str, model_cac
                              extra_base_models={SECOND_BASE: str(base_model_dir)}, extra_engine_port=free_port())
     # A short lease, so that a killed worker's job is picked up again within seconds; a short delivery
     # timeout and stream idle timeout, so that the fault-injection tests (tests/chaos) outlast them quickly;
-    # webhook retries after 1 s, so that a retried delivery is seen at once (tests/webhooks).
+    # webhook retries after 1 s, so that a retried delivery is seen at once, to receivers on this machine
+    # (tests/webhooks).
     lease_seconds = 6.0
     env = {"COACHFORGE_TRAINER_LEASE_SECONDS": str(lease_seconds), "COACHFORGE_KAFKA_DELIVERY_TIMEOUT_MS": "8000",
-           "COACHFORGE_GRPC_STREAM_IDLE_TIMEOUT_S": "10", "COACHFORGE_WEBHOOKS_RETRY_SCHEDULE_S": "1"}
+           "COACHFORGE_GRPC_STREAM_IDLE_TIMEOUT_S": "10", "COACHFORGE_WEBHOOKS_RETRY_SCHEDULE_S": "1",
+           "COACHFORGE_WEBHOOKS_ALLOWED_NETWORKS": "127.0.0.0/8"}
     running = Stack(platform, settings, env=env)
     prepared = running.start(progress=False)
     try:

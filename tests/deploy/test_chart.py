@@ -5,6 +5,7 @@ dashboards, real setting names, documented values, and clear errors for bad valu
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from typing import Any
@@ -520,3 +521,22 @@ def test_the_console_calls_each_service_and_keeps_its_session_key_in_a_secret(
                  if {"port": 8000, "protocol": "TCP"} in r["ports"]]
         assert any(peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
                    and peer.get("podSelector") for r in rules for peer in r.get("from", [])), callee
+
+
+def test_the_webhooks_seal_their_secrets_with_a_generated_or_given_key(
+        rendered: dict[str, list[dict[str, Any]]], helm_env: dict[str, str]) -> None:
+    docs = rendered["defaults"]
+    for name, deployment in by_kind(docs, "Deployment").items():  # the sealing key reaches the webhooks pods only
+        env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+        if name == "coachforge-webhooks":
+            assert env["COACHFORGE_WEBHOOKS_SECRET_KEYS"] == {"secretKeyRef": {"name": "coachforge-auth",
+                                                                               "key": "webhooks-secret-keys"}}
+        else:
+            assert "COACHFORGE_WEBHOOKS_SECRET_KEYS" not in env, name
+    generated = base64.b64decode(by_kind(docs, "Secret")["coachforge-auth"]["data"]["webhooks-secret-keys"])
+    assert len(generated) >= 32  # what the service accepts as a key
+    own = render(helm_env, "--set", "webhooks.secretKeys.existingSecret=hook-keys", "--set",
+                 "webhooks.secretKeys.key=keys")
+    assert "webhooks-secret-keys" not in by_kind(own, "Secret")["coachforge-auth"]["data"]
+    env = env_of(by_kind(own, "Deployment")["coachforge-webhooks"]["spec"]["template"]["spec"]["containers"][0])
+    assert env["COACHFORGE_WEBHOOKS_SECRET_KEYS"] == {"secretKeyRef": {"name": "hook-keys", "key": "keys"}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from coachforge_shared.errors import Conflict, InvalidArgument, NotFound
 from coachforge_shared.events import encode
 from coachforge_webhooks import service
 from coachforge_webhooks.delivery import DeliverySender
-from coachforge_webhooks.models import WebhookDelivery
+from coachforge_webhooks.models import WebhookDelivery, WebhookEndpoint
 from coachforge_webhooks.schemas import parse_create
 from coachforge_webhooks.service import WebhooksDeps
 from coachforge_webhooks.settings import WebhooksSettings
@@ -91,7 +92,8 @@ def deps(db: Database) -> WebhooksDeps:
     create_tenant(db, "acme")
     create_tenant(db, "other")
     return WebhooksDeps(db=db, settings=WebhooksSettings(retry_schedule_s=[0.2, 0.4], max_attempts=3,
-                                                         poll_interval_s=0.1, timeout_s=5, max_endpoints=3))
+                                                         poll_interval_s=0.1, timeout_s=5, max_endpoints=3,
+                                                         allowed_networks=["127.0.0.0/8"]))
 
 
 @pytest.fixture
@@ -294,3 +296,55 @@ def test_endpoints_are_listed_paged_limited_and_deleted_with_their_log(deps: Web
         assert s.query(WebhookDelivery).filter_by(endpoint_id=made[0]["id"]).count() == 0
     with pytest.raises(NotFound):
         service.delete_endpoint(deps, "other", made[1]["id"])
+
+
+@pytest.mark.parametrize("url", ["http://169.254.169.254/latest/meta-data/", "http://10.1.2.3/hook",
+                                 "https://[::1]:8443/hook", "http://[::ffff:192.168.0.9]/hook", "http://localhost:9/x",
+                                 "http://100.64.0.1/hook"])
+def test_an_endpoint_into_a_private_network_is_refused(deps: WebhooksDeps, url: str) -> None:
+    deps.settings.allowed_networks = []
+    with pytest.raises(InvalidArgument) as refused:
+        service.create_endpoint(deps, "acme", {"url": url, "events": ["fine_tuning.job.failed"]})
+    assert refused.value.param == "url" and refused.value.code == "url_not_allowed"
+    assert "COACHFORGE_WEBHOOKS_ALLOWED_NETWORKS" in str(refused.value)
+    assert service.list_endpoints(deps, "acme")["data"] == []
+
+
+def test_an_attempt_to_a_destination_no_longer_allowed_sends_nothing(
+        deps: WebhooksDeps, sender: DeliverySender, receiver: Callable[..., Receiver]) -> None:
+    rec = receiver(200)
+    created = service.create_endpoint(deps, "acme", {"url": rec.url, "events": ["fine_tuning.job.cancelled"]})
+    deps.settings.allowed_networks = []  # e.g. an operator narrowed the allowed networks since
+    deps.settings.retry_schedule_s = [3600.0]
+    _consume(deps, "job.cancelled", trainer_pb2.JobFinished(job_id="ftjob-blocked"))
+    (delivery,) = _wait(lambda: [d for d in _log(deps, created["id"]) if d["attempts"] == 1])
+    assert delivery["status"] == "pending" and delivery["last_status_code"] is None
+    assert delivery["last_error"].startswith("not sent: 127.0.0.1 is a loopback address")
+    assert rec.requests == []
+
+
+def test_sealed_secrets_sign_rotate_and_stay_unreadable_in_the_database(
+        deps: WebhooksDeps, sender: DeliverySender, receiver: Callable[..., Receiver]) -> None:
+    old_key, new_key = secrets.token_hex(32), secrets.token_hex(32)
+    deps.settings.secret_keys = [old_key]
+    rec = receiver(200)
+    created = service.create_endpoint(deps, "acme", {"url": rec.url, "events": ["fine_tuning.job.succeeded"]})
+    with deps.db.session() as s:
+        stored = s.get(WebhookEndpoint, created["id"])
+        assert stored is not None and stored.secret.startswith("fernet:")
+        assert created["secret"] not in stored.secret and created["secret"].removeprefix("whsec_") not in stored.secret
+    # A new key first, the old one kept: the old seal still opens, the rotated secret is sealed with the new key.
+    deps.settings.secret_keys = [new_key, old_key]
+    rotated = service.rotate_secret(deps, "acme", created["id"])
+    _consume(deps, "job.succeeded", trainer_pb2.JobSucceeded(job_id="ftjob-sealed"))
+    _wait(lambda: rec.requests)
+    got = rec.requests[0]
+    Webhook(rotated["secret"]).verify(got.body, got.headers)
+    Webhook(created["secret"]).verify(got.body, got.headers)
+    # Without the keys the secrets cannot be opened: the attempt fails, nothing is sent unsigned.
+    deps.settings.secret_keys = []
+    deps.settings.retry_schedule_s = [3600.0]
+    _consume(deps, "job.succeeded", trainer_pb2.JobSucceeded(job_id="ftjob-sealed-2"))
+    (delivery,) = _wait(lambda: [d for d in _log(deps, created["id"]) if d["status"] == "pending" and d["attempts"]])
+    assert delivery["last_error"].startswith("not sent: the endpoint's signing secret is sealed")
+    assert len(rec.requests) == 1

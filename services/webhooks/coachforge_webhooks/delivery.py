@@ -27,9 +27,11 @@ from coachforge_shared.db import OutageBackoff, is_outage
 from coachforge_shared.ids import unix_now, utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_webhooks import repository, signing
+from coachforge_webhooks.destinations import BlockedDestination, check_destination
 from coachforge_webhooks.metrics import ATTEMPT_SECONDS, DELIVERIES
 from coachforge_webhooks.models import WebhookDelivery, WebhookEndpoint
 from coachforge_webhooks.repository import FAILED, SUCCEEDED
+from coachforge_webhooks.sealing import SecretUnavailable
 from coachforge_webhooks.service import WebhooksDeps
 
 log = get_logger("coachforge.webhooks.delivery")
@@ -53,6 +55,8 @@ class Attempt:
     body: str
     attempts: int
     """Attempts made before this one."""
+    problem: str | None = None
+    """Why it cannot be signed (a sealed secret the keys do not open): the attempt fails unsent."""
 
 
 def claim_due(deps: WebhooksDeps, limit: int) -> list[Attempt]:
@@ -69,11 +73,16 @@ def claim_due(deps: WebhooksDeps, limit: int) -> list[Attempt]:
                          .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
                          .where(WebhookDelivery.id.in_(ids)))
         out = []
+        box = deps.settings.secret_box()
         for d, e in rows:
-            secrets = [e.secret]
+            sealed = [e.secret]
             if e.previous_secret and e.previous_secret_expires_at is not None and e.previous_secret_expires_at > now:
-                secrets.append(e.previous_secret)
-            out.append(Attempt(d.id, d.event_type, e.url, tuple(secrets), d.payload, d.attempts))
+                sealed.append(e.previous_secret)
+            try:
+                secrets, problem = tuple(box.open(x) for x in sealed), None
+            except SecretUnavailable as err:
+                secrets, problem = (), str(err)
+            out.append(Attempt(d.id, d.event_type, e.url, secrets, d.payload, d.attempts, problem))
         return out
 
 
@@ -90,18 +99,23 @@ def _answer_text(response: httpx.Response) -> str:
 def attempt(deps: WebhooksDeps, client: httpx.Client, a: Attempt) -> str:
     """Send one claimed delivery once and store the result; the outcome (succeeded, retried, failed)."""
     timestamp = unix_now()
-    headers = {"content-type": "application/json", "user-agent": USER_AGENT,
-               **signing.headers(a.secrets, a.delivery_id, timestamp, a.body)}
     started = time.perf_counter()
     status_code: int | None = None
     error: str | None = None
     try:
+        if a.problem is not None:
+            raise SecretUnavailable(a.problem)
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT,
+                   **signing.headers(a.secrets, a.delivery_id, timestamp, a.body)}
+        check_destination(a.url, deps.settings.allowed())
         with client.stream("POST", a.url, content=a.body.encode(), headers=headers,
                            timeout=deps.settings.timeout_s) as response:
             status_code = response.status_code
             if not response.is_success:
                 text = _answer_text(response)
                 error = f"HTTP {status_code}" + (f": {text}" if text else "")
+    except (BlockedDestination, SecretUnavailable) as err:  # nothing was sent
+        error = f"not sent: {err}"
     except Exception as err:  # a timeout, a refused connection, a URL httpx cannot send to: a failed attempt
         error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
     elapsed = time.perf_counter() - started

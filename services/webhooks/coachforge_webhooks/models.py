@@ -23,9 +23,10 @@ class WebhookEndpoint(Base):
     """The webhook event types sent to it (``fine_tuning.job.succeeded``, …)."""
     description: Mapped[str] = mapped_column(String(500), default="")
     status: Mapped[str] = mapped_column(String(16), default="enabled")
-    secret: Mapped[str] = mapped_column(String(128))
-    """The signing secret, ``whsec_<base64>`` (kept as given out: HMAC needs it, a hash would not do)."""
-    previous_secret: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    secret: Mapped[str] = mapped_column(String(512))
+    """The signing secret, ``whsec_<base64>``, sealed (``fernet:…``) when the operator set keys
+    (:mod:`coachforge_webhooks.sealing`: HMAC needs the secret itself, a hash would not do)."""
+    previous_secret: Mapped[str | None] = mapped_column(String(512), nullable=True)
     """The secret before the last rotation: it signs too until ``previous_secret_expires_at``."""
     previous_secret_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

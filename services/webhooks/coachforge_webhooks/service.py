@@ -25,6 +25,7 @@ from coachforge_shared.errors import Conflict, InvalidArgument
 from coachforge_shared.ids import to_unix, utcnow
 from coachforge_shared.logging import get_logger
 from coachforge_webhooks import repository, signing
+from coachforge_webhooks.destinations import BlockedDestination, check_destination
 from coachforge_webhooks.models import WebhookDelivery, WebhookEndpoint
 from coachforge_webhooks.repository import DELIVERY_STATUSES, PENDING
 from coachforge_webhooks.schemas import parse_create
@@ -59,29 +60,34 @@ def _id(prefix: str) -> str:
 # -- endpoints -----------------------------------------------------------------------------------
 
 
-def endpoint_to_openai(e: WebhookEndpoint, *, with_secret: bool = False) -> dict[str, Any]:
+def endpoint_to_openai(e: WebhookEndpoint, *, secret: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"id": e.id, "object": "webhook_endpoint", "url": e.url, "events": list(e.events),
                            "description": e.description or None, "created_at": to_unix(e.created_at),
                            "status": e.status}
-    if with_secret:
-        out["secret"] = e.secret
+    if secret is not None:
+        out["secret"] = secret
     return out
 
 
 def create_endpoint(deps: WebhooksDeps, tenant_id: str, body: Any) -> dict[str, Any]:
     """A new endpoint; the answer carries its signing secret (shown again only on rotation)."""
     req = parse_create(body)
+    secret = signing.new_secret()
+    try:
+        check_destination(req.url, deps.settings.allowed(), unresolved_ok=True)
+    except BlockedDestination as err:
+        raise InvalidArgument(f"url {err}.", param="url", code="url_not_allowed") from None
     with deps.db.session() as s:
         if repository.count_endpoints(s, tenant_id) >= deps.settings.max_endpoints:
             raise Conflict(f"A tenant may have at most {deps.settings.max_endpoints} webhook endpoints; delete one "
                            "first.", param="url", code="too_many_webhook_endpoints")
         row = WebhookEndpoint(id=_id("we"), tenant_id=tenant_id, url=req.url, events=req.events,
-                              description=req.description or "", status="enabled", secret=signing.new_secret(),
-                              created_at=utcnow())
+                              description=req.description or "", status="enabled",
+                              secret=deps.settings.secret_box().seal(secret), created_at=utcnow())
         s.add(row)
         s.flush()
         log.info("webhook endpoint created", tenant=tenant_id, endpoint_id=row.id, events=row.events)
-        return endpoint_to_openai(row, with_secret=True)
+        return endpoint_to_openai(row, secret=secret)
 
 
 def get_endpoint(deps: WebhooksDeps, tenant_id: str, endpoint_id: str) -> dict[str, Any]:
@@ -105,9 +111,10 @@ def rotate_secret(deps: WebhooksDeps, tenant_id: str, endpoint_id: str) -> dict[
         e = repository.endpoint(s, tenant_id, endpoint_id, lock=True)
         e.previous_secret, e.previous_secret_expires_at = (
             (e.secret, utcnow() + timedelta(seconds=grace)) if grace > 0 else (None, None))
-        e.secret = signing.new_secret()
+        secret = signing.new_secret()
+        e.secret = deps.settings.secret_box().seal(secret)
         log.info("webhook secret rotated", tenant=tenant_id, endpoint_id=endpoint_id, grace_s=grace)
-        return endpoint_to_openai(e, with_secret=True)
+        return endpoint_to_openai(e, secret=secret)
 
 
 def _limit(limit: int) -> int:

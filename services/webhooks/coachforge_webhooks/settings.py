@@ -8,6 +8,9 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from coachforge_webhooks.destinations import IPNetwork, parse_networks
+from coachforge_webhooks.sealing import SecretBox, check_keys
+
 DEFAULT_RETRY_SCHEDULE_S = [5.0, 30.0, 120.0, 600.0, 1800.0, 3600.0, 7200.0]
 """The waits after failed attempts 1, 2, … (5 s, 30 s, 2 min, 10 min, 30 min, 1 h, 2 h)."""
 
@@ -45,6 +48,52 @@ class WebhooksSettings(BaseSettings):
         description="How long a claimed delivery stays away from other senders beyond timeout_s, seconds "
                     "(a process that died mid-send leaves it due again after timeout_s + claim_s).")
     max_endpoints: int = Field(default=20, ge=1, le=1000, description="Endpoints one tenant may have.")
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDRs, comma-separated or a JSON list) endpoints may be in although they are "
+                    "loopback, private or link-local, e.g. 10.20.0.0/16 for an on-premises receiver; by default "
+                    "webhooks are never sent into such networks (see coachforge_webhooks.destinations).")
+
+    secret_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, repr=False,
+        description="Random keys of at least 32 characters (comma-separated) sealing the endpoints' signing "
+                    "secrets in the database: the first seals, every one opens (put a new key first to rotate). "
+                    "None: secrets are stored as given out. See coachforge_webhooks.sealing.")
+
+    @field_validator("secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("secret_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        check_keys(value)
+        return value
+
+    def secret_box(self) -> SecretBox:
+        """What seals and opens the endpoints' secrets with :attr:`secret_keys`."""
+        return SecretBox(self.secret_keys)
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        parse_networks(value)
+        return value
+
+    def allowed(self) -> list[IPNetwork]:
+        """:attr:`allowed_networks` as networks."""
+        return parse_networks(self.allowed_networks)
 
     @field_validator("retry_schedule_s", mode="before")
     @classmethod

@@ -690,3 +690,32 @@ tolerations:
       name: {{ include "coachforge.consoleSecretName" $root }}
       key: {{ $root.Values.console.secretKey.key }}
 {{- end -}}
+
+{{/* The tenants' remote fine-tuning APIs (trainer.remotes.secretName): the Secret mounted as a folder into the
+     trainer and the trainer workers (not with subPath, so that the kubelet brings edits of the Secret into running
+     pods; the trainer reads the file again on every use). Include them only while a Secret is named. */}}
+{{- define "coachforge.trainerRemotesPath" -}}
+/etc/coachforge/trainer-remotes
+{{- end -}}
+
+{{- define "coachforge.trainerRemotesEnv" -}}
+# The openai_compatible backend's remote per tenant (a mounted Secret, read again on every use).
+- name: COACHFORGE_TRAINER_REMOTES_FILE
+  value: {{ printf "%s/remotes.json" (include "coachforge.trainerRemotesPath" .) | quote }}
+{{- end -}}
+
+{{- define "coachforge.trainerRemotesMount" -}}
+- name: trainer-remotes
+  mountPath: {{ include "coachforge.trainerRemotesPath" . }}
+  readOnly: true
+{{- end -}}
+
+{{- define "coachforge.trainerRemotesVolume" -}}
+- name: trainer-remotes
+  secret:
+    secretName: {{ .Values.trainer.remotes.secretName }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.trainer.remotes.key }}
+        path: remotes.json
+{{- end -}}
