@@ -162,7 +162,7 @@ def test_an_upgrade_with_new_images_changes_no_immutable_field(helm_env: dict[st
 # -- pods, volumes and network ----------------------------------------------------------------------------
 
 #: Variables whose value is a path a process writes to (the models directory is only read).
-READ_ONLY_PATHS = {"COACHFORGE_MODELS_DIR"}
+READ_ONLY_PATHS = {"COACHFORGE_MODELS_DIR", "COACHFORGE_TRAINER_REMOTES_FILE"}
 
 
 @pytest.mark.parametrize("value_set", [name for name, _ in VALUE_SETS])
@@ -291,7 +291,8 @@ def test_without_a_seed_generated_secrets_change_with_every_offline_render(helm_
 def test_every_credential_can_come_from_an_existing_secret(helm_env: dict[str, str]) -> None:
     docs = render(helm_env, "--set", "auth.internalToken.existingSecret=mine",
                   "--set", "auth.apiKey.existingSecret=mine", "--set", "console.secretKey.existingSecret=mine",
-                  "--set", "engine.apiKey.existingSecret=mine", "--set", "postgresql.auth.existingSecret=pg",
+                  "--set", "engine.apiKey.existingSecret=mine", "--set", "webhooks.secretKeys.existingSecret=mine",
+                  "--set", "postgresql.auth.existingSecret=pg",
                   "--set", "minio.enabled=true", "--set", "minio.auth.existingSecret=s3",
                   "--set", "objectStorage.enabled=true")
     assert not by_kind(docs, "Secret"), "nothing generated"

@@ -130,7 +130,6 @@ def test_another_tenant_s_or_an_unknown_fine_tuned_model_is_not_available(client
     ({"backend": "unsloth"}, "backend", "backend_unavailable"),
     ({"backend": "openai_compatible"}, "backend", "backend_not_configured"),
     ({"backend": "nope"}, "backend", "invalid_backend"),
-    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}}, "method.type", "unsupported_method"),
     ({"method": {"type": "reinforcement"}}, "method.type", "unsupported_method"),
     ({"method": {"type": "supervised", "dpo": {}}}, "method.dpo", "invalid_method"),
     ({"hyperparameters": {"n_epochs": 2}, "method": {"type": "supervised", "supervised": {"hyperparameters": {
