@@ -7,12 +7,25 @@ documented on its field; nothing else in the code base reads ``os.environ``.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def split_list(value: Any) -> Any:
+    """A list setting given as text: a JSON list (``["a", "b"]``) or comma-separated values (``a, b``,
+    blanks dropped); any other value as it is. Use it as the field's ``mode="before"`` validator, with
+    ``Annotated[list[...], NoDecode]`` so that pydantic-settings hands the text over undecoded."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [v.strip() for v in text.split(",") if v.strip()]
 
 
 def _default_data_dir() -> Path:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from coachforge_shared.settings import split_list
 
 
 class Price(BaseModel):
@@ -136,9 +137,4 @@ class InferenceSettings(BaseSettings):
     @field_validator("engine_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [u.strip() for u in text.split(",") if u.strip()]
-        return value
+        return split_list(value)

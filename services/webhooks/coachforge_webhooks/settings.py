@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from coachforge_shared.settings import split_list
 from coachforge_webhooks.destinations import IPNetwork, parse_networks
 from coachforge_webhooks.sealing import SecretBox, check_keys
 
@@ -60,13 +60,6 @@ class WebhooksSettings(BaseSettings):
                     "secrets in the database: the first seals, every one opens (put a new key first to rotate). "
                     "None: secrets are stored as given out. See coachforge_webhooks.sealing.")
 
-    @field_validator("secret_keys", mode="before")
-    @classmethod
-    def _split_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return value
-
     @field_validator("secret_keys")
     @classmethod
     def _check_keys(cls, value: list[str]) -> list[str]:
@@ -76,14 +69,6 @@ class WebhooksSettings(BaseSettings):
     def secret_box(self) -> SecretBox:
         """What seals and opens the endpoints' secrets with :attr:`secret_keys`."""
         return SecretBox(self.secret_keys)
-
-    @field_validator("allowed_networks", mode="before")
-    @classmethod
-    def _split_networks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            return json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",") if v.strip()]
-        return value
 
     @field_validator("allowed_networks")
     @classmethod
@@ -95,15 +80,10 @@ class WebhooksSettings(BaseSettings):
         """:attr:`allowed_networks` as networks."""
         return parse_networks(self.allowed_networks)
 
-    @field_validator("retry_schedule_s", mode="before")
+    @field_validator("retry_schedule_s", "allowed_networks", "secret_keys", mode="before")
     @classmethod
-    def _split_schedule(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                return json.loads(text)
-            return [float(v) for v in text.split(",") if v.strip()]
-        return value
+    def _split(cls, value: Any) -> Any:
+        return split_list(value)
 
     @field_validator("retry_schedule_s")
     @classmethod
