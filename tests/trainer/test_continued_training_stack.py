@@ -6,19 +6,18 @@ the parent; the new model answers chat completions."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from job_waits import finished, registered
 from openai import OpenAI
 
 from coachforge_launcher.models import BASE_MODEL_ID
 
 pytestmark = pytest.mark.stack
 
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +38,10 @@ def _supervised(**hyperparameters: Any) -> Any:
                                                                       **hyperparameters}}}
 
 
-def _finished(client: OpenAI, job_id: str, timeout: float = 900) -> Any:
-    deadline = time.monotonic() + timeout
-    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in FINAL:
-        assert time.monotonic() < deadline, f"job still {job.status}"
-        time.sleep(0.5)
+def _finished(client: OpenAI, job_id: str) -> Any:
+    job = finished(client, job_id)
     assert job.status == "succeeded", job.error
     return job
-
-
-def _registered(http: httpx.Client, model: str) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while (r := http.get(f"/v1/models/{model}")).status_code != 200:
-        assert time.monotonic() < deadline, f"{model} never registered"
-        time.sleep(0.5)
-    return dict(r.json())
 
 
 def test_a_fine_tuned_model_trains_on_and_its_lineage_names_the_parent(client: OpenAI, stack: Any) -> None:
@@ -66,7 +54,7 @@ def test_a_fine_tuned_model_trains_on_and_its_lineage_names_the_parent(client: O
 
     with httpx.Client(base_url=stack.base_url.removesuffix("/v1"), timeout=300,
                       headers={"Authorization": f"Bearer {stack.api_key}"}) as http:
-        assert _registered(http, parent)["parent_model"] is None
+        assert registered(http, parent)["parent_model"] is None
 
         with pytest.raises(openai.BadRequestError) as err:  # another rank than the parent's
             client.fine_tuning.jobs.create(model=parent, training_file=training_file, method=_supervised(lora_r=16))
@@ -89,7 +77,7 @@ def test_a_fine_tuned_model_trains_on_and_its_lineage_names_the_parent(client: O
         assert any(m.startswith(f"Continuing the training of {parent}") for m in events)
         child = job.fine_tuned_model
         assert child and child != parent and child.startswith(f"ft:{BASE_MODEL_ID}:")
-        version = _registered(http, child)
+        version = registered(http, child)
         assert version["parent_model"] == parent and version["lineage"]["parent_model"] == parent
         assert version["lineage"]["method"] == "supervised" and version["lora_rank"] == 8
         assert version["version"] == 2  # the same line (tenant, base, suffix) as its parent

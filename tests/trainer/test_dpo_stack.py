@@ -6,19 +6,18 @@ registered and answers chat completions; data of the wrong kind for the method i
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from job_waits import finished, registered
 from openai import OpenAI
 
 from coachforge_launcher.models import BASE_MODEL_ID
 
 pytestmark = pytest.mark.stack
 
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +60,7 @@ def test_a_dpo_job_trains_on_preference_pairs_and_its_model_answers(client: Open
     assert job.method is not None and job.method.type == "dpo"
     assert (job.hyperparameters.model_extra or {})["beta"] == 0.2
 
-    deadline = time.monotonic() + 1200
-    while (job := client.fine_tuning.jobs.retrieve(job.id)).status not in FINAL:
-        assert time.monotonic() < deadline, f"job still {job.status}"
-        time.sleep(1)
+    job = finished(client, job.id, timeout=1200)
     assert job.status == "succeeded", job.error
     model = job.fine_tuned_model
     assert model and model.startswith(f"ft:{BASE_MODEL_ID}:")
@@ -75,11 +71,7 @@ def test_a_dpo_job_trains_on_preference_pairs_and_its_model_answers(client: Open
 
     with httpx.Client(base_url=stack.base_url.removesuffix("/v1"), timeout=60,
                       headers={"Authorization": f"Bearer {stack.api_key}"}) as http:
-        deadline = time.monotonic() + 60
-        while (r := http.get(f"/v1/models/{model}")).status_code != 200:
-            assert time.monotonic() < deadline, f"{model} never registered"
-            time.sleep(0.5)
-        version = r.json()
+        version = registered(http, model)
     assert version["lineage"]["method"] == "dpo"
 
     answer = client.chat.completions.create(model=model, max_tokens=16, messages=[

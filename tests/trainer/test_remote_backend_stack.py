@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import secrets
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from job_waits import finished, registered
 from openai import OpenAI
 
 from coachforge_launcher.models import BASE_MODEL_ID
@@ -26,7 +26,6 @@ from coachforge_shared.db import Database
 
 pytestmark = pytest.mark.stack
 
-FINAL = ("succeeded", "failed", "cancelled")
 TENANT_A, TENANT_B = "remote-a", "remote-b"
 
 
@@ -64,14 +63,6 @@ def _supervised() -> dict[str, Any]:
     return {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5}}}
 
 
-def _finished(client: OpenAI, job_id: str, timeout: float = 900) -> Any:
-    deadline = time.monotonic() + timeout
-    while (job := client.fine_tuning.jobs.retrieve(job_id)).status not in FINAL:
-        assert time.monotonic() < deadline, f"job still {job.status}"
-        time.sleep(1)
-    return job
-
-
 def _refused(call: Any) -> dict[str, Any]:
     with pytest.raises(openai.BadRequestError) as err:
         call()
@@ -99,7 +90,7 @@ def test_a_job_trained_by_a_remote_is_mirrored_downloaded_registered_and_served(
     job = a.fine_tuning.jobs.create(model=BASE_MODEL_ID, training_file=_training_file(a), suffix="remote", seed=11,
                                     method=_supervised(), extra_body={"backend": "openai_compatible"})
     assert (job.model_extra or {})["backend"] == "openai_compatible"
-    job = _finished(a, job.id)
+    job = finished(a, job.id)
     assert job.status == "succeeded", job.error
     remote_id = (job.model_extra or {})["remote_job_id"]
     assert remote_id and remote_id != job.id
@@ -133,11 +124,7 @@ def test_a_job_trained_by_a_remote_is_mirrored_downloaded_registered_and_served(
     assert model and model.startswith(f"ft:{BASE_MODEL_ID}:{TENANT_A}:remote:") and model != remote.fine_tuned_model
     with httpx.Client(base_url=stack.base_url.removesuffix("/v1"), timeout=300,
                       headers={"Authorization": f"Bearer {keys[TENANT_A]}"}) as http:
-        deadline = time.monotonic() + 60
-        while (r := http.get(f"/v1/models/{model}")).status_code != 200:
-            assert time.monotonic() < deadline, f"{model} never registered"
-            time.sleep(0.5)
-    version = r.json()
+        version = registered(http, model)
     assert version["lineage"]["backend"] == "openai_compatible"
     assert version["lineage"]["remote"] == {"job_id": remote_id, "model": remote.fine_tuned_model,
                                             "base_url": stack.base_url}
