@@ -67,8 +67,9 @@ def test_full_context_has_every_section_in_order() -> None:
     assert lines[5].startswith("Trend: -14d CTL ") and lines[5].count("|") == 2 and "| today CTL " in lines[5]
     assert lines[6] == "Last 14 days:"
     assert lines[7].startswith("2025-02-24 Mon: ") and lines[20].startswith("2025-03-09 Sun: ")
-    assert lines[21:] == ["Plan:", "w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to 2025-03-12",
-                          "w2 Wed +2d run endurance Z2 60min 50TSS; extend to 75min", "Athlete: Should I rest?"]
+    assert lines[21:] == ["Plan:", "w1 Mon +0d run intervals Z4 60min 85TSS hard key",
+                          "w2 Wed +2d run endurance Z2 60min 50TSS", "Options: move_workout w1 to 2025-03-12",
+                          "Athlete: Should I rest?"]
     assert ctx.tokens == words(SYSTEM_PROMPT + "\n" + ctx.text)
 
 
@@ -124,7 +125,8 @@ def test_never_cuts_a_record_and_keeps_the_essentials() -> None:
         for line in lines:  # every line is a whole record of the full context, or a summary of whole days
             assert line in full_lines or ".." in line, line
         assert "Plan:" in lines and "Athlete: Should I rest?" in lines
-        assert "w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to 2025-03-12" in lines
+        assert "w1 Mon +0d run intervals Z4 60min 85TSS hard key" in lines
+        assert "Options: move_workout w1 to 2025-03-12" in lines
 
 
 def test_minimal_form_is_the_training_prompt_and_may_not_fit() -> None:

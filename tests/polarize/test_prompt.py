@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 
@@ -52,16 +53,37 @@ def test_render_exact() -> None:
         "Sleep 6.5h soreness 4/10 HRV -7% ill/injured no\n"
         "Readiness: normal\n"
         "Plan:\n"
-        "w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to 2025-03-12\n"
-        "w2 Tue +1d bike endurance Z2 90min 75TSS; extend to 110min\n"
+        "w1 Mon +0d run intervals Z4 60min 85TSS hard key\n"
+        "w2 Tue +1d bike endurance Z2 90min 75TSS\n"
         "w3 Wed +2d run recovery Z1 40min 20TSS\n"
-        "w4 Thu +3d bike tempo Z3 60min 70TSS hard; recovery 35min\n"
-        "w5 Fri +4d swim endurance Z2 45min 38TSS; extend to 55min\n"
+        "w4 Thu +3d bike tempo Z3 60min 70TSS hard\n"
+        "w5 Fri +4d swim endurance Z2 45min 38TSS\n"
         "w6 Sat +5d bike long Z2 180min 150TSS key\n"
         "w6b Sat +5d run recovery Z1 30min 15TSS\n"
-        "w7 Sun +6d run endurance Z2 60min 50TSS; extend to 75min\n"
+        "w7 Sun +6d run endurance Z2 60min 50TSS\n"
+        "Options: none\n"
         "Athlete: Can I swap Tuesday?"
     )
+
+
+def _options(state: AthleteState) -> str:
+    return render_context(state, _plan(), TODAY).splitlines()[-1]
+
+
+def test_the_readiness_picks_the_candidate_changes() -> None:
+    """The options line names the changes the rules allow in this readiness, and none otherwise."""
+    normal, tapering = STATE, dataclasses.replace(STATE, days_to_race=9)
+    assert _options(normal) == _options(tapering) == "Options: none"
+    fresh = dataclasses.replace(STATE, tsb=14.0, sleep_hours=8.0, soreness=2, hrv_drop_pct=0.0, ramp=1.0)
+    assert _options(fresh) == ("Options: change_duration w2 to 110min; change_duration w5 to 55min; "
+                               "change_duration w7 to 75min")
+    assert _options(dataclasses.replace(fresh, days_to_race=9)) == "Options: none"  # a taper takes no load
+    mild = dataclasses.replace(STATE, hrv_drop_pct=25.0)
+    assert _options(mild) == "Options: move_workout w1 to 2025-03-12; reduce_intensity w4 to Z2"
+    severe = dataclasses.replace(STATE, tsb=-32.0)
+    assert _options(severe) == "Options: move_workout w1 to 2025-03-12; replace_with_recovery w4 35min"
+    ill = dataclasses.replace(STATE, ill_or_injured=True)
+    assert _options(ill) == "Options: add_rest_day w1; add_rest_day w2; add_rest_day w3"
 
 
 def test_render_is_deterministic_and_order_independent() -> None:
@@ -83,6 +105,7 @@ def test_render_flags_and_empty_plan() -> None:
         "Sleep 8.0h soreness 2/10 HRV 0% ill/injured yes",
         "Readiness: ill/injured",
         "Plan: none",
+        "Options: none",
     ]
 
 
@@ -123,23 +146,25 @@ def test_system_prompt() -> None:
     assert SYSTEM_PROMPT.count(".") <= 2
 
 
-def test_the_plan_lines_state_the_values_the_rules_pick() -> None:
-    """Every value of a rule-based answer (a recovery length, an extension, a move day) is on its workout's
-    plan line, so a model selects it instead of computing it."""
-    from polarize.schema import ChangeDuration, MoveWorkout, ReplaceWithRecovery
+def test_the_options_name_the_rules_answer() -> None:
+    """Every operation of a rule-based answer, with its value (a recovery length, an extension, a move
+    day), is among the options, so a model selects it instead of computing it: the first option, or every
+    one when ill; none when the plan stays."""
     from polarize.synthetic import generate_examples
 
     seen: set[str] = set()
     for example in generate_examples(120, 3, free_text_share=0.0, budget=0):
         assert example.expected is not None
-        lines = {line.split(" ", 1)[0]: line for line in example.chat["messages"][1]["content"].splitlines()}
+        line = example.chat["messages"][1]["content"].splitlines()[-1 if example.question is None else -2]
+        assert line.startswith("Options: ")
+        options = [] if line == "Options: none" else line.removeprefix("Options: ").split("; ")
+        shown = []
         for op in example.expected.operations:
-            line = lines[op.workout_id]
-            if isinstance(op, ChangeDuration):
-                assert line.endswith(f"; extend to {op.new_duration_min}min"), line
-            elif isinstance(op, ReplaceWithRecovery):
-                assert line.endswith(f"; recovery {op.new_duration_min}min"), line
-            elif isinstance(op, MoveWorkout):
-                assert line.endswith(f"; move to {op.new_date.isoformat()}"), line
+            value = {"change_duration": f" to {getattr(op, 'new_duration_min', 0)}min",
+                     "replace_with_recovery": f" {getattr(op, 'new_duration_min', 0)}min",
+                     "move_workout": f" to {getattr(op, 'new_date', TODAY).isoformat()}",
+                     "reduce_intensity": " to Z2", "add_rest_day": ""}[op.op]
+            shown.append(f"{op.op} {op.workout_id}{value}")
             seen.add(op.op)
-    assert {"change_duration", "replace_with_recovery", "move_workout"} <= seen
+        assert shown == (options if example.branch == "ill" else options[:1]), (shown, options)
+    assert {"change_duration", "replace_with_recovery", "move_workout", "reduce_intensity", "add_rest_day"} <= seen

@@ -6,20 +6,22 @@ inputs (no clock, locale or dict-order dependence) and stays near 300 tokens.
 
 Besides the raw numbers it states the facts the rules derive from them, which a small model
 cannot compute reliably: the TSB band, the readiness (ill, fatigued with its red flags and
-severity, fresh, tapering, normal) with the days to the race, and for every planned workout
-its weekday and day offset from today, whether it is hard (zone >= ``config.hard_zone``), and
-the value the rules would use if they changed it (:func:`workout_options`: a hard key session's
-first safe day to move to, a hard session's recovery length, an extendable session's longer
-duration). Which workout to change, and how, is left to the reader of the context::
+severity, fresh, tapering, normal) with the days to the race, for every planned workout its
+weekday and day offset from today and whether it is hard (zone >= ``config.hard_zone``), and the
+changes the rules allow in this readiness (:func:`plan_options`), named as the schema's operations
+with the rules' own values: rest days when ill, a hard session's move day, recovery or Z2 when
+fatigued, an extendable session's longer duration when fresh, none otherwise. Which of them to
+make, and what to tell the athlete, is left to the reader of the context::
 
     Today 2025-03-10 Mon
     Load CTL 62 ATL 71 TSB -22 (low) ramp +3.1
     Sleep 5.5h soreness 4/10 HRV -7% ill/injured no
     Readiness: fatigued, severe (TSB -22, sleep 5.5h), race in 48d
     Plan:
-    w1 Mon +0d run intervals Z4 60min 85TSS hard key; move to 2025-03-12
-    w2 Tue +1d run endurance Z2 90min 75TSS; extend to 110min
-    w3 Thu +3d run tempo Z3 60min 70TSS hard; recovery 35min
+    w1 Mon +0d run intervals Z4 60min 85TSS hard key
+    w2 Tue +1d run endurance Z2 90min 75TSS
+    w3 Thu +3d run tempo Z3 60min 70TSS hard
+    Options: move_workout w1 to 2025-03-12; replace_with_recovery w3 35min
 """
 
 from __future__ import annotations
@@ -33,13 +35,17 @@ from .rules import (
     AthleteState,
     PlannedWorkout,
     RuleConfig,
+    classify_state,
     extensions,
     fatigue_flags,
     is_fresh,
+    is_hard,
+    is_modifiable,
     is_severe,
     is_tapering,
     move_dates,
     recovery_minutes,
+    rest_targets,
     weekday,
 )
 
@@ -95,33 +101,54 @@ def readiness(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> str:
     return ", ".join(parts)
 
 
-def workout_options(
-    w: PlannedWorkout,
+def plan_options(
     state: AthleteState,
-    plan: Sequence[PlannedWorkout],
+    upcoming: Sequence[PlannedWorkout],
     today: dt.date,
     config: RuleConfig = DEFAULT_CONFIG,
-) -> str:
-    """What the rules would change on this workout if its readiness branch picked it, as the plan line's
-    tail: a hard key session's first safe ``move to`` day, a hard session's ``recovery`` length, an
-    extendable session's ``extend to`` length (empty when none applies). The numbers come from the rules'
-    own helpers, so a model chooses among them rather than computing them."""
-    if w.zone >= config.hard_zone:
-        if w.key_session:
-            dates = move_dates(w, state, plan, today, config)
-            return f"; move to {dates[0].isoformat()}" if dates else ""
-        return f"; recovery {recovery_minutes(w)}min"
-    longer = extensions(w, plan, today, config)
-    return f"; extend to {longer[0]}min" if longer else ""
+) -> list[str]:
+    """The changes the rules allow in the athlete's readiness, one per candidate workout of the plan's
+    ``PLAN_DAYS`` in date order,
+    each named as the schema's operation, the workout id and the value the rules' own helpers give
+    (a model copies them rather than computing them):
+
+    * ill/injured: ``add_rest_day w3`` for each workout of the rest window (:func:`rest_targets`);
+    * fatigued: for every hard session, a key one's first safe day (``move_workout w5 to 2025-03-14``),
+      else its recovery when the fatigue is severe (``replace_with_recovery w4 35min``), ``reduce_intensity
+      w4 to Z2`` otherwise;
+    * fresh: the longest safe extension of every extendable session (``change_duration w2 to 110min``);
+    * normal or tapering: none (the plan stays).
+
+    The rules' own answer takes the first candidate (all of them when ill); which to take is left to
+    the reader of the context."""
+    branch = classify_state(state, config)
+    end = today + dt.timedelta(days=PLAN_DAYS)
+    if branch == "ill":
+        return [f"add_rest_day {w.id}" for w in rest_targets(upcoming, today, config) if w.date < end]
+    out: list[str] = []
+    for w in sorted(upcoming, key=lambda w: (w.date, w.id)):
+        if not is_modifiable(w, today, config) or w.date >= end:
+            continue
+        if branch == "fatigued" and is_hard(w, config):
+            if w.key_session:
+                dates = move_dates(w, state, upcoming, today, config)
+                if dates:
+                    out.append(f"move_workout {w.id} to {dates[0].isoformat()}")
+            elif is_severe(state, config):
+                out.append(f"replace_with_recovery {w.id} {recovery_minutes(w)}min")
+            else:
+                out.append(f"reduce_intensity {w.id} to Z2")
+        elif branch == "fresh":
+            longer = extensions(w, upcoming, today, config)
+            if longer:
+                out.append(f"change_duration {w.id} to {longer[0]}min")
+    return out
 
 
-def _workout_line(
-    w: PlannedWorkout, state: AthleteState, plan: Sequence[PlannedWorkout], today: dt.date, config: RuleConfig
-) -> str:
+def _workout_line(w: PlannedWorkout, today: dt.date, config: RuleConfig) -> str:
     tags = (" hard" if w.zone >= config.hard_zone else "") + (" key" if w.key_session else "")
     day = f"{weekday(w.date)} {(w.date - today).days:+d}d"
-    options = workout_options(w, state, plan, today, config)
-    return f"{w.id} {day} {w.sport} {w.type} Z{w.zone} {w.duration_min}min {w.tss:.0f}TSS{tags}{options}"
+    return f"{w.id} {day} {w.sport} {w.type} Z{w.zone} {w.duration_min}min {w.tss:.0f}TSS{tags}"
 
 
 def render_context(
@@ -144,7 +171,9 @@ def render_context(
         f"Readiness: {readiness(state, config)}",
         "Plan:" if plan else "Plan: none",
     ]
-    lines.extend(_workout_line(w, state, upcoming, today, config) for w in plan)
+    lines.extend(_workout_line(w, today, config) for w in plan)
+    options = plan_options(state, upcoming, today, config)
+    lines.append(f"Options: {'; '.join(options)}" if options else "Options: none")
     if question is not None and question.strip():
         q = " ".join(question.split())
         if len(q) > MAX_QUESTION_CHARS:

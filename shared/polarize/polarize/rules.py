@@ -271,7 +271,8 @@ def classify_state(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> 
     return "normal"
 
 
-def _modifiable(workout: PlannedWorkout, today: dt.date, config: RuleConfig) -> bool:
+def is_modifiable(workout: PlannedWorkout, today: dt.date, config: RuleConfig = DEFAULT_CONFIG) -> bool:
+    """Not done yet: a later day, or today when ``config.allow_today``."""
     return workout.date > today or (config.allow_today and workout.date == today)
 
 
@@ -399,7 +400,7 @@ def check_operation(
         if workout is None:
             flag(UNKNOWN_WORKOUT, index, f"no planned workout {op.workout_id!r}")
             continue
-        if not _modifiable(workout, today, config):
+        if not is_modifiable(workout, today, config):
             flag(PAST_WORKOUT, index, f"workout {workout.id} on {workout.date.isoformat()} is not in the future")
             continue
         if op.workout_id in first_index:
@@ -525,7 +526,7 @@ def extensions(
     if not is_extendable(workout, today, config):
         return []
     week_end = today + dt.timedelta(days=config.window_days)
-    base = sum(w.tss for w in upcoming if _modifiable(w, today, config) and w.date < week_end)
+    base = sum(w.tss for w in upcoming if is_modifiable(w, today, config) and w.date < week_end)
     out: list[int] = []
     extra = min(config.fresh_extension_min, _round5(workout.duration_min * 0.25))
     while extra >= 10:
@@ -561,6 +562,16 @@ def move_dates(
 # --------------------------------------------------------------------------- the rule-based coach
 
 
+def rest_targets(upcoming: Sequence[PlannedWorkout], today: dt.date,
+                 config: RuleConfig = DEFAULT_CONFIG) -> list[PlannedWorkout]:
+    """The workouts an ill or injured athlete's answer turns into rest days, in date order: every
+    modifiable one of the next ``config.ill_rest_days`` days (the next one when there is none there), at
+    most ``MAX_OPERATIONS``."""
+    future = _sorted(w for w in upcoming if is_modifiable(w, today, config))
+    horizon = today + dt.timedelta(days=config.ill_rest_days)
+    return ([w for w in future if w.date < horizon] or future[:1])[:MAX_OPERATIONS]
+
+
 def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
@@ -587,12 +598,11 @@ def recommend(
     config: RuleConfig = DEFAULT_CONFIG,
 ) -> Modification:
     """The rule-based answer for this athlete and plan (always passes :func:`check_operation`)."""
-    future = _sorted(w for w in upcoming if _modifiable(w, today, config))
+    future = _sorted(w for w in upcoming if is_modifiable(w, today, config))
     branch = classify_state(state, config)
 
     if branch == "ill":
-        horizon = today + dt.timedelta(days=config.ill_rest_days)
-        targets = ([w for w in future if w.date < horizon] or future[:1])[:MAX_OPERATIONS]
+        targets = rest_targets(upcoming, today, config)
         if not targets:
             return _keep(
                 "Health comes first: rest and recover fully, and tell me when you feel better so we can rebuild."
