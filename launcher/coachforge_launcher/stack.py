@@ -31,8 +31,9 @@ log = get_logger("coachforge.stack")
 
 REMOTES_FILE = "trainer-remotes.json"
 """The tenants' remote fine-tuning APIs (backend openai_compatible), in the data dir unless
-COACHFORGE_TRAINER_REMOTES_FILE names another file: the trainer reads it whenever it is used, so
-writing it takes effect without a restart (format: docs/fine-tuning-backends.md)."""
+COACHFORGE_TRAINER_REMOTES_FILE names another file: the trainer reads it whenever it is used, and
+inference (which forwards the requests for external models to those remotes) whenever it changed,
+so writing it takes effect without a restart (format: docs/fine-tuning-backends.md)."""
 
 
 @dataclass
@@ -99,6 +100,8 @@ def prepare(platform: PlatformSettings, stack: StackSettings) -> Prepared:
     if platform.database_url:
         env["DATABASE_URL"] = platform.database_url
     env.setdefault("COACHFORGE_TRAINER_REMOTES_FILE", str(platform.data_dir / REMOTES_FILE))
+    # Inference forwards external models' requests to the same remotes, with the same keys.
+    env.setdefault("COACHFORGE_INFERENCE_REMOTES_FILE", env["COACHFORGE_TRAINER_REMOTES_FILE"])
     return Prepared(api_key=api_key, key_created=created, model_dir=model_dir, env=env, engine_api_key=engine_key,
                     extra_model_dirs=extra)
 

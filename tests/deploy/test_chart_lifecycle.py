@@ -161,8 +161,8 @@ def test_an_upgrade_with_new_images_changes_no_immutable_field(helm_env: dict[st
 
 # -- pods, volumes and network ----------------------------------------------------------------------------
 
-#: Variables whose value is a path a process writes to (the models directory is only read).
-READ_ONLY_PATHS = {"COACHFORGE_MODELS_DIR", "COACHFORGE_TRAINER_REMOTES_FILE"}
+#: Variables whose value is a path a process writes to (the models directory and the remotes file are only read).
+READ_ONLY_PATHS = {"COACHFORGE_MODELS_DIR", "COACHFORGE_TRAINER_REMOTES_FILE", "COACHFORGE_INFERENCE_REMOTES_FILE"}
 
 
 @pytest.mark.parametrize("value_set", [name for name, _ in VALUE_SETS])

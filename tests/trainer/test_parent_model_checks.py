@@ -149,3 +149,17 @@ def test_a_remote_backend_cannot_continue_the_training_of_a_local_adapter(client
     error = _create(client, backend="openai_compatible")
     assert (error["param"], error["code"]) == ("model", "unsupported_continued_training")
     assert PARENT in error["message"] and BASE in error["message"]
+
+
+def test_an_external_model_cannot_be_trained_further(client: TestClient, db: Database, tmp_path: Path) -> None:
+    """An external model (a remote trained it and offers no download) has no adapter here to start from."""
+    external = f"ft:{BASE}:acme:remote:ext00001"
+    registry = RegistryDeps(db=db, settings=RegistrySettings(base_models=[BASE]), artifacts_dir=tmp_path / "store",
+                            platform_models_dir=tmp_path / "models", publisher=OutboxOnly())  # type: ignore[arg-type]
+    with db.session() as s:
+        registry_service.on_job_succeeded(registry, s, Envelope(tenant_id="acme"), trainer_pb2.JobSucceeded(
+            job_id="ftjob-ext00001", base_model=BASE, fine_tuned_model=external, training_file="file-1",
+            remote_job_id="ftjob-r1", remote_model="ft:remote-model:x", remote_base_url="https://api.openai.com/v1"))
+    error = _create(client, model=external)
+    assert (error["param"], error["code"]) == ("model", "unsupported_continued_training")
+    assert external in error["message"] and "external model" in error["message"] and BASE in error["message"]

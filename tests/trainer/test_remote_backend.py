@@ -2,9 +2,10 @@
 wrong entries left out, the key never shown), the per-tenant check at job creation, which jobs a
 worker's training and remote slots claim, and the worker's side of a remote job (upload, create,
 follow: events, metrics, status, failure, cancel, lease, restart; download and unpack the adapter,
-or fail clearly when the remote offers none) against a stand-in for a remote fine-tuning API that
-speaks OpenAI's fine-tuning routes over real HTTP (OpenAI itself cannot be reached here; the stack
-test test_remote_backend_stack.py uses a real CoachForge as the remote)."""
+or, when the remote offers none, succeed with the remote model to be served remotely as an external
+model) against a stand-in for a remote fine-tuning API that speaks OpenAI's fine-tuning routes over
+real HTTP (OpenAI itself cannot be reached here; the stack test test_remote_backend_stack.py uses a
+real CoachForge as the remote)."""
 
 from __future__ import annotations
 
@@ -24,14 +25,16 @@ import pytest
 import uvicorn
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, select
 
 from coachforge_registry.exports import write_tar_gz
 from coachforge_shared import migrate
 from coachforge_shared.auth import create_tenant
 from coachforge_shared.db import Database
 from coachforge_shared.errors import InvalidArgument
+from coachforge_shared.events import decode, publish_in
 from coachforge_shared.ids import new_id, utcnow
+from coachforge_shared.models import OutboxEvent
 from coachforge_trainer import lifecycle
 from coachforge_trainer.backends import REMOTE_BACKENDS, TrainRun, get_backend
 from coachforge_trainer.models import Job
@@ -179,6 +182,8 @@ class StandIn:
 
     outcome: str = "succeeded"
     exports: bool = True
+    export_error: tuple[int, str] | None = None
+    """An error (status, code) the exports route answers, as a CoachForge remote refusing an export."""
     steps: int = 3
     files: dict[str, bytes] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -286,6 +291,10 @@ def _app(state: StandIn) -> FastAPI:
     async def export(model: str, request: Request) -> Any:
         if not state.exports:  # OpenAI: no such route
             return not_found(f"Invalid URL (POST /v1/models/{model}/exports)")
+        if state.export_error is not None:
+            status, code = state.export_error
+            return JSONResponse({"error": {"message": f"{model} cannot be exported.", "type": "invalid_request_error",
+                                           "param": "model", "code": code}}, status_code=status)
         assert (await request.json()) == {"format": "adapter"}
         return {"id": "export_1", "object": "model.export", "model": model, "format": "adapter", "status": "queued"}
 
@@ -430,17 +439,82 @@ def test_a_remote_failure_fails_the_job_with_the_remote_s_message(stand_in: tupl
     assert ("Remote: Training failed.", "error") in [(m, level) for m, level, _ in rec.events]
 
 
-def test_a_remote_that_offers_no_download_fails_the_job_saying_so(stand_in: tuple[StandIn, Remote],
-                                                                  tmp_path: Path) -> None:
+def test_a_remote_that_offers_no_download_succeeds_with_its_model_served_remotely(
+        stand_in: tuple[StandIn, Remote], tmp_path: Path) -> None:
     state, remote = stand_in
     state.exports = False
+    rec = Recorder()
+    result = train_remote(rec.run(tmp_path / "out"), remote, poll_seconds=0.01)
+    assert result.adapter_dir is None and not (tmp_path / "out" / "adapter").exists()
+    assert (result.remote_job_id, result.remote_model, result.remote_base_url) == (
+        "ftjob-remote0", "ft:base:remote-tenant:coach:abcd1234", remote.base_url)
+    assert (result.steps, result.trained_tokens, result.lora_r, result.target_modules, result.device) == (
+        3, 1234, 0, [], "remote")
+    assert result.final_loss == pytest.approx(1 / 3)
+    message, level, data = rec.events[-1]
+    assert message.startswith(f"The adapter of ft:base:remote-tenant:coach:abcd1234 cannot be downloaded from "
+                              f"{remote.base_url} (it answered 404: Invalid URL")
+    assert message.endswith("the model is served remotely through inference, as an external model.")
+    assert level == "info" and data == {"remote_job_id": "ftjob-remote0",
+                                        "remote_model": "ft:base:remote-tenant:coach:abcd1234",
+                                        "remote_base_url": remote.base_url}
+    assert all(KEY not in json.dumps(e) for e in rec.events)
+
+
+def test_a_coachforge_remote_refusing_to_export_an_external_model_is_no_download(
+        stand_in: tuple[StandIn, Remote], tmp_path: Path) -> None:
+    state, remote = stand_in
+    state.export_error = (400, "model_not_exportable")
+    result = train_remote(Recorder().run(tmp_path / "out"), remote, poll_seconds=0.01)
+    assert result.adapter_dir is None and result.remote_model == "ft:base:remote-tenant:coach:abcd1234"
+    state.export_error = (400, "invalid_value")  # any other refusal still fails the job
     with pytest.raises(RemoteTrainingFailed) as err:
-        train_remote(Recorder().run(tmp_path / "out"), remote, poll_seconds=0.01)
-    assert err.value.code == "remote_adapter_unavailable"
-    message = str(err.value)
-    assert "ft:base:remote-tenant:coach:abcd1234" in message and "cannot be downloaded" in message
-    assert remote.base_url in message and KEY not in message
-    assert not (tmp_path / "out" / "adapter").exists()
+        train_remote(Recorder().run(tmp_path / "again"), remote, poll_seconds=0.01)
+    assert err.value.code == "remote_adapter_unavailable" and "could not export the adapter" in str(err.value)
+
+
+def test_an_external_result_succeeds_the_job_with_an_empty_adapter_uri(stand_in: tuple[StandIn, Remote],
+                                                                       tmp_path: Path) -> None:
+    state, remote = stand_in
+    state.exports = False
+    result = train_remote(Recorder().run(tmp_path / "out"), remote, poll_seconds=0.01)
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    migrate.upgrade(url)
+    db = Database(url)
+    create_tenant(db, "acme")
+    job_id = new_id("ftjob")
+    with db.session() as s:
+        s.add(Job(id=job_id, tenant_id="acme", model="base", status="queued", training_file="file-x", n_epochs=1,
+                  batch_size=1, learning_rate_multiplier=1.0, seed=1, backend="openai_compatible",
+                  queued_at=utcnow()))
+    try:
+        with db.session() as s:
+            job = lifecycle.claim_next(s, "w", utcnow() + timedelta(seconds=60), remote=True)
+            assert job is not None
+            s.expunge(job)
+        with db.session() as s:
+            lifecycle.succeed(s, _OutboxOnly(), job, "w", result,  # type: ignore[arg-type]
+                              fine_tuned_model="ft:base:acme:coach:local1", result_file=None, learning_rate=1e-4)
+        with db.session() as s:
+            stored = s.get(Job, job_id)
+            assert stored is not None
+            assert (stored.status, stored.adapter_uri, stored.fine_tuned_model, stored.device) == (
+                "succeeded", None, "ft:base:acme:coach:local1", "remote")
+            [succeeded] = [payload for env, payload in (decode(row.envelope) for row in s.scalars(
+                select(OutboxEvent))) if env.type == "job.succeeded"]
+        assert (succeeded.adapter_uri, succeeded.fine_tuned_model, succeeded.remote_job_id, succeeded.remote_model,
+                succeeded.remote_base_url, succeeded.lora_rank) == (
+            "", "ft:base:acme:coach:local1", "ftjob-remote0", "ft:base:remote-tenant:coach:abcd1234",
+            remote.base_url, 0)
+    finally:
+        db.dispose()
+
+
+class _OutboxOnly:
+    """The publisher without a broker: events go to the outbox in the caller's transaction."""
+
+    def publish_in(self, s: Any, event_type: str, payload: Any, tenant_id: str, key: str | None = None) -> str:
+        return publish_in(s, event_type, payload, tenant_id, key)
 
 
 def test_a_cancel_cancels_the_remote_job_and_a_lost_lease_does_not(stand_in: tuple[StandIn, Remote],

@@ -24,6 +24,7 @@ from coachforge.inference.v1 import inference_pb2
 from coachforge.registry.v1 import registry_pb2, registry_pb2_grpc
 from coachforge_inference import knowledge, policies, stored
 from coachforge_inference.engine import EngineUnreachable, engine_error
+from coachforge_inference.external import ExternalModels, NoLease, is_external, remote_body
 from coachforge_inference.limits import Admission, RateLimiter
 from coachforge_inference.metrics import (
     CANDIDATE_ROUTED,
@@ -47,6 +48,7 @@ from coachforge_shared.events import EventPublisher
 from coachforge_shared.grpc_server import InternalChannel, typed_rpc_errors
 from coachforge_shared.ids import new_id
 from coachforge_shared.logging import get_logger
+from coachforge_shared.remotes import Remote
 
 if TYPE_CHECKING:
     from coachforge_inference.stored import StoreRequest
@@ -134,6 +136,8 @@ class InferenceDeps:
     """Tenants' stored completion policies, for requests that do not say ``store``."""
     limiter: RateLimiter = field(init=False, repr=False)
     """Tenants' rate limits and daily quotas (:mod:`coachforge_inference.limits`)."""
+    external: ExternalModels = field(init=False, repr=False)
+    """Where requests for external models go: their remotes (:mod:`coachforge_inference.external`)."""
 
     def __post_init__(self) -> None:
         if self.engines is None:
@@ -144,6 +148,7 @@ class InferenceDeps:
                           for base, pool in self.settings.engine_pools.items()}
         self.policy_cache = policies.PolicyCache(self.settings.stored_policy_cache_s)
         self.limiter = RateLimiter(self.settings, self.db)
+        self.external = ExternalModels(self.settings)
 
     @property
     def pool(self) -> EnginePool:
@@ -184,6 +189,7 @@ class InferenceDeps:
             await asyncio.to_thread(listener.stop)
         for pool in self.all_pools:
             await pool.close()
+        await self.external.close()
         self._started = False
 
     async def healthy(self) -> bool:
@@ -325,7 +331,7 @@ class Routed:
     purpose: str = APP
     """Why the completion was asked ("app" or "evaluation"): how its usage is labelled and billed."""
     engine: str = ""
-    """The engine that answered (its URL)."""
+    """The engine that answered (its URL); for an external model, its remote's base URL."""
     engine_seconds: float = 0.0
     """Time spent waiting for the engine's answer (for a stream: its first chunk)."""
     gateway_seconds: float = 0.0
@@ -410,7 +416,7 @@ def _route(tenant_id: str, model_id: str, body: dict[str, Any], res: Resolution,
             knowledge_setting = persona["knowledge"]
     else:
         engine_body, persona_version = dict(body), 0
-    engine_body["model"] = model.adapter_name or model.id
+    engine_body["model"] = model.external_model or model.adapter_name or model.id
     return Routed(model, engine_body, avatar=avatar, arm=arm, persona_version=persona_version,
                   knowledge_setting=knowledge_setting)
 
@@ -445,6 +451,8 @@ def _fallback(tenant_id: str, routed: Routed) -> Routed:
 
 EngineCall = Callable[[EnginePool, PooledEngine, bytes], Awaitable[T]]
 """Asks one engine of a pool (the pool of the routed model's base) for the answer to the encoded body."""
+ExternalCall = Callable[[ExternalModels, registry_pb2.Model, Remote, bytes], Awaitable[T]]
+"""Asks the remote that serves an external model (with the tenant's remote) for the answer to the encoded body."""
 
 
 def _retry_or_raise(pool: EnginePool, tried: list[PooledEngine], err: EngineUnreachable) -> None:
@@ -466,12 +474,13 @@ async def _timed(routed: Routed, call: Callable[..., Awaitable[T]], *args: Any) 
         routed.engine_seconds += time.perf_counter() - t
 
 
-async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
-                  call: EngineCall[T], purpose: str = APP) -> tuple[T, Lease, Routed]:
+async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any], call: EngineCall[T],
+                  forward: ExternalCall[T], purpose: str = APP) -> tuple[T, Lease | NoLease, Routed]:
     """Check ``body``, resolve and route its model, pick an engine, load the adapter there, and
-    ``call`` it; returns the result, the engine lease (the caller releases it when the answer is
-    done) and the routing actually used, with the time spent in ``call`` as its ``engine_seconds``.
-    A failure counts in ``coachforge_inference_requests_total{outcome="error"}``."""
+    ``call`` it (an external model: ``forward`` it to its remote instead); returns the result, the
+    engine lease (the caller releases it when the answer is done) and the routing actually used,
+    with the time spent in ``call`` as its ``engine_seconds``. A failure counts in
+    ``coachforge_inference_requests_total{outcome="error"}``."""
     label = UNRESOLVED
     admission: Admission | None = None
     try:
@@ -492,7 +501,7 @@ async def _engage(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str
         if await _stores(deps, tenant_id, path, purpose, asked, resolution):
             routed.store = stored.StoreRequest(model_id, metadata, body)
         label = routed.model.id
-        return await _engage_routed(deps, tenant_id, routed, call)
+        return await _engage_routed(deps, tenant_id, routed, call, forward)
     except BaseException as err:
         deps.limiter.settle(admission, 0, 0.0)  # nothing was generated: the tokens admitted on come back
         if isinstance(err, CoachForgeError):
@@ -514,8 +523,14 @@ async def _stores(deps: InferenceDeps, tenant_id: str, path: str, purpose: str, 
     return (await policies.current(deps, tenant_id)).store_by_default
 
 
-async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed,
-                         call: EngineCall[T]) -> tuple[T, Lease, Routed]:
+async def _engage_routed(deps: InferenceDeps, tenant_id: str, routed: Routed, call: EngineCall[T],
+                         forward: ExternalCall[T]) -> tuple[T, Lease | NoLease, Routed]:
+    if is_external(routed.model):  # served by the remote that trained it, not by the engines
+        model = routed.model
+        remote = deps.external.remote_for(tenant_id, model)
+        result = await _timed(routed, forward, deps.external, model, remote, _dumps(remote_body(routed.engine_body)))
+        routed.engine = model.external_base_url
+        return result, NoLease(), routed
     tried: list[PooledEngine] = []
     while True:
         model = routed.model
@@ -650,7 +665,11 @@ async def complete(deps: InferenceDeps, tenant_id: str, path: str, body: dict[st
     def call(pool: EnginePool, engine: PooledEngine, content: bytes) -> Awaitable[bytes]:
         return pool.post(engine, path, content)
 
-    raw, lease, routed = await _engage(deps, tenant_id, path, body, call, purpose)
+    def forward(external: ExternalModels, model: registry_pb2.Model, remote: Remote,
+                content: bytes) -> Awaitable[bytes]:
+        return external.post(model, remote, path, content)
+
+    raw, lease, routed = await _engage(deps, tenant_id, path, body, call, forward, purpose)
     lease.release()
     result = json.loads(raw)
     renamed = _rename_model(raw, routed.engine_body["model"], routed.model.id)
@@ -674,6 +693,17 @@ def _stream_error(line: bytes) -> CoachForgeError:
     return engine_error(code if isinstance(code, int) else 500, line[6:].decode(errors="replace"))
 
 
+async def _first(upstream: AsyncIterator[bytes]) -> tuple[AsyncIterator[bytes], bytes]:
+    """A stream and its first line, awaited (an error before anything was sent to the client is raised)."""
+    try:
+        return upstream, await upstream.__anext__()
+    except StopAsyncIteration:
+        return upstream, b""
+    except BaseException:
+        await upstream.aclose()  # type: ignore[attr-defined]
+        raise
+
+
 async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str, Any],
                  arrived: float | None = None, *, purpose: str = APP) -> tuple[AsyncIterator[bytes], Routed]:
     """A streaming completion as server-sent event lines (each ending with a newline), ``model``
@@ -686,18 +716,15 @@ async def stream(deps: InferenceDeps, tenant_id: str, path: str, body: dict[str,
     ended without an error."""
     started = time.perf_counter() if arrived is None else arrived
 
-    async def call(pool: EnginePool, engine: PooledEngine, content: bytes) -> tuple[AsyncIterator[bytes], bytes]:
-        upstream = pool.stream(engine, path, content)
-        try:
-            return upstream, await upstream.__anext__()  # raises before anything was sent to the client
-        except StopAsyncIteration:
-            return upstream, b""
-        except BaseException:
-            await upstream.aclose()  # type: ignore[attr-defined]
-            raise
+    def call(pool: EnginePool, engine: PooledEngine, content: bytes) -> Awaitable[tuple[AsyncIterator[bytes], bytes]]:
+        return _first(pool.stream(engine, path, content))
+
+    def forward(external: ExternalModels, model: registry_pb2.Model, remote: Remote,
+                content: bytes) -> Awaitable[tuple[AsyncIterator[bytes], bytes]]:
+        return _first(external.stream(model, remote, path, content))
 
     wanted, running_wanted, body = _bill_stream(body)
-    (upstream, first), lease, routed = await _engage(deps, tenant_id, path, body, call, purpose)
+    (upstream, first), lease, routed = await _engage(deps, tenant_id, path, body, call, forward, purpose)
     routed.timed("stream", started)
     model = routed.model
     engine_model = routed.engine_body["model"]

@@ -69,6 +69,13 @@ class InferenceSettings(BaseSettings):
         description='fsspec options for fetching remote adapters, JSON, e.g. {"endpoint_url": '
                     '"http://minio:9000", "key": "…", "secret": "…"}; without credentials s3fs uses the usual AWS '
                     "chain (AWS_* variables, a profile, an IAM role).")
+    remotes_file: str | None = Field(
+        default=None,
+        description='JSON file of the tenants\' remote OpenAI-compatible APIs, the trainer\'s (COACHFORGE_TRAINER_'
+                    'REMOTES_FILE): {"<tenant id>": {"base_url": "https://api.openai.com/v1", "api_key": "..."}}. '
+                    "Requests for an external model (trained by a remote that offers no download of its adapter) "
+                    "are forwarded to its remote with the tenant's key from this file, only while the tenant's "
+                    "entry names that remote (503 otherwise). Read again whenever it changed.")
     registry_grpc_target: str | None = Field(
         default=None, description="gRPC address of the registry (default: the platform's grpc_target).")
     dataset_grpc_target: str | None = Field(

@@ -43,7 +43,9 @@ def _deps(request: Request) -> RegistryDeps:
 
 def to_openai(m: registry_pb2.Model) -> dict[str, object]:
     """OpenAI's model object; fine-tuned versions carry their registry facts as extra fields (with
-    ``parent_model``, from the lineage: the version a continued training started from, else null)."""
+    ``parent_model``, from the lineage: the version a continued training started from, else null; and
+    ``external``: for an external model, the remote model and base URL inference forwards its requests
+    to, else null)."""
     out: dict[str, object] = {"id": m.id, "object": "model", "created": m.created, "owned_by": m.owned_by}
     if m.adapter_name:
         lineage = json.loads(m.lineage_json or "{}")
@@ -54,7 +56,8 @@ def to_openai(m: registry_pb2.Model) -> dict[str, object]:
             "files": [{"path": f.path, "sha256": f.sha256, "size": f.size} for f in m.files],
             "base_model_config_sha256": m.base_config_sha256, "lineage": lineage,
             "parent_model": lineage.get("parent_model") if isinstance(lineage, dict) else None,
-            "evaluations": json.loads(m.evaluations_json or "{}")})
+            "evaluations": json.loads(m.evaluations_json or "{}"),
+            "external": {"model": m.external_model, "base_url": m.external_base_url} if m.external_model else None})
     return out
 
 

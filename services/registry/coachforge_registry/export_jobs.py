@@ -104,6 +104,11 @@ def create_export(deps: RegistryDeps, tenant_id: str, model_id: str, fmt: str, q
         try:
             with deps.db.session() as s:
                 v = _version(s, deps, tenant_id, model_id)
+                if v.external_model:
+                    raise InvalidArgument(
+                        f"'{model_id}' is an external model, served by the remote that trained it "
+                        f"({v.external_base_url}); it has no adapter here to export.", param="model",
+                        code="model_not_exportable")
                 persona_avatar = _persona_avatar(s, tenant_id, model_id, avatar) if fmt == "ollama" else None
                 persona_json = ""
                 if persona_avatar is not None:

@@ -45,6 +45,11 @@ class ModelVersion(Base):
     lineage_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     eval_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, default=utcnow)
+    # An external model (a job trained by a remote OpenAI-compatible API that offers no download of its
+    # adapter): the remote's model id and base URL (without credentials). Inference forwards its requests
+    # there; it has no artifact (no files, size 0). None for an adapter served by the engines.
+    external_model: Mapped[str | None] = mapped_column(String(300), nullable=True, default=None)
+    external_base_url: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
 
 
 class Avatar(Base):

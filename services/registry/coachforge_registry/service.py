@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -141,7 +142,8 @@ def version_proto(v: ModelVersion) -> registry_pb2.Model:
         version=v.version, status=v.status, suffix=v.suffix, target_modules=json.loads(v.target_modules_json),
         files=[registry_pb2.ArtifactFile(**f) for f in json.loads(v.files_json)], size_bytes=v.size_bytes,
         artifact_sha256=v.artifact_sha256, base_config_sha256=v.base_config_sha256, artifact_uri=v.artifact_uri,
-        source=v.source, lineage_json=v.lineage_json, evaluations_json=v.eval_json)
+        source=v.source, lineage_json=v.lineage_json, evaluations_json=v.eval_json,
+        external_model=v.external_model or "", external_base_url=v.external_base_url or "")
 
 
 def suffix_of(model_id: str) -> str:
@@ -167,14 +169,19 @@ def _adapter_files(adapter_dir: Path) -> tuple[list[ArtifactFile], list[str]]:
 
 def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str, suffix: str, model_id: str,
               facts: AdapterFacts, adapter_dir: Path | None, adapter_uri: str, source: str, job_id: str | None,
-              lineage: dict[str, Any], param: str, ignored: Iterable[str] = ()) -> tuple[ModelVersion, str]:
+              lineage: dict[str, Any], param: str, ignored: Iterable[str] = (),
+              external: tuple[str, str] | None = None) -> tuple[ModelVersion, str]:
     """Check compatibility, store the artifact (when readable: only adapter_config.json and the
     safetensors weights; every other file, found in the folder or given in ``ignored``, is listed
     in the lineage's ``ignored_files``), insert the row as a candidate. Returns the row and the
-    stored artifact's URI ("" when none) so a caller can remove it if its transaction fails."""
-    check_compatible(base_model=base_model, adapter_base=facts.base_model_name_or_path, lora_rank=facts.lora_rank,
-                     target_modules=facts.target_modules, modules_to_save=facts.modules_to_save,
-                     base_models=deps.settings.base_models, max_lora_rank=deps.settings.max_lora_rank, param=param)
+    stored artifact's URI ("" when none) so a caller can remove it if its transaction fails.
+    ``external``: the remote model and base URL of an external model, which has no artifact and is
+    not checked against the engines (the remote serves it)."""
+    if external is None:
+        check_compatible(base_model=base_model, adapter_base=facts.base_model_name_or_path,
+                         lora_rank=facts.lora_rank, target_modules=facts.target_modules,
+                         modules_to_save=facts.modules_to_save, base_models=deps.settings.base_models,
+                         max_lora_rank=deps.settings.max_lora_rank, param=param)
     config_sha = base_config_sha256(deps.models_dir(), base_model)  # a configured base model's folder only
     vid = new_id("mv")
     files: list[ArtifactFile] = []
@@ -197,7 +204,8 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
             suffix=suffix, version=_next_version(s, tenant_id, base_model, suffix), source=source,
             artifact_uri=artifact_uri, files_json=json.dumps([f.__dict__ for f in files]),
             size_bytes=sum(f.size for f in files), artifact_sha256=manifest_digest(files) if files else "",
-            base_config_sha256=config_sha, lineage_json=json.dumps(lineage), updated_at=utcnow())
+            base_config_sha256=config_sha, lineage_json=json.dumps(lineage), updated_at=utcnow(),
+            external_model=external[0] if external else None, external_base_url=external[1] if external else None)
         repository.add_version(s, v)
         if deps.publisher is not None:
             deps.publisher.publish_in(s, "model.registered", registry_pb2.ModelRegistered(model=version_proto(v)),
@@ -207,7 +215,7 @@ def _register(s: Session, deps: RegistryDeps, *, tenant_id: str, base_model: str
             deps.artifact_store().remove(artifact_uri)
         raise
     log.info("model registered", model=v.model_id, tenant=tenant_id, version=v.version, source=source,
-             job_id=job_id, size=v.size_bytes)
+             job_id=job_id, size=v.size_bytes, external=bool(external))
     return v, artifact_uri
 
 
@@ -274,11 +282,19 @@ def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_
     """Register the adapter a job produced. Runs in the event's idempotency transaction; a job
     already registered (e.g. replayed under a new event id) creates nothing new. An incompatible
     adapter is not registered: ``model.rejected`` says which fact differs. An adapter outside the
-    tenant's job artifact folder is refused (:func:`check_job_artifact`: dead-lettered)."""
-    check_job_artifact(deps, env.tenant_id, ev.adapter_uri)
+    tenant's job artifact folder is refused (:func:`check_job_artifact`: dead-lettered). A job
+    without an adapter whose remote serves its model (``remote_model``: the remote offers no
+    download) is registered as an external model (:func:`_register_external`)."""
+    external = not ev.adapter_uri and bool(ev.remote_model)
+    if external:
+        check_external(ev)
+    else:
+        check_job_artifact(deps, env.tenant_id, ev.adapter_uri)
     if repository.job_registered(s, ev.job_id):
         log.info("job already registered", job_id=ev.job_id)
         return None
+    if external:
+        return _register_external(deps, s, env, ev)
     adapter_dir = Path(ev.adapter_uri) if ev.adapter_uri and "://" not in ev.adapter_uri else None
     lineage = job_lineage(ev)
     try:
@@ -302,6 +318,29 @@ def on_job_succeeded(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_
                 key=ev.fine_tuned_model)
         return None
     return None
+
+
+def check_external(ev: trainer_pb2.JobSucceeded) -> None:
+    """Refuse (:class:`InvalidEvent`) an external model's job that does not name where it is served: a
+    remote model id and an http(s) base URL without credentials (inference forwards its requests
+    there, and only when it is the tenant's configured remote)."""
+    if len(ev.remote_model) > 300 or any(c.isspace() for c in ev.remote_model):
+        raise InvalidEvent(f"job.succeeded remote_model {ev.remote_model[:200]!r} is not a model id.")
+    parts = urlsplit(ev.remote_base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password \
+            or len(ev.remote_base_url) > 1000:
+        raise InvalidEvent(f"job.succeeded remote_base_url {ev.remote_base_url[:200]!r} is not an http(s) URL "
+                           "without credentials; an external model needs the remote that serves it.")
+
+
+def _register_external(deps: RegistryDeps, s: Session, env: Envelope, ev: trainer_pb2.JobSucceeded) -> None:
+    """Register a job's external model: no artifact (no files, size 0) and no engine checks (the remote
+    serves it, so neither the engines' base models nor their LoRA limits apply)."""
+    _register(s, deps, tenant_id=env.tenant_id, base_model=ev.base_model, suffix=suffix_of(ev.fine_tuned_model),
+              model_id=ev.fine_tuned_model, facts=AdapterFacts(base_model_name_or_path="", lora_rank=0,
+                                                                target_modules=[]),
+              adapter_dir=None, adapter_uri="", source="job", job_id=ev.job_id, lineage=job_lineage(ev),
+              param="remote_model", external=(ev.remote_model, ev.remote_base_url.rstrip("/")))
 
 
 # -- upload -------------------------------------------------------------------------------------
@@ -650,13 +689,16 @@ ACTIVE_CHANGES = ("created", "activated", "rolled_back", "pinned")
 def _require_servable(s: Session, deps: RegistryDeps, tenant_id: str, model_id: str,
                       param: str = "model") -> registry_pb2.Model:
     """The model exists for this tenant and the engines can serve it (checked again at activation:
-    settings or the base model may have changed since registration)."""
+    settings or the base model may have changed since registration); an external model is served by
+    its remote, not the engines."""
     if model_id in deps.settings.base_models:
         return base_model_proto(model_id)
     v = repository.version(s, tenant_id, model_id, lock=True)  # locked: a concurrent delete waits
     if v is None:
         raise InvalidArgument(f"The model '{model_id}' does not exist or you do not have access to it.",
                               param=param, code="model_not_found")
+    if v.external_model:
+        return version_proto(v)
     check_compatible(base_model=v.base_model, adapter_base="", lora_rank=v.lora_rank,
                      target_modules=json.loads(v.target_modules_json), base_models=deps.settings.base_models,
                      max_lora_rank=deps.settings.max_lora_rank, registered_config_sha256=v.base_config_sha256,

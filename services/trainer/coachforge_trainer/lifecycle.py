@@ -293,16 +293,19 @@ def recover(s: Session, publisher: EventPublisher, lost: repository.ExpiredLease
 def succeed(s: Session, publisher: EventPublisher, job: Job, worker_id: str, result: TrainResult, *,
             fine_tuned_model: str, result_file: str | None, learning_rate: float) -> None:
     """running → succeeded by its worker: stores the outcome and publishes ``job.succeeded`` (which
-    the registry turns into a model version). ``job`` is the job as its worker read it."""
+    the registry turns into a model version). ``job`` is the job as its worker read it. A result without
+    an adapter (a remote that offers no download) has an empty ``adapter_uri`` and its ``remote_model``:
+    the registry registers it as an external model."""
+    adapter_uri = str(result.adapter_dir) if result.adapter_dir is not None else ""
     _move(s, job.id, (RUNNING,), SUCCEEDED, _held_by(worker_id), finished_at=utcnow(), lease_expires_at=None,
           result_file=result_file, fine_tuned_model=fine_tuned_model, trained_tokens=result.trained_tokens,
-          adapter_uri=str(result.adapter_dir), device=result.device, valid_loss=result.valid_loss)
+          adapter_uri=adapter_uri or None, device=result.device, valid_loss=result.valid_loss)
     add_event(s, job.id, f"New fine-tuned model created: {fine_tuned_model}")
     add_event(s, job.id, "The job has successfully completed.")
     hyperparameters = {**job_hyperparameters(job), "seed": job.seed, "learning_rate": learning_rate}
     publisher.publish_in(s, "job.succeeded", trainer_pb2.JobSucceeded(
         job_id=job.id, base_model=job.model, fine_tuned_model=fine_tuned_model,
-        adapter_uri=str(result.adapter_dir), trained_tokens=result.trained_tokens, lora_rank=result.lora_r,
+        adapter_uri=adapter_uri, trained_tokens=result.trained_tokens, lora_rank=result.lora_r,
         target_modules=result.target_modules, final_loss=result.final_loss or 0.0,
         training_file=job.training_file, validation_file=job.validation_file or "",
         hyperparameters_json=json.dumps(hyperparameters), valid_loss=result.valid_loss,

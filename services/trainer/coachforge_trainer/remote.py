@@ -7,7 +7,8 @@ Each tenant may have one remote, kept in the JSON file ``COACHFORGE_TRAINER_REMO
 
     {"acme": {"base_url": "https://api.openai.com/v1", "api_key": "sk-..."}}
 
-The file is read again whenever it is used (:func:`remote_for`), so a Kubernetes Secret mounted
+The file is read again whenever it is used (:func:`remote_for`, through
+:mod:`coachforge_shared.remotes`, which inference reads it with too), so a Kubernetes Secret mounted
 as a file can change without a restart. A tenant without an entry (or a malformed one, or no
 file) cannot use the backend: job creation answers 400 ``backend_not_configured`` on
 ``backend``. The API key is never logged, shown in an error or stored anywhere else.
@@ -34,9 +35,18 @@ CoachForge remote (``POST /models/{model}/exports`` with format ``adapter``, the
 ``GET .../exports/{id}`` until it succeeded, then ``GET .../exports/{id}/content``: a tar.gz
 holding ``adapter_config.json`` and ``adapter_model.safetensors``), its sha256 checked, and
 unpacked into the run's ``adapter`` folder: the worker then registers it like an adapter it
-trained, with the remote job and model in its lineage. A remote without that API (OpenAI
-itself) offers no download: the local job fails with ``remote_adapter_unavailable`` saying
-so (the remote model can be used on the remote meanwhile).
+trained, with the remote job and model in its lineage. An export that fails, or does not match
+its sha256, fails the local job with ``remote_adapter_unavailable``.
+
+A remote without that API (OpenAI itself: 404, 405 or 501), or a CoachForge remote refusing to
+export a model without an adapter (400 ``model_not_exportable``), offers no download
+(:meth:`_Follower.no_download`): the local job still succeeds, with a result without an adapter
+and an event saying that the model is served remotely through inference. Its ``job.succeeded``
+has an empty ``adapter_uri`` and the remote's job, model and base URL (without credentials); the
+registry registers the job's model (the local ``ft:...`` id, as for any job) as an *external
+model*, and inference forwards its requests to that remote (its chat completions and
+completions, streamed or not, with the tenant's key from the same remotes file) and records
+their usage like any other.
 """
 
 from __future__ import annotations
@@ -50,10 +60,11 @@ import shutil
 import tarfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
+
+from coachforge_shared.remotes import Remote, RemotesFileError, load_remotes, parse_remotes, remote_in
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -61,6 +72,9 @@ if TYPE_CHECKING:
     from coachforge_trainer.backends import TrainRun
     from coachforge_trainer.settings import TrainerSettings
     from coachforge_trainer.sft import Progress, TrainResult
+
+__all__ = ["Remote", "RemoteTrainingFailed", "RemotesFileError", "load_remotes", "parse_remotes", "remote_for",
+           "train_remote", "unpack_adapter"]
 
 logger = logging.getLogger("coachforge.trainer.remote")
 
@@ -71,89 +85,24 @@ REGISTRATION_WAIT_SECONDS = 600.0
 """How long a CoachForge remote may take to register its new model before it can be exported."""
 NO_DOWNLOAD_STATUSES = (404, 405, 501)
 """Answers of a remote without the model exports API."""
+NOT_EXPORTABLE = "model_not_exportable"
+"""The error code of a CoachForge remote asked to export a model without an adapter (an external model
+of its own): no download either."""
 
 
 # -- configuration --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Remote:
-    """A tenant's remote fine-tuning API. The key is left out of the ``repr`` (and so out of logs)."""
-
-    base_url: str
-    api_key: str = field(repr=False)
-
-    @property
-    def shown_url(self) -> str:
-        """The base URL without any user or password in it: safe for events, errors and the lineage."""
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or ""
-        netloc = f"{host}:{parts.port}" if parts.port else host
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-class RemotesFileError(ValueError):
-    """The remotes file is not a JSON object of tenants (the message never holds a key)."""
-
-
-def parse_remotes(text: str) -> tuple[dict[str, Remote], list[str]]:
-    """The remotes of a remotes file's content, and what is wrong with the entries left out (a
-    tenant whose entry is not ``{"base_url": "http(s)://...", "api_key": "<non-empty>"}``).
-    Content that is not a JSON object raises :class:`RemotesFileError`."""
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise RemotesFileError(f"not valid JSON ({type(err).__name__} at line {getattr(err, 'lineno', '?')})") from None
-    if not isinstance(data, dict):
-        raise RemotesFileError("not a JSON object of tenants")
-    remotes: dict[str, Remote] = {}
-    problems: list[str] = []
-    for tenant, entry in data.items():
-        if not isinstance(entry, dict):
-            problems.append(f"{tenant}: not an object with base_url and api_key")
-            continue
-        base_url, api_key = entry.get("base_url"), entry.get("api_key")
-        if not isinstance(base_url, str) or urlsplit(base_url).scheme not in ("http", "https") \
-                or not urlsplit(base_url).hostname:
-            problems.append(f"{tenant}: base_url must be an http(s) URL")
-            continue
-        if not isinstance(api_key, str) or not api_key.strip():
-            problems.append(f"{tenant}: api_key must be a non-empty string")
-            continue
-        remotes[str(tenant)] = Remote(base_url=base_url.rstrip("/"), api_key=api_key.strip())
-    return remotes, problems
-
-
-def load_remotes(path: Path) -> dict[str, Remote]:
-    """Every tenant's remote in the file (read now); entries that are wrong are logged (by tenant and
-    field, never with a key) and left out. A missing file has none."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    remotes, problems = parse_remotes(text)
-    for problem in problems:
-        logger.warning("remotes file %s: entry left out: %s", path, problem)
-    return remotes
-
-
 def remote_for(settings: TrainerSettings, tenant_id: str | None) -> Remote | None:
     """The tenant's remote, from the remotes file as it is now; ``None`` when it has none (no file
     configured or found, no entry, a wrong entry, an unreadable file: the last logged)."""
-    if not settings.remotes_file or not tenant_id:
-        return None
-    try:
-        return load_remotes(Path(settings.remotes_file)).get(tenant_id)
-    except (OSError, UnicodeDecodeError, RemotesFileError) as err:
-        logger.warning("remotes file %s cannot be used: %s", settings.remotes_file,
-                       err if isinstance(err, RemotesFileError) else type(err).__name__)
-        return None
+    return remote_in(settings.remotes_file, tenant_id, logger)
 
 
 # -- following a remote job -----------------------------------------------------------------------
 
 class RemoteTrainingFailed(Exception):
-    """The remote job cannot give this job its adapter: the remote refused or failed the job, or
-    offers no download of the adapter. ``code`` is the local job's error code."""
+    """The remote job cannot give this job its model: the remote refused or failed the job, or its
+    adapter's export failed (or does not match its checksum). ``code`` is the local job's error code."""
 
     def __init__(self, message: str, code: str = "remote_job_failed") -> None:
         super().__init__(message)
@@ -364,15 +313,25 @@ class _Follower:
             time.sleep(min(left, 0.5))
 
     # -- the adapter ---------------------------------------------------------------------------------
-    def no_download(self, rid: str, model: str, why: str) -> RemoteTrainingFailed:
-        return RemoteTrainingFailed(
-            f"The remote job {rid} succeeded as {model}, but its adapter cannot be downloaded from "
-            f"{self.remote.shown_url}: {why}. Only a remote with CoachForge's model exports API "
-            "(POST /v1/models/{model}/exports) gives the adapter back; the model stays usable on the remote.",
-            "remote_adapter_unavailable")
+    def no_download(self, rid: str, remote_job: Any, why: str) -> TrainResult:
+        """The remote offers no download of the model's adapter (``why``): the job's model is the remote
+        model, served remotely through inference (an external model), so the result has no adapter."""
+        from coachforge_trainer.sft import TrainResult
+
+        model = str(remote_job.fine_tuned_model)
+        self.event(f"The adapter of {model} cannot be downloaded from {self.remote.shown_url} ({why}); the model "
+                   "is served remotely through inference, as an external model.",
+                   data={"remote_job_id": rid, "remote_model": model, "remote_base_url": self.remote.shown_url})
+        last = self.last
+        return TrainResult(
+            adapter_dir=None, steps=self.reported_step, trained_tokens=int(remote_job.trained_tokens or 0),
+            final_loss=last.train_loss if last else None, valid_loss=last.valid_loss if last else None,
+            resumed_from_step=0, device="remote", precision="remote", lora_r=0, target_modules=[],
+            remote_job_id=rid, remote_model=model, remote_base_url=self.remote.shown_url)
 
     def download(self, rid: str, remote_job: Any) -> TrainResult:
-        """Export the remote model's adapter, download it into the run's adapter folder, and describe it."""
+        """Export the remote model's adapter, download it into the run's adapter folder, and describe it; a
+        remote that offers no download gives a result without an adapter (:meth:`no_download`)."""
         import openai
 
         from coachforge_trainer.sft import ADAPTER_DIRNAME, TrainResult
@@ -392,14 +351,14 @@ class _Follower:
                         and time.monotonic() < deadline:
                     self.sleep(rid)  # a CoachForge remote registers its new model shortly after the job ends
                     continue
-                if err.status_code in NO_DOWNLOAD_STATUSES:
-                    raise self.no_download(rid, model, f"it answered {err.status_code} ({_error_text(err)})") from None
+                if err.status_code in NO_DOWNLOAD_STATUSES or _error_code(err) == NOT_EXPORTABLE:
+                    return self.no_download(rid, remote_job, f"it answered {err.status_code}: {_error_text(err)}")
                 raise RemoteTrainingFailed(f"The remote could not export the adapter of {model} "
                                            f"({err.status_code}): {_error_text(err)}",
                                            "remote_adapter_unavailable") from None
         eid = str(export.get("id") or "")
         if not eid:
-            raise self.no_download(rid, model, "it did not answer with an export")
+            return self.no_download(rid, remote_job, "it did not answer with an export")
         self.event(f"Exporting the adapter of {model} from the remote ({eid}).",
                    data={"remote_job_id": rid, "remote_model": model, "remote_export_id": eid})
         while export.get("status") != "succeeded":

@@ -210,6 +210,10 @@ def _resolve_model(deps: TrainerDeps, tenant_id: str, req: CreateJobRequest) -> 
     except NotFound:
         raise InvalidArgument(f"Model {req.model} does not exist or you do not have access to it.",
                               param="model", code="model_not_available") from None
+    if model.external_model:  # no adapter here to start from: it lives on the remote that trained it
+        raise InvalidArgument(f"{model.id} is an external model, served by the remote that trained it; its adapter "
+                              f"is not here to continue training from. Name its base model {model.base_model}.",
+                              param="model", code="unsupported_continued_training")
     if not model.adapter_uri:
         return model.base_model or model.id or req.model, None
     return model.base_model, ParentAdapter.from_registry(model.id, model.base_model, model.lora_rank,

@@ -201,7 +201,9 @@ class Checkpoint:
 class TrainResult:
     """Outcome of a successful :func:`run_sft` call."""
 
-    adapter_dir: Path
+    adapter_dir: Path | None
+    """The trained adapter's folder; ``None`` only for a remote job whose remote offers no download of
+    it (``remote_model`` is then served remotely, as an external model)."""
     steps: int
     trained_tokens: int
     """Non-padding input tokens processed over all epochs."""
@@ -221,7 +223,8 @@ class TrainResult:
     remote_job_id: str | None = None
     """Backend ``openai_compatible``: the remote job that trained the adapter (None: trained here)."""
     remote_model: str | None = None
-    """Backend ``openai_compatible``: the remote's fine-tuned model the adapter was downloaded from."""
+    """Backend ``openai_compatible``: the remote's fine-tuned model the adapter was downloaded from (or,
+    without ``adapter_dir``, that serves the job's model)."""
     remote_base_url: str | None = None
     """Backend ``openai_compatible``: the remote API's base URL (without credentials)."""
 

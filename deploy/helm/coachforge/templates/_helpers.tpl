@@ -692,8 +692,9 @@ tolerations:
 {{- end -}}
 
 {{/* The tenants' remote fine-tuning APIs (trainer.remotes.secretName): the Secret mounted as a folder into the
-     trainer and the trainer workers (not with subPath, so that the kubelet brings edits of the Secret into running
-     pods; the trainer reads the file again on every use). Include them only while a Secret is named. */}}
+     trainer, the trainer workers and inference (not with subPath, so that the kubelet brings edits of the Secret
+     into running pods; the trainer reads the file again on every use, inference whenever it changed). Include
+     them only while a Secret is named. */}}
 {{- define "coachforge.trainerRemotesPath" -}}
 /etc/coachforge/trainer-remotes
 {{- end -}}
@@ -701,6 +702,12 @@ tolerations:
 {{- define "coachforge.trainerRemotesEnv" -}}
 # The openai_compatible backend's remote per tenant (a mounted Secret, read again on every use).
 - name: COACHFORGE_TRAINER_REMOTES_FILE
+  value: {{ printf "%s/remotes.json" (include "coachforge.trainerRemotesPath" .) | quote }}
+{{- end -}}
+
+{{- define "coachforge.inferenceRemotesEnv" -}}
+# External models (trained by a remote that offers no download) are served by their remote, with the tenant's key.
+- name: COACHFORGE_INFERENCE_REMOTES_FILE
   value: {{ printf "%s/remotes.json" (include "coachforge.trainerRemotesPath" .) | quote }}
 {{- end -}}
 
