@@ -423,9 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="start the stack, fine-tune on synthetic Polarize coach data, compare "
                                        "base vs fine-tuned, stop the stack")
     demo.add_argument("--train-examples", type=int, default=80,
-                      help="synthetic training examples (default 80; about 8 s per optimizer step of 4 on 2 cores)")
+                      help="synthetic training examples (default 80; about 5 s per optimizer step of 4 on 2 cores)")
     demo.add_argument("--eval-examples", type=int, default=24, help="held-out prompts to compare on (default 24)")
-    demo.add_argument("--epochs", type=int, default=3, help="training epochs (default 3)")
+    demo.add_argument("--epochs", type=int, default=2,
+                      help="training epochs (default 2: a third adds nothing on the demo's data, see demo.py)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic data (default 7)")
     demo.set_defaults(func=cmd_demo)
     serve = sub.add_parser("serve", help="run one service (REST, gRPC, its event consumers) in this process, "

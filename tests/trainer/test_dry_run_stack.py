@@ -115,7 +115,7 @@ def test_a_preset_fills_hyperparameters_and_explicit_values_win(client: OpenAI, 
                                          extra_body={"preset": "quick"})
     try:
         hp = job.hyperparameters
-        assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (1, 6, 0.5)  # batch 8 capped at 24 // 4
+        assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier) == (1, 4, 0.5)  # 0.5 is explicit
         assert (hp.model_extra or {})["lora_r"] == 16 and (job.model_extra or {})["preset"] == "quick"
         assert client.fine_tuning.jobs.retrieve(job.id).model_extra["preset"] == "quick"  # type: ignore[index]
     finally:

@@ -43,21 +43,24 @@ def test_without_a_preset_the_request_is_unchanged() -> None:
 @pytest.mark.parametrize(("preset", "epochs", "rank"), [("quick", 1, 16), ("balanced", 3, 16)])
 def test_presets_fill_the_hyperparameters(preset: str, epochs: int, rank: int) -> None:
     hp, warnings = resolve_preset(TrainerSettings(), request(preset=preset))
-    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier, hp.lora_r) == (epochs, 8, 1.0, rank)
+    assert (hp.n_epochs, hp.batch_size, hp.learning_rate_multiplier, hp.lora_r) == (epochs, 4, 2.0, rank)
     assert warnings == []
 
 
-def test_balanced_is_the_default_settings() -> None:
+def test_cpu_balanced_is_the_demo_recipe() -> None:
+    """The CPU presets train as the demo does (bench/demo_defaults.py measured it on the demo's data)."""
+    from coachforge_launcher import demo
+
     s = TrainerSettings()
     balanced = s.presets["cpu"]["balanced"]
-    assert (balanced["n_epochs"], balanced["batch_size"], balanced["lora_r"]) == (
-        s.default_n_epochs, s.default_batch_size, s.lora_r)
+    assert (balanced["batch_size"], balanced["lora_r"]) == (demo.BATCH_SIZE, demo.LORA_R)
+    assert balanced["learning_rate_multiplier"] == demo.LEARNING_RATE_MULTIPLIER
 
 
 def test_explicit_hyperparameters_win_over_the_preset() -> None:
     hp, _ = resolve_preset(TrainerSettings(), request(preset="quick", hyperparameters={"n_epochs": 4,
                                                                                        "lora_r": 8}))
-    assert (hp.n_epochs, hp.lora_r, hp.batch_size) == (4, 8, 8)
+    assert (hp.n_epochs, hp.lora_r, hp.batch_size) == (4, 8, 4)
     hp, _ = resolve_preset(TrainerSettings(), request(preset="quick", method={
         "type": "supervised", "supervised": {"hyperparameters": {"batch_size": 2}}}))
     assert (hp.n_epochs, hp.batch_size) == (1, 2)
