@@ -263,10 +263,18 @@ def _app(state: StandIn) -> FastAPI:
                "finished_at": None, "hyperparameters": body["method"]["supervised"]["hyperparameters"],
                "model": body["model"], "organization_id": "remote-tenant", "result_files": [], "seed": body["seed"],
                "status": "queued", "trained_tokens": None, "training_file": body["training_file"],
-               "validation_file": body.get("validation_file"), "suffix": body.get("suffix")}
+               "validation_file": body.get("validation_file"), "suffix": body.get("suffix"),
+               "metadata": body.get("metadata")}
         state.jobs[job_id] = job
         state.event(job_id, f"Created fine-tuning job: {job_id}")
         return job
+
+    @app.get("/v1/fine_tuning/jobs")
+    def list_jobs(request: Request) -> dict[str, Any]:  # newest first, filtered by metadata[key]=value
+        wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[")}
+        jobs = [j for j in reversed(state.jobs.values())
+                if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
+        return {"object": "list", "data": jobs, "has_more": False}
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
     def retrieve(job_id: str) -> Any:
@@ -424,6 +432,33 @@ def test_a_restarted_worker_follows_the_same_remote_job_and_mirrors_only_new_eve
     assert [p.step for p in again.progress] == [3, 4, 5, 6]
     assert "Remote: Fine-tuning job started." not in again.messages()  # mirrored by the first attempt
     assert result.remote_job_id == "ftjob-remote0" and result.steps == 6
+
+
+def test_a_remote_job_created_before_its_id_was_stored_is_followed_not_created_again(
+        stand_in: tuple[StandIn, Remote], tmp_path: Path) -> None:
+    state, remote = stand_in
+    died = Recorder()
+    run = died.run(tmp_path / "out")
+
+    def die(rid: str) -> bool:
+        raise RuntimeError("the worker died before storing the remote job's id")
+
+    run.on_remote_job = die
+    with pytest.raises(RuntimeError):
+        train_remote(run, remote, poll_seconds=0.01)
+    state.jobs["ftjob-other"] = {**state.jobs["ftjob-remote0"], "id": "ftjob-other",
+                                 "metadata": {"coachforge_job_id": "ftjob-someone-else"}}  # newer, not ours
+
+    again = Recorder()
+    result = train_remote(again.run(tmp_path / "out"), remote, poll_seconds=0.01)
+    assert len(state.created) == 1 and again.stored == ["ftjob-remote0"]  # no second remote job
+    assert again.messages()[0].startswith("Following the remote job ftjob-remote0 on http://127.0.0.1:")
+    assert result.remote_job_id == "ftjob-remote0"
+
+    state.jobs["ftjob-remote0"]["status"] = "cancelled"  # a dead remote job is not taken up again
+    third = Recorder()
+    train_remote(third.run(tmp_path / "out3"), remote, poll_seconds=0.01)
+    assert len(state.created) == 2 and third.stored == ["ftjob-remote2"]
 
 
 def test_a_remote_failure_fails_the_job_with_the_remote_s_message(stand_in: tuple[StandIn, Remote],

@@ -21,7 +21,10 @@ is created on the same base model name with the job's n_epochs, batch_size,
 learning_rate_multiplier, suffix and seed. Its id is stored on the local job
 (``remote_job_id``) before anything waits on it, so a worker that restarts (or another one
 taking the job over after its lease expired) follows the same remote job instead of creating
-a second one. Then the remote job is polled every ``remote_poll_seconds``: its status changes
+a second one. The remote job carries ``metadata.coachforge_job_id``: a worker that stopped between
+creating it and storing its id leaves it findable, and the next attempt follows it (:meth:`adopt`,
+on remotes that list jobs by metadata as OpenAI does; on others a second remote job is created).
+Then the remote job is polled every ``remote_poll_seconds``: its status changes
 and its new events become the local job's events (``Remote: ...``), its ``metrics`` events
 its progress (step, loss; ``job.progress``). A cancel of the local job cancels the remote one;
 a remote job that fails or is cancelled fails (with the remote's error message) or cancels
@@ -238,6 +241,25 @@ class _Follower:
                                        f"({err.status_code}): {_error_text(err)}", "remote_job_refused") from None
         return str(job.id)
 
+    def adopt(self) -> str | None:
+        """The id of a live remote job this job created before (its ``metadata.coachforge_job_id`` names
+        it), e.g. by a worker that stopped between creating it and storing its id; None when there is none,
+        or when the remote cannot list jobs by metadata (then a new one is created, as before)."""
+        import openai
+
+        run = self.run
+        if not run.job_id:
+            return None
+        try:
+            page = self.client.fine_tuning.jobs.list(limit=100, metadata={"coachforge_job_id": run.job_id})
+        except openai.APIError:
+            return None
+        for job in page.data:
+            if (job.metadata or {}).get("coachforge_job_id") == run.job_id \
+                    and job.status not in ("failed", "cancelled"):
+                return str(job.id)
+        return None
+
     def wait(self, rid: str) -> Any:
         """Poll the remote job until it ends: its object when it succeeded."""
         import openai
@@ -418,12 +440,17 @@ class _Follower:
             self.event(f"Following the remote job {rid} again on {self.remote.shown_url}.",
                        data={"remote_job_id": rid})
         else:
-            rid = self.create()
+            adopted = self.adopt()
+            rid = adopted or self.create()
             # Stored before anything waits on it: a worker that takes the job over follows this one.
             if run.on_remote_job is not None and not run.on_remote_job(rid):
                 self.abandon(rid)
-            self.event(f"Created the remote fine-tuning job {rid} on {self.remote.shown_url} (base model "
-                       f"{run.base_model}).", data={"remote_job_id": rid, "remote_base_url": self.remote.shown_url})
+            if adopted:
+                self.event(f"Following the remote job {rid} on {self.remote.shown_url}, created for this job "
+                           "before its id could be stored.", data={"remote_job_id": rid})
+            else:
+                self.event(f"Created the remote fine-tuning job {rid} on {self.remote.shown_url} (base model "
+                           f"{run.base_model}).", data={"remote_job_id": rid, "remote_base_url": self.remote.shown_url})
         remote_job = self.wait(rid)
         return self.download(rid, remote_job)
 
