@@ -43,7 +43,7 @@ $(CHROMIUM):
 proto: ## Generate Python and type stubs from protos/ into shared/coachforge/
 	rm -rf shared/coachforge
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=shared --grpc_python_out=shared \
-	  --mypy_out=shared --mypy_grpc_out=shared $(PROTOS)
+	  --mypy_out=quiet:shared --mypy_grpc_out=quiet:shared $(PROTOS)
 
 lint: install ## ruff on everything, mypy --strict on shared/ (coachforge_shared and polarize)
 	$(BIN)/ruff check .
