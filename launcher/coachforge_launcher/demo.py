@@ -51,7 +51,8 @@ LEARNING_RATE_MULTIPLIER = 2.0
 everywhere), epoch 2 (40 steps) at 100% valid, 100% safe, 88% matching (fatigued 8/8, fresh 4/4,
 normal 4/4, taper 4/4, ill 1/4: it rests two of the three days), and a third epoch adds nothing (88%).
 Before the context named the rules' options (``Options:``), the same run ended at 17-46% matching:
-the operation was right but on the neighbouring workout. The service's defaults (batch 8 at 5e-4, 3
+the operation was right but on the neighbouring workout; with options naming only the workout id, the
+messages named the wrong workout now and then (hence its day, sport and type in each option). The service's defaults (batch 8 at 5e-4, 3
 epochs, 30 steps) end at 0% valid."""
 LORA_R = 16
 MAX_ANSWER_TOKENS = 160

@@ -68,8 +68,8 @@ def test_full_context_has_every_section_in_order() -> None:
     assert lines[6] == "Last 14 days:"
     assert lines[7].startswith("2025-02-24 Mon: ") and lines[20].startswith("2025-03-09 Sun: ")
     assert lines[21:] == ["Plan:", "w1 Mon +0d run intervals Z4 60min 85TSS hard key",
-                          "w2 Wed +2d run endurance Z2 60min 50TSS", "Options: move_workout w1 to 2025-03-12",
-                          "Athlete: Should I rest?"]
+                          "w2 Wed +2d run endurance Z2 60min 50TSS",
+                          "Options: move_workout w1 (Mon run intervals) to Wed 2025-03-12", "Athlete: Should I rest?"]
     assert ctx.tokens == words(SYSTEM_PROMPT + "\n" + ctx.text)
 
 
@@ -126,7 +126,7 @@ def test_never_cuts_a_record_and_keeps_the_essentials() -> None:
             assert line in full_lines or ".." in line, line
         assert "Plan:" in lines and "Athlete: Should I rest?" in lines
         assert "w1 Mon +0d run intervals Z4 60min 85TSS hard key" in lines
-        assert "Options: move_workout w1 to 2025-03-12" in lines
+        assert "Options: move_workout w1 (Mon run intervals) to Wed 2025-03-12" in lines
 
 
 def test_minimal_form_is_the_training_prompt_and_may_not_fit() -> None:

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from polarize.prompt import SYSTEM_PROMPT, readiness, render_context, tsb_band
-from polarize.rules import AthleteState, PlannedWorkout
+from polarize.rules import AthleteState, PlannedWorkout, weekday
 
 TODAY = dt.date(2025, 3, 10)  # a Monday
 STATE = AthleteState(
@@ -75,15 +75,19 @@ def test_the_readiness_picks_the_candidate_changes() -> None:
     normal, tapering = STATE, dataclasses.replace(STATE, days_to_race=9)
     assert _options(normal) == _options(tapering) == "Options: none"
     fresh = dataclasses.replace(STATE, tsb=14.0, sleep_hours=8.0, soreness=2, hrv_drop_pct=0.0, ramp=1.0)
-    assert _options(fresh) == ("Options: change_duration w2 to 110min; change_duration w5 to 55min; "
-                               "change_duration w7 to 75min")
+    assert _options(fresh) == ("Options: change_duration w2 (Tue bike endurance) to 110min; "
+                               "change_duration w5 (Fri swim endurance) to 55min; "
+                               "change_duration w7 (Sun run endurance) to 75min")
     assert _options(dataclasses.replace(fresh, days_to_race=9)) == "Options: none"  # a taper takes no load
     mild = dataclasses.replace(STATE, hrv_drop_pct=25.0)
-    assert _options(mild) == "Options: move_workout w1 to 2025-03-12; reduce_intensity w4 to Z2"
+    assert _options(mild) == ("Options: move_workout w1 (Mon run intervals) to Wed 2025-03-12; "
+                              "reduce_intensity w4 (Thu bike tempo) to Z2")
     severe = dataclasses.replace(STATE, tsb=-32.0)
-    assert _options(severe) == "Options: move_workout w1 to 2025-03-12; replace_with_recovery w4 35min"
+    assert _options(severe) == ("Options: move_workout w1 (Mon run intervals) to Wed 2025-03-12; "
+                                "replace_with_recovery w4 (Thu bike tempo) 35min")
     ill = dataclasses.replace(STATE, ill_or_injured=True)
-    assert _options(ill) == "Options: add_rest_day w1; add_rest_day w2; add_rest_day w3"
+    assert _options(ill) == ("Options: add_rest_day w1 (Mon run intervals); add_rest_day w2 (Tue bike endurance); "
+                             "add_rest_day w3 (Wed run recovery)")
 
 
 def test_render_is_deterministic_and_order_independent() -> None:
@@ -147,9 +151,9 @@ def test_system_prompt() -> None:
 
 
 def test_the_options_name_the_rules_answer() -> None:
-    """Every operation of a rule-based answer, with its value (a recovery length, an extension, a move
-    day), is among the options, so a model selects it instead of computing it: the first option, or every
-    one when ill; none when the plan stays."""
+    """Every operation of a rule-based answer, with its workout's day, sport and type (as the message names
+    it) and its value (a recovery length, an extension, a move day), is among the options, so a model
+    selects it instead of computing it: the first option, or every one when ill; none when the plan stays."""
     from polarize.synthetic import generate_examples
 
     seen: set[str] = set()
@@ -159,12 +163,15 @@ def test_the_options_name_the_rules_answer() -> None:
         assert line.startswith("Options: ")
         options = [] if line == "Options: none" else line.removeprefix("Options: ").split("; ")
         shown = []
+        workouts = {w.id: w for w in example.upcoming}
         for op in example.expected.operations:
+            w = workouts[op.workout_id]
+            moved = getattr(op, "new_date", TODAY)
             value = {"change_duration": f" to {getattr(op, 'new_duration_min', 0)}min",
                      "replace_with_recovery": f" {getattr(op, 'new_duration_min', 0)}min",
-                     "move_workout": f" to {getattr(op, 'new_date', TODAY).isoformat()}",
+                     "move_workout": f" to {weekday(moved)} {moved.isoformat()}",
                      "reduce_intensity": " to Z2", "add_rest_day": ""}[op.op]
-            shown.append(f"{op.op} {op.workout_id}{value}")
+            shown.append(f"{op.op} {op.workout_id} ({weekday(w.date)} {w.sport} {w.type}){value}")
             seen.add(op.op)
         assert shown == (options if example.branch == "ill" else options[:1]), (shown, options)
     assert {"change_duration", "replace_with_recovery", "move_workout", "reduce_intensity", "add_rest_day"} <= seen

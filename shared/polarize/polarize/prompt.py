@@ -21,7 +21,7 @@ make, and what to tell the athlete, is left to the reader of the context::
     w1 Mon +0d run intervals Z4 60min 85TSS hard key
     w2 Tue +1d run endurance Z2 90min 75TSS
     w3 Thu +3d run tempo Z3 60min 70TSS hard
-    Options: move_workout w1 to 2025-03-12; replace_with_recovery w3 35min
+    Options: move_workout w1 (Mon run intervals) to Wed 2025-03-12; replace_with_recovery w3 (Thu run tempo) 35min
 """
 
 from __future__ import annotations
@@ -101,6 +101,11 @@ def readiness(state: AthleteState, config: RuleConfig = DEFAULT_CONFIG) -> str:
     return ", ".join(parts)
 
 
+def _named(w: PlannedWorkout) -> str:
+    """A workout as an option names it: ``w3 (Thu run tempo)``."""
+    return f"{w.id} ({weekday(w.date)} {w.sport} {w.type})"
+
+
 def plan_options(
     state: AthleteState,
     upcoming: Sequence[PlannedWorkout],
@@ -108,15 +113,18 @@ def plan_options(
     config: RuleConfig = DEFAULT_CONFIG,
 ) -> list[str]:
     """The changes the rules allow in the athlete's readiness, one per candidate workout of the plan's
-    ``PLAN_DAYS`` in date order,
-    each named as the schema's operation, the workout id and the value the rules' own helpers give
-    (a model copies them rather than computing them):
+    ``PLAN_DAYS`` in date order, each named as the schema's operation, the workout (its id, then its day,
+    sport and type, as a message names it) and the value the rules' own helpers give (a model copies
+    them rather than computing them or looking them up):
 
-    * ill/injured: ``add_rest_day w3`` for each workout of the rest window (:func:`rest_targets`);
-    * fatigued: for every hard session, a key one's first safe day (``move_workout w5 to 2025-03-14``),
-      else its recovery when the fatigue is severe (``replace_with_recovery w4 35min``), ``reduce_intensity
-      w4 to Z2`` otherwise;
-    * fresh: the longest safe extension of every extendable session (``change_duration w2 to 110min``);
+    * ill/injured: ``add_rest_day w3 (Wed run tempo)`` for each workout of the rest window
+      (:func:`rest_targets`);
+    * fatigued: for every hard session, a key one's first safe day (``move_workout w5 (Fri run
+      intervals) to Sun 2025-03-16``), else its recovery when the fatigue is severe
+      (``replace_with_recovery w4 (Thu bike tempo) 35min``), ``reduce_intensity w4 (Thu bike tempo) to Z2``
+      otherwise;
+    * fresh: the longest safe extension of every extendable session (``change_duration w2 (Tue bike
+      endurance) to 110min``);
     * normal or tapering: none (the plan stays).
 
     The rules' own answer takes the first candidate (all of them when ill); which to take is left to
@@ -124,7 +132,7 @@ def plan_options(
     branch = classify_state(state, config)
     end = today + dt.timedelta(days=PLAN_DAYS)
     if branch == "ill":
-        return [f"add_rest_day {w.id}" for w in rest_targets(upcoming, today, config) if w.date < end]
+        return [f"add_rest_day {_named(w)}" for w in rest_targets(upcoming, today, config) if w.date < end]
     out: list[str] = []
     for w in sorted(upcoming, key=lambda w: (w.date, w.id)):
         if not is_modifiable(w, today, config) or w.date >= end:
@@ -133,15 +141,15 @@ def plan_options(
             if w.key_session:
                 dates = move_dates(w, state, upcoming, today, config)
                 if dates:
-                    out.append(f"move_workout {w.id} to {dates[0].isoformat()}")
+                    out.append(f"move_workout {_named(w)} to {weekday(dates[0])} {dates[0].isoformat()}")
             elif is_severe(state, config):
-                out.append(f"replace_with_recovery {w.id} {recovery_minutes(w)}min")
+                out.append(f"replace_with_recovery {_named(w)} {recovery_minutes(w)}min")
             else:
-                out.append(f"reduce_intensity {w.id} to Z2")
+                out.append(f"reduce_intensity {_named(w)} to Z2")
         elif branch == "fresh":
             longer = extensions(w, upcoming, today, config)
             if longer:
-                out.append(f"change_duration {w.id} to {longer[0]}min")
+                out.append(f"change_duration {_named(w)} to {longer[0]}min")
     return out
 
 
