@@ -52,8 +52,8 @@ everywhere), epoch 2 (40 steps) at 100% valid, 100% safe, 88% matching (fatigued
 normal 4/4, taper 4/4, ill 1/4: it rests two of the three days), and a third epoch adds nothing (88%).
 Before the context named the rules' options (``Options:``), the same run ended at 17-46% matching:
 the operation was right but on the neighbouring workout; with options naming only the workout id, the
-messages named the wrong workout now and then (hence its day, sport and type in each option). The service's defaults (batch 8 at 5e-4, 3
-epochs, 30 steps) end at 0% valid."""
+messages named the wrong workout now and then (hence its day, sport and type in each option). The
+service's defaults (batch 8 at 5e-4, 3 epochs, 30 steps) end at 0% valid."""
 LORA_R = 16
 MAX_ANSWER_TOKENS = 160
 """The longest rule-based answer is about 140 tokens."""
@@ -229,7 +229,7 @@ def example_text(example: SyntheticExample, answer: str) -> str:
     """A held-out prompt, the fine-tuned model's answer and the rule-based one, in :data:`WIDTH` columns."""
     prompt = example.chat["messages"][1]["content"]
     return "\n".join([f"Held-out prompt ({example.scenario} athlete):",
-                      *(_wrap(line)[: WIDTH] for line in prompt.splitlines()),
+                      *(_wrap(line) for line in prompt.splitlines()),
                       "Fine-tuned model (schema-constrained):", _operations(answer),
                       "Rule-based answer:", _operations(example.answer)])
 

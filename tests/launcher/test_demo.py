@@ -92,6 +92,8 @@ def test_example_and_next_steps_fit_100_columns() -> None:
     example = next(e for e in held_out if e.expected is not None and e.expected.operations)
     text = example_text(example, example.answer)
     assert max(len(line) for line in text.splitlines()) <= WIDTH, text
+    prompt = example.chat["messages"][1]["content"]
+    assert " ".join(text.split()).count(" ".join(prompt.split())) == 1  # wrapped, not cut
     assert text.count(f"op={example.expected.operations[0].op}") == 2  # the model's answer and the rules'
     assert "not a workout modification" in example_text(example, "I think you should rest.")
     steps = next_steps(TUNED, "eval_123", "http://127.0.0.1:8000/v1")
