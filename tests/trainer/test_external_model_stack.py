@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import socket
 import threading
 import time
@@ -23,6 +22,7 @@ import uvicorn
 from job_waits import finished, registered
 from openai import OpenAI
 from openai.types.chat import ChatCompletionMessageParam
+from remote_tenants import client, tenants_with_remote, training_file
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -30,9 +30,6 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from coachforge_launcher.models import BASE_MODEL_ID
-from coachforge_launcher.stack import REMOTES_FILE
-from coachforge_shared.auth import add_api_key, create_tenant
-from coachforge_shared.db import Database
 
 pytestmark = pytest.mark.stack
 
@@ -115,31 +112,13 @@ def proxy(stack: Any) -> Iterator[Proxy]:
 @pytest.fixture(scope="module")
 def keys(stack: Any, proxy: Proxy) -> Iterator[dict[str, str]]:
     """API keys of two new tenants; A's remote (in the stack's remotes file) is the proxy, with B's key."""
-    keys = {tenant: f"cf-{tenant}-{secrets.token_hex(12)}" for tenant in (TENANT_A, TENANT_B)}
-    db = Database(stack.database_url)
-    try:
-        for tenant, key in keys.items():
-            create_tenant(db, tenant)
-            add_api_key(db, tenant, key)
-    finally:
-        db.dispose()
-    remotes = stack.data_dir / REMOTES_FILE
-    remotes.write_text(json.dumps({TENANT_A: {"base_url": proxy.base_url, "api_key": keys[TENANT_B]}}))
-    yield keys
-    remotes.unlink(missing_ok=True)
+    with tenants_with_remote(stack, TENANT_A, TENANT_B, proxy.base_url) as keys:
+        yield keys
 
 
-def _client(stack: Any, key: str) -> OpenAI:
-    return OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=300)
-
-
-def _training_file(client: OpenAI) -> str:
-    lines = [json.dumps({"messages": [
-        {"role": "user", "content": f"My calves are tight after {i + 2} hill repeats. What now?"},
-        {"role": "assistant", "content": f"After {i + 2} hill repeats: stretch, then an easy spin tomorrow."}]})
-        for i in range(10)]
-    return client.files.create(file=("tight-calves.jsonl", ("\n".join(lines) + "\n").encode()),
-                               purpose="fine-tune").id
+def _training_file(sdk: OpenAI) -> str:
+    return training_file(sdk, "My calves are tight after {n} hill repeats.",
+                         "After {n} hill repeats: stretch, then an easy spin tomorrow.")
 
 
 def _usage(http: httpx.Client, model: str, messages: int, timeout: float = 60) -> dict[str, Any]:
@@ -155,7 +134,7 @@ def _usage(http: httpx.Client, model: str, messages: int, timeout: float = 60) -
 
 def test_a_model_the_remote_offers_no_download_of_is_served_through_the_remote(
         stack: Any, proxy: Proxy, keys: dict[str, str]) -> None:
-    a, b = _client(stack, keys[TENANT_A]), _client(stack, keys[TENANT_B])
+    a, b = client(stack, keys[TENANT_A]), client(stack, keys[TENANT_B])
     job = a.fine_tuning.jobs.create(
         model=BASE_MODEL_ID, training_file=_training_file(a), suffix="external", seed=5,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1, "batch_size": 5}}},

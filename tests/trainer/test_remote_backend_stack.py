@@ -9,7 +9,6 @@ a remote, and methods other than supervised, are refused at creation."""
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,11 +17,9 @@ import openai
 import pytest
 from job_waits import finished, registered
 from openai import OpenAI
+from remote_tenants import client, tenants_with_remote, training_file
 
 from coachforge_launcher.models import BASE_MODEL_ID
-from coachforge_launcher.stack import REMOTES_FILE
-from coachforge_shared.auth import add_api_key, create_tenant
-from coachforge_shared.db import Database
 
 pytestmark = pytest.mark.stack
 
@@ -32,31 +29,13 @@ TENANT_A, TENANT_B = "remote-a", "remote-b"
 @pytest.fixture(scope="module")
 def keys(stack: Any) -> Iterator[dict[str, str]]:
     """API keys of two new tenants; A's remote (in the stack's remotes file) is the stack as B."""
-    keys = {tenant: f"cf-{tenant}-{secrets.token_hex(12)}" for tenant in (TENANT_A, TENANT_B)}
-    db = Database(stack.database_url)
-    try:
-        for tenant, key in keys.items():
-            create_tenant(db, tenant)
-            add_api_key(db, tenant, key)
-    finally:
-        db.dispose()
-    remotes = stack.data_dir / REMOTES_FILE
-    remotes.write_text(json.dumps({TENANT_A: {"base_url": stack.base_url, "api_key": keys[TENANT_B]}}))
-    yield keys
-    remotes.unlink(missing_ok=True)
+    with tenants_with_remote(stack, TENANT_A, TENANT_B, stack.base_url) as keys:
+        yield keys
 
 
-def _client(stack: Any, key: str) -> OpenAI:
-    return OpenAI(base_url=stack.base_url, api_key=key, max_retries=0, timeout=300)
-
-
-def _training_file(client: OpenAI) -> str:
-    lines = [json.dumps({"messages": [
-        {"role": "user", "content": f"My legs feel heavy after {i + 3} days of intervals. What now?"},
-        {"role": "assistant", "content": f"After {i + 3} days of intervals: one rest day, then an easy hour."}]})
-        for i in range(10)]
-    return client.files.create(file=("heavy-legs.jsonl", ("\n".join(lines) + "\n").encode()),
-                               purpose="fine-tune").id
+def _training_file(sdk: OpenAI) -> str:
+    return training_file(sdk, "My legs feel heavy after {n} days of intervals.",
+                         "After {n} days of intervals: one rest day, then an easy hour.")
 
 
 def _supervised() -> dict[str, Any]:
@@ -72,11 +51,11 @@ def _refused(call: Any) -> dict[str, Any]:
 
 def test_tenants_without_a_remote_and_other_methods_are_refused(stack: Any, keys: dict[str, str]) -> None:
     for key in (stack.api_key, keys[TENANT_B]):  # the default tenant and B have no remote
-        client = _client(stack, key)
-        body = _refused(lambda c=client: c.fine_tuning.jobs.create(
+        sdk = client(stack, key)
+        body = _refused(lambda c=sdk: c.fine_tuning.jobs.create(
             model=BASE_MODEL_ID, training_file="file-none", extra_body={"backend": "openai_compatible"}))
         assert (body["param"], body["code"]) == ("backend", "backend_not_configured")
-    a = _client(stack, keys[TENANT_A])
+    a = client(stack, keys[TENANT_A])
     body = _refused(lambda: a.fine_tuning.jobs.create(
         model=BASE_MODEL_ID, training_file="file-none", extra_body={"backend": "openai_compatible"},
         method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1}}}))
@@ -86,7 +65,7 @@ def test_tenants_without_a_remote_and_other_methods_are_refused(stack: Any, keys
 
 def test_a_job_trained_by_a_remote_is_mirrored_downloaded_registered_and_served(stack: Any,
                                                                                 keys: dict[str, str]) -> None:
-    a, b = _client(stack, keys[TENANT_A]), _client(stack, keys[TENANT_B])
+    a, b = client(stack, keys[TENANT_A]), client(stack, keys[TENANT_B])
     job = a.fine_tuning.jobs.create(model=BASE_MODEL_ID, training_file=_training_file(a), suffix="remote", seed=11,
                                     method=_supervised(), extra_body={"backend": "openai_compatible"})
     assert (job.model_extra or {})["backend"] == "openai_compatible"
