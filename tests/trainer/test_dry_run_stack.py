@@ -142,6 +142,6 @@ def test_a_preset_fills_hyperparameters_and_explicit_values_win(client: OpenAI, 
         request.dry_run = True
         dry_job = stub.CreateJob(request, metadata=metadata, timeout=120)
     assert estimate.preset == "quick" and estimate.hyperparameters.n_epochs == 1
-    assert estimate.estimate.steps == 4 and estimate.eligibility.usable == 24  # ceil(24 / 6) x 1
+    assert estimate.estimate.steps == 6 and estimate.eligibility.usable == 24  # ceil(24 / 4) x 1
     assert dry_job.id == "" and dry_job.estimate == estimate.estimate
     assert _job_ids(client) == before
