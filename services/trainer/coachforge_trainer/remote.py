@@ -338,25 +338,33 @@ class _Follower:
     def no_download(self, rid: str, remote_job: Any, why: str) -> TrainResult:
         """The remote offers no download of the model's adapter (``why``): the job's model is the remote
         model, served remotely through inference (an external model), so the result has no adapter."""
-        from coachforge_trainer.sft import TrainResult
-
         model = str(remote_job.fine_tuned_model)
         self.event(f"The adapter of {model} cannot be downloaded from {self.remote.shown_url} ({why}); the model "
                    "is served remotely through inference, as an external model.",
                    data={"remote_job_id": rid, "remote_model": model, "remote_base_url": self.remote.shown_url})
+        return self.result(rid, remote_job)
+
+    def result(self, rid: str, remote_job: Any, adapter_dir: Path | None = None,
+               config: dict[str, Any] | None = None) -> TrainResult:
+        """The run's outcome: the remote job's model and figures, with the downloaded adapter (its folder and
+        ``adapter_config.json``) when there is one."""
+        from coachforge_trainer.sft import TrainResult
+
+        modules = (config or {}).get("target_modules")
         last = self.last
         return TrainResult(
-            adapter_dir=None, steps=self.reported_step, trained_tokens=int(remote_job.trained_tokens or 0),
+            adapter_dir=adapter_dir, steps=self.reported_step, trained_tokens=int(remote_job.trained_tokens or 0),
             final_loss=last.train_loss if last else None, valid_loss=last.valid_loss if last else None,
-            resumed_from_step=0, device="remote", precision="remote", lora_r=0, target_modules=[],
-            remote_job_id=rid, remote_model=model, remote_base_url=self.remote.shown_url)
+            resumed_from_step=0, device="remote", precision="remote", lora_r=int((config or {}).get("r") or 0),
+            target_modules=sorted(modules) if isinstance(modules, list) else [],
+            remote_job_id=rid, remote_model=str(remote_job.fine_tuned_model), remote_base_url=self.remote.shown_url)
 
     def download(self, rid: str, remote_job: Any) -> TrainResult:
         """Export the remote model's adapter, download it into the run's adapter folder, and describe it; a
         remote that offers no download gives a result without an adapter (:meth:`no_download`)."""
         import openai
 
-        from coachforge_trainer.sft import ADAPTER_DIRNAME, TrainResult
+        from coachforge_trainer.sft import ADAPTER_DIRNAME
 
         model = remote_job.fine_tuned_model
         if not model:
@@ -406,16 +414,9 @@ class _Follower:
         adapter_dir = out / ADAPTER_DIRNAME
         config = unpack_adapter(archive, adapter_dir)
         archive.unlink(missing_ok=True)
-        modules = config.get("target_modules")
-        last = self.last
         self.event(f"Downloaded the adapter of {model} from the remote (sha256 {digest[:12]}).",
                    data={"remote_job_id": rid, "remote_model": model, "sha256": digest})
-        return TrainResult(
-            adapter_dir=adapter_dir, steps=self.reported_step, trained_tokens=int(remote_job.trained_tokens or 0),
-            final_loss=last.train_loss if last else None, valid_loss=last.valid_loss if last else None,
-            resumed_from_step=0, device="remote", precision="remote", lora_r=int(config.get("r") or 0),
-            target_modules=sorted(modules) if isinstance(modules, list) else [],
-            remote_job_id=rid, remote_model=model, remote_base_url=self.remote.shown_url)
+        return self.result(rid, remote_job, adapter_dir, config)
 
     def fetch(self, path: str, target: Path) -> str:
         """Stream ``path`` of the remote into ``target``; its sha256."""
