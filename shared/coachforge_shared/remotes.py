@@ -91,17 +91,22 @@ def load_remotes(path: Path, log: logging.Logger | None = None) -> dict[str, Rem
     return remotes
 
 
+def _usable_remotes(path: Path, log: logging.Logger | None) -> dict[str, Remote]:
+    """:func:`load_remotes`, with an unreadable or malformed file logged on ``log`` and taken as none."""
+    try:
+        return load_remotes(path, log)
+    except (OSError, UnicodeDecodeError, RemotesFileError) as err:
+        (log or _log).warning("remotes file %s cannot be used: %s", path,
+                              err if isinstance(err, RemotesFileError) else type(err).__name__)
+        return {}
+
+
 def remote_in(path: str | Path | None, tenant_id: str | None, log: logging.Logger | None = None) -> Remote | None:
     """The tenant's remote in the file at ``path`` as it is now; ``None`` when it has none (no file
     configured or found, no entry, a wrong entry, an unreadable file: the last logged on ``log``)."""
     if not path or not tenant_id:
         return None
-    try:
-        return load_remotes(Path(path), log).get(tenant_id)
-    except (OSError, UnicodeDecodeError, RemotesFileError) as err:
-        (log or _log).warning("remotes file %s cannot be used: %s", path,
-                              err if isinstance(err, RemotesFileError) else type(err).__name__)
-        return None
+    return _usable_remotes(Path(path), log).get(tenant_id)
 
 
 class RemotesFile:
@@ -130,11 +135,6 @@ class RemotesFile:
         seen = (st.st_mtime_ns, st.st_size, st.st_ino)
         with self._lock:
             if seen != self._seen:
-                try:
-                    self._remotes = load_remotes(self.path, self.log)
-                except (OSError, UnicodeDecodeError, RemotesFileError) as err:
-                    (self.log or _log).warning("remotes file %s cannot be used: %s", self.path,
-                                               err if isinstance(err, RemotesFileError) else type(err).__name__)
-                    self._remotes = {}
+                self._remotes = _usable_remotes(self.path, self.log)
                 self._seen = seen
             return self._remotes.get(tenant_id)
